@@ -1,0 +1,559 @@
+//! The ops `PerSample` implements by hand: the explicit list of intercepted ops (`MANUAL` in
+//! `tools/gen_backend.py`). Everything not here is forwarded by the generated `delegate.rs`.
+//!
+//! - Per-sample rules (inside the backward scope): `linear_weight_backward`,
+//!   `linear_bias_backward`, `conv{1,2}d_{weight,bias}_backward`, `embedding_backward`, and
+//!   `float_sum_dim(·, 0)` (parameters broadcast over the batch). See [`crate::rules`].
+//! - Ops that keep a deferred gradient deferred: `float_add`/`float_sub` (gradient accumulation,
+//!   tied parameters), `float_sum_dim`, `float_reshape`, `float_swap_dims`, `float_permute`,
+//!   `float_transpose`, `float_expand`, `float_slice`, `float_slice_assign`, `float_flip`,
+//!   `float_neg`, `float_mul_scalar`, `float_div_scalar`, and `float_mul` / `float_div` by a
+//!   batch-independent tensor. Any other op on a deferred gradient sums it over the batch and
+//!   tags the result [`Tag::Lost`].
+//! - Forward tagging that needs shapes: `float_matmul`, `float_flip`, `float_reshape`,
+//!   `float_expand`, `float_slice`, `float_slice_assign`, `float_swap_dims`, `float_permute`;
+//!   `embedding` (token ids are the batch entering the model: its output is [`Tag::PerSample`]).
+//! - Data access that must not lose a deferred gradient: `float_into_data`, `float_device`,
+//!   `float_to_device`, `float_is_require_grad`; and ops returning structs of tensors.
+
+use core::future::Future;
+
+use burn_backend::ops::{
+    ConvOptions, DeformConv2dBackward, DeformConvOptions, MaxPool1dBackward, MaxPool1dWithIndices,
+    MaxPool2dBackward, MaxPool2dWithIndices,
+};
+use burn_backend::quantization::{QuantScheme, QuantizationParametersPrimitive};
+use burn_backend::tensor::{FloatTensor, IntTensor, QuantizedTensor};
+use burn_backend::{Backend, ExecutionError, Scalar, Shape, Slice, TensorData, TensorMetadata};
+
+use super::primitive::{opt_dense, ConvKind, Deferred, Factor, PsTensor, Tag, Term};
+use super::{in_scope, PerSample};
+use crate::rules::{self, batched_shape, broadcast::map_batched};
+
+type Ps<B> = PsTensor<B>;
+
+fn wrap<B: Backend>(d: Deferred<B>) -> Ps<B> {
+    PsTensor::Deferred(Box::new(d))
+}
+
+/// The taint a rule records: nothing when the inputs are clean.
+fn taint(tag: Tag) -> Tag {
+    if tag.is_clean() {
+        Tag::Independent
+    } else {
+        tag
+    }
+}
+
+fn full() -> Slice {
+    Slice { start: 0, end: None, step: 1 }
+}
+
+fn slice_is_full(s: &Slice, size: usize) -> bool {
+    s.step == 1 && s.to_range(size) == (0..size)
+}
+
+/// `[1, ...shape]`: a batch-independent tensor seen by a per-sample `[B, ...]` form.
+fn lift<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = x.shape();
+    B::float_reshape(x, batched_shape(1, &shape))
+}
+
+fn samples<B: Backend>(d: &Deferred<B>) -> usize {
+    d.terms.first().map(|t| t.samples()).unwrap_or(0)
+}
+
+/// A deferred gradient combined with a dense tensor by an op without a per-sample rule.
+fn lost<B: Backend>(d: Deferred<B>, op: &'static str, f: impl FnOnce(FloatTensor<B>) -> FloatTensor<B>) -> Ps<B> {
+    let tag = d.taint.join(Tag::Lost { op });
+    PsTensor::dense(f(rules::batch_sum(d)), tag)
+}
+
+// ---------------------------------------------------------------- rules (backward scope)
+
+pub fn linear_weight_backward<B: Backend>(x: Ps<B>, g: Ps<B>) -> Ps<B> {
+    let (x, tx) = x.into_dense("linear_weight_backward");
+    let (g, tg) = g.into_dense("linear_weight_backward");
+    if in_scope() {
+        wrap(rules::linear::weight(x, g, taint(tx.join(tg))))
+    } else {
+        PsTensor::dense(B::linear_weight_backward(x, g), tx.join(tg))
+    }
+}
+
+pub fn linear_bias_backward<B: Backend>(g: Ps<B>) -> Ps<B> {
+    let (g, tg) = g.into_dense("linear_bias_backward");
+    if in_scope() {
+        wrap(rules::linear::bias(g, taint(tg)))
+    } else {
+        PsTensor::dense(B::linear_bias_backward(g), tg.mix("linear_bias_backward"))
+    }
+}
+
+pub fn conv1d_weight_backward<B: Backend>(x: Ps<B>, weight: Ps<B>, g: Ps<B>, options: ConvOptions<1>) -> Ps<B> {
+    let (x, tx) = x.into_dense("conv1d_weight_backward");
+    let (w, tw) = weight.into_dense("conv1d_weight_backward");
+    let (g, tg) = g.into_dense("conv1d_weight_backward");
+    let tag = tx.join(tw).join(tg);
+    if in_scope() {
+        wrap(rules::conv::weight(x, w, g, ConvKind::D1(options), taint(tag)))
+    } else {
+        PsTensor::dense(B::conv1d_weight_backward(x, w, g, options), tag)
+    }
+}
+
+pub fn conv2d_weight_backward<B: Backend>(x: Ps<B>, weight: Ps<B>, g: Ps<B>, options: ConvOptions<2>) -> Ps<B> {
+    let (x, tx) = x.into_dense("conv2d_weight_backward");
+    let (w, tw) = weight.into_dense("conv2d_weight_backward");
+    let (g, tg) = g.into_dense("conv2d_weight_backward");
+    let tag = tx.join(tw).join(tg);
+    if in_scope() {
+        wrap(rules::conv::weight(x, w, g, ConvKind::D2(options), taint(tag)))
+    } else {
+        PsTensor::dense(B::conv2d_weight_backward(x, w, g, options), tag)
+    }
+}
+
+fn conv_bias_backward<B: Backend>(
+    x: Ps<B>,
+    bias: Ps<B>,
+    g: Ps<B>,
+    op: &'static str,
+    inner: impl FnOnce(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> Ps<B> {
+    let (x, tx) = x.into_dense(op);
+    let (b, tb) = bias.into_dense(op);
+    let (g, tg) = g.into_dense(op);
+    if in_scope() {
+        wrap(rules::conv::bias(g, taint(tg.join(tb))))
+    } else {
+        PsTensor::dense(inner(x, b, g), tx.join(tb).join(tg))
+    }
+}
+
+pub fn conv1d_bias_backward<B: Backend>(x: Ps<B>, bias: Ps<B>, g: Ps<B>) -> Ps<B> {
+    conv_bias_backward(x, bias, g, "conv1d_bias_backward", B::conv1d_bias_backward)
+}
+
+pub fn conv2d_bias_backward<B: Backend>(x: Ps<B>, bias: Ps<B>, g: Ps<B>) -> Ps<B> {
+    conv_bias_backward(x, bias, g, "conv2d_bias_backward", B::conv2d_bias_backward)
+}
+
+pub fn embedding<B: Backend>(weights: Ps<B>, indices: IntTensor<B>) -> Ps<B> {
+    let (w, tw) = weights.into_dense("embedding");
+    PsTensor::dense(B::embedding(w, indices), tw.join(Tag::PerSample))
+}
+
+pub fn embedding_backward<B: Backend>(weights: Ps<B>, g: Ps<B>, indices: IntTensor<B>) -> Ps<B> {
+    let (w, tw) = weights.into_dense("embedding_backward");
+    let (g, tg) = g.into_dense("embedding_backward");
+    if in_scope() {
+        wrap(rules::embedding::weight(&w, g, indices, taint(tg.join(tw))))
+    } else {
+        PsTensor::dense(B::embedding_backward(w, g, indices), tw.join(tg))
+    }
+}
+
+// ---------------------------------------------------------------- deferred-aware ops
+
+/// Adds two deferred gradients: same shape keeps the terms side by side (exact tied weights);
+/// different shapes broadcast their per-sample forms.
+fn add_deferred<B: Backend>(mut a: Deferred<B>, b: Deferred<B>) -> Ps<B> {
+    if samples(&a) != samples(&b) {
+        let tag = a.taint.join(b.taint).join(Tag::Lost { op: "float_add (different batch sizes)" });
+        let sum = B::float_add(rules::batch_sum(a), rules::batch_sum(b));
+        return PsTensor::dense(sum, tag);
+    }
+    if a.shape == b.shape {
+        a.terms.extend(b.terms);
+        a.taint = a.taint.join(b.taint);
+        return wrap(a);
+    }
+    let pb = rules::instantiate(&b);
+    let taint = a.taint.join(b.taint);
+    let mut out = map_batched(a, |pa| B::float_add(pa, pb));
+    out.taint = taint;
+    wrap(out)
+}
+
+/// Adds a dense tensor to a deferred gradient. With one sample the dense tensor is that sample's
+/// gradient; otherwise its per-sample split is unknown.
+fn add_dense<B: Backend>(d: Deferred<B>, x: FloatTensor<B>, tx: Tag) -> Ps<B> {
+    if samples(&d) == 1 && tx.is_clean() && x.shape() == d.shape {
+        let mut d = d;
+        d.terms.push(Term::Batched(lift::<B>(x)));
+        return wrap(d);
+    }
+    lost(d, "float_add (a gradient without a per-sample rule)", |s| B::float_add(s, x))
+}
+
+pub fn float_add<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
+    match (lhs, rhs) {
+        (PsTensor::Dense { tensor: a, tag: ta }, PsTensor::Dense { tensor: b, tag: tb }) => {
+            PsTensor::dense(B::float_add(a, b), ta.join(tb))
+        }
+        (PsTensor::Deferred(a), PsTensor::Deferred(b)) => add_deferred(*a, *b),
+        (PsTensor::Deferred(d), PsTensor::Dense { tensor, tag }) | (PsTensor::Dense { tensor, tag }, PsTensor::Deferred(d)) => {
+            add_dense(*d, tensor, tag)
+        }
+    }
+}
+
+pub fn float_sub<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
+    match (lhs, rhs) {
+        (PsTensor::Dense { tensor: a, tag: ta }, PsTensor::Dense { tensor: b, tag: tb }) => {
+            PsTensor::dense(B::float_sub(a, b), ta.join(tb))
+        }
+        (lhs, rhs) => float_add(lhs, float_neg(rhs)),
+    }
+}
+
+/// Applies a linear map to one dense component of every term (scaling by a scalar).
+fn scale<B: Backend>(mut d: Deferred<B>, f: impl Fn(FloatTensor<B>) -> FloatTensor<B>) -> Ps<B> {
+    let mut terms = Vec::with_capacity(d.terms.len());
+    for term in d.terms.drain(..) {
+        terms.push(match term {
+            Term::Outer { left: Factor::Dense(a), right } => Term::Outer { left: Factor::Dense(f(a)), right },
+            Term::Outer { left, right: Factor::Dense(g) } => Term::Outer { left, right: Factor::Dense(f(g)) },
+            t @ Term::Outer { .. } => {
+                let shape = d.shape.clone();
+                Term::Batched(f(rules::instantiate_term(&t, &shape)))
+            }
+            Term::Conv { x, weight, grad, kind } => Term::Conv { x, weight, grad: f(grad), kind },
+            Term::Batched(t) => Term::Batched(f(t)),
+        });
+    }
+    d.terms = terms;
+    wrap(d)
+}
+
+pub fn float_neg<B: Backend>(t: Ps<B>) -> Ps<B> {
+    match t {
+        PsTensor::Dense { tensor, tag } => PsTensor::dense(B::float_neg(tensor), tag),
+        PsTensor::Deferred(d) => scale(*d, |x| B::float_neg(x)),
+    }
+}
+
+pub fn float_mul_scalar<B: Backend>(t: Ps<B>, s: Scalar) -> Ps<B> {
+    match t {
+        PsTensor::Dense { tensor, tag } => PsTensor::dense(B::float_mul_scalar(tensor, s), tag),
+        PsTensor::Deferred(d) => scale(*d, |x| B::float_mul_scalar(x, s)),
+    }
+}
+
+pub fn float_div_scalar<B: Backend>(t: Ps<B>, s: Scalar) -> Ps<B> {
+    match t {
+        PsTensor::Dense { tensor, tag } => PsTensor::dense(B::float_div_scalar(tensor, s), tag),
+        PsTensor::Deferred(d) => scale(*d, |x| B::float_div_scalar(x, s)),
+    }
+}
+
+/// `deferred ∘ dense` for an elementwise `op`: exact per sample when the dense side does not depend
+/// on the batch (a parameter transformed before it is broadcast).
+fn elementwise<B: Backend>(
+    d: Deferred<B>,
+    x: FloatTensor<B>,
+    tx: Tag,
+    name: &'static str,
+    op: impl Fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> Ps<B> {
+    if tx == Tag::Independent && x.shape().num_dims() == d.shape.num_dims() {
+        let lifted = lift::<B>(x);
+        wrap(map_batched(d, |ps| op(ps, lifted)))
+    } else {
+        lost(d, name, |s| op(s, x))
+    }
+}
+
+pub fn float_mul<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
+    match (lhs, rhs) {
+        (PsTensor::Dense { tensor: a, tag: ta }, PsTensor::Dense { tensor: b, tag: tb }) => {
+            PsTensor::dense(B::float_mul(a, b), ta.join(tb))
+        }
+        (PsTensor::Deferred(d), PsTensor::Dense { tensor, tag }) | (PsTensor::Dense { tensor, tag }, PsTensor::Deferred(d)) => {
+            elementwise(*d, tensor, tag, "float_mul", |a, b| B::float_mul(a, b))
+        }
+        (PsTensor::Deferred(a), PsTensor::Deferred(b)) => {
+            let tag = a.taint.join(b.taint).join(Tag::Lost { op: "float_mul" });
+            PsTensor::dense(B::float_mul(rules::batch_sum(*a), rules::batch_sum(*b)), tag)
+        }
+    }
+}
+
+pub fn float_div<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
+    match (lhs, rhs) {
+        (PsTensor::Dense { tensor: a, tag: ta }, PsTensor::Dense { tensor: b, tag: tb }) => {
+            PsTensor::dense(B::float_div(a, b), ta.join(tb))
+        }
+        (PsTensor::Deferred(d), PsTensor::Dense { tensor, tag }) => {
+            elementwise(*d, tensor, tag, "float_div", |a, b| B::float_div(a, b))
+        }
+        (lhs, rhs) => {
+            let (a, ta) = lhs.into_dense("float_div");
+            let (b, tb) = rhs.into_dense("float_div");
+            PsTensor::dense(B::float_div(a, b), ta.join(tb))
+        }
+    }
+}
+
+pub fn float_sum_dim<B: Backend>(t: Ps<B>, dim: usize) -> Ps<B> {
+    match t {
+        PsTensor::Dense { tensor, tag } if dim == 0 && in_scope() => {
+            wrap(rules::broadcast::sum_over_batch(tensor, taint(tag)))
+        }
+        PsTensor::Dense { tensor, tag } => {
+            PsTensor::dense(B::float_sum_dim(tensor, dim), tag.along_dim(dim, "float_sum_dim"))
+        }
+        PsTensor::Deferred(d) => wrap(map_batched(*d, |ps| B::float_sum_dim(ps, dim + 1))),
+    }
+}
+
+pub fn float_reshape<B: Backend>(t: Ps<B>, shape: Shape) -> Ps<B> {
+    match t {
+        PsTensor::Dense { tensor, tag } => {
+            let old = tensor.shape();
+            let keeps_batch = old.num_dims() > 0 && shape.num_dims() > 0 && old[0] == shape[0];
+            let tag = if keeps_batch { tag } else { tag.mix("float_reshape") };
+            PsTensor::dense(B::float_reshape(tensor, shape), tag)
+        }
+        PsTensor::Deferred(d) if d.shape == shape => PsTensor::Deferred(d),
+        PsTensor::Deferred(d) => {
+            let b = samples(&d);
+            wrap(map_batched(*d, |ps| B::float_reshape(ps, batched_shape(b, &shape))))
+        }
+    }
+}
+
+/// Transposes a 2-D deferred gradient made of outer terms by swapping their factors.
+fn transpose_outer<B: Backend>(mut d: Deferred<B>) -> Deferred<B> {
+    d.terms = d
+        .terms
+        .into_iter()
+        .map(|t| match t {
+            Term::Outer { left, right } => Term::Outer { left: right, right: left },
+            other => other,
+        })
+        .collect();
+    d.shape = Shape::new([d.shape[1], d.shape[0]]);
+    d
+}
+
+fn all_outer<B: Backend>(d: &Deferred<B>) -> bool {
+    d.shape.num_dims() == 2 && d.terms.iter().all(|t| matches!(t, Term::Outer { .. }))
+}
+
+pub fn float_swap_dims<B: Backend>(t: Ps<B>, dim1: usize, dim2: usize) -> Ps<B> {
+    match t {
+        PsTensor::Dense { tensor, tag } => {
+            let tag = if dim1 == 0 || dim2 == 0 { tag.mix("float_swap_dims") } else { tag };
+            PsTensor::dense(B::float_swap_dims(tensor, dim1, dim2), tag)
+        }
+        PsTensor::Deferred(d) if all_outer(&d) && dim1 != dim2 => wrap(transpose_outer(*d)),
+        PsTensor::Deferred(d) => wrap(map_batched(*d, |ps| B::float_swap_dims(ps, dim1 + 1, dim2 + 1))),
+    }
+}
+
+pub fn float_transpose<B: Backend>(t: Ps<B>) -> Ps<B> {
+    let rank = t.shape().num_dims();
+    float_swap_dims(t, rank - 2, rank - 1)
+}
+
+pub fn float_permute<B: Backend>(t: Ps<B>, axes: &[usize]) -> Ps<B> {
+    match t {
+        PsTensor::Dense { tensor, tag } => {
+            let tag = if axes.first().is_some_and(|&a| a != 0) { tag.mix("float_permute") } else { tag };
+            PsTensor::dense(B::float_permute(tensor, axes), tag)
+        }
+        PsTensor::Deferred(d) if all_outer(&d) && axes == [1, 0] => wrap(transpose_outer(*d)),
+        PsTensor::Deferred(d) => {
+            let mut lifted = vec![0];
+            lifted.extend(axes.iter().map(|a| a + 1));
+            wrap(map_batched(*d, |ps| B::float_permute(ps, &lifted)))
+        }
+    }
+}
+
+pub fn float_flip<B: Backend>(t: Ps<B>, axes: &[usize]) -> Ps<B> {
+    match t {
+        PsTensor::Dense { tensor, tag } => {
+            let tag = if axes.contains(&0) { tag.mix("float_flip") } else { tag };
+            PsTensor::dense(B::float_flip(tensor, axes), tag)
+        }
+        PsTensor::Deferred(d) => {
+            let lifted: Vec<usize> = axes.iter().map(|a| a + 1).collect();
+            wrap(map_batched(*d, |ps| B::float_flip(ps, &lifted)))
+        }
+    }
+}
+
+pub fn float_expand<B: Backend>(t: Ps<B>, shape: Shape) -> Ps<B> {
+    match t {
+        PsTensor::Dense { tensor, tag } => {
+            let old = tensor.shape();
+            let keeps_batch = old.num_dims() == shape.num_dims() && old.num_dims() > 0 && old[0] == shape[0];
+            let tag = if keeps_batch { tag } else { tag.mix("float_expand") };
+            PsTensor::dense(B::float_expand(tensor, shape), tag)
+        }
+        PsTensor::Deferred(d) => {
+            let b = samples(&d);
+            wrap(map_batched(*d, |ps| B::float_expand(ps, batched_shape(b, &shape))))
+        }
+    }
+}
+
+fn lifted_slices(slices: &[Slice]) -> Vec<Slice> {
+    let mut out = vec![full()];
+    out.extend_from_slice(slices);
+    out
+}
+
+pub fn float_slice<B: Backend>(t: Ps<B>, slices: &[Slice]) -> Ps<B> {
+    match t {
+        PsTensor::Dense { tensor, tag } => {
+            let shape = tensor.shape();
+            let keeps_batch = slices.first().is_none_or(|s| shape.num_dims() == 0 || slice_is_full(s, shape[0]));
+            let tag = if keeps_batch { tag } else { tag.mix("float_slice") };
+            PsTensor::dense(B::float_slice(tensor, slices), tag)
+        }
+        PsTensor::Deferred(d) => {
+            let lifted = lifted_slices(slices);
+            wrap(map_batched(*d, |ps| B::float_slice(ps, &lifted)))
+        }
+    }
+}
+
+/// `slice_assign`, as autodiff uses it to route a gradient into a slice of zeros (the backward of
+/// `slice`) or to zero a slice of a gradient (the backward of `slice_assign`). A batch-independent
+/// dense side is taken to be that zero tensor.
+pub fn float_slice_assign<B: Backend>(t: Ps<B>, slices: &[Slice], value: Ps<B>) -> Ps<B> {
+    let lifted = lifted_slices(slices);
+    match (t, value) {
+        (PsTensor::Dense { tensor, tag }, PsTensor::Dense { tensor: v, tag: tv }) => {
+            let shape = tensor.shape();
+            let keeps_batch = slices.first().is_none_or(|s| shape.num_dims() == 0 || slice_is_full(s, shape[0]));
+            let tag = tag.join(if keeps_batch { tv } else { tv.mix("float_slice_assign") });
+            PsTensor::dense(B::float_slice_assign(tensor, slices, v), tag)
+        }
+        (PsTensor::Dense { tensor, tag: Tag::Independent }, PsTensor::Deferred(v)) => {
+            let b = samples(&v);
+            let shape = batched_shape(b, &tensor.shape());
+            let (dtype, device) = (tensor.dtype(), B::float_device(&tensor));
+            let pv = rules::instantiate(&v);
+            let base = B::float_zeros(shape.clone(), &device, dtype.into());
+            let ps = B::float_slice_assign(base, &lifted, pv);
+            wrap(Deferred { shape: tensor.shape(), terms: vec![Term::Batched(ps)], ..*v })
+        }
+        (PsTensor::Deferred(d), PsTensor::Dense { tensor: v, tag: Tag::Independent }) => {
+            let b = samples(&d);
+            let vshape = batched_shape(b, &v.shape());
+            let v = B::float_expand(lift::<B>(v), vshape);
+            wrap(map_batched(*d, |ps| B::float_slice_assign(ps, &lifted, v)))
+        }
+        (PsTensor::Deferred(d), PsTensor::Deferred(v)) if samples(&d) == samples(&v) => {
+            let pv = rules::instantiate(&v);
+            let taint = d.taint.join(v.taint);
+            let mut out = map_batched(*d, |ps| B::float_slice_assign(ps, &lifted, pv));
+            out.taint = taint;
+            wrap(out)
+        }
+        (t, value) => {
+            let (a, ta) = t.into_dense("float_slice_assign");
+            let (v, tv) = value.into_dense("float_slice_assign");
+            PsTensor::dense(B::float_slice_assign(a, slices, v), ta.join(tv))
+        }
+    }
+}
+
+pub fn float_matmul<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
+    let (a, ta) = lhs.into_dense("float_matmul");
+    let (b, tb) = rhs.into_dense("float_matmul");
+    // A rank-2 right-hand side contracts its dimension 0: with per-sample rows, samples mix.
+    let tb = if b.shape().num_dims() == 2 { tb.mix("float_matmul") } else { tb };
+    PsTensor::dense(B::float_matmul(a, b), ta.join(tb))
+}
+
+// ---------------------------------------------------------------- data and metadata
+
+pub fn float_into_data<B: Backend>(t: Ps<B>) -> impl Future<Output = Result<TensorData, ExecutionError>> + Send {
+    B::float_into_data(t.into_sum())
+}
+
+pub fn float_device<B: Backend>(t: &Ps<B>) -> B::Device {
+    match t {
+        PsTensor::Dense { tensor, .. } => B::float_device(tensor),
+        PsTensor::Deferred(d) => d.device.clone(),
+    }
+}
+
+pub fn float_to_device<B: Backend>(t: Ps<B>, device: &B::Device) -> Ps<B> {
+    match t {
+        PsTensor::Dense { tensor, tag } => PsTensor::dense(B::float_to_device(tensor, device), tag),
+        PsTensor::Deferred(d) if &d.device == device => PsTensor::Deferred(d),
+        PsTensor::Deferred(d) => lost(*d, "float_to_device", |s| B::float_to_device(s, device)),
+    }
+}
+
+pub fn float_is_require_grad<B: Backend>(t: &Ps<B>) -> bool {
+    match t {
+        PsTensor::Dense { tensor, .. } => B::float_is_require_grad(tensor),
+        PsTensor::Deferred(_) => false,
+    }
+}
+
+// ---------------------------------------------------------------- ops returning structs
+
+pub fn max_pool1d_with_indices<B: Backend>(x: Ps<B>, kernel_size: usize, stride: usize, padding: usize, dilation: usize, ceil_mode: bool) -> MaxPool1dWithIndices<PerSample<B>> {
+    let (x, tag) = x.into_dense("max_pool1d_with_indices");
+    let out = B::max_pool1d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode);
+    MaxPool1dWithIndices::new(PsTensor::dense(out.output, tag), out.indices)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool1d_with_indices_backward<B: Backend>(x: Ps<B>, kernel_size: usize, stride: usize, padding: usize, dilation: usize, ceil_mode: bool, output_grad: Ps<B>, indices: IntTensor<B>) -> MaxPool1dBackward<PerSample<B>> {
+    let (x, tx) = x.into_dense("max_pool1d_with_indices_backward");
+    let (g, tg) = output_grad.into_dense("max_pool1d_with_indices_backward");
+    let out = B::max_pool1d_with_indices_backward(x, kernel_size, stride, padding, dilation, ceil_mode, g, indices);
+    MaxPool1dBackward::new(PsTensor::dense(out.x_grad, tx.join(tg)))
+}
+
+pub fn max_pool2d_with_indices<B: Backend>(x: Ps<B>, kernel_size: [usize; 2], stride: [usize; 2], padding: [usize; 2], dilation: [usize; 2], ceil_mode: bool) -> MaxPool2dWithIndices<PerSample<B>> {
+    let (x, tag) = x.into_dense("max_pool2d_with_indices");
+    let out = B::max_pool2d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode);
+    MaxPool2dWithIndices::new(PsTensor::dense(out.output, tag), out.indices)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool2d_with_indices_backward<B: Backend>(x: Ps<B>, kernel_size: [usize; 2], stride: [usize; 2], padding: [usize; 2], dilation: [usize; 2], ceil_mode: bool, output_grad: Ps<B>, indices: IntTensor<B>) -> MaxPool2dBackward<PerSample<B>> {
+    let (x, tx) = x.into_dense("max_pool2d_with_indices_backward");
+    let (g, tg) = output_grad.into_dense("max_pool2d_with_indices_backward");
+    let out = B::max_pool2d_with_indices_backward(x, kernel_size, stride, padding, dilation, ceil_mode, g, indices);
+    MaxPool2dBackward::new(PsTensor::dense(out.x_grad, tx.join(tg)))
+}
+
+/// Deformable convolution has no per-sample rule: its parameter gradients come back dense, which
+/// the engine rejects for trainable parameters.
+#[allow(clippy::too_many_arguments)]
+pub fn deform_conv2d_backward<B: Backend>(x: Ps<B>, offset: Ps<B>, weight: Ps<B>, mask: Option<Ps<B>>, bias: Option<Ps<B>>, output_grad: Ps<B>, options: DeformConvOptions<2>) -> DeformConv2dBackward<PerSample<B>> {
+    const OP: &str = "deform_conv2d_backward";
+    let (x, t1) = x.into_dense(OP);
+    let (offset, t2) = offset.into_dense(OP);
+    let (weight, t3) = weight.into_dense(OP);
+    let (mask, t4) = opt_dense(mask, OP);
+    let (bias, t5) = opt_dense(bias, OP);
+    let (g, t6) = output_grad.into_dense(OP);
+    let tag = Tag::join_all(&[t1, t2, t3, t4, t5, t6]).mix(OP);
+    let out = B::deform_conv2d_backward(x, offset, weight, mask, bias, g, options);
+    DeformConv2dBackward::new(
+        PsTensor::dense(out.x_grad, tag),
+        PsTensor::dense(out.offset_grad, tag),
+        PsTensor::dense(out.weight_grad, tag),
+        out.mask_grad.map(|t| PsTensor::dense(t, tag)),
+        out.bias_grad.map(|t| PsTensor::dense(t, tag)),
+    )
+}
+
+pub fn quantize<B: Backend>(tensor: Ps<B>, scheme: &QuantScheme, qparams: QuantizationParametersPrimitive<PerSample<B>>) -> QuantizedTensor<B> {
+    let (t, _) = tensor.into_dense("quantize");
+    let (scales, _) = qparams.scales.into_dense("quantize");
+    B::quantize(t, scheme, QuantizationParametersPrimitive { scales })
+}

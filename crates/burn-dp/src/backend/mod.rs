@@ -1,0 +1,114 @@
+//! The `PerSample<B>` backend decorator.
+//!
+//! `PerSample<B>` is used *inside* burn's autodiff: `Autodiff<PerSample<B>>` (alias
+//! [`DpAutodiff`](crate::DpAutodiff)). Autodiff computes every parameter gradient by calling ops
+//! of its inner backend (`linear_weight_backward(x, g)`, `conv2d_weight_backward`,
+//! `embedding_backward`, and `float_sum_dim(·, 0)` for parameters broadcast over the batch).
+//! Inside a per-sample backward scope (see [`crate::engine`]) those calls return a deferred
+//! per-sample gradient ([`PsTensor::Deferred`]) that caches what the rule needs (activations and
+//! output gradients) instead of summing over the batch. Everything else is forwarded to `B`
+//! (`delegate.rs`, generated) with a batch [`Tag`] that records whether per-sample structure is
+//! intact; the ops intercepted by hand are listed in `intercept.rs`.
+
+mod delegate;
+pub(crate) mod intercept;
+pub mod primitive;
+
+use core::marker::PhantomData;
+use std::cell::Cell;
+
+use burn_backend::backend::{Backend, BackendTypes, ExecutionError};
+use burn_backend::DTypeUsageSet;
+use burn_backend::DType;
+
+pub use primitive::{Deferred, Factor, PsTensor, Tag, Term};
+
+/// Backend decorator computing per-sample gradients inside burn's autodiff.
+///
+/// Use it as `Autodiff<PerSample<B>>`; it forwards every op to `B` and changes only what
+/// parameter gradients become inside a per-sample backward scope.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PerSample<B> {
+    _b: PhantomData<B>,
+}
+
+impl<B: Backend> BackendTypes for PerSample<B> {
+    type Device = B::Device;
+
+    type FloatTensorPrimitive = PsTensor<B>;
+    type FloatElem = B::FloatElem;
+
+    type IntTensorPrimitive = B::IntTensorPrimitive;
+    type IntElem = B::IntElem;
+
+    type BoolTensorPrimitive = B::BoolTensorPrimitive;
+    type BoolElem = B::BoolElem;
+
+    type QuantizedTensorPrimitive = B::QuantizedTensorPrimitive;
+}
+
+impl<B: Backend> Backend for PerSample<B> {
+    fn name(device: &Self::Device) -> String {
+        format!("per-sample<{}>", B::name(device))
+    }
+
+    fn seed(device: &Self::Device, seed: u64) {
+        B::seed(device, seed)
+    }
+
+    fn sync(device: &Self::Device) -> Result<(), ExecutionError> {
+        B::sync(device)
+    }
+
+    fn memory_persistent_allocations<Output: Send, Input: Send, Func: Fn(Input) -> Output + Send>(
+        device: &Self::Device,
+        input: Input,
+        func: Func,
+    ) -> Output {
+        B::memory_persistent_allocations(device, input, func)
+    }
+
+    fn memory_cleanup(device: &Self::Device) {
+        B::memory_cleanup(device)
+    }
+
+    fn staging<'a, Iter>(data: Iter, device: &Self::Device)
+    where
+        Iter: Iterator<Item = &'a mut burn_backend::TensorData>,
+    {
+        B::staging(data, device);
+    }
+
+    fn supports_dtype(device: &Self::Device, dtype: DType) -> bool {
+        B::supports_dtype(device, dtype)
+    }
+
+    fn dtype_usage(device: &Self::Device, dtype: DType) -> DTypeUsageSet {
+        B::dtype_usage(device, dtype)
+    }
+
+    fn device_count(type_id: u16) -> usize {
+        B::device_count(type_id)
+    }
+}
+
+thread_local! {
+    static IN_SCOPE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the current thread is running a per-sample backward pass.
+pub(crate) fn in_scope() -> bool {
+    IN_SCOPE.with(|s| s.get())
+}
+
+/// Runs `f` (a `backward()` call: burn runs it synchronously on this thread) with the rules on.
+pub(crate) fn with_scope<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            IN_SCOPE.with(|s| s.set(self.0));
+        }
+    }
+    let _reset = Reset(IN_SCOPE.with(|s| s.replace(true)));
+    f()
+}

@@ -1,0 +1,365 @@
+//! The per-sample engine: one backward pass, per-sample norms, clipped sums (book-keeping).
+//!
+//! ```text
+//! losses [B] ──backward (rules on)──► deferred per-sample grads ──► ‖g_i‖ per group ──► c_i
+//!                                                        └──────────► Σ_i c_i g_i per parameter
+//! ```
+
+use std::collections::HashMap;
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
+use burn_autodiff::Autodiff;
+use burn_backend::tensor::FloatTensor;
+use burn_backend::TensorMetadata;
+
+use crate::backend::{self, Deferred, PerSample, PsTensor, Tag, Term};
+use crate::clip::{Clipping, ClippingFn, ClippingStyle};
+use crate::error::DpError;
+use crate::rules::{self, NormMode};
+
+/// The autodiff backend to train with: burn's `Autodiff` over the [`PerSample`] decorator.
+pub type DpAutodiff<B> = Autodiff<PerSample<B>>;
+
+/// Marks a model input as the batch: dimension 0 indexes samples.
+///
+/// Float inputs must be marked so that the engine can prove that no op mixes samples; token ids
+/// need no mark (an `Embedding` lookup marks its output).
+pub fn batch<B: Backend, const D: usize>(x: Tensor<DpAutodiff<B>, D>) -> Tensor<DpAutodiff<B>, D> {
+    Tensor::from_inner(batch_inner(x.inner()))
+}
+
+/// [`batch`] for a tensor of the non-autodiff `PerSample<B>` backend.
+pub fn batch_inner<B: Backend, const D: usize>(x: Tensor<PerSample<B>, D>) -> Tensor<PerSample<B>, D> {
+    let ps = match x.into_primitive() {
+        TensorPrimitive::Float(PsTensor::Dense { tensor, tag }) => PsTensor::dense(tensor, tag.join(Tag::PerSample)),
+        TensorPrimitive::Float(other) => other,
+        TensorPrimitive::QFloat(_) => unreachable!("model inputs are not quantized"),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(ps))
+}
+
+/// Wraps an inner-backend tensor as a tensor of `PerSample<B>`.
+pub fn lift<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<PerSample<B>, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(PsTensor::dense(x.into_primitive().tensor(), Tag::Independent)))
+}
+
+/// Unwraps a `PerSample<B>` tensor to the inner backend (a deferred gradient is summed).
+pub fn lower<B: Backend, const D: usize>(x: Tensor<PerSample<B>, D>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(x.into_primitive().tensor().into_sum()))
+}
+
+/// Settings of the per-sample engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerSampleConfig {
+    /// Clipping function and style.
+    pub clipping: Clipping,
+    /// Ghost norm, instantiation, or the cost model's choice per layer.
+    pub norm_mode: NormMode,
+}
+
+impl PerSampleConfig {
+    /// Flat clipping with `function`, norms chosen by the cost model.
+    pub fn new(function: ClippingFn) -> Self {
+        PerSampleConfig { clipping: Clipping::flat(function), norm_mode: NormMode::Auto }
+    }
+
+    /// Sets the clipping style.
+    pub fn with_style(mut self, style: ClippingStyle) -> Self {
+        self.clipping.style = style;
+        self
+    }
+
+    /// Sets the norm mode.
+    pub fn with_norm_mode(mut self, mode: NormMode) -> Self {
+        self.norm_mode = mode;
+        self
+    }
+}
+
+/// What one per-sample backward pass produced.
+pub struct ClippedGradients<B: Backend> {
+    /// Number of samples `B`.
+    pub batch_size: usize,
+    /// `‖g_i‖` over all trainable parameters `[B]` (reported whatever the style).
+    pub norms: Tensor<B, 1>,
+    /// Per group (one for flat clipping): name, norms `[B]`, clipping function.
+    pub groups: Vec<(String, Tensor<B, 1>, ClippingFn)>,
+    /// `Σ_i c_i g_i` per trainable parameter (zero for a parameter no sample touched).
+    pub sums: HashMap<ParamId, Tensor<B, 1>>,
+    /// Shapes of the trainable parameters.
+    pub shapes: HashMap<ParamId, Vec<usize>>,
+    /// Module paths of the trainable parameters, in visiting order.
+    pub params: Vec<(ParamId, String)>,
+    /// Trainable parameters no sample's gradient reached.
+    pub untouched: Vec<String>,
+    /// L2 sensitivity of the clipped sum: `sqrt(Σ_groups R_g²)`.
+    pub sensitivity: f64,
+}
+
+impl<B: Backend> ClippedGradients<B> {
+    /// The clipped sums as burn gradients for an optimizer of `DpAutodiff<B>`.
+    pub fn into_gradients<M: AutodiffModule<DpAutodiff<B>>>(self, model: &M) -> GradientsParams {
+        let mut out = GradientsParams::new();
+        let mut visitor = Register::<B> { sums: self.sums, shapes: self.shapes, out: &mut out };
+        model.visit(&mut visitor);
+        out
+    }
+}
+
+struct Register<'a, B: Backend> {
+    sums: HashMap<ParamId, Tensor<B, 1>>,
+    shapes: HashMap<ParamId, Vec<usize>>,
+    out: &'a mut GradientsParams,
+}
+
+impl<B: Backend> ModuleVisitor<DpAutodiff<B>> for Register<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<DpAutodiff<B>, D>>) {
+        if let (Some(sum), Some(shape)) = (self.sums.remove(&param.id), self.shapes.get(&param.id)) {
+            let dims: [usize; D] = shape.as_slice().try_into().expect("rank recorded from this parameter");
+            self.out.register::<PerSample<B>, D>(param.id, lift(sum.reshape(dims)));
+        }
+    }
+}
+
+/// One trainable parameter and its gradient after backward.
+struct Collected<B: Backend> {
+    id: ParamId,
+    path: String,
+    shape: Vec<usize>,
+    grad: Option<PsTensor<B>>,
+}
+
+struct Collect<'a, B: Backend> {
+    grads: &'a mut <DpAutodiff<B> as burn::tensor::backend::AutodiffBackend>::Gradients,
+    path: Vec<String>,
+    out: Vec<Collected<B>>,
+}
+
+impl<B: Backend> ModuleVisitor<DpAutodiff<B>> for Collect<'_, B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<DpAutodiff<B>, D>>) {
+        let value = param.val();
+        if !value.is_require_grad() || self.out.iter().any(|c| c.id == param.id) {
+            return;
+        }
+        let grad = value.grad_remove(self.grads).map(|g| g.into_primitive().tensor());
+        self.out.push(Collected { id: param.id, path: self.path.join("."), shape: value.dims().to_vec(), grad });
+    }
+}
+
+/// A trainable parameter after a per-sample backward pass.
+struct Resolved<B: Backend> {
+    id: ParamId,
+    path: String,
+    shape: Vec<usize>,
+    /// `None`: no sample's gradient reached it.
+    grad: Option<Deferred<B>>,
+}
+
+/// Runs the per-sample backward pass and resolves every trainable parameter's gradient.
+fn per_sample_pass<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
+    model: &M,
+    losses: Tensor<DpAutodiff<B>, 1>,
+) -> Result<(usize, B::Device, Vec<Resolved<B>>), DpError> {
+    let dims = losses.dims();
+    let b = dims[0];
+    match losses.clone().inner().into_primitive().tensor().tag() {
+        Tag::PerSample => {}
+        Tag::Independent if b > 0 => return Err(DpError::UnmarkedBatch),
+        Tag::Independent => {}
+        Tag::Mixed { op } | Tag::Lost { op } => return Err(DpError::LossMixesSamples { op: op.to_string() }),
+    }
+    let device = lower(losses.clone().inner()).device();
+    let mut grads = backend::with_scope(|| losses.sum().backward());
+    let mut collect = Collect::<B> { grads: &mut grads, path: Vec::new(), out: Vec::new() };
+    model.visit(&mut collect);
+    let mut resolved = Vec::new();
+    for c in collect.out {
+        let grad = match c.grad {
+            None => None,
+            Some(g) => Some(resolve(g, &c.path, b)?),
+        };
+        resolved.push(Resolved { id: c.id, path: c.path, shape: c.shape, grad });
+    }
+    Ok((b, device, resolved))
+}
+
+/// Per-sample gradients of every trainable parameter, instantiated (for inspection and tests;
+/// training uses [`clipped_backward`], which never materialises them).
+///
+/// # Shapes
+/// `losses`: `[B]`; each returned tensor: `[B, numel]` (row `i`: sample `i`'s gradient, flattened in
+/// the parameter's layout).
+pub fn per_sample_gradients<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
+    model: &M,
+    losses: Tensor<DpAutodiff<B>, 1>,
+) -> Result<Vec<(ParamId, String, Tensor<B, 2>)>, DpError> {
+    let (b, device, resolved) = per_sample_pass(model, losses)?;
+    Ok(resolved
+        .into_iter()
+        .map(|r| {
+            let numel: usize = r.shape.iter().product();
+            let t = match r.grad {
+                Some(d) if b > 0 => rules::flat::<B>(rules::instantiate(&d)),
+                _ => Tensor::<B, 2>::zeros([b, numel], &device),
+            };
+            (r.id, r.path, t)
+        })
+        .collect())
+}
+
+/// Runs backward on per-sample losses and returns per-sample norms and clipped sums.
+///
+/// This is the one call that replaces `loss.backward()` in a training loop: one backward pass, no
+/// loop over samples. Every trainable parameter of `model` must get its gradient through a rule of
+/// [`rules::RULES`]; anything else is an error naming the parameter.
+///
+/// # Shapes
+/// `losses`: `[B]`, one loss per sample (their sum is differentiated).
+pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
+    config: &PerSampleConfig,
+    model: &M,
+    losses: Tensor<DpAutodiff<B>, 1>,
+) -> Result<ClippedGradients<B>, DpError> {
+    config.clipping.validate()?;
+    let (b, device, resolved) = per_sample_pass(model, losses)?;
+    let untouched = resolved.iter().filter(|r| r.grad.is_none()).map(|r| r.path.clone()).collect();
+    let style_groups = groups_of(&config.clipping, &resolved)?;
+    let zeros = || Tensor::<B, 1>::zeros([b], &device);
+
+    // Per-sample squared norms, per parameter.
+    let sq: Vec<Tensor<B, 1>> = resolved
+        .iter()
+        .map(|r| match &r.grad {
+            Some(d) if b > 0 => rules::sq_norms(d, config.norm_mode),
+            _ => zeros(),
+        })
+        .collect();
+    let total = sq.iter().fold(zeros(), |acc, s| acc + s.clone());
+
+    // Per group: norms, clipping factors, sensitivity.
+    let mut groups = Vec::new();
+    let mut factors = Vec::new();
+    let mut group_of = vec![0usize; resolved.len()];
+    let mut sensitivity_sq = 0.0;
+    for (gi, (name, members, function)) in style_groups.iter().enumerate() {
+        let norms = members.iter().fold(zeros(), |acc, &i| acc + sq[i].clone()).sqrt();
+        for &i in members {
+            group_of[i] = gi;
+        }
+        factors.push(function.factors(norms.clone()));
+        groups.push((name.clone(), norms, *function));
+        sensitivity_sq += function.sensitivity().powi(2);
+    }
+
+    // Clipped sums (book-keeping: one weighted product per cached term).
+    let mut sums = HashMap::new();
+    let mut shapes = HashMap::new();
+    let mut params = Vec::new();
+    for (i, r) in resolved.into_iter().enumerate() {
+        let numel: usize = r.shape.iter().product();
+        let sum = match r.grad {
+            Some(d) if b > 0 => {
+                let t: FloatTensor<B> = rules::weighted_sum(&d, &factors[group_of[i]]);
+                Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(t, [numel].into())))
+            }
+            _ => Tensor::<B, 1>::zeros([numel], &device),
+        };
+        sums.insert(r.id, sum);
+        shapes.insert(r.id, r.shape);
+        params.push((r.id, r.path));
+    }
+    Ok(ClippedGradients {
+        batch_size: b,
+        norms: total.sqrt(),
+        groups,
+        sums,
+        shapes,
+        params,
+        untouched,
+        sensitivity: sensitivity_sq.sqrt(),
+    })
+}
+
+/// Turns a parameter's gradient into per-sample terms, or the error that says why it cannot be.
+fn resolve<B: Backend>(g: PsTensor<B>, path: &str, b: usize) -> Result<Deferred<B>, DpError> {
+    let fail = |tag: Tag| -> DpError {
+        match tag {
+            Tag::Mixed { op } => DpError::MixedSamples { param: path.to_string(), op: op.to_string() },
+            Tag::Lost { op } => DpError::NoPerSampleRule {
+                param: path.to_string(),
+                reason: format!("its gradient passes through `{op}`, which has no per-sample rule"),
+            },
+            _ => unreachable!("only unclean tags fail"),
+        }
+    };
+    match g {
+        PsTensor::Deferred(d) => {
+            if !d.taint.is_clean() {
+                return Err(fail(d.taint));
+            }
+            if let Some(t) = d.terms.iter().find(|t| t.samples() != b) {
+                return Err(DpError::BatchMismatch { param: path.to_string(), expected: b, found: t.samples() });
+            }
+            Ok(*d)
+        }
+        PsTensor::Dense { tag, .. } if !tag.is_clean() => Err(fail(tag)),
+        // One sample: the ordinary gradient is that sample's gradient.
+        PsTensor::Dense { tensor, .. } if b == 1 => {
+            let shape = tensor.shape();
+            let (dtype, device) = (tensor.dtype(), B::float_device(&tensor));
+            let per_sample = B::float_reshape(tensor, rules::batched_shape(1, &shape));
+            Ok(Deferred { shape, dtype, device, terms: vec![Term::Batched(per_sample)], taint: Tag::Independent })
+        }
+        PsTensor::Dense { tensor, .. } if b == 0 => {
+            let shape = tensor.shape();
+            let (dtype, device) = (tensor.dtype(), B::float_device(&tensor));
+            let per_sample = B::float_zeros(rules::batched_shape(0, &shape), &device, dtype.into());
+            Ok(Deferred { shape, dtype, device, terms: vec![Term::Batched(per_sample)], taint: Tag::Independent })
+        }
+        PsTensor::Dense { .. } => Err(DpError::NoPerSampleRule {
+            param: path.to_string(),
+            reason: "its gradient was computed by an op without a per-sample rule (e.g. a plain matmul with a rank-2 weight)".into(),
+        }),
+    }
+}
+
+type Groups = Vec<(String, Vec<usize>, ClippingFn)>;
+
+fn groups_of<B: Backend>(clipping: &Clipping, params: &[Resolved<B>]) -> Result<Groups, DpError> {
+    match &clipping.style {
+        ClippingStyle::Flat => Ok(vec![("all".to_string(), (0..params.len()).collect(), clipping.function)]),
+        ClippingStyle::PerLayer => {
+            let mut out: Groups = Vec::new();
+            for (i, r) in params.iter().enumerate() {
+                let layer = r.path.rsplit_once('.').map(|(l, _)| l.to_string()).unwrap_or_default();
+                match out.iter_mut().find(|(n, _, _)| *n == layer) {
+                    Some((_, members, _)) => members.push(i),
+                    None => out.push((layer, vec![i], clipping.function)),
+                }
+            }
+            Ok(out)
+        }
+        ClippingStyle::Groups(groups) => {
+            let mut out: Groups = groups.iter().map(|g| (g.name.clone(), Vec::new(), g.clipping)).collect();
+            for (i, r) in params.iter().enumerate() {
+                let gi = groups
+                    .iter()
+                    .position(|g| g.selector.matches(&r.id, &r.path))
+                    .ok_or_else(|| DpError::Selection(format!("trainable parameter `{}` is in no clipping group", r.path)))?;
+                out[gi].1.push(i);
+            }
+            Ok(out)
+        }
+    }
+}
