@@ -34,7 +34,10 @@ pub fn batch<B: Backend, const D: usize>(x: Tensor<DpAutodiff<B>, D>) -> Tensor<
 /// [`batch`] for a tensor of the non-autodiff `PerSample<B>` backend.
 pub fn batch_inner<B: Backend, const D: usize>(x: Tensor<PerSample<B>, D>) -> Tensor<PerSample<B>, D> {
     let ps = match x.into_primitive() {
-        TensorPrimitive::Float(PsTensor::Dense { tensor, tag }) => PsTensor::dense(tensor, tag.join(Tag::PerSample)),
+        TensorPrimitive::Float(PsTensor::Dense { tensor, tag }) => {
+            let batch = tensor.shape().as_slice().first().copied().unwrap_or(0);
+            PsTensor::dense(tensor, tag.join(Tag::PerSample { batch }))
+        }
         TensorPrimitive::Float(other) => other,
         TensorPrimitive::QFloat(_) => unreachable!("model inputs are not quantized"),
     };
@@ -173,12 +176,7 @@ fn per_sample_pass<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
 ) -> Result<(usize, B::Device, Vec<Resolved<B>>), DpError> {
     let dims = losses.dims();
     let b = dims[0];
-    match losses.clone().inner().into_primitive().tensor().tag() {
-        Tag::PerSample => {}
-        Tag::Independent if b > 0 => return Err(DpError::UnmarkedBatch),
-        Tag::Independent => {}
-        Tag::Mixed { op } | Tag::Lost { op } => return Err(DpError::LossMixesSamples { op: op.to_string() }),
-    }
+    let loss_tag = losses.clone().inner().into_primitive().tensor().tag();
     let device = lower(losses.clone().inner()).device();
     let mut grads = backend::with_scope(|| losses.sum().backward());
     let mut collect = Collect::<B> { grads: &mut grads, path: Vec::new(), out: Vec::new() };
@@ -190,6 +188,14 @@ fn per_sample_pass<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
             Some(g) => Some(resolve(g, &c.path, b)?),
         };
         resolved.push(Resolved { id: c.id, path: c.path, shape: c.shape, grad });
+    }
+    // Parameter-level errors above name the parameter; this catches the rest (an unmarked batch,
+    // samples mixed after the last parameter).
+    match loss_tag {
+        Tag::PerSample { .. } => {}
+        Tag::Independent if b > 0 => return Err(DpError::UnmarkedBatch),
+        Tag::Independent => {}
+        Tag::Mixed { op } | Tag::Lost { op } => return Err(DpError::LossMixesSamples { op: op.to_string() }),
     }
     Ok((b, device, resolved))
 }

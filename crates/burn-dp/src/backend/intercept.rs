@@ -141,7 +141,8 @@ pub fn conv2d_bias_backward<B: Backend>(x: Ps<B>, bias: Ps<B>, g: Ps<B>) -> Ps<B
 
 pub fn embedding<B: Backend>(weights: Ps<B>, indices: IntTensor<B>) -> Ps<B> {
     let (w, tw) = weights.into_dense("embedding");
-    PsTensor::dense(B::embedding(w, indices), tw.join(Tag::PerSample))
+    let batch = indices.shape().as_slice().first().copied().unwrap_or(0);
+    PsTensor::dense(B::embedding(w, indices), tw.join(Tag::PerSample { batch }))
 }
 
 pub fn embedding_backward<B: Backend>(weights: Ps<B>, g: Ps<B>, indices: IntTensor<B>) -> Ps<B> {

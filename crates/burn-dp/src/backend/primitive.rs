@@ -14,8 +14,12 @@ use burn_backend::{Backend, DType, Shape, TensorMetadata};
 pub enum Tag {
     /// Does not depend on the batch (parameters, constants).
     Independent,
-    /// Row `i` of dimension 0 depends on sample `i` only.
-    PerSample,
+    /// Row `i` of dimension 0 depends on sample `i` only, in a batch of `batch` samples (with one
+    /// sample nothing can mix).
+    PerSample {
+        /// Number of samples in the marked batch.
+        batch: usize,
+    },
     /// Depends on several samples at once: `op` reduced, reordered or reshaped dimension 0.
     Mixed {
         /// The first op that mixed samples.
@@ -33,7 +37,7 @@ impl Tag {
     fn rank(self) -> u8 {
         match self {
             Tag::Independent => 0,
-            Tag::PerSample => 1,
+            Tag::PerSample { .. } => 1,
             Tag::Mixed { .. } => 2,
             Tag::Lost { .. } => 3,
         }
@@ -41,6 +45,9 @@ impl Tag {
 
     /// The worse of two tags.
     pub fn join(self, other: Tag) -> Tag {
+        if let (Tag::PerSample { batch: a }, Tag::PerSample { batch: b }) = (self, other) {
+            return Tag::PerSample { batch: a.max(b) };
+        }
         if other.rank() > self.rank() {
             other
         } else {
@@ -55,7 +62,7 @@ impl Tag {
 
     /// Whether per-sample information is intact.
     pub fn is_clean(self) -> bool {
-        matches!(self, Tag::Independent | Tag::PerSample)
+        matches!(self, Tag::Independent | Tag::PerSample { .. })
     }
 
     /// The tag after an op that works along `dim`: along dimension 0 it mixes samples.
@@ -67,7 +74,7 @@ impl Tag {
     /// across dimension 0, ...).
     pub fn mix(self, op: &'static str) -> Tag {
         match self {
-            Tag::PerSample => Tag::Mixed { op },
+            Tag::PerSample { batch } if batch > 1 => Tag::Mixed { op },
             other => other,
         }
     }
@@ -197,7 +204,7 @@ impl<B: Backend> PsTensor<B> {
     pub fn tag(&self) -> Tag {
         match self {
             PsTensor::Dense { tag, .. } => *tag,
-            PsTensor::Deferred(d) => d.taint.join(Tag::PerSample),
+            PsTensor::Deferred(d) => d.taint.join(Tag::PerSample { batch: 0 }),
         }
     }
 
