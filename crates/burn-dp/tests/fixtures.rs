@@ -727,3 +727,173 @@ fn oracle_tied_embedding_and_head() {
         );
     }
 }
+
+// ------------------------------------------------------------------ frozen parameters, styles, errors
+
+#[test]
+fn frozen_parameters_cost_nothing() {
+    let mut rng = Rng(61);
+    let (b, d, h, k) = (4, 5, 6, 3);
+    let (x, up) = (rng.vec(b * d), rng.vec(b * k));
+    let freeze = |mut m: Mlp<Dp>| {
+        m.fc1.weight = m.fc1.weight.set_require_grad(false);
+        m.fc2.weight = m.fc2.weight.set_require_grad(false);
+        m
+    };
+    let mut plain = build_mlp::<Plain>(9, d, h, k, true);
+    plain.fc1.weight = plain.fc1.weight.set_require_grad(false);
+    plain.fc2.weight = plain.fc2.weight.set_require_grad(false);
+    let dp = freeze(build_mlp::<Dp>(9, d, h, k, true));
+    let xp = tensor::<Plain, 2>(&x, &[b, d]);
+    let upp = tensor::<Plain, 2>(&up, &[b, k]);
+    let losses = || mlp_losses(&dp, batch(tensor::<Dp, 2>(&x, &[b, d])), tensor(&up, &[b, k]));
+    property("bias-only mlp", &plain, &dp, b, |i| mlp_losses(&plain, sample(&xp, i), sample(&upp, i)), losses);
+    let out = clipped_backward(&PerSampleConfig::new(ClippingFn::AUTOMATIC), &dp, losses()).unwrap();
+    assert_eq!(out.params.len(), 2, "only the two biases are trainable");
+    assert_eq!(burn_dp::backend::rule_calls_in_last_pass(), 2, "no rule runs for a frozen weight");
+}
+
+/// Group norms and clipped sums from oracle per-sample gradients.
+fn oracle_groups(grads: &[(String, Vec<f32>)], b: usize, groups: &[(&dyn Fn(&str) -> bool, ClippingFn)]) -> Vec<(String, Vec<f32>)> {
+    let mut out = Vec::new();
+    for (p, g) in grads {
+        let (_, f) = groups.iter().find(|(sel, _)| sel(p)).expect("grouped");
+        let members: Vec<&(String, Vec<f32>)> = grads.iter().filter(|(q, _)| groups.iter().find(|(sel, _)| sel(q)).map(|(_, g2)| std::ptr::eq(g2, f)).unwrap_or(false)).collect();
+        let n = g.len() / b;
+        let mut s = vec![0f64; n];
+        for i in 0..b {
+            let norm: f64 = members.iter().map(|(_, m)| {
+                let nm = m.len() / b;
+                m[i * nm..(i + 1) * nm].iter().map(|x| (*x as f64).powi(2)).sum::<f64>()
+            }).sum::<f64>().sqrt();
+            let c = match f {
+                ClippingFn::Automatic { gamma } => 1.0 / (norm + gamma),
+                ClippingFn::Abadi { max_norm } => (max_norm / (norm + 1e-6)).min(1.0),
+            };
+            for j in 0..n {
+                s[j] += g[i * n + j] as f64 * c;
+            }
+        }
+        out.push((p.clone(), s.into_iter().map(|x| x as f32).collect()));
+    }
+    out
+}
+
+#[test]
+fn group_and_per_layer_clipping() {
+    let mut rng = Rng(71);
+    let (b, d, h, k) = (5, 4, 6, 3);
+    let (x, up) = (rng.vec(b * d), rng.vec(b * k));
+    let plain = build_mlp::<Plain>(13, d, h, k, true);
+    let dp = build_mlp::<Dp>(13, d, h, k, true);
+    let xp = tensor::<Plain, 2>(&x, &[b, d]);
+    let upp = tensor::<Plain, 2>(&up, &[b, k]);
+    let want = batch_of_one(&plain, b, |i| mlp_losses(&plain, sample(&xp, i), sample(&upp, i)));
+    let losses = || mlp_losses(&dp, batch(tensor::<Dp, 2>(&x, &[b, d])), tensor(&up, &[b, k]));
+
+    let abadi = ClippingFn::Abadi { max_norm: 0.3 };
+    let auto = ClippingFn::Automatic { gamma: 0.05 };
+    let style = ClippingStyle::Groups(vec![
+        ParamGroup { name: "first".into(), selector: ParamSelector::PathPrefix("fc1.".into()), clipping: abadi },
+        ParamGroup { name: "rest".into(), selector: ParamSelector::All, clipping: auto },
+    ]);
+    let is_fc1 = |p: &str| p.starts_with("fc1.");
+    let not_fc1 = |p: &str| !p.starts_with("fc1.");
+    let expected = oracle_groups(&want, b, &[(&is_fc1, abadi), (&not_fc1, auto)]);
+    for mode in MODES {
+        let cfg = PerSampleConfig::new(ClippingFn::AUTOMATIC).with_style(style.clone()).with_norm_mode(mode);
+        let out = clipped_backward(&cfg, &dp, losses()).unwrap();
+        assert!((out.sensitivity - (0.3f64.powi(2) + 1.0).sqrt()).abs() < 1e-12);
+        for (id, p) in &out.params {
+            let want = &expected.iter().find(|(q, _)| q == p).unwrap().1;
+            assert_close(&format!("groups {p} {mode:?}"), &to_vec(out.sums[id].clone()), want, 1e-4);
+        }
+    }
+
+    let is_l1 = |p: &str| p.starts_with("fc1.");
+    let is_l2 = |p: &str| p.starts_with("fc2.");
+    let expected = oracle_groups(&want, b, &[(&is_l1, auto), (&is_l2, ClippingFn::Automatic { gamma: 0.05 })]);
+    let cfg = PerSampleConfig::new(auto).with_style(ClippingStyle::PerLayer);
+    let out = clipped_backward(&cfg, &dp, losses()).unwrap();
+    assert_eq!(out.groups.len(), 2);
+    assert!((out.sensitivity - 2f64.sqrt()).abs() < 1e-12);
+    for (id, p) in &out.params {
+        let want = &expected.iter().find(|(q, _)| q == p).unwrap().1;
+        assert_close(&format!("per-layer {p}"), &to_vec(out.sums[id].clone()), want, 1e-4);
+    }
+
+    let only_fc2 = ClippingStyle::Groups(vec![ParamGroup { name: "fc2".into(), selector: ParamSelector::PathPrefix("fc2.".into()), clipping: auto }]);
+    let err = clipped_backward(&PerSampleConfig::new(auto).with_style(only_fc2), &dp, losses()).err();
+    assert!(matches!(err, Some(DpError::Selection(_))), "{err:?}");
+    let err = clipped_backward(&PerSampleConfig::new(ClippingFn::Abadi { max_norm: -1.0 }), &dp, losses()).err();
+    assert!(matches!(err, Some(DpError::InvalidClipping(_))), "{err:?}");
+}
+
+#[derive(Module, Debug)]
+struct BnNet<B: Backend> {
+    fc1: Linear<B>,
+    bn: burn::nn::BatchNorm<B>,
+    fc2: Linear<B>,
+}
+
+#[derive(Module, Debug)]
+struct RawMatmul<B: Backend> {
+    w: Param<Tensor<B, 2>>,
+}
+
+#[test]
+fn fail_closed_errors_name_the_parameter() {
+    let mut rng = Rng(83);
+    let dev = Default::default();
+    let (b, t, d) = (4, 3, 5);
+    let x = rng.vec(b * t * d);
+
+    // BatchNorm in training mode mixes samples.
+    let net = BnNet::<Dp> {
+        fc1: linear(&mut rng, d, 4, true),
+        bn: burn::nn::BatchNormConfig::new(4).init(&dev),
+        fc2: linear(&mut rng, 4, 2, true),
+    };
+    let losses = net.fc2.forward(net.bn.forward(net.fc1.forward(batch(tensor::<Dp, 3>(&x, &[b, t, d]))).swap_dims(1, 2)).swap_dims(1, 2));
+    let losses = losses.reshape([b as i64, -1]).sum_dim(1).reshape([b]);
+    match per_sample_gradients(&net, losses) {
+        Err(DpError::MixedSamples { param, .. }) => assert!(param.starts_with("fc1.") || param.starts_with("fc2.") || param.starts_with("bn."), "{param}"),
+        other => panic!("BatchNorm must be rejected, got {:?}", other.map(|v| v.len())),
+    }
+
+    // A batch dimension merged into another ([B*T, d]).
+    let fc = linear::<Dp>(&mut rng, d, 2, true);
+    let h = fc.forward(batch(tensor::<Dp, 3>(&x, &[b, t, d])).reshape([b * t, d])).reshape([b, t * 2]);
+    match per_sample_gradients(&fc, h.sum_dim(1).reshape([b])) {
+        Err(DpError::MixedSamples { param, op }) => {
+            assert_eq!(op, "float_reshape");
+            assert!(param == "weight" || param == "bias", "{param}");
+        }
+        other => panic!("a merged batch must be rejected, got {:?}", other.map(|v| v.len())),
+    }
+
+    // The same, with an unmarked input: the rule sees B*T samples.
+    let h = fc.forward(tensor::<Dp, 3>(&x, &[b, t, d]).reshape([b * t, d])).reshape([b, t * 2]);
+    match per_sample_gradients(&fc, h.sum_dim(1).reshape([b])) {
+        Err(DpError::BatchMismatch { expected, found, .. }) => assert_eq!((expected, found), (b, b * t)),
+        other => panic!("a merged batch must be rejected, got {:?}", other.map(|v| v.len())),
+    }
+
+    // Unmarked float input.
+    let h = fc.forward(tensor::<Dp, 3>(&x, &[b, t, d]));
+    let err = per_sample_gradients(&fc, h.reshape([b as i64, -1]).sum_dim(1).reshape([b])).err();
+    assert_eq!(err, Some(DpError::UnmarkedBatch));
+
+    // A parameter through a plain rank-2 matmul has no per-sample rule.
+    let raw = RawMatmul::<Dp> { w: rng.param([d, 3]) };
+    let h = batch(tensor::<Dp, 2>(&x[..b * d], &[b, d])).matmul(raw.w.val());
+    match per_sample_gradients(&raw, h.sum_dim(1).reshape([b])) {
+        Err(DpError::MixedSamples { param, .. }) | Err(DpError::NoPerSampleRule { param, .. }) => assert_eq!(param, "w"),
+        other => panic!("rank-2 matmul must be rejected, got {:?}", other.map(|v| v.len())),
+    }
+
+    // Per-sample losses that are not a vector.
+    let h = fc.forward(batch(tensor::<Dp, 3>(&x, &[b, t, d])));
+    let err = per_sample_gradients(&fc, h.sum());
+    assert!(err.is_err());
+}

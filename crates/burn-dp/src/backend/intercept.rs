@@ -36,6 +36,12 @@ fn wrap<B: Backend>(d: Deferred<B>) -> Ps<B> {
     PsTensor::Deferred(Box::new(d))
 }
 
+/// A term freshly cached by a rule.
+fn cached<B: Backend>(d: Deferred<B>) -> Ps<B> {
+    super::count_rule_call();
+    wrap(d)
+}
+
 /// The taint a rule records: nothing when the inputs are clean.
 fn taint(tag: Tag) -> Tag {
     if tag.is_clean() {
@@ -63,9 +69,16 @@ fn samples<B: Backend>(d: &Deferred<B>) -> usize {
     d.terms.first().map(|t| t.samples()).unwrap_or(0)
 }
 
-/// A deferred gradient combined with a dense tensor by an op without a per-sample rule.
-fn lost<B: Backend>(d: Deferred<B>, op: &'static str, f: impl FnOnce(FloatTensor<B>) -> FloatTensor<B>) -> Ps<B> {
-    let tag = d.taint.join(Tag::Lost { op });
+/// A deferred gradient combined with a dense tensor (tagged `other`) by an op without a per-sample
+/// rule. A batch-summed gradient meeting per-sample activations means the forward pass reduced over
+/// the batch (e.g. BatchNorm statistics): samples mixed.
+fn lost<B: Backend>(d: Deferred<B>, other: Tag, op: &'static str, f: impl FnOnce(FloatTensor<B>) -> FloatTensor<B>) -> Ps<B> {
+    let why = match other {
+        Tag::Mixed { .. } => other,
+        Tag::PerSample { batch } if batch > 1 => Tag::Mixed { op },
+        _ => Tag::Lost { op },
+    };
+    let tag = d.taint.join(why);
     PsTensor::dense(f(rules::batch_sum(d)), tag)
 }
 
@@ -75,7 +88,7 @@ pub fn linear_weight_backward<B: Backend>(x: Ps<B>, g: Ps<B>) -> Ps<B> {
     let (x, tx) = x.into_dense("linear_weight_backward");
     let (g, tg) = g.into_dense("linear_weight_backward");
     if in_scope() {
-        wrap(rules::linear::weight(x, g, taint(tx.join(tg))))
+        cached(rules::linear::weight(x, g, taint(tx.join(tg))))
     } else {
         PsTensor::dense(B::linear_weight_backward(x, g), tx.join(tg))
     }
@@ -84,7 +97,7 @@ pub fn linear_weight_backward<B: Backend>(x: Ps<B>, g: Ps<B>) -> Ps<B> {
 pub fn linear_bias_backward<B: Backend>(g: Ps<B>) -> Ps<B> {
     let (g, tg) = g.into_dense("linear_bias_backward");
     if in_scope() {
-        wrap(rules::linear::bias(g, taint(tg)))
+        cached(rules::linear::bias(g, taint(tg)))
     } else {
         PsTensor::dense(B::linear_bias_backward(g), tg.mix("linear_bias_backward"))
     }
@@ -96,7 +109,7 @@ pub fn conv1d_weight_backward<B: Backend>(x: Ps<B>, weight: Ps<B>, g: Ps<B>, opt
     let (g, tg) = g.into_dense("conv1d_weight_backward");
     let tag = tx.join(tw).join(tg);
     if in_scope() {
-        wrap(rules::conv::weight(x, w, g, ConvKind::D1(options), taint(tag)))
+        cached(rules::conv::weight(x, w, g, ConvKind::D1(options), taint(tag)))
     } else {
         PsTensor::dense(B::conv1d_weight_backward(x, w, g, options), tag)
     }
@@ -108,7 +121,7 @@ pub fn conv2d_weight_backward<B: Backend>(x: Ps<B>, weight: Ps<B>, g: Ps<B>, opt
     let (g, tg) = g.into_dense("conv2d_weight_backward");
     let tag = tx.join(tw).join(tg);
     if in_scope() {
-        wrap(rules::conv::weight(x, w, g, ConvKind::D2(options), taint(tag)))
+        cached(rules::conv::weight(x, w, g, ConvKind::D2(options), taint(tag)))
     } else {
         PsTensor::dense(B::conv2d_weight_backward(x, w, g, options), tag)
     }
@@ -125,7 +138,7 @@ fn conv_bias_backward<B: Backend>(
     let (b, tb) = bias.into_dense(op);
     let (g, tg) = g.into_dense(op);
     if in_scope() {
-        wrap(rules::conv::bias(g, taint(tg.join(tb))))
+        cached(rules::conv::bias(g, taint(tg.join(tb))))
     } else {
         PsTensor::dense(inner(x, b, g), tx.join(tb).join(tg))
     }
@@ -149,7 +162,7 @@ pub fn embedding_backward<B: Backend>(weights: Ps<B>, g: Ps<B>, indices: IntTens
     let (w, tw) = weights.into_dense("embedding_backward");
     let (g, tg) = g.into_dense("embedding_backward");
     if in_scope() {
-        wrap(rules::embedding::weight(&w, g, indices, taint(tg.join(tw))))
+        cached(rules::embedding::weight(&w, g, indices, taint(tg.join(tw))))
     } else {
         PsTensor::dense(B::embedding_backward(w, g, indices), tw.join(tg))
     }
@@ -185,7 +198,7 @@ fn add_dense<B: Backend>(d: Deferred<B>, x: FloatTensor<B>, tx: Tag) -> Ps<B> {
         d.terms.push(Term::Batched(lift::<B>(x)));
         return wrap(d);
     }
-    lost(d, "float_add (a gradient without a per-sample rule)", |s| B::float_add(s, x))
+    lost(d, tx, "float_add (a gradient without a per-sample rule)", |s| B::float_add(s, x))
 }
 
 pub fn float_add<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
@@ -262,7 +275,7 @@ fn elementwise<B: Backend>(
         let lifted = lift::<B>(x);
         wrap(map_batched(d, |ps| op(ps, lifted)))
     } else {
-        lost(d, name, |s| op(s, x))
+        lost(d, tx, name, |s| op(s, x))
     }
 }
 
@@ -300,7 +313,7 @@ pub fn float_div<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
 pub fn float_sum_dim<B: Backend>(t: Ps<B>, dim: usize) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } if dim == 0 && in_scope() => {
-            wrap(rules::broadcast::sum_over_batch(tensor, taint(tag)))
+            cached(rules::broadcast::sum_over_batch(tensor, taint(tag)))
         }
         PsTensor::Dense { tensor, tag } => {
             PsTensor::dense(B::float_sum_dim(tensor, dim), tag.along_dim(dim, "float_sum_dim"))
@@ -490,7 +503,7 @@ pub fn float_to_device<B: Backend>(t: Ps<B>, device: &B::Device) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } => PsTensor::dense(B::float_to_device(tensor, device), tag),
         PsTensor::Deferred(d) if &d.device == device => PsTensor::Deferred(d),
-        PsTensor::Deferred(d) => lost(*d, "float_to_device", |s| B::float_to_device(s, device)),
+        PsTensor::Deferred(d) => lost(*d, Tag::Independent, "float_to_device", |s| B::float_to_device(s, device)),
     }
 }
 

@@ -94,6 +94,17 @@ impl<B: Backend> Backend for PerSample<B> {
 
 thread_local! {
     static IN_SCOPE: Cell<bool> = const { Cell::new(false) };
+    static RULE_CALLS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Counts a rule invocation (a term cached) in the current backward pass.
+pub(crate) fn count_rule_call() {
+    RULE_CALLS.with(|c| c.set(c.get() + 1));
+}
+
+/// Rule invocations (cached terms) in this thread's last per-sample backward pass.
+pub fn rule_calls_in_last_pass() -> usize {
+    RULE_CALLS.with(|c| c.get())
 }
 
 /// Whether the current thread is running a per-sample backward pass.
@@ -110,5 +121,6 @@ pub(crate) fn with_scope<R>(f: impl FnOnce() -> R) -> R {
         }
     }
     let _reset = Reset(IN_SCOPE.with(|s| s.replace(true)));
+    RULE_CALLS.with(|c| c.set(0));
     f()
 }
