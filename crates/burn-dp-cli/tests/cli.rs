@@ -1,0 +1,209 @@
+//! Runs the `burn-dp` binary: JSON output parses, invalid input exits with status 2.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn burn_dp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_burn-dp"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(text.trim().lines().count(), 1, "one JSON object: {text}");
+    serde_json::from_str(text.trim()).unwrap()
+}
+
+#[test]
+fn epsilon_json_for_each_accountant() {
+    let base = [
+        "epsilon",
+        "--sample-rate",
+        "0.01",
+        "--noise-multiplier",
+        "1.0",
+        "--steps",
+        "1000",
+    ];
+    for acc in ["rdp", "prv", "gdp"] {
+        let mut args = base.to_vec();
+        args.extend(["--delta", "1e-5", "--accountant", acc, "--json"]);
+        let v = json_of(&burn_dp(&args));
+        assert_eq!(v["accountant"], acc);
+        assert_eq!(v["steps"], 1000);
+        assert_eq!(v["noise_multiplier"], 1.0);
+        let eps = v["epsilon"].as_f64().unwrap();
+        match acc {
+            // Opacus RDP: 2.1014; Google PLD: 1.8282.
+            "rdp" => assert!((eps - 2.10139).abs() < 1e-3, "{v}"),
+            "prv" => {
+                let (lo, hi) = (
+                    v["epsilon_lower"].as_f64().unwrap(),
+                    v["epsilon_upper"].as_f64().unwrap(),
+                );
+                assert!(lo <= 1.8282 && 1.8282 <= hi, "{v}");
+            }
+            _ => assert!(eps > 0.0),
+        }
+    }
+}
+
+#[test]
+fn noise_json_from_dataset_description() {
+    let out = burn_dp(&[
+        "noise",
+        "--target-epsilon",
+        "3",
+        "--delta",
+        "1e-5",
+        "--dataset-size",
+        "42061",
+        "--batch-size",
+        "1024",
+        "--epochs",
+        "10",
+        "--accountant",
+        "rdp",
+        "--json",
+    ]);
+    let v = json_of(&out);
+    // Opacus get_noise_multiplier: 1.08123779296875 (fixture).
+    assert!(
+        (v["noise_multiplier"].as_f64().unwrap() - 1.081_237_792_968_75).abs() < 0.01,
+        "{v}"
+    );
+    assert!(v["epsilon"].as_f64().unwrap() <= 3.0);
+    assert_eq!(v["steps"], 411);
+    assert_eq!(v["dataset_size"], 42061);
+}
+
+#[test]
+fn human_output_by_default() {
+    let out = burn_dp(&[
+        "epsilon",
+        "--sample-rate",
+        "0.01",
+        "--noise-multiplier",
+        "1",
+        "--steps",
+        "100",
+        "--delta",
+        "1e-5",
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("epsilon = "));
+}
+
+#[test]
+fn invalid_input_exits_2_with_one_line() {
+    let cases: &[&[&str]] = &[
+        &[
+            "epsilon",
+            "--sample-rate",
+            "0.01",
+            "--noise-multiplier",
+            "0",
+            "--steps",
+            "10",
+            "--delta",
+            "1e-5",
+        ],
+        &[
+            "epsilon",
+            "--sample-rate",
+            "0.01",
+            "--noise-multiplier",
+            "-1",
+            "--steps",
+            "10",
+            "--delta",
+            "1e-5",
+        ],
+        &[
+            "epsilon",
+            "--sample-rate",
+            "1.5",
+            "--noise-multiplier",
+            "1",
+            "--steps",
+            "10",
+            "--delta",
+            "1e-5",
+        ],
+        &[
+            "epsilon",
+            "--sample-rate",
+            "0.01",
+            "--noise-multiplier",
+            "1",
+            "--steps",
+            "0",
+            "--delta",
+            "1e-5",
+        ],
+        &[
+            "epsilon",
+            "--sample-rate",
+            "0.01",
+            "--noise-multiplier",
+            "1",
+            "--steps",
+            "10",
+            "--delta",
+            "1",
+        ],
+        &[
+            "noise",
+            "--target-epsilon",
+            "1e-9",
+            "--delta",
+            "1e-5",
+            "--sample-rate",
+            "0.01",
+            "--steps",
+            "10",
+        ],
+        &[
+            "noise",
+            "--target-epsilon",
+            "-3",
+            "--delta",
+            "1e-5",
+            "--sample-rate",
+            "0.01",
+            "--steps",
+            "10",
+        ],
+        &["epsilon", "--noise-multiplier", "1", "--delta", "1e-5"],
+        &[
+            "epsilon",
+            "--dataset-size",
+            "10",
+            "--batch-size",
+            "20",
+            "--epochs",
+            "1",
+            "--noise-multiplier",
+            "1",
+            "--delta",
+            "1e-5",
+        ],
+    ];
+    for args in cases {
+        let out = burn_dp(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // Clap's own usage errors also exit 2.
+    assert_eq!(burn_dp(&["epsilon", "--bogus"]).status.code(), Some(2));
+}

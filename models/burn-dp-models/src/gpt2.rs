@@ -1,0 +1,489 @@
+//! GPT-2 (HF `GPT2LMHeadModel`) with HF module names.
+
+use burn::module::Module;
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
+};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use serde::{Deserialize, Serialize};
+
+use crate::act::Activation;
+use crate::error::ImportError;
+use crate::load::{Layout, NameRules};
+
+/// GPT-2 hyper-parameters (HF names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gpt2Config {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Maximum sequence length (rows of `wpe`).
+    pub n_positions: usize,
+    /// Model width.
+    pub n_embd: usize,
+    /// Number of blocks.
+    pub n_layer: usize,
+    /// Number of attention heads.
+    pub n_head: usize,
+    /// MLP width (default `4 * n_embd`).
+    pub n_inner: Option<usize>,
+    /// LayerNorm epsilon.
+    pub layer_norm_epsilon: f64,
+    /// MLP activation (`gelu_new` in GPT-2).
+    pub activation: Activation,
+    /// Output head tied to the token embedding (as in HF); `false` adds an own `lm_head`.
+    pub tie_word_embeddings: bool,
+    /// Dropout probability (residual, embedding and attention), default 0.
+    pub dropout: f64,
+}
+
+impl Gpt2Config {
+    fn preset(n_embd: usize, n_layer: usize, n_head: usize) -> Self {
+        Self {
+            vocab_size: 50257,
+            n_positions: 1024,
+            n_embd,
+            n_layer,
+            n_head,
+            n_inner: None,
+            layer_norm_epsilon: 1e-5,
+            activation: Activation::GeluTanh,
+            tie_word_embeddings: true,
+            dropout: 0.0,
+        }
+    }
+    /// GPT-2 small (124M).
+    pub fn small() -> Self {
+        Self::preset(768, 12, 12)
+    }
+    /// GPT-2 medium (355M).
+    pub fn medium() -> Self {
+        Self::preset(1024, 24, 16)
+    }
+    /// GPT-2 large (774M).
+    pub fn large() -> Self {
+        Self::preset(1280, 36, 20)
+    }
+    /// GPT-2 xl (1.5B).
+    pub fn xl() -> Self {
+        Self::preset(1600, 48, 25)
+    }
+    /// A custom configuration (GPT-2 defaults for the rest).
+    pub fn custom(
+        vocab_size: usize,
+        n_positions: usize,
+        n_embd: usize,
+        n_layer: usize,
+        n_head: usize,
+    ) -> Self {
+        Self {
+            vocab_size,
+            n_positions,
+            ..Self::preset(n_embd, n_layer, n_head)
+        }
+    }
+    /// Untie (or tie) the output head.
+    pub fn with_tied_head(mut self, tied: bool) -> Self {
+        self.tie_word_embeddings = tied;
+        self
+    }
+    /// Set the dropout probability.
+    pub fn with_dropout(mut self, p: f64) -> Self {
+        self.dropout = p;
+        self
+    }
+
+    /// Read a HF `config.json` (`GPT2Config`) string.
+    pub fn from_hf_json(json: &str) -> Result<Self, ImportError> {
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| ImportError::Config(e.to_string()))?;
+        let get = |k: &str| -> Result<usize, ImportError> {
+            v.get(k)
+                .and_then(|x| x.as_u64())
+                .map(|x| x as usize)
+                .ok_or_else(|| ImportError::Config(format!("GPT-2 config lacks `{k}`")))
+        };
+        let activation = match v.get("activation_function").and_then(|x| x.as_str()) {
+            Some(s) => Activation::from_hf(s)?,
+            None => Activation::GeluTanh,
+        };
+        let p = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
+        let cfg = Self {
+            vocab_size: get("vocab_size")?,
+            n_positions: get("n_positions")?,
+            n_embd: get("n_embd")?,
+            n_layer: get("n_layer")?,
+            n_head: get("n_head")?,
+            n_inner: v
+                .get("n_inner")
+                .and_then(|x| x.as_u64())
+                .map(|x| x as usize),
+            layer_norm_epsilon: v
+                .get("layer_norm_epsilon")
+                .and_then(|x| x.as_f64())
+                .unwrap_or(1e-5),
+            activation,
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(|x| x.as_bool())
+                .unwrap_or(true),
+            dropout: p("resid_pdrop").max(p("embd_pdrop")).max(p("attn_pdrop")),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check the configuration is consistent.
+    pub fn validate(&self) -> Result<(), ImportError> {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
+            return Err(ImportError::Config(format!(
+                "n_embd {} is not divisible by n_head {}",
+                self.n_embd, self.n_head
+            )));
+        }
+        Ok(())
+    }
+
+    /// MLP width.
+    pub fn inner(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    /// A model with freshly initialised (lazily allocated) weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Gpt2<B> {
+        let d = self.n_embd;
+        let linear = |i: usize, o: usize| LinearConfig::new(i, o).init(device);
+        let ln = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(self.layer_norm_epsilon)
+                .init(device)
+        };
+        let dropout = || DropoutConfig::new(self.dropout).init();
+        let h = (0..self.n_layer)
+            .map(|_| Gpt2Block {
+                ln_1: ln(),
+                attn: Gpt2Attention {
+                    c_attn: linear(d, 3 * d),
+                    c_proj: linear(d, d),
+                    attn_dropout: dropout(),
+                    resid_dropout: dropout(),
+                    n_head: self.n_head,
+                },
+                ln_2: ln(),
+                mlp: Gpt2Mlp {
+                    c_fc: linear(d, self.inner()),
+                    c_proj: linear(self.inner(), d),
+                    dropout: dropout(),
+                    activation: self.activation,
+                },
+            })
+            .collect();
+        Gpt2 {
+            transformer: Gpt2Transformer {
+                wte: EmbeddingConfig::new(self.vocab_size, d).init(device),
+                wpe: EmbeddingConfig::new(self.n_positions, d).init(device),
+                drop: dropout(),
+                h,
+                ln_f: ln(),
+            },
+            lm_head: if self.tie_word_embeddings {
+                None
+            } else {
+                Some(
+                    LinearConfig::new(d, self.vocab_size)
+                        .with_bias(false)
+                        .init(device),
+                )
+            },
+        }
+    }
+}
+
+/// Self-attention (`transformer.h.N.attn`): fused `c_attn` (q|k|v) and `c_proj`.
+#[derive(Module, Debug)]
+pub struct Gpt2Attention<B: Backend> {
+    /// q, k, v projection, burn `Linear` [d, 3d] (= HF `Conv1D` layout).
+    pub c_attn: Linear<B>,
+    /// Output projection.
+    pub c_proj: Linear<B>,
+    /// Dropout on attention probabilities.
+    pub attn_dropout: Dropout,
+    /// Dropout on the output.
+    pub resid_dropout: Dropout,
+    /// Number of heads.
+    pub n_head: usize,
+}
+
+impl<B: Backend> Gpt2Attention<B> {
+    /// [B, T, d] -> [B, T, d], causal.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
+        let h = self.n_head;
+        let dh = d / h;
+        let qkv = self.c_attn.forward(x);
+        let heads = |i: usize| {
+            qkv.clone()
+                .slice([0..b, 0..t, i * d..(i + 1) * d])
+                .reshape([b, t, h, dh])
+                .swap_dims(1, 2)
+        };
+        let (q, k, v) = (heads(0), heads(1), heads(2));
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f64).sqrt());
+        let mask = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &scores.device()).unsqueeze::<4>();
+        let scores = scores.mask_fill(mask, f32::MIN);
+        let probs = self.attn_dropout.forward(softmax(scores, 3));
+        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
+        self.resid_dropout.forward(self.c_proj.forward(out))
+    }
+}
+
+/// MLP (`transformer.h.N.mlp`).
+#[derive(Module, Debug)]
+pub struct Gpt2Mlp<B: Backend> {
+    /// Up projection.
+    pub c_fc: Linear<B>,
+    /// Down projection.
+    pub c_proj: Linear<B>,
+    /// Dropout on the output.
+    pub dropout: Dropout,
+    /// Activation.
+    pub activation: Activation,
+}
+
+/// One transformer block (`transformer.h.N`).
+#[derive(Module, Debug)]
+pub struct Gpt2Block<B: Backend> {
+    /// Pre-attention LayerNorm.
+    pub ln_1: LayerNorm<B>,
+    /// Attention.
+    pub attn: Gpt2Attention<B>,
+    /// Pre-MLP LayerNorm.
+    pub ln_2: LayerNorm<B>,
+    /// MLP.
+    pub mlp: Gpt2Mlp<B>,
+}
+
+impl<B: Backend> Gpt2Block<B> {
+    /// [B, T, d] -> [B, T, d].
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x));
+        let m = &self.mlp;
+        let y = m.c_proj.forward(
+            m.activation
+                .forward(m.c_fc.forward(self.ln_2.forward(x.clone()))),
+        );
+        x + m.dropout.forward(y)
+    }
+}
+
+/// The transformer body (`transformer`).
+#[derive(Module, Debug)]
+pub struct Gpt2Transformer<B: Backend> {
+    /// Token embedding [V, d].
+    pub wte: Embedding<B>,
+    /// Position embedding [n_positions, d].
+    pub wpe: Embedding<B>,
+    /// Embedding dropout.
+    pub drop: Dropout,
+    /// Blocks.
+    pub h: Vec<Gpt2Block<B>>,
+    /// Final LayerNorm.
+    pub ln_f: LayerNorm<B>,
+}
+
+/// GPT-2 language model (HF `GPT2LMHeadModel`).
+#[derive(Module, Debug)]
+pub struct Gpt2<B: Backend> {
+    /// The body.
+    pub transformer: Gpt2Transformer<B>,
+    /// Untied output head (burn layout [d, V]); `None` = tied to `transformer.wte`.
+    pub lm_head: Option<Linear<B>>,
+}
+
+impl<B: Backend> Gpt2<B> {
+    /// Final hidden states [B, T, d]. `position_ids` [B, T] default to `0..T` for every sample.
+    pub fn hidden(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        position_ids: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
+        let [b, t] = input_ids.dims();
+        let device = input_ids.device();
+        let position_ids = position_ids.unwrap_or_else(|| {
+            Tensor::<B, 1, Int>::arange(0..t as i64, &device)
+                .reshape([1, t])
+                .repeat_dim(0, b)
+        });
+        let tr = &self.transformer;
+        let mut x = tr.wte.forward(input_ids) + tr.wpe.forward(position_ids);
+        x = tr.drop.forward(x);
+        for block in &tr.h {
+            x = block.forward(x);
+        }
+        tr.ln_f.forward(x)
+    }
+
+    /// Logits [B, T, V] for token ids [B, T] and optional per-sample position ids [B, T].
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        position_ids: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
+        let h = self.hidden(input_ids, position_ids);
+        match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => {
+                // Tied head through the linear module op (not a plain matmul), so per-sample
+                // gradient hooks see it.
+                let wte_weight = self.transformer.wte.weight.val();
+                burn::tensor::module::linear(h, wte_weight.transpose(), None)
+            }
+        }
+    }
+
+    /// Per-sample loss [B]: mean next-token cross-entropy over the T-1 predicted positions.
+    pub fn loss_per_sample(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        position_ids: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 1> {
+        let logits = self.forward(input_ids.clone(), position_ids);
+        crate::loss::lm_loss_per_sample(logits, input_ids)
+    }
+}
+
+pub(crate) struct Gpt2Rules;
+
+impl NameRules for Gpt2Rules {
+    fn layout(&self, name: &str, is_linear: bool) -> Layout {
+        // HF GPT-2 uses Conv1D ([in, out], burn's layout) everywhere but the (untied) lm_head,
+        // a torch Linear ([out, in]).
+        if is_linear && name == "lm_head.weight" {
+            Layout::Transposed
+        } else {
+            Layout::Same
+        }
+    }
+    fn aliases(&self, name: &str) -> Vec<String> {
+        let mut v = vec![name.to_string()];
+        if let Some(rest) = name.strip_prefix("transformer.") {
+            // Original OpenAI/HF checkpoints (`gpt2` on the hub) have no `transformer.` prefix.
+            v.push(rest.to_string());
+        }
+        if name == "transformer.wte.weight" {
+            // Tied head stored under the head's name.
+            v.push("lm_head.weight".to_string());
+        }
+        v
+    }
+}
+
+impl<B: Backend> Gpt2<B> {
+    /// Load HF weights (`GPT2LMHeadModel` / `GPT2Model` state dict, with or without the
+    /// `transformer.` prefix; tied head stored as `transformer.wte.weight` or `lm_head.weight`)
+    /// from a safetensors file, streaming tensor by tensor.
+    pub fn from_safetensors(
+        config: &Gpt2Config,
+        path: impl AsRef<std::path::Path>,
+        device: &B::Device,
+        options: crate::LoadOptions,
+    ) -> Result<Self, ImportError> {
+        config.validate()?;
+        let mut file = crate::st::SafetensorsFile::open(path)?;
+        Self::from_source(config, &mut file, device, options)
+    }
+
+    /// Load from any source of torch-named tensors.
+    pub fn from_source<S: crate::TensorSource>(
+        config: &Gpt2Config,
+        source: &mut S,
+        device: &B::Device,
+        options: crate::LoadOptions,
+    ) -> Result<Self, ImportError> {
+        crate::load::load_params(config.init(device), source, &Gpt2Rules, options)
+    }
+}
+
+impl<B: Backend> Gpt2<B> {
+    /// Load from an ONNX export of HF `GPT2LMHeadModel` (weights located through the graph).
+    pub fn from_onnx(
+        config: &Gpt2Config,
+        path: impl AsRef<std::path::Path>,
+        device: &B::Device,
+        options: crate::LoadOptions,
+    ) -> Result<Self, ImportError> {
+        config.validate()?;
+        let mut weights = onnx_weights(config, crate::onnx::OnnxFile::open(path)?)?;
+        Self::from_source(config, &mut weights, device, options)
+    }
+}
+
+/// Locate the GPT-2 weights of `config` in an ONNX graph.
+pub fn onnx_weights(
+    config: &Gpt2Config,
+    file: crate::onnx::OnnxFile,
+) -> Result<crate::onnx::OnnxWeights, ImportError> {
+    use crate::onnx::{count_err, Assign, Slots};
+    let s = Slots::of(&file)?;
+    let l = config.n_layer;
+    let expected = crate::load::param_names::<burn::backend::NdArray, _>(
+        &config.init::<burn::backend::NdArray>(&Default::default()),
+    )
+    .into_iter()
+    .map(|(_, n)| n);
+    let mut a = Assign::new(expected);
+    if s.emb.len() != 2 {
+        return Err(count_err(
+            &file,
+            "embedding Gather nodes (wte, wpe)",
+            2,
+            s.emb.len(),
+        ));
+    }
+    a.set("transformer.wte.weight", &s.emb[0].1, false)?;
+    a.set("transformer.wpe.weight", &s.emb[1].1, false)?;
+    if s.ln.len() != 2 * l + 1 {
+        return Err(count_err(
+            &file,
+            "LayerNormalization nodes",
+            2 * l + 1,
+            s.ln.len(),
+        ));
+    }
+    let n_lin = 4 * l + usize::from(!config.tie_word_embeddings);
+    // A tied head shows up as one more MatMul with the (transposed) embedding table.
+    if s.linear.len() != n_lin && !(config.tie_word_embeddings && s.linear.len() == n_lin + 1) {
+        return Err(count_err(
+            &file,
+            "linear (Gemm/MatMul) nodes",
+            n_lin,
+            s.linear.len(),
+        ));
+    }
+    let set_ln = |a: &mut Assign, name: &str, k: usize| -> Result<(), ImportError> {
+        let (node, scale, bias) = &s.ln[k];
+        a.set(&format!("{name}.weight"), scale, false)?;
+        a.set_opt(&format!("{name}.bias"), bias, node)
+    };
+    for i in 0..l {
+        set_ln(&mut a, &format!("transformer.h.{i}.ln_1"), 2 * i)?;
+        set_ln(&mut a, &format!("transformer.h.{i}.ln_2"), 2 * i + 1)?;
+        for (k, m) in ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+            .iter()
+            .enumerate()
+        {
+            let (node, w, b) = &s.linear[4 * i + k];
+            let name = format!("transformer.h.{i}.{m}");
+            // HF Conv1D stores [in, out], which is how the graph uses it.
+            a.set(&format!("{name}.weight"), w, false)?;
+            a.set_opt(&format!("{name}.bias"), b, node)?;
+        }
+    }
+    set_ln(&mut a, "transformer.ln_f", 2 * l)?;
+    if !config.tie_word_embeddings {
+        // torch Linear stores [V, d]; the graph uses [d, V].
+        a.set("lm_head.weight", &s.linear[4 * l].1, true)?;
+    }
+    Ok(a.finish(file))
+}

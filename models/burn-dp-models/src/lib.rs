@@ -1,0 +1,31 @@
+//! GPT-2, ResNet and ViT written with ordinary burn modules, with weight import from
+//! safetensors (HF / torchvision names) and from ONNX files exported by PyTorch.
+//!
+//! Every model keeps the batch dimension at dim 0 of every activation and lets parameters enter
+//! the computation only through burn `nn` modules (or raw `Param`s combined element-wise with
+//! the activations), as the per-sample gradient engine of `burn-dp` requires.
+
+#![warn(missing_docs)]
+
+pub mod act;
+pub mod error;
+pub mod gpt2;
+pub mod load;
+pub mod loss;
+pub mod onnx;
+pub mod resnet;
+pub mod st;
+pub mod vit;
+
+pub use act::Activation;
+pub use error::ImportError;
+pub use gpt2::{Gpt2, Gpt2Config};
+pub use load::{count_params, param_names, LoadOptions, RawTensor, TensorSource};
+pub use loss::{cross_entropy_per_sample, lm_loss_per_sample};
+pub use onnx::{OnnxFile, OnnxWeights};
+pub use resnet::{BlockKind, Norm, ResNet, ResNetConfig};
+pub use st::SafetensorsFile;
+pub use vit::{ViTConfig, ViTForImageClassification};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,324 @@
+//! Generic, streaming weight loading: torch-named tensors are loaded one by one into the
+//! parameters of an (uninitialised, lazily allocated) burn module.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use crate::error::ImportError;
+
+/// A tensor in torch layout, converted to f32.
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    /// Shape, torch layout.
+    pub shape: Vec<usize>,
+    /// Row-major data.
+    pub data: Vec<f32>,
+}
+
+impl RawTensor {
+    /// New tensor; `data.len()` must be the product of `shape`.
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        Self { shape, data }
+    }
+
+    /// Number of elements implied by the shape.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Something that hands out torch-named tensors (a safetensors file, an ONNX graph, ...).
+pub trait TensorSource {
+    /// The tensor stored under exactly `name`, or `None` if there is none.
+    fn fetch(&mut self, name: &str) -> Result<Option<RawTensor>, ImportError>;
+}
+
+impl TensorSource for HashMap<String, RawTensor> {
+    fn fetch(&mut self, name: &str) -> Result<Option<RawTensor>, ImportError> {
+        Ok(self.get(name).cloned())
+    }
+}
+
+/// How the torch tensor relates to the burn parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Same shape and layout.
+    Same,
+    /// torch stores the transpose of the burn 2-D parameter (torch `Linear` [out, in] vs burn
+    /// `Linear` [in, out]).
+    Transposed,
+}
+
+/// Options of the loaders.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Show an indicatif progress bar on stderr while loading.
+    pub progress: bool,
+}
+
+impl LoadOptions {
+    /// Loading with a progress bar.
+    pub fn with_progress() -> Self {
+        Self { progress: true }
+    }
+}
+
+/// Path of module fields, with enum variant names dropped (they are no torch names).
+#[derive(Default)]
+struct PathStack {
+    stack: Vec<(String, bool)>,
+}
+
+impl PathStack {
+    fn enter(&mut self, name: &str, container_type: &str) {
+        self.stack
+            .push((name.to_string(), container_type.starts_with("Enum:")));
+    }
+    fn exit(&mut self) {
+        self.stack.pop();
+    }
+    fn torch_name(&self) -> String {
+        let parts: Vec<&str> = self
+            .stack
+            .iter()
+            .filter(|(_, skip)| !skip)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let mut name = parts.join(".");
+        // burn's LayerNorm / GroupNorm call their affine parameters gamma / beta.
+        if let Some(stem) = name.strip_suffix(".gamma") {
+            name = format!("{stem}.weight");
+        } else if let Some(stem) = name.strip_suffix(".beta") {
+            name = format!("{stem}.bias");
+        }
+        name
+    }
+}
+
+struct NameCollector {
+    path: PathStack,
+    containers: Vec<String>,
+    out: Vec<(ParamId, String, Vec<usize>, bool)>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for NameCollector {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+        self.containers.push(container_type.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+        self.containers.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let linear = self.containers.last().map(String::as_str) == Some("Struct:Linear")
+            && self.path.stack.last().map(|(n, _)| n.as_str()) == Some("weight");
+        self.out.push((
+            param.id,
+            self.path.torch_name(),
+            param.lazy_shape().iter().copied().collect::<Vec<usize>>(),
+            linear,
+        ));
+    }
+}
+
+/// Every float parameter of `module` as (param id, torch name, burn shape, is a `Linear` weight),
+/// in visiting order. Does not allocate lazily initialised parameters.
+pub(crate) fn collect_params<B: Backend, M: Module<B>>(
+    module: &M,
+) -> Vec<(ParamId, String, Vec<usize>, bool)> {
+    let mut c = NameCollector {
+        path: PathStack::default(),
+        containers: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut c);
+    c.out
+}
+
+/// Map burn parameter ids to torch / HF names (`transformer.h.0.attn.c_attn.weight`,
+/// `layer2.0.downsample.1.bias`, `vit.embeddings.cls_token`, ...).
+///
+/// Works for every model of this crate: module fields are named as in torch, enum variants are
+/// skipped and burn's `gamma`/`beta` (LayerNorm, GroupNorm) are reported as `weight`/`bias`.
+/// With a tied GPT-2 head the shared weight appears once, as `transformer.wte.weight`.
+pub fn param_names<B: Backend, M: Module<B>>(module: &M) -> Vec<(ParamId, String)> {
+    collect_params::<B, M>(module)
+        .into_iter()
+        .map(|(id, name, _, _)| (id, name))
+        .collect()
+}
+
+/// Number of parameters computed from the (possibly lazy) shapes, without allocating anything.
+pub fn count_params<B: Backend, M: Module<B>>(module: &M) -> usize {
+    collect_params::<B, M>(module)
+        .iter()
+        .map(|(_, _, s, _)| s.iter().product::<usize>())
+        .sum()
+}
+
+/// The per-model rules a loader needs.
+pub(crate) trait NameRules {
+    /// Torch layout of parameter `name` (`is_linear` when it is the weight of a burn `Linear`).
+    fn layout(&self, name: &str, is_linear: bool) -> Layout {
+        if is_linear && name.ends_with(".weight") {
+            Layout::Transposed
+        } else {
+            Layout::Same
+        }
+    }
+    /// Names to look the tensor up under, in order.
+    fn aliases(&self, name: &str) -> Vec<String> {
+        vec![name.to_string()]
+    }
+}
+
+struct Loader<'a, S: TensorSource, R: NameRules> {
+    source: &'a mut S,
+    rules: &'a R,
+    path: PathStack,
+    containers: Vec<String>,
+    error: Option<ImportError>,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl<'a, S: TensorSource, R: NameRules> Loader<'a, S, R> {
+    fn load<B: Backend, const D: usize>(
+        &mut self,
+        name: &str,
+        layout: Layout,
+        expected_burn: &[usize],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>, ImportError> {
+        let expected_torch: Vec<usize> = match layout {
+            Layout::Same => expected_burn.to_vec(),
+            Layout::Transposed => expected_burn.iter().rev().copied().collect(),
+        };
+        let aliases = self.rules.aliases(name);
+        let mut found = None;
+        for alias in &aliases {
+            if let Some(t) = self.source.fetch(alias)? {
+                found = Some(t);
+                break;
+            }
+        }
+        let raw = found.ok_or_else(|| ImportError::MissingWeight {
+            name: name.to_string(),
+            tried: aliases.join(", "),
+        })?;
+        if raw.shape != expected_torch || raw.data.len() != raw.numel() {
+            return Err(ImportError::ShapeMismatch {
+                name: name.to_string(),
+                expected: expected_torch,
+                found: raw.shape,
+            });
+        }
+        let tensor = Tensor::<B, D>::from_data(TensorData::new(raw.data, raw.shape), device);
+        Ok(match layout {
+            Layout::Same => tensor,
+            Layout::Transposed => tensor.transpose(),
+        })
+    }
+}
+
+impl<'a, B: Backend, S: TensorSource, R: NameRules> ModuleMapper<B> for Loader<'a, S, R> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+        self.containers.push(container_type.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+        self.containers.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if self.error.is_some() {
+            return param;
+        }
+        let name = self.path.torch_name();
+        let is_linear = self.containers.last().map(String::as_str) == Some("Struct:Linear")
+            && self.path.stack.last().map(|(n, _)| n.as_str()) == Some("weight");
+        let layout = self.rules.layout(&name, is_linear);
+        let shape = param.lazy_shape().iter().copied().collect::<Vec<usize>>();
+        let device = param.lazy_device();
+        if let Some(bar) = &self.bar {
+            bar.set_message(name.clone());
+        }
+        match self.load::<B, D>(&name, layout, &shape, &device) {
+            Ok(tensor) => {
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                }
+                let id = param.id;
+                // Replaces the (never allocated) lazy initialisation by the loaded tensor.
+                param.transform_for_load(tensor, id)
+            }
+            Err(e) => {
+                self.error = Some(e);
+                param
+            }
+        }
+    }
+}
+
+/// Load every float parameter of `module` from `source`, tensor by tensor.
+pub(crate) fn load_params<B: Backend, M: Module<B>, S: TensorSource, R: NameRules>(
+    module: M,
+    source: &mut S,
+    rules: &R,
+    options: LoadOptions,
+) -> Result<M, ImportError> {
+    let bar = if options.progress {
+        let n = collect_params::<B, M>(&module).len() as u64;
+        let bar = indicatif::ProgressBar::new(n);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} loading [{bar:40}] {pos}/{len} {wide_msg}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Some(bar)
+    } else {
+        None
+    };
+    let mut loader = Loader {
+        source,
+        rules,
+        path: PathStack::default(),
+        containers: Vec::new(),
+        error: None,
+        bar,
+    };
+    let module = module.map(&mut loader);
+    if let Some(bar) = &loader.bar {
+        bar.finish_and_clear();
+    }
+    match loader.error {
+        Some(e) => Err(e),
+        None => Ok(module),
+    }
+}
+
+/// Fetch a non-parameter tensor (a buffer such as BatchNorm running statistics) with a shape
+/// check.
+pub(crate) fn fetch_buffer<S: TensorSource>(
+    source: &mut S,
+    name: &str,
+    expected: &[usize],
+) -> Result<RawTensor, ImportError> {
+    let raw = source
+        .fetch(name)?
+        .ok_or_else(|| ImportError::MissingWeight {
+            name: name.to_string(),
+            tried: name.to_string(),
+        })?;
+    if raw.shape != expected || raw.data.len() != raw.numel() {
+        return Err(ImportError::ShapeMismatch {
+            name: name.to_string(),
+            expected: expected.to_vec(),
+            found: raw.shape,
+        });
+    }
+    Ok(raw)
+}

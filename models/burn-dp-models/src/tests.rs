@@ -1,0 +1,481 @@
+//! Unit tests (one lib test binary; the fixture parity tests are in `tests/fixtures.rs`).
+
+use std::path::PathBuf;
+
+use burn::backend::{Autodiff, NdArray};
+use burn::module::Module;
+use burn::prelude::*;
+
+use crate::*;
+
+type B = NdArray<f32>;
+type AB = Autodiff<NdArray<f32>>;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn dev() -> burn::backend::ndarray::NdArrayDevice {
+    Default::default()
+}
+
+#[test]
+fn published_parameter_counts() {
+    // Counted from the lazy parameter shapes: nothing is allocated.
+    let gpt2 = |c: Gpt2Config| count_params::<B, _>(&c.init::<B>(&dev()));
+    assert_eq!(gpt2(Gpt2Config::small()), 124_439_808);
+    assert_eq!(gpt2(Gpt2Config::medium()), 354_823_168);
+    assert_eq!(gpt2(Gpt2Config::large()), 774_030_080);
+    assert_eq!(gpt2(Gpt2Config::xl()), 1_557_611_200);
+    // Untied head: one more [V, d] matrix.
+    assert_eq!(
+        gpt2(Gpt2Config::small().with_tied_head(false)),
+        124_439_808 + 50257 * 768
+    );
+
+    let resnet = |c: ResNetConfig| count_params::<B, _>(&c.init::<B>(&dev()));
+    assert_eq!(resnet(ResNetConfig::resnet18(1000)), 11_689_512);
+    assert_eq!(resnet(ResNetConfig::resnet34(1000)), 21_797_672);
+    assert_eq!(resnet(ResNetConfig::resnet50(1000)), 25_557_032);
+    assert_eq!(resnet(ResNetConfig::resnet101(1000)), 44_549_160);
+    assert_eq!(resnet(ResNetConfig::resnet152(1000)), 60_192_808);
+
+    let vit = |c: ViTConfig| count_params::<B, _>(&c.init::<B>(&dev()));
+    assert_eq!(vit(ViTConfig::base_patch16(1000)), 86_567_656);
+    assert_eq!(vit(ViTConfig::base_patch32(1000)), 88_224_232);
+    assert_eq!(vit(ViTConfig::large_patch16(1000)), 304_326_632);
+    assert_eq!(vit(ViTConfig::large_patch32(1000)), 306_535_400);
+}
+
+#[test]
+fn num_params_allocating_matches_lazy_count() {
+    // burn's own `num_params` (which allocates every parameter) agrees with the lazy count.
+    let m = ResNetConfig::resnet50(1000).init::<B>(&dev());
+    assert_eq!(m.num_params(), 25_557_032);
+    let g = Gpt2Config::custom(512, 64, 64, 2, 4).init::<B>(&dev());
+    assert_eq!(g.num_params(), count_params::<B, _>(&g));
+    let v = ViTConfig::custom(64, 2, 4, 128, 32, 8, 10).init::<B>(&dev());
+    assert_eq!(v.num_params(), count_params::<B, _>(&v));
+}
+
+#[test]
+fn gpt2_shapes_positions_and_untied_head() {
+    let cfg = Gpt2Config::custom(50, 16, 32, 2, 4).with_tied_head(false);
+    let m = cfg.init::<B>(&dev());
+    let ids = Tensor::<B, 2, Int>::from_data([[1, 2, 3, 4], [5, 6, 7, 8]], &dev());
+    let logits = m.forward(ids.clone(), None);
+    assert_eq!(logits.dims(), [2, 4, 50]);
+    // Shifted positions change the output; explicit arange equals the default.
+    let pos = Tensor::<B, 2, Int>::from_data([[0, 1, 2, 3], [4, 5, 6, 7]], &dev());
+    let shifted = m.forward(ids.clone(), Some(pos));
+    let default_pos = Tensor::<B, 2, Int>::from_data([[0, 1, 2, 3], [0, 1, 2, 3]], &dev());
+    let same = m.forward(ids.clone(), Some(default_pos));
+    let d0: f32 = (logits.clone() - same).abs().max().into_scalar();
+    assert!(d0 < 1e-6);
+    let d1: f32 = (logits.clone() - shifted.clone())
+        .abs()
+        .slice([1..2, 0..4, 0..50])
+        .max()
+        .into_scalar();
+    assert!(d1 > 1e-6);
+    let loss = m.loss_per_sample(ids, None);
+    assert_eq!(loss.dims(), [2]);
+    let names: Vec<String> = param_names::<B, _>(&m).into_iter().map(|x| x.1).collect();
+    assert!(names.contains(&"lm_head.weight".to_string()));
+    assert!(names.contains(&"transformer.h.1.attn.c_attn.weight".to_string()));
+    assert!(names.contains(&"transformer.h.0.ln_1.bias".to_string()));
+}
+
+#[test]
+fn gpt2_causal() {
+    let m = Gpt2Config::custom(50, 16, 32, 2, 4).init::<B>(&dev());
+    let a = Tensor::<B, 2, Int>::from_data([[1, 2, 3, 4]], &dev());
+    let b = Tensor::<B, 2, Int>::from_data([[1, 2, 3, 9]], &dev());
+    let la = m.forward(a, None).slice([0..1, 0..3, 0..50]);
+    let lb = m.forward(b, None).slice([0..1, 0..3, 0..50]);
+    let d: f32 = (la - lb).abs().max().into_scalar();
+    assert!(d < 1e-6, "future token leaked: {d}");
+}
+
+#[test]
+fn resnet_norm_variants_and_names() {
+    let x = Tensor::<B, 4>::ones([2, 3, 32, 32], &dev());
+    for norm in [
+        Norm::FrozenBatchNorm,
+        Norm::GroupNorm { groups: 4 },
+        Norm::Folded,
+    ] {
+        for cfg in [
+            ResNetConfig::new(BlockKind::Basic, vec![1, 1, 1], vec![8, 16, 32], 5),
+            ResNetConfig::new(BlockKind::Bottleneck, vec![1, 2], vec![8, 16], 5),
+        ] {
+            let m = cfg.clone().with_norm(norm).init::<B>(&dev());
+            assert_eq!(m.forward(x.clone()).dims(), [2, 5]);
+            let names: Vec<String> = param_names::<B, _>(&m).into_iter().map(|x| x.1).collect();
+            assert!(
+                names.contains(&"layer2.0.downsample.0.weight".to_string()),
+                "{names:?}"
+            );
+            match norm {
+                Norm::Folded => {
+                    assert!(names.contains(&"conv1.bias".to_string()));
+                    assert!(!names.iter().any(|n| n.contains("bn")));
+                }
+                _ => {
+                    assert!(names.contains(&"bn1.weight".to_string()));
+                    assert!(names.contains(&"layer2.0.downsample.1.bias".to_string()));
+                    assert!(!names.iter().any(|n| n.contains("running")));
+                }
+            }
+        }
+    }
+    assert!(ResNetConfig::resnet18(10)
+        .with_norm(Norm::GroupNorm { groups: 7 })
+        .validate()
+        .is_err());
+}
+
+#[test]
+fn vit_forward_and_names() {
+    let cfg = ViTConfig::custom(32, 2, 4, 64, 16, 8, 3);
+    let m = cfg.init::<B>(&dev());
+    let x = Tensor::<B, 4>::ones([2, 3, 16, 16], &dev());
+    assert_eq!(m.forward(x).dims(), [2, 3]);
+    let names: Vec<String> = param_names::<B, _>(&m).into_iter().map(|x| x.1).collect();
+    for n in [
+        "vit.embeddings.cls_token",
+        "vit.embeddings.position_embeddings",
+        "vit.layers.1.attention.o_proj.bias",
+        "vit.layers.0.layernorm_before.weight",
+        "vit.layernorm.bias",
+        "classifier.weight",
+    ] {
+        assert!(names.contains(&n.to_string()), "{n}");
+    }
+    assert_eq!(
+        vit::vit_legacy_name("vit.layers.3.attention.q_proj.weight").as_deref(),
+        Some("vit.encoder.layer.3.attention.attention.query.weight")
+    );
+}
+
+#[test]
+fn per_sample_losses() {
+    let logits = Tensor::<B, 2>::from_data([[0.0, 0.0], [2.0, 0.0]], &dev());
+    let t = Tensor::<B, 1, Int>::from_data([0, 1], &dev());
+    let l: Vec<f32> = cross_entropy_per_sample(logits, t)
+        .into_data()
+        .to_vec()
+        .unwrap();
+    assert!((l[0] - 2f32.ln()).abs() < 1e-6);
+    assert!((l[1] - (2.0 + (1.0 + (-2f32).exp()).ln())).abs() < 1e-5);
+    // LM loss: uniform logits -> ln V for every sample.
+    let logits = Tensor::<B, 3>::zeros([3, 5, 7], &dev());
+    let ids = Tensor::<B, 2, Int>::zeros([3, 5], &dev());
+    let l: Vec<f32> = lm_loss_per_sample(logits, ids)
+        .into_data()
+        .to_vec()
+        .unwrap();
+    assert_eq!(l.len(), 3);
+    assert!(l.iter().all(|x| (x - 7f32.ln()).abs() < 1e-5));
+}
+
+#[test]
+fn loaded_params_are_trainable_on_autodiff_and_running_stats_are_not_params() {
+    let cfg = ResNetConfig::new(
+        BlockKind::Basic,
+        vec![2, 2, 2, 2],
+        vec![16, 32, 64, 128],
+        10,
+    );
+    let dev = Default::default();
+    let m = ResNet::<AB>::from_safetensors(
+        &cfg,
+        fixture("resnet-basic-small.weights.safetensors"),
+        &dev,
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let x = Tensor::<AB, 4>::ones([2, 3, 32, 32], &dev);
+    let y = Tensor::<AB, 1, Int>::from_data([1, 2], &dev);
+    let grads = m.loss_per_sample(x, y).sum().backward();
+    let bn = match m.bn1.as_ref().unwrap() {
+        resnet::NormLayer::Frozen(bn) => bn,
+        _ => unreachable!(),
+    };
+    assert!(bn.bias.grad(&grads).is_some());
+    assert!(m.conv1.weight.grad(&grads).is_some());
+    assert!(m.fc.weight.grad(&grads).is_some());
+    // The backend is inferred from the module.
+    let n = param_names(&m).len();
+    // conv weights + BN weight/bias + fc (the reference's `params`).
+    assert_eq!(n, 20 + 2 * 20 + 2);
+
+    // GroupNorm variant: BatchNorm affine parameters become GroupNorm's gamma/beta.
+    let gn = ResNet::<B>::from_safetensors(
+        &cfg.clone().with_norm(Norm::GroupNorm { groups: 8 }),
+        fixture("resnet-basic-small.weights.safetensors"),
+        &Default::default(),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(param_names(&gn).len(), n);
+
+    let gcfg = Gpt2Config::custom(512, 64, 64, 2, 4);
+    let g = Gpt2::<AB>::from_safetensors(
+        &gcfg,
+        fixture("gpt2-tiny.weights.safetensors"),
+        &dev,
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let ids = Tensor::<AB, 2, Int>::from_data([[1, 2, 3, 4]], &dev);
+    let grads = g.loss_per_sample(ids, None).sum().backward();
+    assert!(g.transformer.wte.weight.grad(&grads).is_some());
+    assert!(g.transformer.h[0]
+        .attn
+        .c_attn
+        .bias
+        .as_ref()
+        .unwrap()
+        .grad(&grads)
+        .is_some());
+}
+
+#[test]
+fn progress_bar_option_loads() {
+    let cfg = ViTConfig::custom(64, 2, 4, 128, 32, 8, 10);
+    let m = ViTForImageClassification::<B>::from_safetensors(
+        &cfg,
+        fixture("vit-tiny.weights.safetensors"),
+        &dev(),
+        LoadOptions::with_progress(),
+    );
+    assert!(m.is_ok());
+}
+
+#[test]
+fn typed_errors_never_panic() {
+    let dir = std::env::temp_dir().join(format!("burn-dp-models-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.bin");
+    std::fs::write(&garbage, b"\x08\x01\x12\xffnot a model at all").unwrap();
+    let gcfg = Gpt2Config::custom(512, 64, 64, 2, 4);
+
+    // Not a file.
+    let e = Gpt2::<B>::from_safetensors(
+        &gcfg,
+        dir.join("nope.safetensors"),
+        &dev(),
+        LoadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ImportError::Io { .. }), "{e}");
+    // Corrupt safetensors / ONNX.
+    let e =
+        Gpt2::<B>::from_safetensors(&gcfg, &garbage, &dev(), LoadOptions::default()).unwrap_err();
+    assert!(matches!(e, ImportError::Safetensors { .. }), "{e}");
+    let e = Gpt2::<B>::from_onnx(&gcfg, &garbage, &dev(), LoadOptions::default()).unwrap_err();
+    assert!(matches!(e, ImportError::OnnxDecode { .. }), "{e}");
+    // Truncated ONNX.
+    let bytes = std::fs::read(fixture("vit-tiny.dynamo.onnx")).unwrap();
+    let trunc = dir.join("trunc.onnx");
+    std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+    let vcfg = ViTConfig::custom(64, 2, 4, 128, 32, 8, 10);
+    let e =
+        ViTForImageClassification::<B>::from_onnx(&vcfg, &trunc, &dev(), LoadOptions::default())
+            .unwrap_err();
+    assert!(matches!(e, ImportError::OnnxDecode { .. }), "{e}");
+
+    // Wrong shape (config does not match the file): names the weight.
+    let wrong = Gpt2Config::custom(512, 64, 32, 2, 4);
+    let e = Gpt2::<B>::from_safetensors(
+        &wrong,
+        fixture("gpt2-tiny.weights.safetensors"),
+        &dev(),
+        LoadOptions::default(),
+    )
+    .unwrap_err();
+    match e {
+        ImportError::ShapeMismatch { name, .. } => assert_eq!(name, "transformer.wte.weight"),
+        e => panic!("{e}"),
+    }
+    let e = Gpt2::<B>::from_onnx(
+        &wrong,
+        fixture("gpt2-tiny.dynamo.onnx"),
+        &dev(),
+        LoadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ImportError::ShapeMismatch { .. }), "{e}");
+    // Missing weight: more layers than the file has.
+    let deeper = Gpt2Config::custom(512, 64, 64, 3, 4);
+    let e = Gpt2::<B>::from_safetensors(
+        &deeper,
+        fixture("gpt2-tiny.weights.safetensors"),
+        &dev(),
+        LoadOptions::default(),
+    )
+    .unwrap_err();
+    match e {
+        ImportError::MissingWeight { name, .. } => {
+            assert!(name.starts_with("transformer.h.2."), "{name}")
+        }
+        e => panic!("{e}"),
+    }
+    // Unknown layout: graph structure does not match the config.
+    let e = Gpt2::<B>::from_onnx(
+        &deeper,
+        fixture("gpt2-tiny.dynamo.onnx"),
+        &dev(),
+        LoadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ImportError::OnnxLayout { .. }), "{e}");
+    let e = ResNet::<B>::from_onnx(
+        &ResNetConfig::new(
+            BlockKind::Basic,
+            vec![2, 2, 2, 2],
+            vec![16, 32, 64, 128],
+            10,
+        )
+        .with_norm(Norm::Folded),
+        fixture("vit-tiny.dynamo.onnx"),
+        &dev(),
+        LoadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ImportError::OnnxLayout { .. }), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn onnx_tied_embedding_found_through_graph() {
+    // The dynamo export stores the tied table once, as `lm_head.weight`, used by the Gather.
+    let cfg = Gpt2Config::custom(512, 64, 64, 2, 4);
+    let w = gpt2::onnx_weights(
+        &cfg,
+        OnnxFile::open(fixture("gpt2-tiny.dynamo.onnx")).unwrap(),
+    )
+    .unwrap();
+    assert!(w.contains("transformer.wte.weight"));
+    assert!(!w.contains("lm_head.weight"));
+    // The legacy ViT export renames transposed weights (`onnx::MatMul_293`).
+    let vcfg = ViTConfig::custom(64, 2, 4, 128, 32, 8, 10);
+    let mut w = vit::onnx_weights(
+        &vcfg,
+        OnnxFile::open(fixture("vit-tiny.legacy.onnx")).unwrap(),
+    )
+    .unwrap();
+    let q = w
+        .fetch("vit.layers.0.attention.q_proj.weight")
+        .unwrap()
+        .unwrap();
+    let mut st = SafetensorsFile::open(fixture("vit-tiny.weights.safetensors")).unwrap();
+    let r = st
+        .fetch("vit.layers.0.attention.q_proj.weight")
+        .unwrap()
+        .unwrap();
+    assert_eq!(q.shape, r.shape);
+    assert_eq!(q.data, r.data);
+}
+
+#[test]
+fn fold_batchnorm_math() {
+    let w = RawTensor::new(vec![2, 1], vec![1.0, 2.0]);
+    let (fw, fb) = resnet::fold_batchnorm(
+        &w,
+        None,
+        &[2.0, 1.0],
+        &[0.5, 0.0],
+        &[1.0, -1.0],
+        &[3.0, 0.0],
+        1.0,
+    );
+    assert_eq!(fw.data, vec![1.0, 2.0]);
+    assert_eq!(fb, vec![-0.5, 1.0]);
+}
+
+fn rss_anon_kb() -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Loading GPT-2 small (124M params, 498 MB of f32) from a safetensors file of the HF layout
+/// needs about the weights plus one tensor of anonymous memory: the file is memory-mapped and
+/// converted tensor by tensor. Writes a 500 MB temporary file; run alone:
+/// `cargo test -p burn-dp-models --lib -- --ignored gpt2_small_streaming --test-threads 1`.
+#[test]
+#[ignore]
+fn gpt2_small_streaming_memory() {
+    use std::io::Write;
+    let cfg = Gpt2Config::small();
+    let m = cfg.init::<B>(&dev());
+    // HF layout: Conv1D [in, out] (= burn layout), tied head stored once.
+    let tensors: Vec<(String, Vec<usize>)> = crate::load::collect_params::<B, _>(&m)
+        .into_iter()
+        .map(|(_, n, s, _)| (n, s))
+        .collect();
+    drop(m);
+    let path = std::env::temp_dir().join(format!("gpt2-small-{}.safetensors", std::process::id()));
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (n, s) in &tensors {
+        let bytes = s.iter().product::<usize>() * 4;
+        header.insert(n.clone(), serde_json::json!({"dtype": "F32", "shape": s, "data_offsets": [offset, offset + bytes]}));
+        offset += bytes;
+    }
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        f.write_all(&(h.len() as u64).to_le_bytes()).unwrap();
+        f.write_all(&h).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        let mut left = offset;
+        while left > 0 {
+            let k = left.min(chunk.len());
+            f.write_all(&chunk[..k]).unwrap();
+            left -= k;
+        }
+    }
+    let largest = tensors
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>() * 4)
+        .max()
+        .unwrap();
+    let base = rss_anon_kb();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0;
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(rss_anon_kb());
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        peak
+    });
+    let model =
+        Gpt2::<B>::from_safetensors(&cfg, &path, &dev(), LoadOptions::with_progress()).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let _ = std::fs::remove_file(&path);
+    let weights_mb = offset as f64 / 1e6;
+    let extra_mb = (peak.saturating_sub(base)) as f64 * 1024.0 / 1e6 - weights_mb;
+    println!(
+        "weights {weights_mb:.0} MB, largest tensor {:.0} MB, peak extra anonymous memory above the weights {extra_mb:.1} MB (peak {peak} kB, base {base} kB)",
+        largest as f64 / 1e6
+    );
+    assert!(
+        extra_mb < 3.0 * largest as f64 / 1e6 + 50.0,
+        "{extra_mb} MB above the weights"
+    );
+    assert_eq!(count_params::<B, _>(&model), 124_439_808);
+}

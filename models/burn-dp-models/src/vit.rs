@@ -1,0 +1,554 @@
+//! ViT (HF `ViTForImageClassification`, transformers 5 module names).
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use serde::{Deserialize, Serialize};
+
+use crate::act::Activation;
+use crate::error::ImportError;
+use crate::load::{LoadOptions, NameRules, TensorSource};
+
+/// ViT hyper-parameters (HF names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViTConfig {
+    /// Width.
+    pub hidden_size: usize,
+    /// Number of encoder layers.
+    pub num_hidden_layers: usize,
+    /// Number of heads.
+    pub num_attention_heads: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// MLP activation.
+    pub hidden_act: Activation,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Image side.
+    pub image_size: usize,
+    /// Patch side.
+    pub patch_size: usize,
+    /// Input channels.
+    pub num_channels: usize,
+    /// Bias on q, k, v.
+    pub qkv_bias: bool,
+    /// Classes of the classifier head.
+    pub num_labels: usize,
+    /// Dropout probability (default 0).
+    pub dropout: f64,
+}
+
+impl ViTConfig {
+    fn preset(
+        d: usize,
+        layers: usize,
+        heads: usize,
+        mlp: usize,
+        patch: usize,
+        labels: usize,
+    ) -> Self {
+        Self {
+            hidden_size: d,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            intermediate_size: mlp,
+            hidden_act: Activation::Gelu,
+            layer_norm_eps: 1e-12,
+            image_size: 224,
+            patch_size: patch,
+            num_channels: 3,
+            qkv_bias: true,
+            num_labels: labels,
+            dropout: 0.0,
+        }
+    }
+    /// ViT-B/16 (`google/vit-base-patch16-224`).
+    pub fn base_patch16(num_labels: usize) -> Self {
+        Self::preset(768, 12, 12, 3072, 16, num_labels)
+    }
+    /// ViT-B/32.
+    pub fn base_patch32(num_labels: usize) -> Self {
+        Self::preset(768, 12, 12, 3072, 32, num_labels)
+    }
+    /// ViT-L/16.
+    pub fn large_patch16(num_labels: usize) -> Self {
+        Self::preset(1024, 24, 16, 4096, 16, num_labels)
+    }
+    /// ViT-L/32.
+    pub fn large_patch32(num_labels: usize) -> Self {
+        Self::preset(1024, 24, 16, 4096, 32, num_labels)
+    }
+    /// A custom configuration.
+    #[allow(clippy::too_many_arguments)]
+    pub fn custom(
+        hidden_size: usize,
+        num_hidden_layers: usize,
+        num_attention_heads: usize,
+        intermediate_size: usize,
+        image_size: usize,
+        patch_size: usize,
+        num_labels: usize,
+    ) -> Self {
+        Self {
+            image_size,
+            ..Self::preset(
+                hidden_size,
+                num_hidden_layers,
+                num_attention_heads,
+                intermediate_size,
+                patch_size,
+                num_labels,
+            )
+        }
+    }
+
+    /// Read a HF `config.json` (`ViTConfig`); the label count comes from `num_labels` or
+    /// `id2label`.
+    pub fn from_hf_json(json: &str) -> Result<Self, ImportError> {
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| ImportError::Config(e.to_string()))?;
+        let get = |k: &str| -> Result<usize, ImportError> {
+            v.get(k)
+                .and_then(|x| x.as_u64())
+                .map(|x| x as usize)
+                .ok_or_else(|| ImportError::Config(format!("ViT config lacks `{k}`")))
+        };
+        let num_labels = match v.get("num_labels").and_then(|x| x.as_u64()) {
+            Some(n) => n as usize,
+            None => v
+                .get("id2label")
+                .and_then(|x| x.as_object())
+                .map(|m| m.len())
+                .ok_or_else(|| ImportError::Config("ViT config lacks `id2label`".into()))?,
+        };
+        let p = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
+        let cfg = Self {
+            hidden_size: get("hidden_size")?,
+            num_hidden_layers: get("num_hidden_layers")?,
+            num_attention_heads: get("num_attention_heads")?,
+            intermediate_size: get("intermediate_size")?,
+            hidden_act: match v.get("hidden_act").and_then(|x| x.as_str()) {
+                Some(s) => Activation::from_hf(s)?,
+                None => Activation::Gelu,
+            },
+            layer_norm_eps: v
+                .get("layer_norm_eps")
+                .and_then(|x| x.as_f64())
+                .unwrap_or(1e-12),
+            image_size: get("image_size")?,
+            patch_size: get("patch_size")?,
+            num_channels: get("num_channels").unwrap_or(3),
+            qkv_bias: v.get("qkv_bias").and_then(|x| x.as_bool()).unwrap_or(true),
+            num_labels,
+            dropout: p("hidden_dropout_prob").max(p("attention_probs_dropout_prob")),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check the configuration.
+    pub fn validate(&self) -> Result<(), ImportError> {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
+            return Err(ImportError::Config(format!(
+                "hidden_size {} is not divisible by {} heads",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+            return Err(ImportError::Config(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Number of patches.
+    pub fn num_patches(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2)
+    }
+
+    /// A model with freshly initialised (lazily allocated) weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> ViTForImageClassification<B> {
+        let d = self.hidden_size;
+        let ln = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        let dropout = || DropoutConfig::new(self.dropout).init();
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| ViTLayer {
+                layernorm_before: ln(),
+                attention: ViTAttention {
+                    q_proj: LinearConfig::new(d, d)
+                        .with_bias(self.qkv_bias)
+                        .init(device),
+                    k_proj: LinearConfig::new(d, d)
+                        .with_bias(self.qkv_bias)
+                        .init(device),
+                    v_proj: LinearConfig::new(d, d)
+                        .with_bias(self.qkv_bias)
+                        .init(device),
+                    o_proj: LinearConfig::new(d, d).init(device),
+                    dropout: dropout(),
+                    num_heads: self.num_attention_heads,
+                },
+                layernorm_after: ln(),
+                mlp: ViTMlp {
+                    fc1: LinearConfig::new(d, self.intermediate_size).init(device),
+                    fc2: LinearConfig::new(self.intermediate_size, d).init(device),
+                    activation: self.hidden_act,
+                    dropout: dropout(),
+                },
+            })
+            .collect();
+        let std = burn::nn::Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        ViTForImageClassification {
+            vit: ViTModel {
+                embeddings: ViTEmbeddings {
+                    cls_token: std.init([1, 1, d], device),
+                    position_embeddings: std.init([1, self.num_patches() + 1, d], device),
+                    patch_embeddings: ViTPatchEmbeddings {
+                        projection: Conv2dConfig::new(
+                            [self.num_channels, d],
+                            [self.patch_size, self.patch_size],
+                        )
+                        .with_stride([self.patch_size, self.patch_size])
+                        .init(device),
+                    },
+                    dropout: dropout(),
+                },
+                layers,
+                layernorm: ln(),
+            },
+            classifier: LinearConfig::new(d, self.num_labels).init(device),
+        }
+    }
+}
+
+/// Patch embedding (`vit.embeddings.patch_embeddings`).
+#[derive(Module, Debug)]
+pub struct ViTPatchEmbeddings<B: Backend> {
+    /// Conv with kernel = stride = patch.
+    pub projection: Conv2d<B>,
+}
+
+/// Embeddings (`vit.embeddings`): raw `Param`s for the class token and position embeddings.
+#[derive(Module, Debug)]
+pub struct ViTEmbeddings<B: Backend> {
+    /// Class token [1, 1, d], expanded to [B, 1, d] and concatenated in front of the patches.
+    pub cls_token: Param<Tensor<B, 3>>,
+    /// Position embeddings [1, N + 1, d], added by broadcasting.
+    pub position_embeddings: Param<Tensor<B, 3>>,
+    /// Patch projection.
+    pub patch_embeddings: ViTPatchEmbeddings<B>,
+    /// Dropout.
+    pub dropout: Dropout,
+}
+
+impl<B: Backend> ViTEmbeddings<B> {
+    /// Images [B, C, H, W] -> tokens [B, N + 1, d].
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        let x = self.patch_embeddings.projection.forward(images);
+        let [b, d, h, w] = x.dims();
+        let x = x.reshape([b, d, h * w]).swap_dims(1, 2);
+        let cls = self.cls_token.val().expand([b, 1, d]);
+        let x = Tensor::cat(vec![cls, x], 1) + self.position_embeddings.val();
+        self.dropout.forward(x)
+    }
+}
+
+/// Self-attention (`vit.layers.N.attention`).
+#[derive(Module, Debug)]
+pub struct ViTAttention<B: Backend> {
+    /// Query.
+    pub q_proj: Linear<B>,
+    /// Key.
+    pub k_proj: Linear<B>,
+    /// Value.
+    pub v_proj: Linear<B>,
+    /// Output.
+    pub o_proj: Linear<B>,
+    /// Dropout on attention probabilities.
+    pub dropout: Dropout,
+    /// Number of heads.
+    pub num_heads: usize,
+}
+
+impl<B: Backend> ViTAttention<B> {
+    /// [B, T, d] -> [B, T, d].
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
+        let h = self.num_heads;
+        let dh = d / h;
+        let split = |y: Tensor<B, 3>| y.reshape([b, t, h, dh]).swap_dims(1, 2);
+        let q = split(self.q_proj.forward(x.clone()));
+        let k = split(self.k_proj.forward(x.clone()));
+        let v = split(self.v_proj.forward(x));
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f64).sqrt());
+        let probs = self.dropout.forward(softmax(scores, 3));
+        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
+        self.o_proj.forward(out)
+    }
+}
+
+/// MLP (`vit.layers.N.mlp`).
+#[derive(Module, Debug)]
+pub struct ViTMlp<B: Backend> {
+    /// Up projection.
+    pub fc1: Linear<B>,
+    /// Down projection.
+    pub fc2: Linear<B>,
+    /// Activation.
+    pub activation: Activation,
+    /// Dropout.
+    pub dropout: Dropout,
+}
+
+/// Encoder layer (`vit.layers.N`), pre-norm.
+#[derive(Module, Debug)]
+pub struct ViTLayer<B: Backend> {
+    /// Norm before attention.
+    pub layernorm_before: LayerNorm<B>,
+    /// Attention.
+    pub attention: ViTAttention<B>,
+    /// Norm before the MLP.
+    pub layernorm_after: LayerNorm<B>,
+    /// MLP.
+    pub mlp: ViTMlp<B>,
+}
+
+impl<B: Backend> ViTLayer<B> {
+    /// [B, T, d] -> [B, T, d].
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let a = self
+            .attention
+            .forward(self.layernorm_before.forward(x.clone()));
+        let x = x + self.mlp.dropout.forward(a);
+        let m = &self.mlp;
+        let y = m.fc2.forward(
+            m.activation
+                .forward(m.fc1.forward(self.layernorm_after.forward(x.clone()))),
+        );
+        x + m.dropout.forward(y)
+    }
+}
+
+/// The ViT body (`vit`).
+#[derive(Module, Debug)]
+pub struct ViTModel<B: Backend> {
+    /// Embeddings.
+    pub embeddings: ViTEmbeddings<B>,
+    /// Encoder layers.
+    pub layers: Vec<ViTLayer<B>>,
+    /// Final LayerNorm.
+    pub layernorm: LayerNorm<B>,
+}
+
+/// HF `ViTForImageClassification` (no pooler; classifier on the class token).
+#[derive(Module, Debug)]
+pub struct ViTForImageClassification<B: Backend> {
+    /// The body.
+    pub vit: ViTModel<B>,
+    /// Classifier.
+    pub classifier: Linear<B>,
+}
+
+impl<B: Backend> ViTForImageClassification<B> {
+    /// Images [B, C, H, W] -> logits [B, labels].
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        let mut x = self.vit.embeddings.forward(images);
+        for layer in &self.vit.layers {
+            x = layer.forward(x);
+        }
+        let x = self.vit.layernorm.forward(x);
+        let [b, _, d] = x.dims();
+        let cls = x.slice([0..b, 0..1, 0..d]).reshape([b, d]);
+        self.classifier.forward(cls)
+    }
+
+    /// Per-sample cross-entropy [B].
+    pub fn loss_per_sample(
+        &self,
+        images: Tensor<B, 4>,
+        targets: Tensor<B, 1, Int>,
+    ) -> Tensor<B, 1> {
+        crate::loss::cross_entropy_per_sample(self.forward(images), targets)
+    }
+
+    /// Load HF weights from a safetensors file (transformers 5 names, or the transformers 4
+    /// names `vit.encoder.layer.N.attention.attention.query`, ...).
+    pub fn from_safetensors(
+        config: &ViTConfig,
+        path: impl AsRef<std::path::Path>,
+        device: &B::Device,
+        options: LoadOptions,
+    ) -> Result<Self, ImportError> {
+        let mut file = crate::st::SafetensorsFile::open(path)?;
+        Self::from_source(config, &mut file, device, options)
+    }
+
+    /// Load from any source of HF-named tensors.
+    pub fn from_source<S: TensorSource>(
+        config: &ViTConfig,
+        source: &mut S,
+        device: &B::Device,
+        options: LoadOptions,
+    ) -> Result<Self, ImportError> {
+        config.validate()?;
+        crate::load::load_params(config.init(device), source, &ViTRules, options)
+    }
+}
+
+pub(crate) struct ViTRules;
+
+/// transformers 4 name of a transformers 5 ViT parameter name.
+pub(crate) fn vit_legacy_name(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("vit.layers.")?;
+    let (idx, tail) = rest.split_once('.')?;
+    let tail = match tail {
+        t if t.starts_with("attention.q_proj.") => {
+            t.replacen("attention.q_proj", "attention.attention.query", 1)
+        }
+        t if t.starts_with("attention.k_proj.") => {
+            t.replacen("attention.k_proj", "attention.attention.key", 1)
+        }
+        t if t.starts_with("attention.v_proj.") => {
+            t.replacen("attention.v_proj", "attention.attention.value", 1)
+        }
+        t if t.starts_with("attention.o_proj.") => {
+            t.replacen("attention.o_proj", "attention.output.dense", 1)
+        }
+        t if t.starts_with("mlp.fc1.") => t.replacen("mlp.fc1", "intermediate.dense", 1),
+        t if t.starts_with("mlp.fc2.") => t.replacen("mlp.fc2", "output.dense", 1),
+        t => t.to_string(),
+    };
+    Some(format!("vit.encoder.layer.{idx}.{tail}"))
+}
+
+impl NameRules for ViTRules {
+    fn aliases(&self, name: &str) -> Vec<String> {
+        let mut v = vec![name.to_string()];
+        if let Some(old) = vit_legacy_name(name) {
+            v.push(old);
+        }
+        v
+    }
+}
+
+impl<B: Backend> ViTForImageClassification<B> {
+    /// Load from an ONNX export of HF `ViTForImageClassification`.
+    pub fn from_onnx(
+        config: &ViTConfig,
+        path: impl AsRef<std::path::Path>,
+        device: &B::Device,
+        options: LoadOptions,
+    ) -> Result<Self, ImportError> {
+        config.validate()?;
+        let mut weights = onnx_weights(config, crate::onnx::OnnxFile::open(path)?)?;
+        Self::from_source(config, &mut weights, device, options)
+    }
+}
+
+/// Locate the ViT weights of `config` in an ONNX graph.
+pub fn onnx_weights(
+    config: &ViTConfig,
+    file: crate::onnx::OnnxFile,
+) -> Result<crate::onnx::OnnxWeights, ImportError> {
+    use crate::onnx::{count_err, Assign, Slots};
+    let s = Slots::of(&file)?;
+    let l = config.num_hidden_layers;
+    let expected = crate::load::param_names::<burn::backend::NdArray, _>(
+        &config.init::<burn::backend::NdArray>(&Default::default()),
+    )
+    .into_iter()
+    .map(|(_, n)| n);
+    let mut a = Assign::new(expected);
+    if s.conv.len() != 1 {
+        return Err(count_err(
+            &file,
+            "Conv nodes (patch projection)",
+            1,
+            s.conv.len(),
+        ));
+    }
+    let (node, w, b) = &s.conv[0];
+    let p = "vit.embeddings.patch_embeddings.projection";
+    a.set(&format!("{p}.weight"), w, false)?;
+    a.set_opt(&format!("{p}.bias"), b, node)?;
+    for (op, name) in [
+        ("Expand", "vit.embeddings.cls_token"),
+        ("Add", "vit.embeddings.position_embeddings"),
+    ] {
+        let found: Vec<_> = s.raw.iter().filter(|(_, o, _)| o == op).collect();
+        if found.len() != 1 {
+            return Err(count_err(
+                &file,
+                &format!("{op} nodes with a rank-3 constant ({name})"),
+                1,
+                found.len(),
+            ));
+        }
+        a.set(name, &found[0].2, false)?;
+    }
+    if s.ln.len() != 2 * l + 1 {
+        return Err(count_err(
+            &file,
+            "LayerNormalization nodes",
+            2 * l + 1,
+            s.ln.len(),
+        ));
+    }
+    if s.linear.len() != 6 * l + 1 {
+        return Err(count_err(
+            &file,
+            "linear (Gemm/MatMul) nodes",
+            6 * l + 1,
+            s.linear.len(),
+        ));
+    }
+    let set_ln = |a: &mut Assign, name: &str, k: usize| -> Result<(), ImportError> {
+        let (node, scale, bias) = &s.ln[k];
+        a.set(&format!("{name}.weight"), scale, false)?;
+        a.set_opt(&format!("{name}.bias"), bias, node)
+    };
+    let set_lin = |a: &mut Assign, name: &str, k: usize, bias: bool| -> Result<(), ImportError> {
+        let (node, w, b) = &s.linear[k];
+        // torch Linear stores [out, in]; the graph uses [in, out].
+        a.set(&format!("{name}.weight"), w, true)?;
+        if bias {
+            a.set_opt(&format!("{name}.bias"), b, node)?;
+        }
+        Ok(())
+    };
+    for i in 0..l {
+        let p = format!("vit.layers.{i}");
+        set_ln(&mut a, &format!("{p}.layernorm_before"), 2 * i)?;
+        set_ln(&mut a, &format!("{p}.layernorm_after"), 2 * i + 1)?;
+        for (k, m) in [
+            "attention.q_proj",
+            "attention.k_proj",
+            "attention.v_proj",
+            "attention.o_proj",
+            "mlp.fc1",
+            "mlp.fc2",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let bias = k == 3 || k >= 4 || config.qkv_bias;
+            set_lin(&mut a, &format!("{p}.{m}"), 6 * i + k, bias)?;
+        }
+    }
+    set_ln(&mut a, "vit.layernorm", 2 * l)?;
+    set_lin(&mut a, "classifier", 6 * l, true)?;
+    Ok(a.finish(file))
+}
