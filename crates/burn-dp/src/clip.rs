@@ -72,6 +72,8 @@ pub enum ParamSelector {
     PathPrefix(String),
     /// Parameters whose module path ends with this suffix (e.g. `.bias`).
     PathSuffix(String),
+    /// The parameter with exactly this module path.
+    PathExact(String),
     /// Any of these selectors.
     AnyOf(Vec<ParamSelector>),
 }
@@ -84,6 +86,7 @@ impl ParamSelector {
             ParamSelector::Ids(ids) => ids.contains(id),
             ParamSelector::PathPrefix(p) => path.starts_with(p.as_str()),
             ParamSelector::PathSuffix(s) => path.ends_with(s.as_str()),
+            ParamSelector::PathExact(p) => path == p,
             ParamSelector::AnyOf(all) => all.iter().any(|s| s.matches(id, path)),
         }
     }

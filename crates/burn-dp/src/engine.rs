@@ -105,40 +105,53 @@ pub struct ClippedGradients<B: Backend> {
 impl<B: Backend> ClippedGradients<B> {
     /// The clipped sums as burn gradients for an optimizer of `DpAutodiff<B>`.
     pub fn into_gradients<M: AutodiffModule<DpAutodiff<B>>>(self, model: &M) -> GradientsParams {
-        let mut out = GradientsParams::new();
-        let mut visitor = Register::<B> { sums: self.sums, shapes: self.shapes, out: &mut out };
-        model.visit(&mut visitor);
-        out
+        register_gradients(self.sums, model)
     }
+}
+
+/// Turns flat per-parameter gradients into burn's `GradientsParams` for `model` (reshaped to each
+/// parameter's shape); ids not in `model` are ignored.
+pub fn register_gradients<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(sums: HashMap<ParamId, Tensor<B, 1>>, model: &M) -> GradientsParams {
+    let mut out = GradientsParams::new();
+    let mut visitor = Register::<B> { sums, out: &mut out };
+    model.visit(&mut visitor);
+    out
 }
 
 struct Register<'a, B: Backend> {
     sums: HashMap<ParamId, Tensor<B, 1>>,
-    shapes: HashMap<ParamId, Vec<usize>>,
     out: &'a mut GradientsParams,
 }
 
 impl<B: Backend> ModuleVisitor<DpAutodiff<B>> for Register<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<DpAutodiff<B>, D>>) {
-        if let (Some(sum), Some(shape)) = (self.sums.remove(&param.id), self.shapes.get(&param.id)) {
-            let dims: [usize; D] = shape.as_slice().try_into().expect("rank recorded from this parameter");
+        if let Some(sum) = self.sums.remove(&param.id) {
+            let dims: [usize; D] = param.val().dims();
             self.out.register::<PerSample<B>, D>(param.id, lift(sum.reshape(dims)));
         }
     }
 }
 
-/// One trainable parameter and its gradient after backward.
-struct Collected<B: Backend> {
-    id: ParamId,
-    path: String,
-    shape: Vec<usize>,
+/// One trainable parameter (and its gradient after backward).
+pub(crate) struct Collected<B: Backend> {
+    pub(crate) id: ParamId,
+    pub(crate) path: String,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) device: B::Device,
     grad: Option<PsTensor<B>>,
 }
 
 struct Collect<'a, B: Backend> {
-    grads: &'a mut <DpAutodiff<B> as burn::tensor::backend::AutodiffBackend>::Gradients,
+    grads: Option<&'a mut <DpAutodiff<B> as burn::tensor::backend::AutodiffBackend>::Gradients>,
     path: Vec<String>,
     out: Vec<Collected<B>>,
+}
+
+/// The trainable parameters of `model`, with their module paths, in visiting order.
+pub(crate) fn trainable<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(model: &M) -> Vec<Collected<B>> {
+    let mut collect = Collect::<B> { grads: None, path: Vec::new(), out: Vec::new() };
+    model.visit(&mut collect);
+    collect.out
 }
 
 impl<B: Backend> ModuleVisitor<DpAutodiff<B>> for Collect<'_, B> {
@@ -155,8 +168,9 @@ impl<B: Backend> ModuleVisitor<DpAutodiff<B>> for Collect<'_, B> {
         if !value.is_require_grad() || self.out.iter().any(|c| c.id == param.id) {
             return;
         }
-        let grad = value.grad_remove(self.grads).map(|g| g.into_primitive().tensor());
-        self.out.push(Collected { id: param.id, path: self.path.join("."), shape: value.dims().to_vec(), grad });
+        let grad = self.grads.as_mut().and_then(|g| value.grad_remove(g)).map(|g| g.into_primitive().tensor());
+        let device = lower(value.clone().inner()).device();
+        self.out.push(Collected { id: param.id, path: self.path.join("."), shape: value.dims().to_vec(), device, grad });
     }
 }
 
@@ -179,7 +193,7 @@ fn per_sample_pass<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     let loss_tag = losses.clone().inner().into_primitive().tensor().tag();
     let device = lower(losses.clone().inner()).device();
     let mut grads = backend::with_scope(|| losses.sum().backward());
-    let mut collect = Collect::<B> { grads: &mut grads, path: Vec::new(), out: Vec::new() };
+    let mut collect = Collect::<B> { grads: Some(&mut grads), path: Vec::new(), out: Vec::new() };
     model.visit(&mut collect);
     let mut resolved = Vec::new();
     for c in collect.out {
@@ -240,7 +254,8 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     config.clipping.validate()?;
     let (b, device, resolved) = per_sample_pass(model, losses)?;
     let untouched = resolved.iter().filter(|r| r.grad.is_none()).map(|r| r.path.clone()).collect();
-    let style_groups = groups_of(&config.clipping, &resolved)?;
+    let ids: Vec<(ParamId, &str)> = resolved.iter().map(|r| (r.id, r.path.as_str())).collect();
+    let style_groups = groups_of(&config.clipping, &ids)?;
     let zeros = || Tensor::<B, 1>::zeros([b], &device);
 
     // Per-sample squared norms, per parameter.
@@ -342,13 +357,18 @@ fn resolve<B: Backend>(g: PsTensor<B>, path: &str, b: usize) -> Result<Deferred<
 
 type Groups = Vec<(String, Vec<usize>, ClippingFn)>;
 
-fn groups_of<B: Backend>(clipping: &Clipping, params: &[Resolved<B>]) -> Result<Groups, DpError> {
+/// The L2 sensitivity `sqrt(Σ_groups R_g²)` of a clipped sum over these trainable parameters.
+pub fn sensitivity(clipping: &Clipping, params: &[(ParamId, &str)]) -> Result<f64, DpError> {
+    Ok(groups_of(clipping, params)?.iter().map(|(_, _, f)| f.sensitivity().powi(2)).sum::<f64>().sqrt())
+}
+
+fn groups_of(clipping: &Clipping, params: &[(ParamId, &str)]) -> Result<Groups, DpError> {
     match &clipping.style {
         ClippingStyle::Flat => Ok(vec![("all".to_string(), (0..params.len()).collect(), clipping.function)]),
         ClippingStyle::PerLayer => {
             let mut out: Groups = Vec::new();
-            for (i, r) in params.iter().enumerate() {
-                let layer = r.path.rsplit_once('.').map(|(l, _)| l.to_string()).unwrap_or_default();
+            for (i, (_, path)) in params.iter().enumerate() {
+                let layer = path.rsplit_once('.').map(|(l, _)| l.to_string()).unwrap_or_default();
                 match out.iter_mut().find(|(n, _, _)| *n == layer) {
                     Some((_, members, _)) => members.push(i),
                     None => out.push((layer, vec![i], clipping.function)),
@@ -358,11 +378,11 @@ fn groups_of<B: Backend>(clipping: &Clipping, params: &[Resolved<B>]) -> Result<
         }
         ClippingStyle::Groups(groups) => {
             let mut out: Groups = groups.iter().map(|g| (g.name.clone(), Vec::new(), g.clipping)).collect();
-            for (i, r) in params.iter().enumerate() {
+            for (i, (id, path)) in params.iter().enumerate() {
                 let gi = groups
                     .iter()
-                    .position(|g| g.selector.matches(&r.id, &r.path))
-                    .ok_or_else(|| DpError::Selection(format!("trainable parameter `{}` is in no clipping group", r.path)))?;
+                    .position(|g| g.selector.matches(id, path))
+                    .ok_or_else(|| DpError::Selection(format!("trainable parameter `{path}` is in no clipping group")))?;
                 out[gi].1.push(i);
             }
             Ok(out)

@@ -53,4 +53,32 @@ pub enum DpError {
     /// A parameter selector names nothing, or a parameter is in no group.
     #[error("parameter selection: {0}")]
     Selection(String),
+    /// An invalid DP setting (sample rate, batch size, ...).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// `step` was called with no clipped gradients accumulated since the last step.
+    #[error("no per-sample gradients were accumulated since the last step: call DpOptimizer::backward first (or step_empty for an empty Poisson batch)")]
+    NoGradients,
+    /// The accumulated gradients do not match the model's trainable parameters.
+    #[error("gradients do not match the model: {0}")]
+    ParamMismatch(String),
+    /// The accumulated gradients were clipped with different sensitivities.
+    #[error("physical batches of one logical batch were clipped with different sensitivities ({0} and {1})")]
+    SensitivityMismatch(f64, f64),
+    /// The next step would spend more than the privacy budget.
+    #[error("privacy budget exhausted: the next step would reach epsilon {next:.4} > target {target} (at delta {delta}); stop training or opt out with allow_exceeding_budget()")]
+    BudgetExceeded {
+        /// ε after the step.
+        next: f64,
+        /// The target ε.
+        target: f64,
+        /// δ.
+        delta: f64,
+    },
+    /// An accounting error (invalid σ, q, δ, unreachable target, ...).
+    #[error("privacy accounting: {0}")]
+    Accounting(#[from] burn_dp_accountant::AccountantError),
+    /// Saving or loading a checkpoint failed.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }

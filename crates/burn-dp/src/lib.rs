@@ -2,10 +2,11 @@
 //!
 //! Differentially private training for [burn](https://burn.dev): per-sample gradients from one
 //! backward pass (book-keeping with ghost norms or instantiation per layer), automatic and Abadi
-//! clipping, flat, per-layer and group styles.
+//! clipping with flat, per-layer and group styles, DP optimizers with Gaussian noise from ChaCha20,
+//! Poisson sampling, accounting (RDP, PRV, GDP) and checkpoints.
 //!
-//! Swap `Autodiff<B>` for [`DpAutodiff<B>`], mark the float inputs with [`batch`], compute one
-//! loss per sample, and call [`clipped_backward`] instead of `loss.backward()`.
+//! Swap `Autodiff<B>` for [`DpAutodiff<B>`], mark float inputs with [`batch`], compute one loss per
+//! sample, and let a [`DpOptimizer`] run the backward pass and the step.
 //!
 //! See `ARCHITECTURE.md` at the repository root for how it works.
 
@@ -13,10 +14,30 @@ pub mod backend;
 pub mod clip;
 pub mod engine;
 pub mod error;
+pub mod freeze;
+pub mod noise;
+pub mod optim;
+pub mod privacy;
 pub mod rules;
+pub mod sampling;
 
+/// Privacy accounting (the `burn-dp-accountant` crate).
+pub use burn_dp_accountant as accounting;
 pub use backend::PerSample;
+pub use burn_dp_accountant::{AccountantKind, Epsilon, Schedule};
 pub use clip::{Clipping, ClippingFn, ClippingStyle, ParamGroup, ParamSelector};
-pub use engine::{batch, batch_inner, clipped_backward, per_sample_gradients, lift, lower, ClippedGradients, DpAutodiff, PerSampleConfig};
+pub use engine::{batch, batch_inner, clipped_backward, lift, lower, per_sample_gradients, ClippedGradients, DpAutodiff, PerSampleConfig};
 pub use error::DpError;
+pub use freeze::{freeze, FreezePolicy, FreezeReport};
+pub use noise::NoiseSource;
+pub use optim::{BatchStats, DpCheckpointState, DpOptimizer};
+pub use privacy::{BudgetPolicy, PrivacyState};
 pub use rules::NormMode;
+pub use sampling::{LogicalBatch, PhysicalBatch, PoissonSampler};
+
+/// The CUDA backend (feature `cuda`): train with `DpAutodiff<Cuda>`.
+#[cfg(feature = "cuda")]
+pub use burn_cuda::Cuda;
+
+#[cfg(test)]
+mod tests;

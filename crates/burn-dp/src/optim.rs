@@ -1,0 +1,271 @@
+//! DP optimizers: any burn `Optimizer` wrapped with per-sample clipping, Gaussian noise, scaling,
+//! gradient accumulation to a logical batch, privacy accounting and checkpoints.
+//!
+//! One logical step (Abadi et al. 2016, Algorithm 1; Bu et al. 2023 for automatic clipping):
+//!
+//! ```text
+//! for each physical batch:  S += Σ_i c_i g_i                (clip and accumulate; backward)
+//! once per logical batch:   S += N(0, σ² R² I)              (add noise; every trainable param)
+//!                           g  = S / E[|logical batch|]      (scale)
+//!                           θ  = inner.step(lr, θ, g)        (inner step)
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::module::{AutodiffModule, ParamId};
+use burn::optim::Optimizer;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
+use burn_dp_accountant::Epsilon;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{self, clipped_backward, ClippedGradients, DpAutodiff, PerSampleConfig};
+use crate::error::DpError;
+use crate::noise::{NoiseSource, RngState, SecureRng};
+use crate::privacy::PrivacyState;
+use crate::sampling::{PoissonSampler, SamplerState};
+
+/// Clipped sums accumulated over the physical batches of one logical batch.
+struct Accumulated<B: Backend> {
+    sums: HashMap<ParamId, Tensor<B, 1>>,
+    sensitivity: f64,
+    samples: usize,
+}
+
+/// What one physical batch contributed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchStats {
+    /// Samples in the physical batch (masked rows included).
+    pub samples: usize,
+    /// Per-sample gradient norms (flat, before clipping).
+    pub norms: Vec<f32>,
+}
+
+/// A DP optimizer around `inner` (e.g. burn's `Sgd`, `Adam`, `AdamW` adaptors).
+pub struct DpOptimizer<O, B: Backend> {
+    inner: O,
+    clipping: PerSampleConfig,
+    privacy: PrivacyState,
+    expected_batch_size: f64,
+    noise: SecureRng,
+    accumulated: Option<Accumulated<B>>,
+}
+
+/// DP state saved beside burn's model and optimizer records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DpCheckpointState {
+    /// σ, q, δ, accountant history, budget.
+    pub privacy: PrivacyState,
+    /// Expected logical batch size.
+    pub expected_batch_size: f64,
+    /// Noise generator position (fixed-seed runs only).
+    pub noise_rng: Option<RngState>,
+    /// Sampler state, when a sampler was saved.
+    pub sampler: Option<SamplerState>,
+}
+
+impl<O, B: Backend> DpOptimizer<O, B> {
+    /// Wraps `inner`. `expected_batch_size` is what the noisy sum is divided by: `q·N` under Poisson
+    /// sampling (see [`PoissonSampler::expected_batch_size`]), the logical batch size otherwise.
+    pub fn new(inner: O, clipping: PerSampleConfig, privacy: PrivacyState, expected_batch_size: f64, noise: NoiseSource) -> Result<Self, DpError> {
+        clipping.clipping.validate()?;
+        if !(expected_batch_size > 0.0 && expected_batch_size.is_finite()) {
+            return Err(DpError::InvalidConfig(format!("expected batch size must be positive, got {expected_batch_size}")));
+        }
+        Ok(DpOptimizer { inner, clipping, privacy, expected_batch_size, noise: SecureRng::new(noise, 0), accumulated: None })
+    }
+
+    /// The privacy state (σ, q, δ, history).
+    pub fn privacy(&self) -> &PrivacyState {
+        &self.privacy
+    }
+
+    /// ε spent so far at the run's δ.
+    pub fn epsilon(&self) -> Result<Epsilon, DpError> {
+        self.privacy.epsilon()
+    }
+
+    /// Clipping settings.
+    pub fn clipping(&self) -> &PerSampleConfig {
+        &self.clipping
+    }
+
+    /// Whether the noise comes from a fixed seed (not private against the seed holder).
+    pub fn is_fixed_seed(&self) -> bool {
+        self.noise.is_fixed_seed()
+    }
+
+    /// Clip and accumulate one physical batch: runs the per-sample backward pass on `losses`
+    /// (multiply padded rows by their mask first) and adds `Σ_i c_i g_i` to the logical batch.
+    ///
+    /// # Shapes
+    /// `losses`: `[B]` per-sample losses.
+    pub fn backward<M: AutodiffModule<DpAutodiff<B>>>(&mut self, model: &M, losses: Tensor<DpAutodiff<B>, 1>) -> Result<BatchStats, DpError> {
+        let clipped = clipped_backward(&self.clipping, model, losses)?;
+        let stats = BatchStats {
+            samples: clipped.batch_size,
+            norms: clipped.norms.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default(),
+        };
+        self.accumulate(clipped)?;
+        Ok(stats)
+    }
+
+    /// Adds clipped sums computed elsewhere (consumed: they cannot be added twice).
+    pub fn accumulate(&mut self, clipped: ClippedGradients<B>) -> Result<(), DpError> {
+        match &mut self.accumulated {
+            None => {
+                self.accumulated = Some(Accumulated { sums: clipped.sums, sensitivity: clipped.sensitivity, samples: clipped.batch_size });
+            }
+            Some(acc) => {
+                if (acc.sensitivity - clipped.sensitivity).abs() > 1e-12 * acc.sensitivity.max(1.0) {
+                    return Err(DpError::SensitivityMismatch(acc.sensitivity, clipped.sensitivity));
+                }
+                if acc.sums.len() != clipped.sums.len() || clipped.sums.keys().any(|k| !acc.sums.contains_key(k)) {
+                    return Err(DpError::ParamMismatch("physical batches of one logical batch train different parameters".into()));
+                }
+                for (id, sum) in clipped.sums {
+                    let prev = acc.sums.remove(&id).expect("checked above");
+                    acc.sums.insert(id, prev + sum);
+                }
+                acc.samples += clipped.batch_size;
+            }
+        }
+        Ok(())
+    }
+
+    /// The accumulated (clipped, not yet noised) sum for a parameter, flattened.
+    pub fn accumulated_sum(&self, id: &ParamId) -> Option<Tensor<B, 1>> {
+        self.accumulated.as_ref().and_then(|a| a.sums.get(id).cloned())
+    }
+}
+
+impl<O, B: Backend> DpOptimizer<O, B> {
+    /// One DP step on the accumulated logical batch: add noise, scale, inner step, account.
+    pub fn step<M>(&mut self, lr: f64, model: M) -> Result<M, DpError>
+    where
+        M: AutodiffModule<DpAutodiff<B>>,
+        O: Optimizer<M, DpAutodiff<B>>,
+    {
+        let acc = self.accumulated.take().ok_or(DpError::NoGradients)?;
+        self.noisy_step(lr, model, Some(acc))
+    }
+
+    /// The DP step for an empty logical batch (Poisson sampling can draw none): the update is
+    /// noise only, and the step is accounted like any other.
+    pub fn step_empty<M>(&mut self, lr: f64, model: M) -> Result<M, DpError>
+    where
+        M: AutodiffModule<DpAutodiff<B>>,
+        O: Optimizer<M, DpAutodiff<B>>,
+    {
+        if self.accumulated.is_some() {
+            return Err(DpError::InvalidConfig("step_empty called with accumulated gradients; call step".into()));
+        }
+        self.noisy_step(lr, model, None)
+    }
+
+    fn noisy_step<M>(&mut self, lr: f64, model: M, mut acc: Option<Accumulated<B>>) -> Result<M, DpError>
+    where
+        M: AutodiffModule<DpAutodiff<B>>,
+        O: Optimizer<M, DpAutodiff<B>>,
+    {
+        if let Err(e) = self.privacy.check_next_step() {
+            self.accumulated = acc; // nothing is lost: the caller may opt out and step again
+            return Err(e);
+        }
+        let params = engine::trainable::<B, M>(&model);
+        let ids: Vec<(ParamId, &str)> = params.iter().map(|p| (p.id, p.path.as_str())).collect();
+        let sensitivity = match &acc {
+            Some(a) => a.sensitivity,
+            None => engine::sensitivity(&self.clipping.clipping, &ids)?,
+        };
+        if let Some(a) = &acc {
+            if let Some(p) = params.iter().find(|p| !a.sums.contains_key(&p.id)) {
+                let err = DpError::ParamMismatch(format!("trainable parameter `{}` has no accumulated gradient", p.path));
+                self.accumulated = acc;
+                return Err(err);
+            }
+            if a.sums.len() != params.len() {
+                let err = DpError::ParamMismatch("gradients hold parameters the model does not train".into());
+                self.accumulated = acc;
+                return Err(err);
+            }
+        }
+        let std = self.privacy.noise_multiplier * sensitivity;
+        let mut update = HashMap::with_capacity(params.len());
+        for p in &params {
+            let numel: usize = p.shape.iter().product();
+            // 1. the clipped sum, in f32
+            let clipped = match acc.as_mut().and_then(|a| a.sums.remove(&p.id)) {
+                Some(s) => s.cast(DType::F32),
+                None => Tensor::<B, 1>::zeros([numel], (&p.device, DType::F32)),
+            };
+            // 2. add noise N(0, σ²R²), drawn and added in f32
+            let noise = Tensor::<B, 1>::from_data(TensorData::new(self.noise.gaussian(numel, std), [numel]), (&p.device, DType::F32));
+            let noisy = clipped + noise;
+            // 3. scale by the expected logical batch size
+            let scaled = noisy.div_scalar(self.expected_batch_size);
+            update.insert(p.id, scaled);
+        }
+        // 4. the inner optimizer's step
+        let grads = engine::register_gradients(update, &model);
+        let model = self.inner.step(lr, model, grads);
+        self.privacy.record_step()?;
+        Ok(model)
+    }
+
+    /// Saves the model and optimizer (burn records, `model.mpk`, `optimizer.mpk`) and the DP state
+    /// (`dp_state.json`) in `dir`. Must be called between logical steps.
+    pub fn save_checkpoint<M>(&self, dir: &Path, model: &M, sampler: Option<&PoissonSampler>) -> Result<(), DpError>
+    where
+        M: AutodiffModule<DpAutodiff<B>>,
+        O: Optimizer<M, DpAutodiff<B>>,
+    {
+        if self.accumulated.is_some() {
+            return Err(DpError::Checkpoint("gradients are accumulated: save after step()".into()));
+        }
+        let io = |e: std::io::Error| DpError::Checkpoint(e.to_string());
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        let rec = |e: burn::record::RecorderError| DpError::Checkpoint(e.to_string());
+        recorder.record(model.clone().into_record(), dir.join("model")).map_err(rec)?;
+        recorder.record(self.inner.to_record(), dir.join("optimizer")).map_err(rec)?;
+        let state = DpCheckpointState {
+            privacy: self.privacy.clone(),
+            expected_batch_size: self.expected_batch_size,
+            noise_rng: self.noise.state(),
+            sampler: sampler.map(PoissonSampler::state),
+        };
+        let json = serde_json::to_string_pretty(&state).map_err(|e| DpError::Checkpoint(e.to_string()))?;
+        std::fs::write(dir.join("dp_state.json"), json).map_err(io)
+    }
+
+    /// Restores a checkpoint written by [`DpOptimizer::save_checkpoint`] into `model`, this
+    /// optimizer and `sampler`. An OS-seeded run gets fresh OS randomness (its state is never
+    /// saved); a fixed-seed run continues its streams exactly.
+    pub fn load_checkpoint<M>(mut self, dir: &Path, model: M, sampler: Option<&mut PoissonSampler>) -> Result<(Self, M), DpError>
+    where
+        M: AutodiffModule<DpAutodiff<B>>,
+        O: Optimizer<M, DpAutodiff<B>>,
+    {
+        let json = std::fs::read_to_string(dir.join("dp_state.json")).map_err(|e| DpError::Checkpoint(format!("{}: {e}", dir.join("dp_state.json").display())))?;
+        let state: DpCheckpointState = serde_json::from_str(&json).map_err(|e| DpError::Checkpoint(e.to_string()))?;
+        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        let rec = |e: burn::record::RecorderError| DpError::Checkpoint(e.to_string());
+        let device = model.devices().first().cloned().unwrap_or_default();
+        let model_record = recorder.load(dir.join("model"), &device).map_err(rec)?;
+        let model = model.load_record(model_record);
+        let optim_record = recorder.load(dir.join("optimizer"), &device).map_err(rec)?;
+        self.inner = self.inner.load_record(optim_record);
+        self.privacy = state.privacy;
+        self.expected_batch_size = state.expected_batch_size;
+        if let Some(rng) = state.noise_rng {
+            self.noise = SecureRng::restore(rng);
+        }
+        if let (Some(sampler), Some(s)) = (sampler, state.sampler.as_ref()) {
+            sampler.restore(s);
+        }
+        Ok((self, model))
+    }
+}

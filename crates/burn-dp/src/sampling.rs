@@ -1,0 +1,104 @@
+//! Poisson sampling (each example joins a logical batch with probability q, independently), as the
+//! privacy accountants assume, cut into fixed-shape physical batches with a mask.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DpError;
+use crate::noise::{NoiseSource, RngState, SecureRng};
+
+/// Draws logical batches by Poisson sampling.
+#[derive(Debug, Clone)]
+pub struct PoissonSampler {
+    dataset_size: usize,
+    sample_rate: f64,
+    physical_batch_size: usize,
+    rng: SecureRng,
+}
+
+/// Saved state of a sampler (the generator position only for fixed seeds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SamplerState {
+    /// Generator position, `None` for an OS-seeded sampler.
+    pub rng: Option<RngState>,
+}
+
+/// One logical batch: the examples of one DP step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogicalBatch {
+    /// Indices of the examples drawn (possibly none).
+    pub indices: Vec<usize>,
+    physical_batch_size: usize,
+}
+
+/// A fixed-shape slice of a logical batch. Rows past the end repeat index 0 and have mask 0: their
+/// per-sample losses must be multiplied by the mask, so they contribute exactly zero.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhysicalBatch {
+    /// `physical_batch_size` example indices.
+    pub indices: Vec<usize>,
+    /// 1 for real rows, 0 for padding.
+    pub mask: Vec<f32>,
+}
+
+impl PoissonSampler {
+    /// A sampler over `dataset_size` examples with rate `q`, in physical batches of fixed size.
+    pub fn new(dataset_size: usize, sample_rate: f64, physical_batch_size: usize, source: NoiseSource) -> Result<Self, DpError> {
+        if dataset_size == 0 || physical_batch_size == 0 {
+            return Err(DpError::InvalidConfig("dataset size and physical batch size must be positive".into()));
+        }
+        if !(sample_rate > 0.0 && sample_rate <= 1.0) {
+            return Err(DpError::InvalidConfig(format!("sample rate must be in (0, 1], got {sample_rate}")));
+        }
+        // Stream 1: independent of the noise generator (stream 0) even with the same seed.
+        Ok(PoissonSampler { dataset_size, sample_rate, physical_batch_size, rng: SecureRng::new(source, 1) })
+    }
+
+    /// Expected logical batch size `q·N` (what the DP step divides by).
+    pub fn expected_batch_size(&self) -> f64 {
+        self.sample_rate * self.dataset_size as f64
+    }
+
+    /// The sampling rate q.
+    pub fn sample_rate(&self) -> f64 {
+        self.sample_rate
+    }
+
+    /// Draws the next logical batch.
+    pub fn next_batch(&mut self) -> LogicalBatch {
+        let indices = (0..self.dataset_size).filter(|_| self.rng.bernoulli(self.sample_rate)).collect();
+        LogicalBatch { indices, physical_batch_size: self.physical_batch_size }
+    }
+
+    /// State to save in a checkpoint.
+    pub fn state(&self) -> SamplerState {
+        SamplerState { rng: self.rng.state() }
+    }
+
+    /// Restores a saved state (an OS-seeded sampler is reseeded from the OS).
+    pub fn restore(&mut self, state: &SamplerState) {
+        if let Some(s) = state.rng {
+            self.rng = SecureRng::restore(s);
+        }
+    }
+}
+
+impl LogicalBatch {
+    /// Whether no example was drawn (the DP step still adds noise: see `DpOptimizer::step_empty`).
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    /// The physical batches, each exactly `physical_batch_size` rows.
+    pub fn physical(&self) -> Vec<PhysicalBatch> {
+        self.indices
+            .chunks(self.physical_batch_size)
+            .map(|chunk| {
+                let mut indices = chunk.to_vec();
+                let mut mask = vec![1.0; chunk.len()];
+                indices.resize(self.physical_batch_size, 0);
+                mask.resize(self.physical_batch_size, 0.0);
+                PhysicalBatch { indices, mask }
+            })
+            .collect()
+    }
+}
