@@ -258,12 +258,20 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     let style_groups = groups_of(&config.clipping, &ids)?;
     let zeros = || Tensor::<B, 1>::zeros([b], &device);
 
-    // Per-sample squared norms, per parameter.
+    // Per-sample squared norms, per parameter (keeping instantiated per-sample gradients).
+    let mut instantiated: Vec<Option<FloatTensor<B>>> = Vec::with_capacity(resolved.len());
     let sq: Vec<Tensor<B, 1>> = resolved
         .iter()
         .map(|r| match &r.grad {
-            Some(d) if b > 0 => rules::sq_norms(d, config.norm_mode),
-            _ => zeros(),
+            Some(d) if b > 0 => {
+                let n = rules::sq_norms(d, config.norm_mode);
+                instantiated.push(n.instantiated);
+                n.sq
+            }
+            _ => {
+                instantiated.push(None);
+                zeros()
+            }
         })
         .collect();
     let total = sq.iter().fold(zeros(), |acc, s| acc + s.clone());
@@ -287,11 +295,11 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     let mut sums = HashMap::new();
     let mut shapes = HashMap::new();
     let mut params = Vec::new();
-    for (i, r) in resolved.into_iter().enumerate() {
+    for (i, (r, inst)) in resolved.into_iter().zip(instantiated).enumerate() {
         let numel: usize = r.shape.iter().product();
         let sum = match r.grad {
             Some(d) if b > 0 => {
-                let t: FloatTensor<B> = rules::weighted_sum(&d, &factors[group_of[i]]);
+                let t: FloatTensor<B> = rules::clipped_sum(&d, &factors[group_of[i]], inst);
                 Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(t, [numel].into())))
             }
             _ => Tensor::<B, 1>::zeros([numel], &device),

@@ -897,3 +897,4 @@ fn fail_closed_errors_name_the_parameter() {
     let err = per_sample_gradients(&fc, h.sum());
     assert!(err.is_err());
 }
+

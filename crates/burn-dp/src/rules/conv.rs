@@ -73,19 +73,16 @@ pub(crate) fn instantiate<B: Backend>(x: &FloatTensor<B>, weight: &FloatTensor<B
     prim(g.matmul(u.swap_dims(2, 3)).reshape([b as i64, -1]))
 }
 
-/// Squared per-sample norms `[B]`.
-pub(crate) fn sq_norm<B: Backend>(x: &FloatTensor<B>, weight: &FloatTensor<B>, grad: &FloatTensor<B>, kind: &ConvKind, mode: NormMode) -> Tensor<B, 1> {
+/// Ghost norms `[B]` when `mode` (or the cost model) picks them; `None`: instantiate instead.
+pub(crate) fn ghost_sq_norm<B: Backend>(x: &FloatTensor<B>, weight: &FloatTensor<B>, grad: &FloatTensor<B>, kind: &ConvKind, mode: NormMode) -> Option<Tensor<B, 1>> {
     let (u, g) = unfolded::<B>(x, weight, grad, kind);
     let [b, _, k, l] = u.dims();
-    let c_per_group = g.dims()[2];
-    if mode.ghost(l, c_per_group, k) {
-        let uu = u.clone().swap_dims(2, 3).matmul(u);
-        let gg = g.clone().swap_dims(2, 3).matmul(g);
-        (uu * gg).reshape([b as i64, -1]).sum_dim(1).reshape([b])
-    } else {
-        let inst = g.matmul(u.swap_dims(2, 3));
-        inst.reshape([b as i64, -1]).square().sum_dim(1).reshape([b])
+    if !mode.ghost(l, g.dims()[2], k) {
+        return None;
     }
+    let uu = u.clone().swap_dims(2, 3).matmul(u);
+    let gg = g.clone().swap_dims(2, 3).matmul(g);
+    Some((uu * gg).reshape([b as i64, -1]).sum_dim(1).reshape([b]))
 }
 
 /// `Σ_i c_i G_i` in the weight's shape: one call of the backend's weight backward with the

@@ -127,13 +127,33 @@ pub fn instantiate<B: Backend>(d: &Deferred<B>) -> FloatTensor<B> {
     out.expect("a deferred gradient has at least one term")
 }
 
-/// Squared per-sample norms `[B]` of a deferred gradient.
-pub(crate) fn sq_norms<B: Backend>(d: &Deferred<B>, mode: NormMode) -> Tensor<B, 1> {
+/// Squared per-sample norms `[B]` of a deferred gradient, and the per-sample gradients when the
+/// norm instantiated them (then the clipped sum reuses them instead of a second weighted product:
+/// fastDP's mixed ghost/instantiation book-keeping).
+pub(crate) struct SqNorms<B: Backend> {
+    /// `‖G_i‖²`, `[B]`.
+    pub sq: Tensor<B, 1>,
+    /// `[B, ...shape]` when instantiated.
+    pub instantiated: Option<FloatTensor<B>>,
+}
+
+fn from_instantiated<B: Backend>(inst: FloatTensor<B>) -> SqNorms<B> {
+    SqNorms { sq: broadcast::sq_norm::<B>(inst.clone()), instantiated: Some(inst) }
+}
+
+/// Squared per-sample norms of a deferred gradient: ghost norm or instantiation per `mode`.
+pub(crate) fn sq_norms<B: Backend>(d: &Deferred<B>, mode: NormMode) -> SqNorms<B> {
     if let [term] = d.terms.as_slice() {
         return match term {
-            Term::Outer { left, right } => outer::sq_norm::<B>(left, right, mode),
-            Term::Conv { x, weight, grad, kind } => conv::sq_norm::<B>(x, weight, grad, kind, mode),
-            Term::Batched(t) => broadcast::sq_norm::<B>(t.clone()),
+            Term::Outer { left, right } if mode.ghost(left.positions(), left.width(), right.width()) => {
+                SqNorms { sq: outer::ghost_sq_norm::<B>(left, right), instantiated: None }
+            }
+            Term::Outer { left, right } => from_instantiated(outer::instantiate::<B>(left, right)),
+            Term::Conv { x, weight, grad, kind } => match conv::ghost_sq_norm::<B>(x, weight, grad, kind, mode) {
+                Some(sq) => SqNorms { sq, instantiated: None },
+                None => from_instantiated(conv::instantiate::<B>(x, weight, grad, kind)),
+            },
+            Term::Batched(t) => SqNorms { sq: broadcast::sq_norm::<B>(t.clone()), instantiated: None },
         };
     }
     let all_outer = d.terms.iter().all(|t| matches!(t, Term::Outer { .. }));
@@ -147,10 +167,18 @@ pub(crate) fn sq_norms<B: Backend>(d: &Deferred<B>, mode: NormMode) -> Tensor<B,
             })
             .sum();
         if mode.ghost(t_total, d.shape[0], d.shape[1]) {
-            return outer::sq_norm_sum::<B>(&d.terms);
+            return SqNorms { sq: outer::sq_norm_sum::<B>(&d.terms), instantiated: None };
         }
     }
-    broadcast::sq_norm::<B>(instantiate(d))
+    from_instantiated(instantiate(d))
+}
+
+/// `Σ_i c_i G_i` from already instantiated per-sample gradients, or by [`weighted_sum`].
+pub(crate) fn clipped_sum<B: Backend>(d: &Deferred<B>, c: &Tensor<B, 1>, instantiated: Option<FloatTensor<B>>) -> FloatTensor<B> {
+    match instantiated {
+        Some(inst) => B::float_reshape(broadcast::weighted_sum::<B>(inst, c.clone()), d.shape.clone()),
+        None => weighted_sum(d, c),
+    }
 }
 
 /// `Σ_i c_i G_i`: the per-sample gradients weighted by `c` `[B]` and summed, in the gradient's

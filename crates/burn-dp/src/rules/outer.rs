@@ -11,7 +11,7 @@ use burn::tensor::{Int, Tensor};
 use burn_backend::tensor::IndexingUpdateOp;
 use burn_backend::{Backend, TensorMetadata};
 
-use super::{prim, tensor, NormMode};
+use super::{prim, tensor};
 use crate::backend::{Factor, Term};
 
 fn ids_tensor<B: Backend>(ids: &burn_backend::tensor::IntTensor<B>) -> Tensor<B, 2, Int> {
@@ -68,13 +68,9 @@ fn sum_bts<B: Backend>(t: Tensor<B, 3>) -> Tensor<B, 1> {
     t.reshape([b as i64, -1]).sum_dim(1).reshape([b])
 }
 
-/// Squared per-sample norms `[B]` of one outer term.
-pub(crate) fn sq_norm<B: Backend>(left: &Factor<B>, right: &Factor<B>, mode: NormMode) -> Tensor<B, 1> {
-    if mode.ghost(left.positions(), left.width(), right.width()) {
-        sum_bts(gram(left, left) * gram(right, right))
-    } else {
-        super::broadcast::sq_norm::<B>(instantiate(left, right))
-    }
+/// Ghost norms `[B]` of one outer term: `Σ_{t,s} (a_t·a_s)(g_t·g_s)`.
+pub(crate) fn ghost_sq_norm<B: Backend>(left: &Factor<B>, right: &Factor<B>) -> Tensor<B, 1> {
+    sum_bts(gram(left, left) * gram(right, right))
 }
 
 /// Squared per-sample norms `[B]` of a sum of outer terms, cross terms included (tied weights).
@@ -118,6 +114,10 @@ fn scatter_per_sample<B: Backend>(ids: &burn_backend::tensor::IntTensor<B>, n: u
 /// Per-sample gradients `[B, p, q]` of one outer term.
 pub(crate) fn instantiate<B: Backend>(left: &Factor<B>, right: &Factor<B>) -> burn_backend::tensor::FloatTensor<B> {
     let out = match (left, right) {
+        // One position: an outer product, by broadcasting (cheaper than a batched matmul).
+        (Factor::Dense(a), Factor::Dense(g)) if left.positions() == 1 => {
+            tensor::<B, 3>(a.clone()).swap_dims(1, 2) * tensor::<B, 3>(g.clone())
+        }
         (Factor::Dense(a), Factor::Dense(g)) => {
             tensor::<B, 3>(a.clone()).swap_dims(1, 2).matmul(tensor::<B, 3>(g.clone()))
         }

@@ -1,0 +1,171 @@
+//! Quickstart: differentially private training of a small classifier on the bundled UCI digits
+//! (1,797 8×8 images; 1,437 train / 360 test), on the CPU, at ε = 3, δ = 1e-5.
+//!
+//! `cargo run --release` (from the repository root) runs it and prints one JSON line:
+//! `{"epsilon": …, "delta": …, "accuracy": …, "non_private_accuracy": …, "seconds": …}`.
+
+use std::time::Instant;
+
+use burn::backend::{Autodiff, NdArray};
+use burn::module::{AutodiffModule, Module};
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use burn_dp::{
+    batch, AccountantKind, PerSample, ClippingFn, DpAutodiff, DpOptimizer, NoiseSource, PerSampleConfig, PoissonSampler, PrivacyState,
+    Schedule,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+type Inner = NdArray<f32>;
+
+const DIGITS: &[u8] = include_bytes!("../../data/digits.bin");
+const TARGET_EPSILON: f64 = 3.0;
+const DELTA: f64 = 1e-5;
+const EXPECTED_BATCH: usize = 128;
+const EPOCHS: u64 = 40;
+const LR: f64 = 2.0;
+
+/// The digits: pixels scaled to [0, 1], labels 0..9, split 1,437 / 360 by a fixed permutation.
+struct Digits {
+    train: (Vec<f32>, Vec<i64>),
+    test: (Vec<f32>, Vec<i64>),
+}
+
+fn load() -> Digits {
+    assert_eq!(&DIGITS[..8], b"DIGITS01", "bundled data");
+    let n = u32::from_le_bytes(DIGITS[8..12].try_into().unwrap()) as usize;
+    let pixels = &DIGITS[12..12 + n * 64];
+    let labels = &DIGITS[12 + n * 64..12 + n * 65];
+    // A fixed permutation (multiplicative hashing), so the split is the same on every machine.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|i| (*i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16);
+    let take = |idx: &[usize]| {
+        let x = idx.iter().flat_map(|&i| pixels[i * 64..(i + 1) * 64].iter().map(|p| *p as f32 / 16.0)).collect();
+        let y = idx.iter().map(|&i| labels[i] as i64).collect();
+        (x, y)
+    };
+    Digits { train: take(&order[..1437]), test: take(&order[1437..]) }
+}
+
+#[derive(Module, Debug)]
+struct Classifier<B: Backend> {
+    hidden: Linear<B>,
+    out: Linear<B>,
+}
+
+impl<B: Backend> Classifier<B> {
+    fn new(device: &B::Device) -> Self {
+        Classifier { hidden: LinearConfig::new(64, 64).init(device), out: LinearConfig::new(64, 10).init(device) }
+    }
+
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.out.forward(relu(self.hidden.forward(x)))
+    }
+
+    /// Cross-entropy per sample `[B]`.
+    fn losses(&self, x: Tensor<B, 2>, y: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+        let b = y.dims()[0];
+        log_softmax(self.forward(x), 1).gather(1, y.reshape([b, 1])).reshape([b]).neg()
+    }
+}
+
+fn tensors<B: Backend>(data: &(Vec<f32>, Vec<i64>), idx: &[usize], dev: &B::Device) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
+    let x: Vec<f32> = idx.iter().flat_map(|&i| data.0[i * 64..(i + 1) * 64].iter().copied()).collect();
+    let y: Vec<i64> = idx.iter().map(|&i| data.1[i]).collect();
+    (Tensor::from_data(TensorData::new(x, [idx.len(), 64]), dev), Tensor::from_data(TensorData::new(y, [idx.len()]), dev))
+}
+
+fn accuracy<B: Backend>(model: &Classifier<B>, data: &(Vec<f32>, Vec<i64>)) -> f64 {
+    let idx: Vec<usize> = (0..data.1.len()).collect();
+    let (x, y) = tensors::<B>(data, &idx, &Default::default());
+    let pred = model.forward(x).argmax(1).reshape([idx.len()]);
+    pred.equal(y).int().sum().into_scalar().elem::<i64>() as f64 / idx.len() as f64
+}
+
+use burn::tensor::ElementConversion;
+
+// ANCHOR: dp_training
+/// DP-SGD with automatic clipping, Poisson sampling and σ calibrated to the target ε.
+fn train_private(data: &Digits, bar: &ProgressBar) -> Result<(Classifier<PerSample<Inner>>, f64), burn_dp::DpError> {
+    type B = DpAutodiff<Inner>;
+    let device = Default::default();
+    let n = data.train.1.len();
+    let schedule = Schedule::from_epochs(n as u64, EXPECTED_BATCH as u64, EPOCHS)?;
+    let privacy = PrivacyState::for_target_epsilon(TARGET_EPSILON, DELTA, schedule, AccountantKind::Rdp)?;
+    let mut sampler = PoissonSampler::new(n, schedule.sample_rate, EXPECTED_BATCH, NoiseSource::Os)?;
+    let clipping = PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 });
+    let inner = SgdConfig::new().init::<B, Classifier<B>>();
+    let mut optim = DpOptimizer::new(inner, clipping, privacy, sampler.expected_batch_size(), NoiseSource::Os)?;
+
+    let mut model = Classifier::<B>::new(&device);
+    bar.set_length(schedule.steps);
+    for _ in 0..schedule.steps {
+        let logical = sampler.next_batch();
+        if logical.is_empty() {
+            model = optim.step_empty(LR, model)?;
+        } else {
+            for physical in logical.physical() {
+                let (x, y) = tensors::<B>(&data.train, &physical.indices, &device);
+                let mask = Tensor::<B, 1>::from_data(TensorData::new(physical.mask.clone(), [physical.mask.len()]), &device);
+                let losses = model.losses(batch(x), y) * mask;
+                optim.backward(&model, losses)?; // clip and accumulate
+            }
+            model = optim.step(LR, model)?; // noise, scale, inner step
+        }
+        bar.inc(1);
+    }
+    let epsilon = optim.epsilon()?.epsilon;
+    Ok((model.valid(), epsilon))
+}
+// ANCHOR_END: dp_training
+
+/// The same model trained without privacy (for scale).
+fn train_plain(data: &Digits) -> Classifier<Inner> {
+    type B = Autodiff<Inner>;
+    let device = Default::default();
+    let mut model = Classifier::<B>::new(&device);
+    let mut optim = SgdConfig::new().init::<B, Classifier<B>>();
+    let n = data.train.1.len();
+    for epoch in 0..EPOCHS as usize {
+        for start in (0..n).step_by(EXPECTED_BATCH) {
+            let idx: Vec<usize> = (start..(start + EXPECTED_BATCH).min(n)).map(|i| (i * 7 + epoch * 131) % n).collect();
+            let (x, y) = tensors::<B>(&data.train, &idx, &device);
+            let loss = model.losses(x, y).mean();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(0.5, model, grads);
+        }
+    }
+    model.valid()
+}
+
+fn main() {
+    let start = Instant::now();
+    let data = load();
+    let bar = ProgressBar::new(0).with_style(ProgressStyle::with_template("DP-SGD {bar:40} {pos}/{len} steps {elapsed}").expect("template"));
+    let (model, epsilon) = match train_private(&data, &bar) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    bar.finish();
+    let accuracy = accuracy(&model, &data.test);
+    let non_private_accuracy = accuracy_plain(&train_plain(&data), &data);
+    let result = serde_json::json!({
+        "epsilon": epsilon, "delta": DELTA, "accuracy": accuracy,
+        "non_private_accuracy": non_private_accuracy, "seconds": start.elapsed().as_secs_f64(),
+    });
+    let out = std::path::Path::new("target").join("quickstart.json");
+    if std::fs::create_dir_all("target").and_then(|_| std::fs::write(&out, result.to_string())).is_ok() {
+        eprintln!("results written to {}", out.display());
+    }
+    println!("{result}");
+}
+
+fn accuracy_plain(model: &Classifier<Inner>, data: &Digits) -> f64 {
+    accuracy(model, &data.test)
+}
