@@ -60,7 +60,7 @@ impl<B: Backend> Bench<B> for Cnn<B> {
         let h = relu(self.c1.forward(x.reshape([b, c, side, side])));
         let h = relu(self.c2.forward(h));
         let [_, ch, _, _] = h.dims();
-        let pooled = h.reshape([b, ch, 0]).mean_dim(2).reshape([b, ch]);
+        let pooled = h.reshape([b as i64, ch as i64, -1]).mean_dim(2).reshape([b, ch]);
         ce(self.fc.forward(pooled), y)
     }
 }

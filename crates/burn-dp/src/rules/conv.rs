@@ -75,11 +75,19 @@ pub(crate) fn instantiate<B: Backend>(x: &FloatTensor<B>, weight: &FloatTensor<B
 
 /// Ghost norms `[B]` when `mode` (or the cost model) picks them; `None`: instantiate instead.
 pub(crate) fn ghost_sq_norm<B: Backend>(x: &FloatTensor<B>, weight: &FloatTensor<B>, grad: &FloatTensor<B>, kind: &ConvKind, mode: NormMode) -> Option<Tensor<B, 1>> {
-    let (u, g) = unfolded::<B>(x, weight, grad, kind);
-    let [b, _, k, l] = u.dims();
-    if !mode.ghost(l, g.dims()[2], k) {
+    // Decide from shapes alone: L output positions, K = C_in/groups · kernel, C_out/groups.
+    let (ws, gs) = (weight.shape(), grad.shape());
+    let l: usize = gs.as_slice()[2..].iter().product();
+    let k: usize = ws.as_slice()[1..].iter().product();
+    let groups = match kind {
+        ConvKind::D1(o) => o.groups,
+        ConvKind::D2(o) => o.groups,
+    };
+    if !mode.ghost(l, ws[0] / groups, k) {
         return None;
     }
+    let (u, g) = unfolded::<B>(x, weight, grad, kind);
+    let b = u.dims()[0];
     let uu = u.clone().swap_dims(2, 3).matmul(u);
     let gg = g.clone().swap_dims(2, 3).matmul(g);
     Some((uu * gg).reshape([b as i64, -1]).sum_dim(1).reshape([b]))
