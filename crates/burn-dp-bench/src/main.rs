@@ -4,6 +4,10 @@
 //! all ratios come from timings taken side by side in this one run.
 //!
 //! Usage: `cargo run --release -p burn-dp-bench --bin bench -- engine [--iters N]`
+//!
+//! `bench train`: see `train.rs`.
+
+mod train;
 
 use std::time::Instant;
 
@@ -168,10 +172,110 @@ fn main() {
             run("cnn", iters, [32, 3, 32 * 32], cnn::<Plain>(&dev), cnn::<Dp>(&dev));
             run("transformer-2l", iters, [16, 32, 32], encoder::<Plain>(&dev), encoder::<Dp>(&dev));
         }
+        Some("train") => train_main(&args[2..]),
         Some(other) => {
-            eprintln!("unknown benchmark `{other}`; available: engine");
+            eprintln!("unknown benchmark `{other}`; available: engine, train");
             std::process::exit(2);
         }
     }
 }
 
+
+fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+fn num(args: &[String], name: &str) -> Option<usize> {
+    arg(args, name).map(|v| {
+        v.parse().unwrap_or_else(|_| {
+            eprintln!("{name} takes a number, got `{v}`");
+            std::process::exit(2)
+        })
+    })
+}
+
+/// `bench train [--backend ndarray|cuda] [--models m1,m2] [--modes a,b] [--batch N] [--seq N]
+/// [--image N] [--steps N] [--warmup N]`: one process per configuration, one JSON line each, then
+/// the ratios of the goals.
+fn train_main(args: &[String]) {
+    let backend = arg(args, "--backend").unwrap_or("ndarray").to_string();
+    if let Some(single) = arg(args, "--single") {
+        let parts: Vec<&str> = single.split(':').collect();
+        let cfg = train::Config {
+            model: parts[0].to_string(),
+            batch: parts[1].parse().expect("batch"),
+            mode: parts[2].to_string(),
+            seq: num(args, "--seq").unwrap_or(128),
+            image: num(args, "--image").unwrap_or(224),
+            steps: num(args, "--steps").unwrap_or(10),
+            warmup: num(args, "--warmup").unwrap_or(3),
+        };
+        let out = match backend.as_str() {
+            "ndarray" => train::run_one::<burn::backend::NdArray<f32>>(&cfg, &backend),
+            #[cfg(feature = "cuda")]
+            "cuda" => train::run_one::<burn_dp::Cuda>(&cfg, &backend),
+            other => Err(format!("backend `{other}` is not available in this build (cuda needs --features cuda)")),
+        };
+        match out {
+            Ok(v) => println!("{v}"),
+            Err(e) => {
+                println!("{}", serde_json::json!({"bench": "train", "model": cfg.model, "mode": cfg.mode, "batch": cfg.batch, "error": e}));
+            }
+        }
+        return;
+    }
+    let models: Option<Vec<String>> = arg(args, "--models").map(|m| m.split(',').map(String::from).collect());
+    let modes: Vec<String> = arg(args, "--modes").map(|m| m.split(',').map(String::from).collect()).unwrap_or_else(|| train::MODES.iter().map(|s| s.to_string()).collect());
+    let exe = std::env::current_exe().expect("own path");
+    let mut results: Vec<serde_json::Value> = Vec::new();
+    for (model, anchor_batch) in train::anchors() {
+        if models.as_ref().is_some_and(|m| !m.contains(&model)) {
+            continue;
+        }
+        let b = num(args, "--batch").unwrap_or(anchor_batch);
+        if results.iter().any(|r| r["model"] == model.as_str() && r["batch"] == b) {
+            continue; // an overridden batch makes anchor rows of one model identical
+        }
+        for mode in &modes {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("train").arg("--single").arg(format!("{model}:{b}:{mode}")).arg("--backend").arg(&backend);
+            for flag in ["--seq", "--image", "--steps", "--warmup"] {
+                if let Some(v) = arg(args, flag) {
+                    cmd.arg(flag).arg(v);
+                }
+            }
+            let out = cmd.output().expect("run a configuration");
+            let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string();
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+                serde_json::json!({"bench": "train", "model": model, "mode": mode, "batch": b,
+                    "error": format!("exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""))})
+            });
+            println!("{value}");
+            results.push(value);
+        }
+    }
+    // Ratios of the goals, from this run (and the fastDP anchor for GPT-2 small B=32).
+    let get = |model: &str, b: usize, mode: &str, key: &str| -> Option<f64> {
+        results.iter().find(|r| r["model"] == model && r["batch"] == b && r["mode"] == mode).and_then(|r| r[key].as_f64())
+    };
+    let mut seen = Vec::new();
+    for r in &results {
+        let (Some(model), Some(b)) = (r["model"].as_str(), r["batch"].as_u64()) else { continue };
+        if seen.contains(&(model.to_string(), b)) {
+            continue;
+        }
+        seen.push((model.to_string(), b));
+        let b = b as usize;
+        let ratio = |num: &str, den: &str, key: &str| Some(get(model, b, num, key)? / get(model, b, den, key)?);
+        let mut line = serde_json::json!({
+            "bench": "train-ratios", "backend": backend, "model": model, "batch": b,
+            "dp_full_over_plain_full": ratio("dp-full", "plain-full", "samples_per_s"),
+            "dp_bitfit_over_plain_full": ratio("dp-bitfit", "plain-full", "samples_per_s"),
+            "peak_mem_dp_full_over_plain_full": ratio("dp-full", "plain-full", "peak_rss_gib"),
+        });
+        if model == "gpt2-small" && b == 32 {
+            line["dp_full_over_fastdp_mixopt_anchor"] = serde_json::json!(get(model, b, "dp-full", "samples_per_s").map(|s| s / 470.46));
+        }
+        println!("{line}");
+    }
+}
