@@ -1,0 +1,65 @@
+//! CI-sized runs of the example (two DP steps of the tiny models on the bundled digits), and the
+//! book's `{{#include}}` check (`book` test; see book/README.md).
+
+use burn_dp_image_classification::{run, Args};
+use clap::Parser;
+
+fn args(extra: &[&str]) -> Args {
+    let out = std::env::temp_dir().join(format!("burn-dp-ic-smoke-{}-{}", std::process::id(), extra.join("_").replace('-', "")));
+    let mut argv = vec!["image-classification", "--max-steps", "2", "--batch-size", "16", "--physical-batch-size", "8", "--max-eval", "16", "--quiet", "--seed", "1", "--out"];
+    let out = out.to_string_lossy().into_owned();
+    argv.push(&out);
+    argv.extend_from_slice(extra);
+    Args::parse_from(argv)
+}
+
+#[test]
+fn smoke_full_vit() {
+    let s = run(args(&[])).expect("run");
+    assert_eq!(s.steps, 2);
+    assert!(s.epsilon > 0.0 && s.epsilon < 3.0, "{}", s.epsilon);
+    assert!((0.0..=1.0).contains(&s.accuracy));
+    for f in [&s.outputs.metrics, &s.outputs.loss_svg, &s.outputs.epsilon_svg] {
+        assert!(f.exists(), "{}", f.display());
+    }
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&s.outputs.metrics).unwrap()).unwrap();
+    assert_eq!(m["steps"], 2);
+    assert!(std::fs::read_to_string(&s.outputs.epsilon_svg).unwrap().contains("<polyline"));
+}
+
+#[test]
+fn smoke_bitfit_resnet_abadi() {
+    let s = run(args(&["--model", "tiny-resnet", "--image-size", "8", "--freeze", "bias", "--clipping", "abadi", "--max-norm", "0.5"])).expect("run");
+    assert_eq!(s.steps, 2);
+    let m = &s.metrics;
+    assert!(m["trainable_parameters"].as_u64().unwrap() < m["total_parameters"].as_u64().unwrap());
+}
+
+#[test]
+fn cuda_without_feature_is_a_clear_error() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let e = run(args(&["--backend", "cuda"])).expect_err("error").to_string();
+    assert!(e.contains("--features cuda"), "{e}");
+}
+
+#[test]
+fn image_folder_loads_pngs() {
+    let dir = std::env::temp_dir().join(format!("burn-dp-ic-folder-{}", std::process::id()));
+    for (class, shade) in [("cats", 40u8), ("dogs", 200u8)] {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for i in 0..3u8 {
+            let img = image::RgbImage::from_pixel(5, 7, image::Rgb([shade, shade + i, 0]));
+            img.save(dir.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let (images, names) = burn_dp_image_classification::image_folder(&dir, 4).unwrap();
+    assert_eq!(names, ["cats", "dogs"]);
+    assert_eq!(images.labels, [0, 0, 0, 1, 1, 1]);
+    assert_eq!(images.pixels.len(), 6 * 3 * 16);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[path = "book_check.rs"]
+mod book;

@@ -1,0 +1,467 @@
+//! DP fine-tuning of GPT-2 on table-to-text generation (the E2E task: a meaning representation
+//! `name[The Eagle], eatType[coffee shop], ...` → a sentence), full or DP-BiTFiT, with greedy
+//! decoding and corpus BLEU-4 on a held-out split. `run` is the whole example.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::AdamWConfig;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn_dp::{freeze, AccountantKind, DpAutodiff, DpOptimizer, PerSample, PoissonSampler, PrivacyState, Schedule};
+use burn_dp_examples_common::{self as common, BackendKind, ClippingKind, Curve, Error, FreezeKind};
+use burn_dp_models::{Gpt2, Gpt2Config, LoadOptions};
+use clap::{Parser, ValueEnum};
+
+pub mod bleu;
+
+/// Command-line arguments.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "table-to-text", about = "DP fine-tuning of GPT-2 on E2E-style table-to-text with burn-dp")]
+pub struct Args {
+    /// E2E data: a CSV file with columns `mr`, `ref` (split 80/20 by meaning representation), or
+    /// the E2E folder (`trainset.csv` for training, `devset.csv` held out). Default: the bundled
+    /// synthetic sample `data/e2e_sample.csv`.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Architecture (`tiny`: 2 layers, width 64, a vocabulary cut down to the sample's tokens).
+    #[arg(long, value_enum, default_value_t = Size::Tiny)]
+    pub model: Size,
+    /// Pretrained GPT-2 weights: `.onnx` (PyTorch export) or `.safetensors` (HF). Requires a
+    /// standard `--model` (small, medium, large).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Maximum tokens per training sequence (prompt + sentence).
+    #[arg(long, default_value_t = 64)]
+    pub max_len: usize,
+    /// Maximum generated tokens per sentence.
+    #[arg(long, default_value_t = 40)]
+    pub max_new_tokens: usize,
+    /// Target ε.
+    #[arg(long, default_value_t = 8.0)]
+    pub target_epsilon: f64,
+    /// δ.
+    #[arg(long, default_value_t = 1e-5)]
+    pub delta: f64,
+    /// Epochs.
+    #[arg(long, default_value_t = 30)]
+    pub epochs: u64,
+    /// Expected logical batch size.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: u64,
+    /// Samples per forward/backward pass.
+    #[arg(long, default_value_t = 16)]
+    pub physical_batch_size: usize,
+    /// Learning rate (AdamW).
+    #[arg(long, default_value_t = 5e-3)]
+    pub lr: f64,
+    /// Per-sample clipping.
+    #[arg(long, value_enum, default_value_t = ClippingKind::Automatic)]
+    pub clipping: ClippingKind,
+    /// Clipping threshold C of `--clipping abadi`.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_norm: f64,
+    /// Which parameters train: all, biases only (DP-BiTFiT), or the last block, final LayerNorm
+    /// (and untied head).
+    #[arg(long, value_enum, default_value_t = FreezeKind::None)]
+    pub freeze: FreezeKind,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    pub backend: BackendKind,
+    /// Fixed seed for noise and sampling (experiments only). Default: OS randomness.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output folder (metrics.json, loss.svg, epsilon.svg, generations.tsv).
+    #[arg(long, default_value = "target/examples/table-to-text")]
+    pub out: PathBuf,
+    /// Stop after this many steps (smoke runs).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Generate for at most this many held-out meaning representations.
+    #[arg(long)]
+    pub max_eval: Option<usize>,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `--model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Size {
+    /// 2 layers, 4 heads, width 64, random initialisation, compact vocabulary (CPU).
+    Tiny,
+    /// GPT-2 small (124M).
+    Small,
+    /// GPT-2 medium (355M).
+    Medium,
+    /// GPT-2 large (774M).
+    Large,
+}
+
+/// One E2E row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Meaning representation.
+    pub mr: String,
+    /// Reference sentence.
+    pub reference: String,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// ε spent.
+    pub epsilon: f64,
+    /// Corpus BLEU-4 (0..100) on the held-out split.
+    pub bleu: f64,
+    /// Steps taken.
+    pub steps: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Output files.
+    pub outputs: common::Outputs,
+    /// Everything in `metrics.json` but the curves.
+    pub metrics: serde_json::Value,
+}
+
+/// The bundled synthetic sample (written from templates by `data/make_sample.py`).
+pub const SAMPLE: &str = include_str!("../data/e2e_sample.csv");
+/// GPT-2's `<|endoftext|>`.
+pub const EOS: u32 = 50256;
+
+/// Read E2E CSV text (header with `mr` and `ref`, case-insensitive).
+pub fn read_csv(text: &str) -> Result<Vec<Row>, Error> {
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader.headers()?.clone();
+    let col = |name: &str| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
+    let (Some(mr), Some(rf)) = (col("mr"), col("ref")) else {
+        return Err(format!("E2E CSV needs columns `mr` and `ref`, found {:?}", headers.iter().collect::<Vec<_>>()).into());
+    };
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record?;
+        rows.push(Row { mr: record[mr].trim().to_string(), reference: record[rf].trim().to_string() });
+    }
+    Ok(rows)
+}
+
+fn read_file(path: &Path) -> Result<Vec<Row>, Error> {
+    read_csv(&std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?)
+}
+
+/// A held-out meaning representation and its references.
+pub type HeldOut = (String, Vec<String>);
+
+/// Train rows and held-out `(mr, references)`: a folder gives `trainset.csv` / `devset.csv`, a
+/// file (or the bundled sample) is split by meaning representation, every fifth held out.
+pub fn load(data: Option<&Path>) -> Result<(Vec<Row>, Vec<HeldOut>), Error> {
+    let group = |rows: Vec<Row>| {
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in rows {
+            map.entry(r.mr).or_default().push(r.reference);
+        }
+        map
+    };
+    match data {
+        Some(dir) if dir.is_dir() => {
+            let train = read_file(&dir.join("trainset.csv"))?;
+            let dev = group(read_file(&dir.join("devset.csv"))?);
+            Ok((train, dev.into_iter().collect()))
+        }
+        _ => {
+            let rows = match data {
+                Some(file) => read_file(file)?,
+                None => read_csv(SAMPLE)?,
+            };
+            let (mut train, mut test) = (Vec::new(), Vec::new());
+            for (i, (mr, refs)) in group(rows).into_iter().enumerate() {
+                if i % 5 == 4 {
+                    test.push((mr, refs));
+                } else {
+                    train.extend(refs.into_iter().map(|reference| Row { mr: mr.clone(), reference }));
+                }
+            }
+            Ok((train, test))
+        }
+    }
+}
+
+/// GPT-2's byte-pair encoding (tiktoken's `r50k_base`, bundled in the crate: no download), with,
+/// for the tiny model, a vocabulary cut down to the tokens that occur in the data.
+pub struct Tokenizer {
+    bpe: tiktoken_rs::CoreBPE,
+    /// BPE id → model id (compact vocabulary), or `None` for the full GPT-2 vocabulary.
+    compact: Option<HashMap<u32, u32>>,
+    /// Model id → BPE id.
+    inverse: Vec<u32>,
+}
+
+impl Tokenizer {
+    /// The full GPT-2 vocabulary.
+    pub fn gpt2() -> Result<Self, Error> {
+        Ok(Self { bpe: tiktoken_rs::r50k_base().map_err(|e| e.to_string())?, compact: None, inverse: Vec::new() })
+    }
+
+    /// GPT-2's encoding with a vocabulary of `<|endoftext|>` and the tokens of `texts` (any
+    /// other token maps to `<|endoftext|>`).
+    pub fn compact<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<Self, Error> {
+        let mut t = Self::gpt2()?;
+        let mut map = HashMap::from([(EOS, 0u32)]);
+        let mut inverse = vec![EOS];
+        for text in texts {
+            for id in t.bpe.encode_ordinary(text) {
+                map.entry(id).or_insert_with(|| {
+                    inverse.push(id);
+                    inverse.len() as u32 - 1
+                });
+            }
+        }
+        t.compact = Some(map);
+        t.inverse = inverse;
+        Ok(t)
+    }
+
+    /// Vocabulary size of the model.
+    pub fn vocab_size(&self) -> usize {
+        if self.compact.is_some() { self.inverse.len() } else { 50257 }
+    }
+
+    /// The end-of-text id of the model.
+    pub fn eos(&self) -> u32 {
+        if self.compact.is_some() { 0 } else { EOS }
+    }
+
+    /// Model ids of `text`.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let ids = self.bpe.encode_ordinary(text);
+        match &self.compact {
+            Some(map) => ids.iter().map(|id| map.get(id).copied().unwrap_or(0)).collect(),
+            None => ids,
+        }
+    }
+
+    /// Text of model ids.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bpe: Vec<u32> = if self.compact.is_some() { ids.iter().map(|&i| self.inverse[i as usize]).collect() } else { ids.to_vec() };
+        self.bpe.decode(bpe).unwrap_or_default()
+    }
+}
+
+/// The prompt of a meaning representation: the sentence follows ` =`.
+pub fn prompt(mr: &str) -> String {
+    format!("{mr} =")
+}
+
+/// Training sequences: `[N, T]` token ids (padded with end-of-text) and a loss mask `[N, T-1]`
+/// that is 1 where the next token belongs to the sentence (or its closing end-of-text).
+pub struct Sequences {
+    /// Length T.
+    pub len: usize,
+    /// `N·T` ids.
+    pub ids: Vec<i64>,
+    /// `N·(T-1)` mask.
+    pub mask: Vec<f32>,
+}
+
+/// Tokenise the training rows, truncated to `max_len` tokens.
+pub fn sequences(rows: &[Row], tok: &Tokenizer, max_len: usize) -> Sequences {
+    let seqs: Vec<(Vec<u32>, usize)> = rows
+        .iter()
+        .map(|r| {
+            let mut ids = tok.encode(&prompt(&r.mr));
+            let p = ids.len();
+            ids.extend(tok.encode(&format!(" {}", r.reference)));
+            ids.push(tok.eos());
+            ids.truncate(max_len);
+            (ids, p)
+        })
+        .collect();
+    let len = seqs.iter().map(|(s, _)| s.len()).max().unwrap_or(2).max(2);
+    let mut out = Sequences { len, ids: Vec::new(), mask: Vec::new() };
+    for (s, p) in &seqs {
+        for t in 0..len {
+            out.ids.push(*s.get(t).unwrap_or(&tok.eos()) as i64);
+        }
+        // Position t predicts token t+1.
+        for t in 0..len - 1 {
+            out.mask.push(if t + 1 >= *p && t + 1 < s.len() { 1.0 } else { 0.0 });
+        }
+    }
+    out
+}
+
+// ANCHOR: lm_loss
+/// Per-sample loss `[B]`: mean cross-entropy of the sentence tokens (the prompt and the padding
+/// are masked out). Only reductions along dimension 1: the batch stays dimension 0.
+pub fn sentence_loss<B: Backend>(model: &Gpt2<B>, ids: Tensor<B, 2, Int>, mask: Tensor<B, 2>) -> Tensor<B, 1> {
+    let [b, t] = ids.dims();
+    let logits = model.forward(ids.clone(), None);
+    let v = logits.dims()[2];
+    let logp = log_softmax(logits.slice([0..b, 0..t - 1, 0..v]), 2);
+    let next = ids.slice([0..b, 1..t]).reshape([b, t - 1, 1]);
+    let nll = logp.gather(2, next).reshape([b, t - 1]).neg() * mask.clone();
+    let count = mask.sum_dim(1).clamp_min(1.0).reshape([b]);
+    nll.sum_dim(1).reshape([b]) / count
+}
+// ANCHOR_END: lm_loss
+
+// ANCHOR: greedy
+/// Greedy decoding of one prompt until end-of-text, `max_new` tokens or the context length.
+pub fn generate<B: Backend>(model: &Gpt2<B>, tok: &Tokenizer, prompt: &str, max_new: usize, n_positions: usize, dev: &B::Device) -> String {
+    let mut ids: Vec<i64> = tok.encode(prompt).into_iter().map(i64::from).collect();
+    let start = ids.len();
+    while ids.len() < start + max_new && ids.len() < n_positions {
+        let t = ids.len();
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), dev);
+        let logits = model.forward(input, None);
+        let v = logits.dims()[2];
+        let next = logits.slice([0..1, t - 1..t, 0..v]).reshape([1, v]).argmax(1).into_scalar().elem::<i64>();
+        if next == tok.eos() as i64 {
+            break;
+        }
+        ids.push(next);
+    }
+    let out: Vec<u32> = ids[start..].iter().map(|&i| i as u32).collect();
+    tok.decode(&out).trim().to_string()
+}
+// ANCHOR_END: greedy
+
+fn is_onnx(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// Run the example.
+pub fn run(args: Args) -> Result<Summary, Error> {
+    match args.backend {
+        BackendKind::Ndarray => run_on::<burn::backend::NdArray<f32>>(&args, Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => run_on::<burn_dp::Cuda>(&args, Default::default()),
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => Err(common::cuda_missing("burn-dp-table-to-text")),
+    }
+}
+
+fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
+    type B<I> = DpAutodiff<I>;
+    let start = Instant::now();
+    let (train, mut test) = load(args.data.as_deref())?;
+    if let Some(m) = args.max_eval {
+        test.truncate(m);
+    }
+    let tok = match args.model {
+        Size::Tiny => {
+            let texts = train.iter().flat_map(|r| [prompt(&r.mr), format!(" {}", r.reference)]).chain(test.iter().map(|(mr, _)| prompt(mr)));
+            Tokenizer::compact(texts.collect::<Vec<_>>().iter().map(String::as_str))?
+        }
+        _ => Tokenizer::gpt2()?,
+    };
+    let config = match args.model {
+        Size::Tiny => Gpt2Config::custom(tok.vocab_size(), 128, 64, 2, 4),
+        Size::Small => Gpt2Config::small(),
+        Size::Medium => Gpt2Config::medium(),
+        Size::Large => Gpt2Config::large(),
+    };
+    // ANCHOR: import_gpt2
+    let model: Gpt2<B<I>> = match &args.init {
+        None => config.init(&dev),
+        Some(_) if args.model == Size::Tiny => return Err("--init needs a standard --model (small, medium, large)".into()),
+        Some(path) if is_onnx(path) => Gpt2::from_onnx(&config, path, &dev, LoadOptions::with_progress())?,
+        Some(path) => Gpt2::from_safetensors(&config, path, &dev, LoadOptions::with_progress())?,
+    };
+    // ANCHOR_END: import_gpt2
+    let seqs = sequences(&train, &tok, args.max_len.min(config.n_positions));
+    let n = train.len();
+    eprintln!(
+        "data: {} train rows, {} held-out meaning representations; sequences of {} tokens; vocabulary {}",
+        n,
+        test.len(),
+        seqs.len,
+        tok.vocab_size()
+    );
+    let last = format!("transformer.h.{}", config.n_layer - 1);
+    let head = [last.as_str(), "transformer.ln_f", "lm_head"];
+
+    let noise = common::noise_source(args.seed);
+    let (mut model, report) = freeze(model, &common::freeze_policy(args.freeze, &head))?;
+    let schedule = Schedule::from_epochs(n as u64, args.batch_size.min(n as u64), args.epochs)?;
+    let privacy = PrivacyState::for_target_epsilon(args.target_epsilon, args.delta, schedule, AccountantKind::Rdp)?;
+    let sigma = privacy.noise_multiplier;
+    let mut sampler = PoissonSampler::new(n, schedule.sample_rate, args.physical_batch_size, noise)?;
+    let inner = AdamWConfig::new().init::<B<I>, Gpt2<B<I>>>();
+    let mut optim = DpOptimizer::new(inner, common::clipping(args.clipping, args.max_norm), privacy, sampler.expected_batch_size(), noise)?;
+    eprintln!(
+        "training {} of {} parameters ({} tensors); σ = {sigma:.4} for ε = {} at δ = {} over {} steps (q = {:.4})",
+        report.trainable, report.total, report.trainable_tensors, args.target_epsilon, args.delta, schedule.steps, schedule.sample_rate
+    );
+
+    let steps = args.max_steps.map_or(schedule.steps, |m| m.min(schedule.steps));
+    let bar = common::progress(steps, "DP fine-tuning", args.quiet);
+    let (mut loss_curve, mut eps_curve) = (Curve::default(), Curve::default());
+    let every = (steps / 50).max(1);
+    let t = seqs.len;
+    for step in 1..=steps {
+        let logical = sampler.next_batch();
+        if logical.is_empty() {
+            model = optim.step_empty(args.lr, model)?;
+        } else {
+            let mut loss_sum = 0.0;
+            for physical in logical.physical() {
+                let b = physical.indices.len();
+                let ids: Vec<i64> = physical.indices.iter().flat_map(|&i| seqs.ids[i * t..(i + 1) * t].iter().copied()).collect();
+                let mask: Vec<f32> = physical.indices.iter().flat_map(|&i| seqs.mask[i * (t - 1)..(i + 1) * (t - 1)].iter().copied()).collect();
+                let ids = Tensor::<B<I>, 2, Int>::from_data(TensorData::new(ids, [b, t]), &dev);
+                let mask = Tensor::<B<I>, 2>::from_data(TensorData::new(mask, [b, t - 1]), &dev);
+                let rows = Tensor::<B<I>, 1>::from_data(TensorData::new(physical.mask.clone(), [b]), &dev);
+                // Token ids need no `batch` mark: the embedding lookup marks its output.
+                let losses = sentence_loss(&model, ids, mask) * rows;
+                loss_sum += losses.clone().sum().into_scalar().elem::<f64>();
+                optim.backward(&model, losses)?;
+            }
+            model = optim.step(args.lr, model)?;
+            loss_curve.push(step, loss_sum / logical.indices.len() as f64);
+        }
+        if step % every == 0 || step == steps {
+            eps_curve.push(step, optim.epsilon()?.epsilon);
+        }
+        bar.set_message(format!("loss {:.3}", loss_curve.points.last().map_or(f64::NAN, |p| p.1)));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let epsilon = optim.epsilon()?.epsilon;
+
+    // Greedy generation on the held-out meaning representations, scored with corpus BLEU-4.
+    let eval: Gpt2<PerSample<I>> = model.valid();
+    let bar = common::progress(test.len() as u64, "generating", args.quiet);
+    let mut hypotheses = Vec::new();
+    for (mr, _) in &test {
+        hypotheses.push(generate(&eval, &tok, &prompt(mr), args.max_new_tokens, config.n_positions, &dev));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let references: Vec<Vec<String>> = test.iter().map(|(_, r)| r.clone()).collect();
+    let bleu = bleu::corpus_bleu(&hypotheses, &references);
+    std::fs::create_dir_all(&args.out)?;
+    let generations = args.out.join("generations.tsv");
+    let mut tsv = String::from("mr\tgenerated\treference\n");
+    for ((mr, refs), h) in test.iter().zip(&hypotheses) {
+        tsv.push_str(&format!("{mr}\t{h}\t{}\n", refs[0]));
+    }
+    std::fs::write(&generations, tsv)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let metrics = serde_json::json!({
+        "example": "table-to-text", "model": format!("{:?}", args.model),
+        "freeze": format!("{:?}", args.freeze), "clipping": format!("{:?}", args.clipping),
+        "trainable_parameters": report.trainable, "total_parameters": report.total,
+        "train_rows": n, "held_out_mrs": test.len(), "vocabulary": tok.vocab_size(),
+        "steps": steps, "planned_steps": schedule.steps, "sample_rate": schedule.sample_rate,
+        "noise_multiplier": sigma, "epsilon": epsilon, "delta": args.delta, "target_epsilon": args.target_epsilon,
+        "fixed_seed": args.seed, "bleu": bleu, "seconds": seconds,
+        "examples": test.iter().zip(&hypotheses).take(3).map(|((mr, r), h)| serde_json::json!({"mr": mr, "generated": h, "reference": r[0]})).collect::<Vec<_>>(),
+    });
+    let outputs = common::write_outputs(&args.out, metrics.clone(), &loss_curve, &eps_curve)?;
+    eprintln!("generations:  {}", generations.display());
+    Ok(Summary { epsilon, bleu, steps, seconds, outputs, metrics })
+}
