@@ -37,7 +37,19 @@ impl Activation {
     /// Apply the activation.
     pub fn forward<B: Backend, const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            Self::Gelu => burn::tensor::activation::gelu(x),
+            // Composed from `erf` rather than `activation::gelu`: burn 0.21's default
+            // `gelu_backward` (used by NdArray) is the derivative of the tanh approximation,
+            // which is off by up to ~2e-4 relative to the exact GELU the forward computes (and
+            // torch differentiates). Autodiff of `erf` is exact.
+            Self::Gelu => {
+                let cdf = x
+                    .clone()
+                    .div_scalar(std::f64::consts::SQRT_2)
+                    .erf()
+                    .add_scalar(1.0)
+                    .mul_scalar(0.5);
+                x * cdf
+            }
             Self::GeluTanh => {
                 let c = (2.0 / std::f64::consts::PI).sqrt();
                 let inner =

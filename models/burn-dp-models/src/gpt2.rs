@@ -353,6 +353,14 @@ impl<B: Backend> Gpt2<B> {
     }
 }
 
+impl<B: Backend> Gpt2<B> {
+    /// Every float parameter with its torch name and layout (how the torch tensor of the
+    /// state dict relates to the burn parameter), in visiting order.
+    pub fn torch_params(&self) -> Vec<crate::TorchParam> {
+        crate::load::torch_params_with::<B, _, _>(self, &Gpt2Rules)
+    }
+}
+
 pub(crate) struct Gpt2Rules;
 
 impl NameRules for Gpt2Rules {

@@ -20,7 +20,10 @@ pub mod vit;
 pub use act::Activation;
 pub use error::ImportError;
 pub use gpt2::{Gpt2, Gpt2Config};
-pub use load::{count_params, param_names, LoadOptions, RawTensor, TensorSource};
+pub use load::{
+    count_params, freeze_all_but, param_names, Layout, LoadOptions, RawTensor, TensorSource,
+    TorchParam,
+};
 pub use loss::{cross_entropy_per_sample, lm_loss_per_sample};
 pub use onnx::{OnnxFile, OnnxWeights};
 pub use resnet::{BlockKind, Norm, ResNet, ResNetConfig};

@@ -160,6 +160,95 @@ pub fn count_params<B: Backend, M: Module<B>>(module: &M) -> usize {
         .sum()
 }
 
+/// A float parameter with its torch name and how the torch tensor relates to the burn one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorchParam {
+    /// burn parameter id.
+    pub id: ParamId,
+    /// torch / HF name (`transformer.h.0.attn.c_attn.weight`, `fc.weight`, ...).
+    pub name: String,
+    /// burn shape.
+    pub burn_shape: Vec<usize>,
+    /// Layout of the torch tensor relative to the burn parameter.
+    pub layout: Layout,
+}
+
+impl TorchParam {
+    /// Shape of the torch tensor.
+    pub fn torch_shape(&self) -> Vec<usize> {
+        match self.layout {
+            Layout::Same => self.burn_shape.clone(),
+            Layout::Transposed => self.burn_shape.iter().rev().copied().collect(),
+        }
+    }
+
+    /// A row-major tensor in burn layout, rearranged into torch layout (rows of `data` of
+    /// `numel` elements each are converted independently, so `[B, numel]` per-sample gradients
+    /// work too).
+    pub fn burn_to_torch(&self, data: &[f32]) -> Vec<f32> {
+        match self.layout {
+            Layout::Same => data.to_vec(),
+            Layout::Transposed => {
+                let (rows, cols) = (self.burn_shape[0], self.burn_shape[1]);
+                let numel = rows * cols;
+                let mut out = vec![0.0; data.len()];
+                for (src, dst) in data.chunks(numel.max(1)).zip(out.chunks_mut(numel.max(1))) {
+                    for r in 0..rows {
+                        for c in 0..cols {
+                            dst[c * rows + r] = src[r * cols + c];
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// Every float parameter of `module` with its torch name and layout under the model's rules.
+pub(crate) fn torch_params_with<B: Backend, M: Module<B>, R: NameRules>(
+    module: &M,
+    rules: &R,
+) -> Vec<TorchParam> {
+    collect_params::<B, M>(module)
+        .into_iter()
+        .map(|(id, name, burn_shape, is_linear)| TorchParam {
+            id,
+            layout: rules.layout(&name, is_linear),
+            name,
+            burn_shape,
+        })
+        .collect()
+}
+
+struct Freezer<F: Fn(&str) -> bool> {
+    path: PathStack,
+    trainable: F,
+}
+
+impl<B: Backend, F: Fn(&str) -> bool> ModuleMapper<B> for Freezer<F> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let keep = (self.trainable)(&self.path.torch_name());
+        param.set_require_grad(keep)
+    }
+}
+
+/// Freeze every float parameter whose torch name (as [`param_names`] reports it) does not
+/// satisfy `trainable`, and make the others trainable: e.g. DP-BiTFiT with
+/// `freeze_all_but(model, |n| n.ends_with(".bias"))`. A minimal helper for tests and examples.
+pub fn freeze_all_but<B: Backend, M: Module<B>>(module: M, trainable: impl Fn(&str) -> bool) -> M {
+    module.map(&mut Freezer {
+        path: PathStack::default(),
+        trainable,
+    })
+}
+
 /// The per-model rules a loader needs.
 pub(crate) trait NameRules {
     /// Torch layout of parameter `name` (`is_linear` when it is the weight of a burn `Linear`).

@@ -537,6 +537,14 @@ impl<B: Backend> ResNet<B> {
     }
 }
 
+impl<B: Backend> ResNet<B> {
+    /// Every float parameter with its torch name and layout (how the torch tensor of the
+    /// state dict relates to the burn parameter), in visiting order.
+    pub fn torch_params(&self) -> Vec<crate::TorchParam> {
+        crate::load::torch_params_with::<B, _, _>(self, &ResNetRules)
+    }
+}
+
 pub(crate) struct ResNetRules;
 impl NameRules for ResNetRules {}
 

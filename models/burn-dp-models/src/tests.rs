@@ -479,3 +479,94 @@ fn gpt2_small_streaming_memory() {
     );
     assert_eq!(count_params::<B, _>(&model), 124_439_808);
 }
+
+#[test]
+fn torch_params_layouts_and_freezing() {
+    // Layouts: torch Linear weights are transposed (ViT, ResNet fc), HF GPT-2 Conv1D is not.
+    let vit = ViTConfig::custom(64, 1, 4, 128, 32, 8, 10).init::<AB>(&dev());
+    let layout = |ps: &[TorchParam], n: &str| ps.iter().find(|p| p.name == n).unwrap().layout;
+    let vp = vit.torch_params();
+    assert_eq!(layout(&vp, "classifier.weight"), Layout::Transposed);
+    assert_eq!(
+        layout(&vp, "vit.layers.0.attention.q_proj.weight"),
+        Layout::Transposed
+    );
+    assert_eq!(layout(&vp, "classifier.bias"), Layout::Same);
+    assert_eq!(
+        layout(&vp, "vit.embeddings.patch_embeddings.projection.weight"),
+        Layout::Same
+    );
+    let gp = Gpt2Config::custom(50, 16, 32, 1, 4)
+        .init::<AB>(&dev())
+        .torch_params();
+    assert_eq!(
+        layout(&gp, "transformer.h.0.attn.c_attn.weight"),
+        Layout::Same
+    );
+    let untied = Gpt2Config::custom(50, 16, 32, 1, 4).with_tied_head(false);
+    let gp = untied.init::<AB>(&dev()).torch_params();
+    assert_eq!(layout(&gp, "lm_head.weight"), Layout::Transposed);
+    let rp = ResNetConfig::resnet18(10).init::<AB>(&dev()).torch_params();
+    assert_eq!(layout(&rp, "fc.weight"), Layout::Transposed);
+    assert_eq!(layout(&rp, "layer1.0.conv1.weight"), Layout::Same);
+
+    // burn [2, 3] rows -> torch [3, 2], row by row for [B, numel] data.
+    let p = TorchParam {
+        id: burn::module::ParamId::new(),
+        name: "x.weight".into(),
+        burn_shape: vec![2, 3],
+        layout: Layout::Transposed,
+    };
+    assert_eq!(p.torch_shape(), vec![3, 2]);
+    let rows: Vec<f32> = (0..12).map(|v| v as f32).collect();
+    assert_eq!(
+        p.burn_to_torch(&rows),
+        vec![0., 3., 1., 4., 2., 5., 6., 9., 7., 10., 8., 11.]
+    );
+
+    // Bias-only: exactly the torch names ending in `.bias` stay trainable.
+    let frozen = freeze_all_but(vit, |n| n.ends_with(".bias"));
+    let mut visitor = Trainable(Vec::new());
+    frozen.visit(&mut visitor);
+    let names: std::collections::HashMap<_, _> =
+        param_names::<AB, _>(&frozen).into_iter().collect();
+    assert!(!visitor.0.is_empty());
+    for (id, trainable) in visitor.0 {
+        assert_eq!(trainable, names[&id].ends_with(".bias"), "{}", names[&id]);
+    }
+}
+
+struct Trainable(Vec<(burn::module::ParamId, bool)>);
+
+impl burn::module::ModuleVisitor<AB> for Trainable {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<AB, D>>) {
+        self.0.push((param.id, param.val().is_require_grad()));
+    }
+}
+
+#[test]
+fn gelu_gradient_is_exact() {
+    // d/dx [x Φ(x)] = Φ(x) + x φ(x); burn's own `gelu_backward` is the tanh approximation's.
+    let xs = [-3.0f32, -1.5, -0.3, 0.0, 0.4, 1.2, 2.5];
+    let x = Tensor::<AB, 1>::from_floats(xs, &dev()).require_grad();
+    let g = Activation::Gelu.forward(x.clone()).sum().backward();
+    let got: Vec<f32> = x.grad(&g).unwrap().into_data().to_vec().unwrap();
+    for (x, got) in xs.iter().zip(got) {
+        let x = *x as f64;
+        let phi = (-x * x / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        let cdf = 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
+        let want = cdf + x * phi;
+        assert!((got as f64 - want).abs() < 2e-6, "x = {x}: {got} vs {want}");
+    }
+}
+
+/// erf to ~1e-12 (Taylor series; |x| ≤ 3 here).
+fn erf(x: f64) -> f64 {
+    let (mut term, mut sum, mut n) = (x, x, 0.0);
+    while term.abs() > 1e-17 {
+        n += 1.0;
+        term *= -x * x / n;
+        sum += term / (2.0 * n + 1.0);
+    }
+    2.0 / std::f64::consts::PI.sqrt() * sum
+}

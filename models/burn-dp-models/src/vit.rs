@@ -408,6 +408,14 @@ impl<B: Backend> ViTForImageClassification<B> {
     }
 }
 
+impl<B: Backend> ViTForImageClassification<B> {
+    /// Every float parameter with its torch name and layout (how the torch tensor of the
+    /// state dict relates to the burn parameter), in visiting order.
+    pub fn torch_params(&self) -> Vec<crate::TorchParam> {
+        crate::load::torch_params_with::<B, _, _>(self, &ViTRules)
+    }
+}
+
 pub(crate) struct ViTRules;
 
 /// transformers 4 name of a transformers 5 ViT parameter name.
