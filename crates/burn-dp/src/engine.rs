@@ -183,11 +183,14 @@ struct Resolved<B: Backend> {
     grad: Option<Deferred<B>>,
 }
 
+/// Batch size, device, and every trainable parameter after the pass.
+type Pass<B> = (usize, burn::tensor::Device<B>, Vec<Resolved<B>>);
+
 /// Runs the per-sample backward pass and resolves every trainable parameter's gradient.
 fn per_sample_pass<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     model: &M,
     losses: Tensor<DpAutodiff<B>, 1>,
-) -> Result<(usize, B::Device, Vec<Resolved<B>>), DpError> {
+) -> Result<Pass<B>, DpError> {
     let dims = losses.dims();
     let b = dims[0];
     let loss_tag = losses.clone().inner().into_primitive().tensor().tag();
