@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1e-5)]
     pub delta: f64,
     /// Epochs (expected passes over the training set; sets the number of steps).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 20)]
     pub epochs: u64,
     /// Expected logical batch size (Poisson sampling rate = batch size / training examples).
     #[arg(long, default_value_t = 64)]
@@ -57,7 +57,7 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     pub physical_batch_size: usize,
     /// Learning rate (AdamW).
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 5e-3)]
     pub lr: f64,
     /// Per-sample clipping.
     #[arg(long, value_enum, default_value_t = ClippingKind::Automatic)]
