@@ -6,7 +6,6 @@ use burn::nn::{
     LinearConfig,
 };
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use serde::{Deserialize, Serialize};
 
 use crate::act::Activation;
@@ -219,21 +218,9 @@ impl<B: Backend> Gpt2Attention<B> {
     /// [B, T, d] -> [B, T, d], causal.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
-        let h = self.n_head;
-        let dh = d / h;
         let qkv = self.c_attn.forward(x);
-        let heads = |i: usize| {
-            qkv.clone()
-                .slice([0..b, 0..t, i * d..(i + 1) * d])
-                .reshape([b, t, h, dh])
-                .swap_dims(1, 2)
-        };
-        let (q, k, v) = (heads(0), heads(1), heads(2));
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f64).sqrt());
-        let mask = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &scores.device()).unsqueeze::<4>();
-        let scores = scores.mask_fill(mask, f32::MIN);
-        let probs = self.attn_dropout.forward(softmax(scores, 3));
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
+        let part = |i: usize| qkv.clone().slice([0..b, 0..t, i * d..(i + 1) * d]);
+        let out = crate::block::attention(part(0), part(1), part(2), self.n_head, true, &self.attn_dropout);
         self.resid_dropout.forward(self.c_proj.forward(out))
     }
 }
@@ -269,11 +256,8 @@ impl<B: Backend> Gpt2Block<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = x.clone() + self.attn.forward(self.ln_1.forward(x));
         let m = &self.mlp;
-        let y = m.c_proj.forward(
-            m.activation
-                .forward(m.c_fc.forward(self.ln_2.forward(x.clone()))),
-        );
-        x + m.dropout.forward(y)
+        let normed = self.ln_2.forward(x.clone());
+        crate::block::mlp_residual(x, normed, &m.c_fc, &m.activation, &m.c_proj, &m.dropout)
     }
 }
 

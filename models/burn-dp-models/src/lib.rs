@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod act;
+mod block;
 pub mod error;
 pub mod gpt2;
 pub mod load;

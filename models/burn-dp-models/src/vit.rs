@@ -4,7 +4,6 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use serde::{Deserialize, Serialize};
 
 use crate::act::Activation;
@@ -286,17 +285,10 @@ pub struct ViTAttention<B: Backend> {
 impl<B: Backend> ViTAttention<B> {
     /// [B, T, d] -> [B, T, d].
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, t, d] = x.dims();
-        let h = self.num_heads;
-        let dh = d / h;
-        let split = |y: Tensor<B, 3>| y.reshape([b, t, h, dh]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()));
-        let k = split(self.k_proj.forward(x.clone()));
-        let v = split(self.v_proj.forward(x));
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f64).sqrt());
-        let probs = self.dropout.forward(softmax(scores, 3));
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
-        self.o_proj.forward(out)
+        let q = self.q_proj.forward(x.clone());
+        let k = self.k_proj.forward(x.clone());
+        let v = self.v_proj.forward(x);
+        self.o_proj.forward(crate::block::attention(q, k, v, self.num_heads, false, &self.dropout))
     }
 }
 
@@ -334,11 +326,8 @@ impl<B: Backend> ViTLayer<B> {
             .forward(self.layernorm_before.forward(x.clone()));
         let x = x + self.mlp.dropout.forward(a);
         let m = &self.mlp;
-        let y = m.fc2.forward(
-            m.activation
-                .forward(m.fc1.forward(self.layernorm_after.forward(x.clone()))),
-        );
-        x + m.dropout.forward(y)
+        let normed = self.layernorm_after.forward(x.clone());
+        crate::block::mlp_residual(x, normed, &m.fc1, &m.activation, &m.fc2, &m.dropout)
     }
 }
 
