@@ -14,7 +14,9 @@ use std::time::Instant;
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{AutodiffModule, Module};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput};
+use burn::nn::transformer::{
+    TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
+};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::backend::Backend;
@@ -32,7 +34,10 @@ trait Bench<B: Backend>: Module<B> {
 
 fn ce<B: Backend>(logits: Tensor<B, 2>, y: Tensor<B, 1, Int>) -> Tensor<B, 1> {
     let [b, _] = logits.dims();
-    log_softmax(logits, 1).gather(1, y.reshape([b, 1])).reshape([b]).neg()
+    log_softmax(logits, 1)
+        .gather(1, y.reshape([b, 1]))
+        .reshape([b])
+        .neg()
 }
 
 #[derive(Module, Debug)]
@@ -64,7 +69,10 @@ impl<B: Backend> Bench<B> for Cnn<B> {
         let h = relu(self.c1.forward(x.reshape([b, c, side, side])));
         let h = relu(self.c2.forward(h));
         let [_, ch, _, _] = h.dims();
-        let pooled = h.reshape([b as i64, ch as i64, -1]).mean_dim(2).reshape([b, ch]);
+        let pooled = h
+            .reshape([b as i64, ch as i64, -1])
+            .mean_dim(2)
+            .reshape([b, ch]);
         ce(self.fc.forward(pooled), y)
     }
 }
@@ -78,20 +86,31 @@ struct Encoder<B: Backend> {
 
 impl<B: Backend> Bench<B> for Encoder<B> {
     fn losses(&self, x: Tensor<B, 3>, y: Tensor<B, 1, Int>) -> Tensor<B, 1> {
-        let h = self.enc.forward(TransformerEncoderInput::new(self.proj.forward(x)));
+        let h = self
+            .enc
+            .forward(TransformerEncoderInput::new(self.proj.forward(x)));
         let [b, _, d] = h.dims();
         ce(self.head.forward(h.mean_dim(1).reshape([b, d])), y)
     }
 }
 
 fn mlp<B: Backend>(d: &B::Device) -> Mlp<B> {
-    Mlp { fc1: LinearConfig::new(784, 256).init(d), fc2: LinearConfig::new(256, 128).init(d), fc3: LinearConfig::new(128, 10).init(d) }
+    Mlp {
+        fc1: LinearConfig::new(784, 256).init(d),
+        fc2: LinearConfig::new(256, 128).init(d),
+        fc3: LinearConfig::new(128, 10).init(d),
+    }
 }
 
 fn cnn<B: Backend>(d: &B::Device) -> Cnn<B> {
     Cnn {
-        c1: Conv2dConfig::new([3, 16], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(d),
-        c2: Conv2dConfig::new([16, 32], [3, 3]).with_stride([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(d),
+        c1: Conv2dConfig::new([3, 16], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(d),
+        c2: Conv2dConfig::new([16, 32], [3, 3])
+            .with_stride([2, 2])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(d),
         fc: LinearConfig::new(32, 10).init(d),
     }
 }
@@ -99,7 +118,9 @@ fn cnn<B: Backend>(d: &B::Device) -> Cnn<B> {
 fn encoder<B: Backend>(d: &B::Device) -> Encoder<B> {
     Encoder {
         proj: LinearConfig::new(32, 64).init(d),
-        enc: TransformerEncoderConfig::new(64, 128, 4, 2).with_dropout(0.0).init(d),
+        enc: TransformerEncoderConfig::new(64, 128, 4, 2)
+            .with_dropout(0.0)
+            .init(d),
         head: LinearConfig::new(64, 10).init(d),
     }
 }
@@ -111,29 +132,50 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn time(iters: usize, mut f: impl FnMut()) -> f64 {
     f(); // warm-up
-    median((0..iters).map(|_| {
-        let t = Instant::now();
-        f();
-        t.elapsed().as_secs_f64()
-    }).collect())
+    median(
+        (0..iters)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
 }
 
-fn plain_step<M: AutodiffModule<Plain> + Bench<Plain>>(m: &M, x: &Tensor<Plain, 3>, y: &Tensor<Plain, 1, Int>) {
+fn plain_step<M: AutodiffModule<Plain> + Bench<Plain>>(
+    m: &M,
+    x: &Tensor<Plain, 3>,
+    y: &Tensor<Plain, 1, Int>,
+) {
     let grads = m.losses(x.clone(), y.clone()).sum().backward();
     let _ = burn::optim::GradientsParams::from_grads(grads, m);
 }
 
-fn loop_step<M: AutodiffModule<Plain> + Bench<Plain>>(m: &M, x: &Tensor<Plain, 3>, y: &Tensor<Plain, 1, Int>) {
+fn loop_step<M: AutodiffModule<Plain> + Bench<Plain>>(
+    m: &M,
+    x: &Tensor<Plain, 3>,
+    y: &Tensor<Plain, 1, Int>,
+) {
     let b = x.dims()[0];
     for i in 0..b {
-        let grads = m.losses(x.clone().narrow(0, i, 1), y.clone().narrow(0, i, 1)).sum().backward();
+        let grads = m
+            .losses(x.clone().narrow(0, i, 1), y.clone().narrow(0, i, 1))
+            .sum()
+            .backward();
         let _ = burn::optim::GradientsParams::from_grads(grads, m);
     }
 }
 
-fn dp_step<M: AutodiffModule<Dp> + Bench<Dp>>(m: &M, x: &Tensor<Dp, 3>, y: &Tensor<Dp, 1, Int>, mode: NormMode) {
+fn dp_step<M: AutodiffModule<Dp> + Bench<Dp>>(
+    m: &M,
+    x: &Tensor<Dp, 3>,
+    y: &Tensor<Dp, 1, Int>,
+    mode: NormMode,
+) {
     let cfg = PerSampleConfig::new(ClippingFn::AUTOMATIC).with_norm_mode(mode);
-    let out = clipped_backward(&cfg, m, m.losses(batch(x.clone()), y.clone())).expect("per-sample step");
+    let out =
+        clipped_backward(&cfg, m, m.losses(batch(x.clone()), y.clone())).expect("per-sample step");
     let _ = out.into_gradients(m);
 }
 
@@ -144,9 +186,21 @@ where
 {
     let dev = Default::default();
     let x = Tensor::<Inner, 3>::random(shape, Distribution::Normal(0.0, 1.0), &dev);
-    let y = Tensor::<Inner, 1, Int>::from_data(burn::tensor::TensorData::new((0..shape[0] as i64).map(|i| i % 10).collect::<Vec<_>>(), [shape[0]]), &dev);
-    let (xp, yp) = (Tensor::<Plain, 3>::from_inner(x.clone()), Tensor::<Plain, 1, Int>::from_inner(y.clone()));
-    let (xd, yd) = (Tensor::<Dp, 3>::from_inner(burn_dp::lift(x)), Tensor::<Dp, 1, Int>::from_data(y.into_data(), &dev));
+    let y = Tensor::<Inner, 1, Int>::from_data(
+        burn::tensor::TensorData::new(
+            (0..shape[0] as i64).map(|i| i % 10).collect::<Vec<_>>(),
+            [shape[0]],
+        ),
+        &dev,
+    );
+    let (xp, yp) = (
+        Tensor::<Plain, 3>::from_inner(x.clone()),
+        Tensor::<Plain, 1, Int>::from_inner(y.clone()),
+    );
+    let (xd, yd) = (
+        Tensor::<Dp, 3>::from_inner(burn_dp::lift(x)),
+        Tensor::<Dp, 1, Int>::from_data(y.into_data(), &dev),
+    );
     let t_plain = time(iters, || plain_step(&plain, &xp, &yp));
     let t_loop = time(iters.div_ceil(4), || loop_step(&plain, &xp, &yp));
     for mode in [NormMode::Ghost, NormMode::Instantiate, NormMode::Auto] {
@@ -164,13 +218,36 @@ where
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let iters = args.iter().position(|a| a == "--iters").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(10);
+    let iters = args
+        .iter()
+        .position(|a| a == "--iters")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     match args.get(1).map(String::as_str) {
         Some("engine") | None => {
             let dev = Default::default();
-            run("mlp", iters, [64, 28, 28], mlp::<Plain>(&dev), mlp::<Dp>(&dev));
-            run("cnn", iters, [32, 3, 32 * 32], cnn::<Plain>(&dev), cnn::<Dp>(&dev));
-            run("transformer-2l", iters, [16, 32, 32], encoder::<Plain>(&dev), encoder::<Dp>(&dev));
+            run(
+                "mlp",
+                iters,
+                [64, 28, 28],
+                mlp::<Plain>(&dev),
+                mlp::<Dp>(&dev),
+            );
+            run(
+                "cnn",
+                iters,
+                [32, 3, 32 * 32],
+                cnn::<Plain>(&dev),
+                cnn::<Dp>(&dev),
+            );
+            run(
+                "transformer-2l",
+                iters,
+                [16, 32, 32],
+                encoder::<Plain>(&dev),
+                encoder::<Dp>(&dev),
+            );
         }
         Some("train") => train_main(&args[2..]),
         Some(other) => {
@@ -180,9 +257,11 @@ fn main() {
     }
 }
 
-
 fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
 }
 
 fn num(args: &[String], name: &str) -> Option<usize> {
@@ -214,18 +293,26 @@ fn train_main(args: &[String]) {
             "ndarray" => train::run_one::<burn::backend::NdArray<f32>>(&cfg, &backend),
             #[cfg(feature = "cuda")]
             "cuda" => train::run_one::<burn_dp::Cuda>(&cfg, &backend),
-            other => Err(format!("backend `{other}` is not available in this build (cuda needs --features cuda)")),
+            other => Err(format!(
+                "backend `{other}` is not available in this build (cuda needs --features cuda)"
+            )),
         };
         match out {
             Ok(v) => println!("{v}"),
             Err(e) => {
-                println!("{}", serde_json::json!({"bench": "train", "model": cfg.model, "mode": cfg.mode, "batch": cfg.batch, "error": e}));
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "train", "model": cfg.model, "mode": cfg.mode, "batch": cfg.batch, "error": e})
+                );
             }
         }
         return;
     }
-    let models: Option<Vec<String>> = arg(args, "--models").map(|m| m.split(',').map(String::from).collect());
-    let modes: Vec<String> = arg(args, "--modes").map(|m| m.split(',').map(String::from).collect()).unwrap_or_else(|| train::MODES.iter().map(|s| s.to_string()).collect());
+    let models: Option<Vec<String>> =
+        arg(args, "--models").map(|m| m.split(',').map(String::from).collect());
+    let modes: Vec<String> = arg(args, "--modes")
+        .map(|m| m.split(',').map(String::from).collect())
+        .unwrap_or_else(|| train::MODES.iter().map(|s| s.to_string()).collect());
     let exe = std::env::current_exe().expect("own path");
     let mut results: Vec<serde_json::Value> = Vec::new();
     for (model, anchor_batch) in train::anchors() {
@@ -233,19 +320,30 @@ fn train_main(args: &[String]) {
             continue;
         }
         let b = num(args, "--batch").unwrap_or(anchor_batch);
-        if results.iter().any(|r| r["model"] == model.as_str() && r["batch"] == b) {
+        if results
+            .iter()
+            .any(|r| r["model"] == model.as_str() && r["batch"] == b)
+        {
             continue; // an overridden batch makes anchor rows of one model identical
         }
         for mode in &modes {
             let mut cmd = std::process::Command::new(&exe);
-            cmd.arg("train").arg("--single").arg(format!("{model}:{b}:{mode}")).arg("--backend").arg(&backend);
+            cmd.arg("train")
+                .arg("--single")
+                .arg(format!("{model}:{b}:{mode}"))
+                .arg("--backend")
+                .arg(&backend);
             for flag in ["--seq", "--image", "--steps", "--warmup"] {
                 if let Some(v) = arg(args, flag) {
                     cmd.arg(flag).arg(v);
                 }
             }
             let out = cmd.output().expect("run a configuration");
-            let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string();
+            let line = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_string();
             let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| {
                 serde_json::json!({"bench": "train", "model": model, "mode": mode, "batch": b,
                     "error": format!("exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""))})
@@ -256,17 +354,24 @@ fn train_main(args: &[String]) {
     }
     // Ratios of the goals, from this run (and the fastDP anchor for GPT-2 small B=32).
     let get = |model: &str, b: usize, mode: &str, key: &str| -> Option<f64> {
-        results.iter().find(|r| r["model"] == model && r["batch"] == b && r["mode"] == mode).and_then(|r| r[key].as_f64())
+        results
+            .iter()
+            .find(|r| r["model"] == model && r["batch"] == b && r["mode"] == mode)
+            .and_then(|r| r[key].as_f64())
     };
     let mut seen = Vec::new();
     for r in &results {
-        let (Some(model), Some(b)) = (r["model"].as_str(), r["batch"].as_u64()) else { continue };
+        let (Some(model), Some(b)) = (r["model"].as_str(), r["batch"].as_u64()) else {
+            continue;
+        };
         if seen.contains(&(model.to_string(), b)) {
             continue;
         }
         seen.push((model.to_string(), b));
         let b = b as usize;
-        let ratio = |num: &str, den: &str, key: &str| Some(get(model, b, num, key)? / get(model, b, den, key)?);
+        let ratio = |num: &str, den: &str, key: &str| {
+            Some(get(model, b, num, key)? / get(model, b, den, key)?)
+        };
         let mut line = serde_json::json!({
             "bench": "train-ratios", "backend": backend, "model": model, "batch": b,
             "dp_full_over_plain_full": ratio("dp-full", "plain-full", "samples_per_s"),
@@ -274,7 +379,8 @@ fn train_main(args: &[String]) {
             "peak_mem_dp_full_over_plain_full": ratio("dp-full", "plain-full", "peak_rss_gib"),
         });
         if model == "gpt2-small" && b == 32 {
-            line["dp_full_over_fastdp_mixopt_anchor"] = serde_json::json!(get(model, b, "dp-full", "samples_per_s").map(|s| s / 470.46));
+            line["dp_full_over_fastdp_mixopt_anchor"] =
+                serde_json::json!(get(model, b, "dp-full", "samples_per_s").map(|s| s / 470.46));
         }
         println!("{line}");
     }

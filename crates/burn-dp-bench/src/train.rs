@@ -13,8 +13,8 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_dp::{
-    batch, freeze, AccountantKind, ClippingFn, DpAutodiff, DpOptimizer, FreezePolicy, NoiseSource, PerSampleConfig,
-    PrivacyState,
+    batch, freeze, AccountantKind, ClippingFn, DpAutodiff, DpOptimizer, FreezePolicy, NoiseSource,
+    PerSampleConfig, PrivacyState,
 };
 use burn_dp_models::{Gpt2Config, Norm, ResNetConfig, ViTConfig};
 
@@ -57,13 +57,29 @@ enum Input<B: Backend> {
     Images(Tensor<B, 4>, Tensor<B, 1, Int>),
 }
 
-fn input<B: Backend>(cfg: &Config, vocab: usize, device: &B::Device, mark: impl Fn(Tensor<B, 4>) -> Tensor<B, 4>) -> Input<B> {
+fn input<B: Backend>(
+    cfg: &Config,
+    vocab: usize,
+    device: &B::Device,
+    mark: impl Fn(Tensor<B, 4>) -> Tensor<B, 4>,
+) -> Input<B> {
     if cfg.model.starts_with("gpt2") {
-        let ids = Tensor::<B, 2>::random([cfg.batch, cfg.seq], Distribution::Uniform(0.0, vocab as f64 - 1.0), device).int();
+        let ids = Tensor::<B, 2>::random(
+            [cfg.batch, cfg.seq],
+            Distribution::Uniform(0.0, vocab as f64 - 1.0),
+            device,
+        )
+        .int();
         Input::Tokens(ids)
     } else {
-        let x = Tensor::<B, 4>::random([cfg.batch, 3, cfg.image, cfg.image], Distribution::Normal(0.0, 1.0), device);
-        let y = Tensor::<B, 2>::random([cfg.batch, 1], Distribution::Uniform(0.0, 9.0), device).int().reshape([cfg.batch]);
+        let x = Tensor::<B, 4>::random(
+            [cfg.batch, 3, cfg.image, cfg.image],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        );
+        let y = Tensor::<B, 2>::random([cfg.batch, 1], Distribution::Uniform(0.0, 9.0), device)
+            .int()
+            .reshape([cfg.batch]);
         Input::Images(mark(x), y)
     }
 }
@@ -72,7 +88,11 @@ fn input<B: Backend>(cfg: &Config, vocab: usize, device: &B::Device, mark: impl 
 pub fn run_one<Inner: Backend>(cfg: &Config, backend: &str) -> Result<serde_json::Value, String> {
     let device: Inner::Device = Default::default();
     let dp = cfg.mode.starts_with("dp");
-    let policy = if cfg.mode.ends_with("bitfit") { FreezePolicy::BiasOnly } else { FreezePolicy::None };
+    let policy = if cfg.mode.ends_with("bitfit") {
+        FreezePolicy::BiasOnly
+    } else {
+        FreezePolicy::None
+    };
     let err = |e: burn_dp::DpError| e.to_string();
     let vocab = 50257;
     macro_rules! bench_model {
@@ -80,9 +100,18 @@ pub fn run_one<Inner: Backend>(cfg: &Config, backend: &str) -> Result<serde_json
             if dp {
                 type B<I> = DpAutodiff<I>;
                 let (mut model, report) = freeze($init(&device), &policy).map_err(err)?;
-                let privacy = PrivacyState::with_noise_multiplier(1.0, 0.01, 1e-5, AccountantKind::Rdp).map_err(err)?;
+                let privacy =
+                    PrivacyState::with_noise_multiplier(1.0, 0.01, 1e-5, AccountantKind::Rdp)
+                        .map_err(err)?;
                 let clipping = PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 });
-                let mut optim = DpOptimizer::new($optim, clipping, privacy, cfg.batch as f64, NoiseSource::FixedSeedForExperiments(0)).map_err(err)?;
+                let mut optim = DpOptimizer::new(
+                    $optim,
+                    clipping,
+                    privacy,
+                    cfg.batch as f64,
+                    NoiseSource::FixedSeedForExperiments(0),
+                )
+                .map_err(err)?;
                 let inp = input::<B<Inner>>(cfg, vocab, &device, batch);
                 let mut times = Vec::new();
                 for i in 0..cfg.warmup + cfg.steps {
@@ -172,4 +201,3 @@ pub fn run_one<Inner: Backend>(cfg: &Config, backend: &str) -> Result<serde_json
         "trainable_params": report.trainable, "total_params": report.total,
     }))
 }
-

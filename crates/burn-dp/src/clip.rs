@@ -32,10 +32,14 @@ impl ClippingFn {
     pub fn validate(&self) -> Result<(), DpError> {
         match *self {
             ClippingFn::Automatic { gamma } if !(gamma > 0.0 && gamma.is_finite()) => {
-                Err(DpError::InvalidClipping(format!("automatic clipping needs gamma > 0, got {gamma}")))
+                Err(DpError::InvalidClipping(format!(
+                    "automatic clipping needs gamma > 0, got {gamma}"
+                )))
             }
             ClippingFn::Abadi { max_norm } if !(max_norm > 0.0 && max_norm.is_finite()) => {
-                Err(DpError::InvalidClipping(format!("Abadi clipping needs max_norm > 0, got {max_norm}")))
+                Err(DpError::InvalidClipping(format!(
+                    "Abadi clipping needs max_norm > 0, got {max_norm}"
+                )))
             }
             _ => Ok(()),
         }
@@ -48,7 +52,11 @@ impl ClippingFn {
     pub fn factors<B: Backend>(&self, norms: Tensor<B, 1>) -> Tensor<B, 1> {
         match *self {
             ClippingFn::Automatic { gamma } => norms.add_scalar(gamma).recip(),
-            ClippingFn::Abadi { max_norm } => norms.add_scalar(1e-6).recip().mul_scalar(max_norm).clamp_max(1.0),
+            ClippingFn::Abadi { max_norm } => norms
+                .add_scalar(1e-6)
+                .recip()
+                .mul_scalar(max_norm)
+                .clamp_max(1.0),
         }
     }
 
@@ -127,7 +135,10 @@ pub struct Clipping {
 impl Clipping {
     /// Flat clipping with `function`.
     pub fn flat(function: ClippingFn) -> Self {
-        Clipping { function, style: ClippingStyle::Flat }
+        Clipping {
+            function,
+            style: ClippingStyle::Flat,
+        }
     }
 
     /// Checks every function in the configuration.

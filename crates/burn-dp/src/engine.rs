@@ -32,7 +32,9 @@ pub fn batch<B: Backend, const D: usize>(x: Tensor<DpAutodiff<B>, D>) -> Tensor<
 }
 
 /// [`batch`] for a tensor of the non-autodiff `PerSample<B>` backend.
-pub fn batch_inner<B: Backend, const D: usize>(x: Tensor<PerSample<B>, D>) -> Tensor<PerSample<B>, D> {
+pub fn batch_inner<B: Backend, const D: usize>(
+    x: Tensor<PerSample<B>, D>,
+) -> Tensor<PerSample<B>, D> {
     let ps = match x.into_primitive() {
         TensorPrimitive::Float(PsTensor::Dense { tensor, tag }) => {
             let batch = tensor.shape().as_slice().first().copied().unwrap_or(0);
@@ -46,12 +48,17 @@ pub fn batch_inner<B: Backend, const D: usize>(x: Tensor<PerSample<B>, D>) -> Te
 
 /// Wraps an inner-backend tensor as a tensor of `PerSample<B>`.
 pub fn lift<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<PerSample<B>, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(PsTensor::dense(x.into_primitive().tensor(), Tag::Independent)))
+    Tensor::from_primitive(TensorPrimitive::Float(PsTensor::dense(
+        x.into_primitive().tensor(),
+        Tag::Independent,
+    )))
 }
 
 /// Unwraps a `PerSample<B>` tensor to the inner backend (a deferred gradient is summed).
 pub fn lower<B: Backend, const D: usize>(x: Tensor<PerSample<B>, D>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(x.into_primitive().tensor().into_sum()))
+    Tensor::from_primitive(TensorPrimitive::Float(
+        x.into_primitive().tensor().into_sum(),
+    ))
 }
 
 /// Settings of the per-sample engine.
@@ -66,7 +73,10 @@ pub struct PerSampleConfig {
 impl PerSampleConfig {
     /// Flat clipping with `function`, norms chosen by the cost model.
     pub fn new(function: ClippingFn) -> Self {
-        PerSampleConfig { clipping: Clipping::flat(function), norm_mode: NormMode::Auto }
+        PerSampleConfig {
+            clipping: Clipping::flat(function),
+            norm_mode: NormMode::Auto,
+        }
     }
 
     /// Sets the clipping style.
@@ -111,9 +121,15 @@ impl<B: Backend> ClippedGradients<B> {
 
 /// Turns flat per-parameter gradients into burn's `GradientsParams` for `model` (reshaped to each
 /// parameter's shape); ids not in `model` are ignored.
-pub fn register_gradients<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(sums: HashMap<ParamId, Tensor<B, 1>>, model: &M) -> GradientsParams {
+pub fn register_gradients<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
+    sums: HashMap<ParamId, Tensor<B, 1>>,
+    model: &M,
+) -> GradientsParams {
     let mut out = GradientsParams::new();
-    let mut visitor = Register::<B> { sums, out: &mut out };
+    let mut visitor = Register::<B> {
+        sums,
+        out: &mut out,
+    };
     model.visit(&mut visitor);
     out
 }
@@ -127,7 +143,8 @@ impl<B: Backend> ModuleVisitor<DpAutodiff<B>> for Register<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<DpAutodiff<B>, D>>) {
         if let Some(sum) = self.sums.remove(&param.id) {
             let dims: [usize; D] = param.val().dims();
-            self.out.register::<PerSample<B>, D>(param.id, lift(sum.reshape(dims)));
+            self.out
+                .register::<PerSample<B>, D>(param.id, lift(sum.reshape(dims)));
         }
     }
 }
@@ -148,8 +165,14 @@ struct Collect<'a, B: Backend> {
 }
 
 /// The trainable parameters of `model`, with their module paths, in visiting order.
-pub(crate) fn trainable<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(model: &M) -> Vec<Collected<B>> {
-    let mut collect = Collect::<B> { grads: None, path: Vec::new(), out: Vec::new() };
+pub(crate) fn trainable<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
+    model: &M,
+) -> Vec<Collected<B>> {
+    let mut collect = Collect::<B> {
+        grads: None,
+        path: Vec::new(),
+        out: Vec::new(),
+    };
     model.visit(&mut collect);
     collect.out
 }
@@ -168,9 +191,19 @@ impl<B: Backend> ModuleVisitor<DpAutodiff<B>> for Collect<'_, B> {
         if !value.is_require_grad() || self.out.iter().any(|c| c.id == param.id) {
             return;
         }
-        let grad = self.grads.as_mut().and_then(|g| value.grad_remove(g)).map(|g| g.into_primitive().tensor());
+        let grad = self
+            .grads
+            .as_mut()
+            .and_then(|g| value.grad_remove(g))
+            .map(|g| g.into_primitive().tensor());
         let device = lower(value.clone().inner()).device();
-        self.out.push(Collected { id: param.id, path: self.path.join("."), shape: value.dims().to_vec(), device, grad });
+        self.out.push(Collected {
+            id: param.id,
+            path: self.path.join("."),
+            shape: value.dims().to_vec(),
+            device,
+            grad,
+        });
     }
 }
 
@@ -196,7 +229,11 @@ fn per_sample_pass<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     let loss_tag = losses.clone().inner().into_primitive().tensor().tag();
     let device = lower(losses.clone().inner()).device();
     let mut grads = backend::with_scope(|| losses.sum().backward());
-    let mut collect = Collect::<B> { grads: Some(&mut grads), path: Vec::new(), out: Vec::new() };
+    let mut collect = Collect::<B> {
+        grads: Some(&mut grads),
+        path: Vec::new(),
+        out: Vec::new(),
+    };
     model.visit(&mut collect);
     let mut resolved = Vec::new();
     for c in collect.out {
@@ -204,7 +241,12 @@ fn per_sample_pass<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
             None => None,
             Some(g) => Some(resolve(g, &c.path, b)?),
         };
-        resolved.push(Resolved { id: c.id, path: c.path, shape: c.shape, grad });
+        resolved.push(Resolved {
+            id: c.id,
+            path: c.path,
+            shape: c.shape,
+            grad,
+        });
     }
     // Parameter-level errors above name the parameter; this catches the rest (an unmarked batch,
     // samples mixed after the last parameter).
@@ -212,7 +254,9 @@ fn per_sample_pass<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
         Tag::PerSample { .. } => {}
         Tag::Independent if b > 0 => return Err(DpError::UnmarkedBatch),
         Tag::Independent => {}
-        Tag::Mixed { op } | Tag::Lost { op } => return Err(DpError::LossMixesSamples { op: op.to_string() }),
+        Tag::Mixed { op } | Tag::Lost { op } => {
+            return Err(DpError::LossMixesSamples { op: op.to_string() })
+        }
     }
     Ok((b, device, resolved))
 }
@@ -256,7 +300,11 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
 ) -> Result<ClippedGradients<B>, DpError> {
     config.clipping.validate()?;
     let (b, device, resolved) = per_sample_pass(model, losses)?;
-    let untouched = resolved.iter().filter(|r| r.grad.is_none()).map(|r| r.path.clone()).collect();
+    let untouched = resolved
+        .iter()
+        .filter(|r| r.grad.is_none())
+        .map(|r| r.path.clone())
+        .collect();
     let ids: Vec<(ParamId, &str)> = resolved.iter().map(|r| (r.id, r.path.as_str())).collect();
     let style_groups = groups_of(&config.clipping, &ids)?;
     let zeros = || Tensor::<B, 1>::zeros([b], &device);
@@ -285,7 +333,10 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     let mut group_of = vec![0usize; resolved.len()];
     let mut sensitivity_sq = 0.0;
     for (gi, (name, members, function)) in style_groups.iter().enumerate() {
-        let norms = members.iter().fold(zeros(), |acc, &i| acc + sq[i].clone()).sqrt();
+        let norms = members
+            .iter()
+            .fold(zeros(), |acc, &i| acc + sq[i].clone())
+            .sqrt();
         for &i in members {
             group_of[i] = gi;
         }
@@ -303,7 +354,10 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
         let sum = match r.grad {
             Some(d) if b > 0 => {
                 let t: FloatTensor<B> = rules::clipped_sum(&d, &factors[group_of[i]], inst);
-                Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(t, [numel].into())))
+                Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(
+                    t,
+                    [numel].into(),
+                )))
             }
             _ => Tensor::<B, 1>::zeros([numel], &device),
         };
@@ -327,7 +381,10 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
 fn resolve<B: Backend>(g: PsTensor<B>, path: &str, b: usize) -> Result<Deferred<B>, DpError> {
     let fail = |tag: Tag| -> DpError {
         match tag {
-            Tag::Mixed { op } => DpError::MixedSamples { param: path.to_string(), op: op.to_string() },
+            Tag::Mixed { op } => DpError::MixedSamples {
+                param: path.to_string(),
+                op: op.to_string(),
+            },
             Tag::Lost { op } => DpError::NoPerSampleRule {
                 param: path.to_string(),
                 reason: format!("its gradient passes through `{op}`, which has no per-sample rule"),
@@ -370,16 +427,27 @@ type Groups = Vec<(String, Vec<usize>, ClippingFn)>;
 
 /// The L2 sensitivity `sqrt(Σ_groups R_g²)` of a clipped sum over these trainable parameters.
 pub fn sensitivity(clipping: &Clipping, params: &[(ParamId, &str)]) -> Result<f64, DpError> {
-    Ok(groups_of(clipping, params)?.iter().map(|(_, _, f)| f.sensitivity().powi(2)).sum::<f64>().sqrt())
+    Ok(groups_of(clipping, params)?
+        .iter()
+        .map(|(_, _, f)| f.sensitivity().powi(2))
+        .sum::<f64>()
+        .sqrt())
 }
 
 fn groups_of(clipping: &Clipping, params: &[(ParamId, &str)]) -> Result<Groups, DpError> {
     match &clipping.style {
-        ClippingStyle::Flat => Ok(vec![("all".to_string(), (0..params.len()).collect(), clipping.function)]),
+        ClippingStyle::Flat => Ok(vec![(
+            "all".to_string(),
+            (0..params.len()).collect(),
+            clipping.function,
+        )]),
         ClippingStyle::PerLayer => {
             let mut out: Groups = Vec::new();
             for (i, (_, path)) in params.iter().enumerate() {
-                let layer = path.rsplit_once('.').map(|(l, _)| l.to_string()).unwrap_or_default();
+                let layer = path
+                    .rsplit_once('.')
+                    .map(|(l, _)| l.to_string())
+                    .unwrap_or_default();
                 match out.iter_mut().find(|(n, _, _)| *n == layer) {
                     Some((_, members, _)) => members.push(i),
                     None => out.push((layer, vec![i], clipping.function)),
@@ -388,12 +456,19 @@ fn groups_of(clipping: &Clipping, params: &[(ParamId, &str)]) -> Result<Groups, 
             Ok(out)
         }
         ClippingStyle::Groups(groups) => {
-            let mut out: Groups = groups.iter().map(|g| (g.name.clone(), Vec::new(), g.clipping)).collect();
+            let mut out: Groups = groups
+                .iter()
+                .map(|g| (g.name.clone(), Vec::new(), g.clipping))
+                .collect();
             for (i, (id, path)) in params.iter().enumerate() {
                 let gi = groups
                     .iter()
                     .position(|g| g.selector.matches(id, path))
-                    .ok_or_else(|| DpError::Selection(format!("trainable parameter `{path}` is in no clipping group")))?;
+                    .ok_or_else(|| {
+                        DpError::Selection(format!(
+                            "trainable parameter `{path}` is in no clipping group"
+                        ))
+                    })?;
                 out[gi].1.push(i);
             }
             Ok(out)

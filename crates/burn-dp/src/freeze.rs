@@ -38,7 +38,12 @@ impl FreezePolicy {
             FreezePolicy::LastLayers(prefixes) => ParamSelector::AnyOf(
                 prefixes
                     .iter()
-                    .flat_map(|p| [ParamSelector::PathExact(p.clone()), ParamSelector::PathPrefix(format!("{p}."))])
+                    .flat_map(|p| {
+                        [
+                            ParamSelector::PathExact(p.clone()),
+                            ParamSelector::PathPrefix(format!("{p}.")),
+                        ]
+                    })
                     .collect(),
             ),
             FreezePolicy::Select(s) => s.clone(),
@@ -86,11 +91,24 @@ impl<B: Backend> ModuleMapper<B> for Freezer {
 }
 
 /// Applies `policy` to `model`. A policy that leaves nothing trainable is an error.
-pub fn freeze<B: Backend, M: Module<B>>(model: M, policy: &FreezePolicy) -> Result<(M, FreezeReport), DpError> {
-    let mut freezer = Freezer { selector: policy.selector(), path: Vec::new(), report: FreezeReport { trainable: 0, total: 0, trainable_tensors: 0 } };
+pub fn freeze<B: Backend, M: Module<B>>(
+    model: M,
+    policy: &FreezePolicy,
+) -> Result<(M, FreezeReport), DpError> {
+    let mut freezer = Freezer {
+        selector: policy.selector(),
+        path: Vec::new(),
+        report: FreezeReport {
+            trainable: 0,
+            total: 0,
+            trainable_tensors: 0,
+        },
+    };
     let model = model.map(&mut freezer);
     if freezer.report.trainable_tensors == 0 {
-        return Err(DpError::Selection(format!("freezing policy {policy:?} leaves no trainable parameter")));
+        return Err(DpError::Selection(format!(
+            "freezing policy {policy:?} leaves no trainable parameter"
+        )));
     }
     Ok((model, freezer.report))
 }

@@ -21,12 +21,15 @@ pub mod privacy;
 pub mod rules;
 pub mod sampling;
 
+pub use backend::PerSample;
 /// Privacy accounting (the `burn-dp-accountant` crate).
 pub use burn_dp_accountant as accounting;
-pub use backend::PerSample;
 pub use burn_dp_accountant::{AccountantKind, Epsilon, Schedule};
 pub use clip::{Clipping, ClippingFn, ClippingStyle, ParamGroup, ParamSelector};
-pub use engine::{batch, batch_inner, clipped_backward, lift, lower, per_sample_gradients, ClippedGradients, DpAutodiff, PerSampleConfig};
+pub use engine::{
+    batch, batch_inner, clipped_backward, lift, lower, per_sample_gradients, ClippedGradients,
+    DpAutodiff, PerSampleConfig,
+};
 pub use error::DpError;
 pub use freeze::{freeze, FreezePolicy, FreezeReport};
 pub use noise::NoiseSource;

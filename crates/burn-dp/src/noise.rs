@@ -52,9 +52,11 @@ impl SecureRng {
     /// The position to save, for a fixed-seed generator only.
     pub fn state(&self) -> Option<RngState> {
         match self.source {
-            NoiseSource::FixedSeedForExperiments(seed) => {
-                Some(RngState { seed, stream: self.rng.get_stream(), word_pos: self.rng.get_word_pos() })
-            }
+            NoiseSource::FixedSeedForExperiments(seed) => Some(RngState {
+                seed,
+                stream: self.rng.get_stream(),
+                word_pos: self.rng.get_word_pos(),
+            }),
             NoiseSource::Os => None,
         }
     }
@@ -64,12 +66,17 @@ impl SecureRng {
         let mut rng = ChaCha20Rng::seed_from_u64(state.seed);
         rng.set_stream(state.stream);
         rng.set_word_pos(state.word_pos);
-        SecureRng { rng, source: NoiseSource::FixedSeedForExperiments(state.seed) }
+        SecureRng {
+            rng,
+            source: NoiseSource::FixedSeedForExperiments(state.seed),
+        }
     }
 
     /// `n` draws of N(0, std²), in f32.
     pub fn gaussian(&mut self, n: usize, std: f64) -> Vec<f32> {
-        (0..n).map(|_| (self.rng.sample::<f64, _>(StandardNormal) * std) as f32).collect()
+        (0..n)
+            .map(|_| (self.rng.sample::<f64, _>(StandardNormal) * std) as f32)
+            .collect()
     }
 
     /// A Bernoulli(p) draw.

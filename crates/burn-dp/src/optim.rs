@@ -69,12 +69,27 @@ pub struct DpCheckpointState {
 impl<O, B: Backend> DpOptimizer<O, B> {
     /// Wraps `inner`. `expected_batch_size` is what the noisy sum is divided by: `q·N` under Poisson
     /// sampling (see [`PoissonSampler::expected_batch_size`]), the logical batch size otherwise.
-    pub fn new(inner: O, clipping: PerSampleConfig, privacy: PrivacyState, expected_batch_size: f64, noise: NoiseSource) -> Result<Self, DpError> {
+    pub fn new(
+        inner: O,
+        clipping: PerSampleConfig,
+        privacy: PrivacyState,
+        expected_batch_size: f64,
+        noise: NoiseSource,
+    ) -> Result<Self, DpError> {
         clipping.clipping.validate()?;
         if !(expected_batch_size > 0.0 && expected_batch_size.is_finite()) {
-            return Err(DpError::InvalidConfig(format!("expected batch size must be positive, got {expected_batch_size}")));
+            return Err(DpError::InvalidConfig(format!(
+                "expected batch size must be positive, got {expected_batch_size}"
+            )));
         }
-        Ok(DpOptimizer { inner, clipping, privacy, expected_batch_size, noise: SecureRng::new(noise, 0), accumulated: None })
+        Ok(DpOptimizer {
+            inner,
+            clipping,
+            privacy,
+            expected_batch_size,
+            noise: SecureRng::new(noise, 0),
+            accumulated: None,
+        })
     }
 
     /// The privacy state (σ, q, δ, history).
@@ -102,11 +117,21 @@ impl<O, B: Backend> DpOptimizer<O, B> {
     ///
     /// # Shapes
     /// `losses`: `[B]` per-sample losses.
-    pub fn backward<M: AutodiffModule<DpAutodiff<B>>>(&mut self, model: &M, losses: Tensor<DpAutodiff<B>, 1>) -> Result<BatchStats, DpError> {
+    pub fn backward<M: AutodiffModule<DpAutodiff<B>>>(
+        &mut self,
+        model: &M,
+        losses: Tensor<DpAutodiff<B>, 1>,
+    ) -> Result<BatchStats, DpError> {
         let clipped = clipped_backward(&self.clipping, model, losses)?;
         let stats = BatchStats {
             samples: clipped.batch_size,
-            norms: clipped.norms.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default(),
+            norms: clipped
+                .norms
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap_or_default(),
         };
         self.accumulate(clipped)?;
         Ok(stats)
@@ -116,14 +141,26 @@ impl<O, B: Backend> DpOptimizer<O, B> {
     pub fn accumulate(&mut self, clipped: ClippedGradients<B>) -> Result<(), DpError> {
         match &mut self.accumulated {
             None => {
-                self.accumulated = Some(Accumulated { sums: clipped.sums, sensitivity: clipped.sensitivity, samples: clipped.batch_size });
+                self.accumulated = Some(Accumulated {
+                    sums: clipped.sums,
+                    sensitivity: clipped.sensitivity,
+                    samples: clipped.batch_size,
+                });
             }
             Some(acc) => {
-                if (acc.sensitivity - clipped.sensitivity).abs() > 1e-12 * acc.sensitivity.max(1.0) {
-                    return Err(DpError::SensitivityMismatch(acc.sensitivity, clipped.sensitivity));
+                if (acc.sensitivity - clipped.sensitivity).abs() > 1e-12 * acc.sensitivity.max(1.0)
+                {
+                    return Err(DpError::SensitivityMismatch(
+                        acc.sensitivity,
+                        clipped.sensitivity,
+                    ));
                 }
-                if acc.sums.len() != clipped.sums.len() || clipped.sums.keys().any(|k| !acc.sums.contains_key(k)) {
-                    return Err(DpError::ParamMismatch("physical batches of one logical batch train different parameters".into()));
+                if acc.sums.len() != clipped.sums.len()
+                    || clipped.sums.keys().any(|k| !acc.sums.contains_key(k))
+                {
+                    return Err(DpError::ParamMismatch(
+                        "physical batches of one logical batch train different parameters".into(),
+                    ));
                 }
                 for (id, sum) in clipped.sums {
                     let prev = acc.sums.remove(&id).expect("checked above");
@@ -137,7 +174,9 @@ impl<O, B: Backend> DpOptimizer<O, B> {
 
     /// The accumulated (clipped, not yet noised) sum for a parameter, flattened.
     pub fn accumulated_sum(&self, id: &ParamId) -> Option<Tensor<B, 1>> {
-        self.accumulated.as_ref().and_then(|a| a.sums.get(id).cloned())
+        self.accumulated
+            .as_ref()
+            .and_then(|a| a.sums.get(id).cloned())
     }
 }
 
@@ -160,12 +199,19 @@ impl<O, B: Backend> DpOptimizer<O, B> {
         O: Optimizer<M, DpAutodiff<B>>,
     {
         if self.accumulated.is_some() {
-            return Err(DpError::InvalidConfig("step_empty called with accumulated gradients; call step".into()));
+            return Err(DpError::InvalidConfig(
+                "step_empty called with accumulated gradients; call step".into(),
+            ));
         }
         self.noisy_step(lr, model, None)
     }
 
-    fn noisy_step<M>(&mut self, lr: f64, model: M, mut acc: Option<Accumulated<B>>) -> Result<M, DpError>
+    fn noisy_step<M>(
+        &mut self,
+        lr: f64,
+        model: M,
+        mut acc: Option<Accumulated<B>>,
+    ) -> Result<M, DpError>
     where
         M: AutodiffModule<DpAutodiff<B>>,
         O: Optimizer<M, DpAutodiff<B>>,
@@ -182,12 +228,17 @@ impl<O, B: Backend> DpOptimizer<O, B> {
         };
         if let Some(a) = &acc {
             if let Some(p) = params.iter().find(|p| !a.sums.contains_key(&p.id)) {
-                let err = DpError::ParamMismatch(format!("trainable parameter `{}` has no accumulated gradient", p.path));
+                let err = DpError::ParamMismatch(format!(
+                    "trainable parameter `{}` has no accumulated gradient",
+                    p.path
+                ));
                 self.accumulated = acc;
                 return Err(err);
             }
             if a.sums.len() != params.len() {
-                let err = DpError::ParamMismatch("gradients hold parameters the model does not train".into());
+                let err = DpError::ParamMismatch(
+                    "gradients hold parameters the model does not train".into(),
+                );
                 self.accumulated = acc;
                 return Err(err);
             }
@@ -202,7 +253,10 @@ impl<O, B: Backend> DpOptimizer<O, B> {
                 None => Tensor::<B, 1>::zeros([numel], (&p.device, DType::F32)),
             };
             // 2. add noise N(0, σ²R²), drawn and added in f32
-            let noise = Tensor::<B, 1>::from_data(TensorData::new(self.noise.gaussian(numel, std), [numel]), (&p.device, DType::F32));
+            let noise = Tensor::<B, 1>::from_data(
+                TensorData::new(self.noise.gaussian(numel, std), [numel]),
+                (&p.device, DType::F32),
+            );
             let noisy = clipped + noise;
             // 3. scale by the expected logical batch size
             let scaled = noisy.div_scalar(self.expected_batch_size);
@@ -217,40 +271,60 @@ impl<O, B: Backend> DpOptimizer<O, B> {
 
     /// Saves the model and optimizer (burn records, `model.mpk`, `optimizer.mpk`) and the DP state
     /// (`dp_state.json`) in `dir`. Must be called between logical steps.
-    pub fn save_checkpoint<M>(&self, dir: &Path, model: &M, sampler: Option<&PoissonSampler>) -> Result<(), DpError>
+    pub fn save_checkpoint<M>(
+        &self,
+        dir: &Path,
+        model: &M,
+        sampler: Option<&PoissonSampler>,
+    ) -> Result<(), DpError>
     where
         M: AutodiffModule<DpAutodiff<B>>,
         O: Optimizer<M, DpAutodiff<B>>,
     {
         if self.accumulated.is_some() {
-            return Err(DpError::Checkpoint("gradients are accumulated: save after step()".into()));
+            return Err(DpError::Checkpoint(
+                "gradients are accumulated: save after step()".into(),
+            ));
         }
         let io = |e: std::io::Error| DpError::Checkpoint(e.to_string());
         std::fs::create_dir_all(dir).map_err(io)?;
         let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
         let rec = |e: burn::record::RecorderError| DpError::Checkpoint(e.to_string());
-        recorder.record(model.clone().into_record(), dir.join("model")).map_err(rec)?;
-        recorder.record(self.inner.to_record(), dir.join("optimizer")).map_err(rec)?;
+        recorder
+            .record(model.clone().into_record(), dir.join("model"))
+            .map_err(rec)?;
+        recorder
+            .record(self.inner.to_record(), dir.join("optimizer"))
+            .map_err(rec)?;
         let state = DpCheckpointState {
             privacy: self.privacy.clone(),
             expected_batch_size: self.expected_batch_size,
             noise_rng: self.noise.state(),
             sampler: sampler.map(PoissonSampler::state),
         };
-        let json = serde_json::to_string_pretty(&state).map_err(|e| DpError::Checkpoint(e.to_string()))?;
+        let json =
+            serde_json::to_string_pretty(&state).map_err(|e| DpError::Checkpoint(e.to_string()))?;
         std::fs::write(dir.join("dp_state.json"), json).map_err(io)
     }
 
     /// Restores a checkpoint written by [`DpOptimizer::save_checkpoint`] into `model`, this
     /// optimizer and `sampler`. An OS-seeded run gets fresh OS randomness (its state is never
     /// saved); a fixed-seed run continues its streams exactly.
-    pub fn load_checkpoint<M>(mut self, dir: &Path, model: M, sampler: Option<&mut PoissonSampler>) -> Result<(Self, M), DpError>
+    pub fn load_checkpoint<M>(
+        mut self,
+        dir: &Path,
+        model: M,
+        sampler: Option<&mut PoissonSampler>,
+    ) -> Result<(Self, M), DpError>
     where
         M: AutodiffModule<DpAutodiff<B>>,
         O: Optimizer<M, DpAutodiff<B>>,
     {
-        let json = std::fs::read_to_string(dir.join("dp_state.json")).map_err(|e| DpError::Checkpoint(format!("{}: {e}", dir.join("dp_state.json").display())))?;
-        let state: DpCheckpointState = serde_json::from_str(&json).map_err(|e| DpError::Checkpoint(e.to_string()))?;
+        let json = std::fs::read_to_string(dir.join("dp_state.json")).map_err(|e| {
+            DpError::Checkpoint(format!("{}: {e}", dir.join("dp_state.json").display()))
+        })?;
+        let state: DpCheckpointState =
+            serde_json::from_str(&json).map_err(|e| DpError::Checkpoint(e.to_string()))?;
         let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
         let rec = |e: burn::record::RecorderError| DpError::Checkpoint(e.to_string());
         let device = model.devices().first().cloned().unwrap_or_default();

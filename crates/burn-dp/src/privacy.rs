@@ -1,6 +1,9 @@
 //! The privacy state of a training run: σ, q, δ, the accountant's history and the budget.
 
-use burn_dp_accountant::{calibrate_noise_multiplier, Accountant, AccountantKind, CalibrationOptions, Epsilon, PrivacyAccountant, Schedule};
+use burn_dp_accountant::{
+    calibrate_noise_multiplier, Accountant, AccountantKind, CalibrationOptions, Epsilon,
+    PrivacyAccountant, Schedule,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::DpError;
@@ -34,7 +37,12 @@ pub struct PrivacyState {
 
 impl PrivacyState {
     /// A run with a given noise multiplier (no target ε). All three values are required.
-    pub fn with_noise_multiplier(noise_multiplier: f64, sample_rate: f64, delta: f64, accountant: AccountantKind) -> Result<Self, DpError> {
+    pub fn with_noise_multiplier(
+        noise_multiplier: f64,
+        sample_rate: f64,
+        delta: f64,
+        accountant: AccountantKind,
+    ) -> Result<Self, DpError> {
         burn_dp_accountant::history::validate_noise_multiplier(noise_multiplier)?;
         burn_dp_accountant::history::validate_sample_rate(sample_rate)?;
         burn_dp_accountant::history::validate_delta(delta)?;
@@ -50,9 +58,20 @@ impl PrivacyState {
 
     /// A run that must end at ε ≤ `target_epsilon`: σ is calibrated for `schedule` before training
     /// (bisection; the σ returned achieves ε ≤ target) and the budget is enforced.
-    pub fn for_target_epsilon(target_epsilon: f64, delta: f64, schedule: Schedule, accountant: AccountantKind) -> Result<Self, DpError> {
+    pub fn for_target_epsilon(
+        target_epsilon: f64,
+        delta: f64,
+        schedule: Schedule,
+        accountant: AccountantKind,
+    ) -> Result<Self, DpError> {
         let acc = PrivacyAccountant::new(accountant);
-        let cal = calibrate_noise_multiplier(&acc, target_epsilon, delta, schedule, &CalibrationOptions::default())?;
+        let cal = calibrate_noise_multiplier(
+            &acc,
+            target_epsilon,
+            delta,
+            schedule,
+            &CalibrationOptions::default(),
+        )?;
         Ok(PrivacyState {
             noise_multiplier: cal.noise_multiplier,
             sample_rate: schedule.sample_rate,
@@ -88,13 +107,19 @@ impl PrivacyState {
         next.step(self.noise_multiplier, self.sample_rate, 1)?;
         let eps = next.epsilon(self.delta)?.epsilon;
         if eps > target {
-            return Err(DpError::BudgetExceeded { next: eps, target, delta: self.delta });
+            return Err(DpError::BudgetExceeded {
+                next: eps,
+                target,
+                delta: self.delta,
+            });
         }
         Ok(())
     }
 
     /// Records one step.
     pub(crate) fn record_step(&mut self) -> Result<(), DpError> {
-        Ok(self.accountant.step(self.noise_multiplier, self.sample_rate, 1)?)
+        Ok(self
+            .accountant
+            .step(self.noise_multiplier, self.sample_rate, 1)?)
     }
 }

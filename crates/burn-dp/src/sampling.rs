@@ -42,15 +42,29 @@ pub struct PhysicalBatch {
 
 impl PoissonSampler {
     /// A sampler over `dataset_size` examples with rate `q`, in physical batches of fixed size.
-    pub fn new(dataset_size: usize, sample_rate: f64, physical_batch_size: usize, source: NoiseSource) -> Result<Self, DpError> {
+    pub fn new(
+        dataset_size: usize,
+        sample_rate: f64,
+        physical_batch_size: usize,
+        source: NoiseSource,
+    ) -> Result<Self, DpError> {
         if dataset_size == 0 || physical_batch_size == 0 {
-            return Err(DpError::InvalidConfig("dataset size and physical batch size must be positive".into()));
+            return Err(DpError::InvalidConfig(
+                "dataset size and physical batch size must be positive".into(),
+            ));
         }
         if !(sample_rate > 0.0 && sample_rate <= 1.0) {
-            return Err(DpError::InvalidConfig(format!("sample rate must be in (0, 1], got {sample_rate}")));
+            return Err(DpError::InvalidConfig(format!(
+                "sample rate must be in (0, 1], got {sample_rate}"
+            )));
         }
         // Stream 1: independent of the noise generator (stream 0) even with the same seed.
-        Ok(PoissonSampler { dataset_size, sample_rate, physical_batch_size, rng: SecureRng::new(source, 1) })
+        Ok(PoissonSampler {
+            dataset_size,
+            sample_rate,
+            physical_batch_size,
+            rng: SecureRng::new(source, 1),
+        })
     }
 
     /// Expected logical batch size `q·N` (what the DP step divides by).
@@ -65,13 +79,20 @@ impl PoissonSampler {
 
     /// Draws the next logical batch.
     pub fn next_batch(&mut self) -> LogicalBatch {
-        let indices = (0..self.dataset_size).filter(|_| self.rng.bernoulli(self.sample_rate)).collect();
-        LogicalBatch { indices, physical_batch_size: self.physical_batch_size }
+        let indices = (0..self.dataset_size)
+            .filter(|_| self.rng.bernoulli(self.sample_rate))
+            .collect();
+        LogicalBatch {
+            indices,
+            physical_batch_size: self.physical_batch_size,
+        }
     }
 
     /// State to save in a checkpoint.
     pub fn state(&self) -> SamplerState {
-        SamplerState { rng: self.rng.state() }
+        SamplerState {
+            rng: self.rng.state(),
+        }
     }
 
     /// Restores a saved state (an OS-seeded sampler is reseeded from the OS).

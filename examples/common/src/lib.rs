@@ -113,7 +113,12 @@ impl Curve {
 
     /// The points as a JSON array of `[step, value]`.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::Value::Array(self.points.iter().map(|(x, y)| serde_json::json!([x, y])).collect())
+        serde_json::Value::Array(
+            self.points
+                .iter()
+                .map(|(x, y)| serde_json::json!([x, y]))
+                .collect(),
+        )
     }
 }
 
@@ -208,14 +213,24 @@ pub fn svg(curve: &Curve, title: &str, x_label: &str, y_label: &str) -> String {
         top + ph / 2.0,
         escape(y_label)
     );
-    let pts: Vec<String> = curve.points.iter().map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
-    let _ = writeln!(s, r##"<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{}"/>"##, pts.join(" "));
+    let pts: Vec<String> = curve
+        .points
+        .iter()
+        .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+        .collect();
+    let _ = writeln!(
+        s,
+        r##"<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{}"/>"##,
+        pts.join(" ")
+    );
     s.push_str("</svg>\n");
     s
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Where a run's results went.
@@ -245,8 +260,19 @@ pub fn write_outputs(
         epsilon_svg: out.join("epsilon.svg"),
     };
     std::fs::write(&outputs.metrics, serde_json::to_string_pretty(&metrics)?)?;
-    std::fs::write(&outputs.loss_svg, svg(loss, "Training loss (mean over the logical batch)", "step", "loss"))?;
-    std::fs::write(&outputs.epsilon_svg, svg(epsilon, "Privacy spent", "step", "ε"))?;
+    std::fs::write(
+        &outputs.loss_svg,
+        svg(
+            loss,
+            "Training loss (mean over the logical batch)",
+            "step",
+            "loss",
+        ),
+    )?;
+    std::fs::write(
+        &outputs.epsilon_svg,
+        svg(epsilon, "Privacy spent", "step", "ε"),
+    )?;
     eprintln!("metrics:      {}", outputs.metrics.display());
     eprintln!("loss curve:   {}", outputs.loss_svg.display());
     eprintln!("epsilon curve: {}", outputs.epsilon_svg.display());

@@ -10,16 +10,25 @@ use burn::nn::LinearConfig;
 use burn::optim::AdamWConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use burn_dp::{batch, freeze, AccountantKind, DpAutodiff, DpOptimizer, PerSample, PoissonSampler, PrivacyState, Schedule};
-use burn_dp_examples_common::{self as common, BackendKind, ClippingKind, Curve, Error, FreezeKind};
+use burn_dp::{
+    batch, freeze, AccountantKind, DpAutodiff, DpOptimizer, PerSample, PoissonSampler,
+    PrivacyState, Schedule,
+};
+use burn_dp_examples_common::{
+    self as common, BackendKind, ClippingKind, Curve, Error, FreezeKind,
+};
 use burn_dp_models::{
-    cross_entropy_per_sample, BlockKind, LoadOptions, Norm, ResNet, ResNetConfig, ViTConfig, ViTForImageClassification,
+    cross_entropy_per_sample, BlockKind, LoadOptions, Norm, ResNet, ResNetConfig, ViTConfig,
+    ViTForImageClassification,
 };
 use clap::{Parser, ValueEnum};
 
 /// Command-line arguments.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "image-classification", about = "DP training of a ResNet / ViT image classifier with burn-dp")]
+#[command(
+    name = "image-classification",
+    about = "DP training of a ResNet / ViT image classifier with burn-dp"
+)]
 pub struct Args {
     /// Folder of images with one subfolder per class (png / jpeg); default: the bundled digits.
     #[arg(long)]
@@ -159,12 +168,19 @@ impl Images {
         let p = 3 * self.size * self.size;
         Images {
             size: self.size,
-            pixels: idx.iter().flat_map(|&i| self.pixels[i * p..(i + 1) * p].iter().copied()).collect(),
+            pixels: idx
+                .iter()
+                .flat_map(|&i| self.pixels[i * p..(i + 1) * p].iter().copied())
+                .collect(),
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
         }
     }
 
-    fn tensors<B: Backend>(&self, idx: &[usize], dev: &B::Device) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+    fn tensors<B: Backend>(
+        &self,
+        idx: &[usize],
+        dev: &B::Device,
+    ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
         let sub = self.subset(idx);
         let s = self.size;
         (
@@ -184,7 +200,10 @@ pub fn digits(size: usize) -> (Images, Vec<String>) {
     assert_eq!(&DIGITS[..8], b"DIGITS01", "bundled data");
     let n = u32::from_le_bytes(DIGITS[8..12].try_into().expect("4 bytes")) as usize;
     let px = &DIGITS[12..12 + n * 64];
-    let labels = DIGITS[12 + n * 64..12 + n * 65].iter().map(|&l| l as i64).collect();
+    let labels = DIGITS[12 + n * 64..12 + n * 65]
+        .iter()
+        .map(|&l| l as i64)
+        .collect();
     let mut pixels = Vec::with_capacity(n * 3 * size * size);
     for i in 0..n {
         for c in 0..3 {
@@ -196,7 +215,14 @@ pub fn digits(size: usize) -> (Images, Vec<String>) {
             }
         }
     }
-    (Images { size, pixels, labels }, (0..10).map(|d| d.to_string()).collect())
+    (
+        Images {
+            size,
+            pixels,
+            labels,
+        },
+        (0..10).map(|d| d.to_string()).collect(),
+    )
 }
 
 /// A folder with one subfolder per class of png / jpeg images, resized to `size`.
@@ -210,19 +236,34 @@ pub fn image_folder(dir: &Path, size: usize) -> Result<(Images, Vec<String>), Er
     if classes.len() < 2 {
         return Err(format!("{} needs at least two class subfolders", dir.display()).into());
     }
-    let mut images = Images { size, pixels: Vec::new(), labels: Vec::new() };
+    let mut images = Images {
+        size,
+        pixels: Vec::new(),
+        labels: Vec::new(),
+    };
     for (label, class) in classes.iter().enumerate() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(class)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+                let ext = p
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
                 matches!(ext.as_str(), "png" | "jpg" | "jpeg")
             })
             .collect();
         files.sort();
         for f in files {
-            let img = image::open(&f).map_err(|e| format!("{}: {e}", f.display()))?.to_rgb8();
-            let img = image::imageops::resize(&img, size as u32, size as u32, image::imageops::FilterType::Triangle);
+            let img = image::open(&f)
+                .map_err(|e| format!("{}: {e}", f.display()))?
+                .to_rgb8();
+            let img = image::imageops::resize(
+                &img,
+                size as u32,
+                size as u32,
+                image::imageops::FilterType::Triangle,
+            );
             for c in 0..3 {
                 for y in 0..size {
                     for x in 0..size {
@@ -234,7 +275,15 @@ pub fn image_folder(dir: &Path, size: usize) -> Result<(Images, Vec<String>), Er
             images.labels.push(label as i64);
         }
     }
-    let names = classes.iter().map(|c| c.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+    let names = classes
+        .iter()
+        .map(|c| {
+            c.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
     Ok((images, names))
 }
 
@@ -266,25 +315,35 @@ impl<B: Backend> Classifier<B> for ViTForImageClassification<B> {
 }
 
 fn is_onnx(path: &Path) -> bool {
-    path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
 }
 
 /// Build (or load) the ResNet of `args` for `classes` classes.
 fn resnet<B: Backend>(args: &Args, classes: usize, dev: &B::Device) -> Result<ResNet<B>, Error> {
     let norm = match (args.norm, &args.init) {
-        (NormKind::Group, _) | (NormKind::Auto, None) => Norm::GroupNorm { groups: if args.model == Arch::TinyResnet { 4 } else { 32 } },
+        (NormKind::Group, _) | (NormKind::Auto, None) => Norm::GroupNorm {
+            groups: if args.model == Arch::TinyResnet {
+                4
+            } else {
+                32
+            },
+        },
         (NormKind::FrozenBn, _) => Norm::FrozenBatchNorm,
         (NormKind::Folded, _) => Norm::Folded,
         (NormKind::Auto, Some(p)) if is_onnx(p) => Norm::Folded,
         (NormKind::Auto, Some(_)) => Norm::FrozenBatchNorm,
     };
-    let config = |c| match args.model {
-        Arch::Resnet18 => ResNetConfig::resnet18(c),
-        Arch::Resnet34 => ResNetConfig::resnet34(c),
-        Arch::Resnet50 => ResNetConfig::resnet50(c),
-        _ => ResNetConfig::new(BlockKind::Basic, vec![1, 1], vec![16, 32], c),
-    }
-    .with_norm(norm);
+    let config = |c| {
+        match args.model {
+            Arch::Resnet18 => ResNetConfig::resnet18(c),
+            Arch::Resnet34 => ResNetConfig::resnet34(c),
+            Arch::Resnet50 => ResNetConfig::resnet50(c),
+            _ => ResNetConfig::new(BlockKind::Basic, vec![1, 1], vec![16, 32], c),
+        }
+        .with_norm(norm)
+    };
     let Some(init) = &args.init else {
         return Ok(config(classes).init(dev));
     };
@@ -303,7 +362,12 @@ fn resnet<B: Backend>(args: &Args, classes: usize, dev: &B::Device) -> Result<Re
 }
 
 /// Build (or load) the ViT of `args` for `classes` classes and images of side `size`.
-fn vit<B: Backend>(args: &Args, classes: usize, size: usize, dev: &B::Device) -> Result<ViTForImageClassification<B>, Error> {
+fn vit<B: Backend>(
+    args: &Args,
+    classes: usize,
+    size: usize,
+    dev: &B::Device,
+) -> Result<ViTForImageClassification<B>, Error> {
     let config = |c| match args.model {
         Arch::VitB16 => ViTConfig::base_patch16(c),
         _ => ViTConfig::custom(64, 2, 4, 128, size, 4, c),
@@ -316,7 +380,12 @@ fn vit<B: Backend>(args: &Args, classes: usize, size: usize, dev: &B::Device) ->
     let mut model = if is_onnx(init) {
         ViTForImageClassification::<B>::from_onnx(&cfg, init, dev, LoadOptions::with_progress())?
     } else {
-        ViTForImageClassification::<B>::from_safetensors(&cfg, init, dev, LoadOptions::with_progress())?
+        ViTForImageClassification::<B>::from_safetensors(
+            &cfg,
+            init,
+            dev,
+            LoadOptions::with_progress(),
+        )?
     };
     model.classifier = LinearConfig::new(cfg.hidden_size, classes).init(dev);
     // ANCHOR_END: import_vit
@@ -351,7 +420,9 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     }
     eprintln!(
         "data: {} ({} classes), {} train / {} test images of {size}×{size}",
-        args.data.as_ref().map_or("bundled digits".into(), |d| d.display().to_string()),
+        args.data
+            .as_ref()
+            .map_or("bundled digits".into(), |d| d.display().to_string()),
         classes,
         train.len(),
         test.len()
@@ -360,7 +431,15 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     match args.model {
         Arch::TinyVit | Arch::VitB16 => {
             let model = vit::<B<I>>(args, classes, size, &dev)?;
-            train_eval::<I, _>(args, model, &train, &test, ("classifier", &class_names), dev, start)
+            train_eval::<I, _>(
+                args,
+                model,
+                &train,
+                &test,
+                ("classifier", &class_names),
+                dev,
+                start,
+            )
         }
         _ => {
             let model = resnet::<B<I>>(args, classes, &dev)?;
@@ -390,18 +469,32 @@ where
     // DP-BiTFiT (`--freeze bias`) trains only the biases; frozen parameters cost nothing.
     let (mut model, report) = freeze(model, &common::freeze_policy(args.freeze, &[head]))?;
     let schedule = Schedule::from_epochs(n as u64, args.batch_size.min(n as u64), args.epochs)?;
-    let privacy = PrivacyState::for_target_epsilon(args.target_epsilon, args.delta, schedule, AccountantKind::Rdp)?;
+    let privacy = PrivacyState::for_target_epsilon(
+        args.target_epsilon,
+        args.delta,
+        schedule,
+        AccountantKind::Rdp,
+    )?;
     let sigma = privacy.noise_multiplier;
-    let mut sampler = PoissonSampler::new(n, schedule.sample_rate, args.physical_batch_size, noise)?;
+    let mut sampler =
+        PoissonSampler::new(n, schedule.sample_rate, args.physical_batch_size, noise)?;
     let clipping = common::clipping(args.clipping, args.max_norm);
     let inner = AdamWConfig::new().init::<B<I>, M>();
-    let mut optim = DpOptimizer::new(inner, clipping, privacy, sampler.expected_batch_size(), noise)?;
+    let mut optim = DpOptimizer::new(
+        inner,
+        clipping,
+        privacy,
+        sampler.expected_batch_size(),
+        noise,
+    )?;
     // ANCHOR_END: setup
     eprintln!(
         "training {} of {} parameters ({} tensors); σ = {sigma:.4} for ε = {} at δ = {} over {} steps (q = {:.4})",
         report.trainable, report.total, report.trainable_tensors, args.target_epsilon, args.delta, schedule.steps, schedule.sample_rate
     );
-    let steps = args.max_steps.map_or(schedule.steps, |m| m.min(schedule.steps));
+    let steps = args
+        .max_steps
+        .map_or(schedule.steps, |m| m.min(schedule.steps));
     let bar = common::progress(steps, "DP training", args.quiet);
     let (mut loss_curve, mut eps_curve) = (Curve::default(), Curve::default());
     let every = (steps / 50).max(1);
@@ -414,7 +507,10 @@ where
             let mut loss_sum = 0.0;
             for physical in logical.physical() {
                 let (x, y) = train.tensors::<B<I>>(&physical.indices, &dev);
-                let mask = Tensor::<B<I>, 1>::from_data(TensorData::new(physical.mask.clone(), [physical.mask.len()]), &dev);
+                let mask = Tensor::<B<I>, 1>::from_data(
+                    TensorData::new(physical.mask.clone(), [physical.mask.len()]),
+                    &dev,
+                );
                 let losses = cross_entropy_per_sample(model.logits(batch(x)), y) * mask;
                 loss_sum += losses.clone().sum().into_scalar().elem::<f64>();
                 optim.backward(&model, losses)?;
@@ -443,10 +539,23 @@ where
         "fixed_seed": args.seed, "accuracy": accuracy, "seconds": seconds,
     });
     let outputs = common::write_outputs(&args.out, metrics.clone(), &loss_curve, &eps_curve)?;
-    Ok(Summary { epsilon, accuracy, steps, noise_multiplier: sigma, seconds, outputs, metrics })
+    Ok(Summary {
+        epsilon,
+        accuracy,
+        steps,
+        noise_multiplier: sigma,
+        seconds,
+        outputs,
+        metrics,
+    })
 }
 
-fn accuracy<I: Backend, M: Classifier<PerSample<I>>>(model: &M, test: &Images, chunk: usize, dev: &I::Device) -> f64 {
+fn accuracy<I: Backend, M: Classifier<PerSample<I>>>(
+    model: &M,
+    test: &Images,
+    chunk: usize,
+    dev: &I::Device,
+) -> f64 {
     if test.len() == 0 {
         return f64::NAN;
     }

@@ -30,8 +30,14 @@ fn book_includes_resolve() {
             let rest = &text[i + 3..];
             let Some(end) = rest.find("}}") else { continue };
             let directive = rest[..end].trim();
-            let Some(spec) = directive.strip_prefix("include").or_else(|| directive.strip_prefix("rustdoc_include")) else {
-                errors.push(format!("{}: unsupported {{{{#{directive}}}}}", file.display()));
+            let Some(spec) = directive
+                .strip_prefix("include")
+                .or_else(|| directive.strip_prefix("rustdoc_include"))
+            else {
+                errors.push(format!(
+                    "{}: unsupported {{{{#{directive}}}}}",
+                    file.display()
+                ));
                 continue;
             };
             let spec = spec.trim();
@@ -49,9 +55,20 @@ fn book_includes_resolve() {
                 if anchor.chars().all(|c| c.is_ascii_digit() || c == ':') {
                     continue; // a line range
                 }
-                let has = |marker: &str| source.lines().any(|l| l.trim_start().trim_start_matches("//").trim_start_matches('#').trim() == format!("{marker}: {anchor}"));
+                let has = |marker: &str| {
+                    source.lines().any(|l| {
+                        l.trim_start()
+                            .trim_start_matches("//")
+                            .trim_start_matches('#')
+                            .trim()
+                            == format!("{marker}: {anchor}")
+                    })
+                };
                 if !has("ANCHOR") || !has("ANCHOR_END") {
-                    errors.push(format!("{}: {path} has no anchor `{anchor}`", file.display()));
+                    errors.push(format!(
+                        "{}: {path} has no anchor `{anchor}`",
+                        file.display()
+                    ));
                 }
             }
         }

@@ -5,8 +5,26 @@ use burn_dp_image_classification::{run, Args};
 use clap::Parser;
 
 fn args(extra: &[&str]) -> Args {
-    let out = std::env::temp_dir().join(format!("burn-dp-ic-smoke-{}-{}", std::process::id(), extra.join("_").replace('-', "")));
-    let mut argv = vec!["image-classification", "--max-steps", "2", "--batch-size", "16", "--physical-batch-size", "8", "--max-eval", "16", "--quiet", "--seed", "1", "--out"];
+    let out = std::env::temp_dir().join(format!(
+        "burn-dp-ic-smoke-{}-{}",
+        std::process::id(),
+        extra.join("_").replace('-', "")
+    ));
+    let mut argv = vec![
+        "image-classification",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--physical-batch-size",
+        "8",
+        "--max-eval",
+        "16",
+        "--quiet",
+        "--seed",
+        "1",
+        "--out",
+    ];
     let out = out.to_string_lossy().into_owned();
     argv.push(&out);
     argv.extend_from_slice(extra);
@@ -19,17 +37,36 @@ fn smoke_full_vit() {
     assert_eq!(s.steps, 2);
     assert!(s.epsilon > 0.0 && s.epsilon < 3.0, "{}", s.epsilon);
     assert!((0.0..=1.0).contains(&s.accuracy));
-    for f in [&s.outputs.metrics, &s.outputs.loss_svg, &s.outputs.epsilon_svg] {
+    for f in [
+        &s.outputs.metrics,
+        &s.outputs.loss_svg,
+        &s.outputs.epsilon_svg,
+    ] {
         assert!(f.exists(), "{}", f.display());
     }
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&s.outputs.metrics).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&s.outputs.metrics).unwrap()).unwrap();
     assert_eq!(m["steps"], 2);
-    assert!(std::fs::read_to_string(&s.outputs.epsilon_svg).unwrap().contains("<polyline"));
+    assert!(std::fs::read_to_string(&s.outputs.epsilon_svg)
+        .unwrap()
+        .contains("<polyline"));
 }
 
 #[test]
 fn smoke_bitfit_resnet_abadi() {
-    let s = run(args(&["--model", "tiny-resnet", "--image-size", "8", "--freeze", "bias", "--clipping", "abadi", "--max-norm", "0.5"])).expect("run");
+    let s = run(args(&[
+        "--model",
+        "tiny-resnet",
+        "--image-size",
+        "8",
+        "--freeze",
+        "bias",
+        "--clipping",
+        "abadi",
+        "--max-norm",
+        "0.5",
+    ]))
+    .expect("run");
     assert_eq!(s.steps, 2);
     let m = &s.metrics;
     assert!(m["trainable_parameters"].as_u64().unwrap() < m["total_parameters"].as_u64().unwrap());
@@ -40,7 +77,9 @@ fn cuda_without_feature_is_a_clear_error() {
     if cfg!(feature = "cuda") {
         return;
     }
-    let e = run(args(&["--backend", "cuda"])).expect_err("error").to_string();
+    let e = run(args(&["--backend", "cuda"]))
+        .expect_err("error")
+        .to_string();
     assert!(e.contains("--features cuda"), "{e}");
 }
 

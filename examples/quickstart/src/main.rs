@@ -14,8 +14,8 @@ use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_dp::{
-    batch, AccountantKind, PerSample, ClippingFn, DpAutodiff, DpOptimizer, NoiseSource, PerSampleConfig, PoissonSampler, PrivacyState,
-    Schedule,
+    batch, AccountantKind, ClippingFn, DpAutodiff, DpOptimizer, NoiseSource, PerSample,
+    PerSampleConfig, PoissonSampler, PrivacyState, Schedule,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -43,11 +43,21 @@ fn load() -> Digits {
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|i| (*i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16);
     let take = |idx: &[usize]| {
-        let x = idx.iter().flat_map(|&i| pixels[i * 64..(i + 1) * 64].iter().map(|p| *p as f32 / 16.0)).collect();
+        let x = idx
+            .iter()
+            .flat_map(|&i| {
+                pixels[i * 64..(i + 1) * 64]
+                    .iter()
+                    .map(|p| *p as f32 / 16.0)
+            })
+            .collect();
         let y = idx.iter().map(|&i| labels[i] as i64).collect();
         (x, y)
     };
-    Digits { train: take(&order[..1437]), test: take(&order[1437..]) }
+    Digits {
+        train: take(&order[..1437]),
+        test: take(&order[1437..]),
+    }
 }
 
 #[derive(Module, Debug)]
@@ -58,7 +68,10 @@ struct Classifier<B: Backend> {
 
 impl<B: Backend> Classifier<B> {
     fn new(device: &B::Device) -> Self {
-        Classifier { hidden: LinearConfig::new(64, 64).init(device), out: LinearConfig::new(64, 10).init(device) }
+        Classifier {
+            hidden: LinearConfig::new(64, 64).init(device),
+            out: LinearConfig::new(64, 10).init(device),
+        }
     }
 
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
@@ -68,14 +81,27 @@ impl<B: Backend> Classifier<B> {
     /// Cross-entropy per sample `[B]`.
     fn losses(&self, x: Tensor<B, 2>, y: Tensor<B, 1, Int>) -> Tensor<B, 1> {
         let b = y.dims()[0];
-        log_softmax(self.forward(x), 1).gather(1, y.reshape([b, 1])).reshape([b]).neg()
+        log_softmax(self.forward(x), 1)
+            .gather(1, y.reshape([b, 1]))
+            .reshape([b])
+            .neg()
     }
 }
 
-fn tensors<B: Backend>(data: &(Vec<f32>, Vec<i64>), idx: &[usize], dev: &B::Device) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
-    let x: Vec<f32> = idx.iter().flat_map(|&i| data.0[i * 64..(i + 1) * 64].iter().copied()).collect();
+fn tensors<B: Backend>(
+    data: &(Vec<f32>, Vec<i64>),
+    idx: &[usize],
+    dev: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
+    let x: Vec<f32> = idx
+        .iter()
+        .flat_map(|&i| data.0[i * 64..(i + 1) * 64].iter().copied())
+        .collect();
     let y: Vec<i64> = idx.iter().map(|&i| data.1[i]).collect();
-    (Tensor::from_data(TensorData::new(x, [idx.len(), 64]), dev), Tensor::from_data(TensorData::new(y, [idx.len()]), dev))
+    (
+        Tensor::from_data(TensorData::new(x, [idx.len(), 64]), dev),
+        Tensor::from_data(TensorData::new(y, [idx.len()]), dev),
+    )
 }
 
 fn accuracy<B: Backend>(model: &Classifier<B>, data: &(Vec<f32>, Vec<i64>)) -> f64 {
@@ -89,16 +115,27 @@ use burn::tensor::ElementConversion;
 
 // ANCHOR: dp_training
 /// DP-SGD with automatic clipping, Poisson sampling and σ calibrated to the target ε.
-fn train_private(data: &Digits, bar: &ProgressBar) -> Result<(Classifier<PerSample<Inner>>, f64), burn_dp::DpError> {
+fn train_private(
+    data: &Digits,
+    bar: &ProgressBar,
+) -> Result<(Classifier<PerSample<Inner>>, f64), burn_dp::DpError> {
     type B = DpAutodiff<Inner>;
     let device = Default::default();
     let n = data.train.1.len();
     let schedule = Schedule::from_epochs(n as u64, EXPECTED_BATCH as u64, EPOCHS)?;
-    let privacy = PrivacyState::for_target_epsilon(TARGET_EPSILON, DELTA, schedule, AccountantKind::Rdp)?;
-    let mut sampler = PoissonSampler::new(n, schedule.sample_rate, EXPECTED_BATCH, NoiseSource::Os)?;
+    let privacy =
+        PrivacyState::for_target_epsilon(TARGET_EPSILON, DELTA, schedule, AccountantKind::Rdp)?;
+    let mut sampler =
+        PoissonSampler::new(n, schedule.sample_rate, EXPECTED_BATCH, NoiseSource::Os)?;
     let clipping = PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 });
     let inner = SgdConfig::new().init::<B, Classifier<B>>();
-    let mut optim = DpOptimizer::new(inner, clipping, privacy, sampler.expected_batch_size(), NoiseSource::Os)?;
+    let mut optim = DpOptimizer::new(
+        inner,
+        clipping,
+        privacy,
+        sampler.expected_batch_size(),
+        NoiseSource::Os,
+    )?;
 
     let mut model = Classifier::<B>::new(&device);
     bar.set_length(schedule.steps);
@@ -109,7 +146,10 @@ fn train_private(data: &Digits, bar: &ProgressBar) -> Result<(Classifier<PerSamp
         } else {
             for physical in logical.physical() {
                 let (x, y) = tensors::<B>(&data.train, &physical.indices, &device);
-                let mask = Tensor::<B, 1>::from_data(TensorData::new(physical.mask.clone(), [physical.mask.len()]), &device);
+                let mask = Tensor::<B, 1>::from_data(
+                    TensorData::new(physical.mask.clone(), [physical.mask.len()]),
+                    &device,
+                );
                 let losses = model.losses(batch(x), y) * mask;
                 optim.backward(&model, losses)?; // clip and accumulate
             }
@@ -131,7 +171,9 @@ fn train_plain(data: &Digits) -> Classifier<Inner> {
     let n = data.train.1.len();
     for epoch in 0..EPOCHS as usize {
         for start in (0..n).step_by(EXPECTED_BATCH) {
-            let idx: Vec<usize> = (start..(start + EXPECTED_BATCH).min(n)).map(|i| (i * 7 + epoch * 131) % n).collect();
+            let idx: Vec<usize> = (start..(start + EXPECTED_BATCH).min(n))
+                .map(|i| (i * 7 + epoch * 131) % n)
+                .collect();
             let (x, y) = tensors::<B>(&data.train, &idx, &device);
             let loss = model.losses(x, y).mean();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -144,7 +186,10 @@ fn train_plain(data: &Digits) -> Classifier<Inner> {
 fn main() {
     let start = Instant::now();
     let data = load();
-    let bar = ProgressBar::new(0).with_style(ProgressStyle::with_template("DP-SGD {bar:40} {pos}/{len} steps {elapsed}").expect("template"));
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("DP-SGD {bar:40} {pos}/{len} steps {elapsed}")
+            .expect("template"),
+    );
     let (model, epsilon) = match train_private(&data, &bar) {
         Ok(r) => r,
         Err(e) => {
@@ -160,7 +205,10 @@ fn main() {
         "non_private_accuracy": non_private_accuracy, "seconds": start.elapsed().as_secs_f64(),
     });
     let out = std::path::Path::new("target").join("quickstart.json");
-    if std::fs::create_dir_all("target").and_then(|_| std::fs::write(&out, result.to_string())).is_ok() {
+    if std::fs::create_dir_all("target")
+        .and_then(|_| std::fs::write(&out, result.to_string()))
+        .is_ok()
+    {
         eprintln!("results written to {}", out.display());
     }
     println!("{result}");

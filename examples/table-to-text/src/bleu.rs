@@ -46,7 +46,11 @@ pub fn corpus_bleu(hypotheses: &[String], references: &[Vec<String>]) -> f64 {
         let refs: Vec<Vec<String>> = refs.iter().map(|r| tokenize(r)).collect();
         hyp_len += h.len();
         // The reference length closest to the hypothesis (the shorter one on ties).
-        ref_len += refs.iter().map(|r| r.len()).min_by_key(|&l| (l.abs_diff(h.len()), l)).unwrap_or(0);
+        ref_len += refs
+            .iter()
+            .map(|r| r.len())
+            .min_by_key(|&l| (l.abs_diff(h.len()), l))
+            .unwrap_or(0);
         for n in 1..=4 {
             let mut max_ref: HashMap<&[String], usize> = HashMap::new();
             for r in &refs {
@@ -64,8 +68,15 @@ pub fn corpus_bleu(hypotheses: &[String], references: &[Vec<String>]) -> f64 {
     if hyp_len == 0 || matched.contains(&0) {
         return 0.0;
     }
-    let log_precision: f64 = (0..4).map(|i| (matched[i] as f64 / total[i] as f64).ln()).sum::<f64>() / 4.0;
-    let brevity = if hyp_len >= ref_len { 0.0 } else { 1.0 - ref_len as f64 / hyp_len as f64 };
+    let log_precision: f64 = (0..4)
+        .map(|i| (matched[i] as f64 / total[i] as f64).ln())
+        .sum::<f64>()
+        / 4.0;
+    let brevity = if hyp_len >= ref_len {
+        0.0
+    } else {
+        1.0 - ref_len as f64 / hyp_len as f64
+    };
     100.0 * (log_precision + brevity).exp()
 }
 // ANCHOR_END: bleu
@@ -89,7 +100,11 @@ mod tests {
         let r = vec![vec!["the eagle is by the riverside .".to_string()]];
         let p: f64 = (1.0f64 * 0.8 * 0.5 * (1.0 / 3.0)).powf(0.25);
         let expect = 100.0 * p * (1.0f64 - 7.0 / 6.0).exp();
-        assert!((corpus_bleu(&h, &r) - expect).abs() < 1e-9, "{} vs {expect}", corpus_bleu(&h, &r));
+        assert!(
+            (corpus_bleu(&h, &r) - expect).abs() < 1e-9,
+            "{} vs {expect}",
+            corpus_bleu(&h, &r)
+        );
         assert_eq!(corpus_bleu(&["x y".into()], &[vec!["a b c d".into()]]), 0.0);
     }
 }

@@ -11,8 +11,13 @@ use burn::optim::AdamWConfig;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use burn_dp::{freeze, AccountantKind, DpAutodiff, DpOptimizer, PerSample, PoissonSampler, PrivacyState, Schedule};
-use burn_dp_examples_common::{self as common, BackendKind, ClippingKind, Curve, Error, FreezeKind};
+use burn_dp::{
+    freeze, AccountantKind, DpAutodiff, DpOptimizer, PerSample, PoissonSampler, PrivacyState,
+    Schedule,
+};
+use burn_dp_examples_common::{
+    self as common, BackendKind, ClippingKind, Curve, Error, FreezeKind,
+};
 use burn_dp_models::{Gpt2, Gpt2Config, LoadOptions};
 use clap::{Parser, ValueEnum};
 
@@ -20,7 +25,10 @@ pub mod bleu;
 
 /// Command-line arguments.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "table-to-text", about = "DP fine-tuning of GPT-2 on E2E-style table-to-text with burn-dp")]
+#[command(
+    name = "table-to-text",
+    about = "DP fine-tuning of GPT-2 on E2E-style table-to-text with burn-dp"
+)]
 pub struct Args {
     /// E2E data: a CSV file with columns `mr`, `ref` (split 80/20 by meaning representation), or
     /// the E2E folder (`trainset.csv` for training, `devset.csv` held out). Default: the bundled
@@ -136,20 +144,34 @@ pub const EOS: u32 = 50256;
 pub fn read_csv(text: &str) -> Result<Vec<Row>, Error> {
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let headers = reader.headers()?.clone();
-    let col = |name: &str| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h.trim().eq_ignore_ascii_case(name))
+    };
     let (Some(mr), Some(rf)) = (col("mr"), col("ref")) else {
-        return Err(format!("E2E CSV needs columns `mr` and `ref`, found {:?}", headers.iter().collect::<Vec<_>>()).into());
+        return Err(format!(
+            "E2E CSV needs columns `mr` and `ref`, found {:?}",
+            headers.iter().collect::<Vec<_>>()
+        )
+        .into());
     };
     let mut rows = Vec::new();
     for record in reader.records() {
         let record = record?;
-        rows.push(Row { mr: record[mr].trim().to_string(), reference: record[rf].trim().to_string() });
+        rows.push(Row {
+            mr: record[mr].trim().to_string(),
+            reference: record[rf].trim().to_string(),
+        });
     }
     Ok(rows)
 }
 
 fn read_file(path: &Path) -> Result<Vec<Row>, Error> {
-    read_csv(&std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?)
+    read_csv(
+        &std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+    )
 }
 
 /// A held-out meaning representation and its references.
@@ -181,7 +203,10 @@ pub fn load(data: Option<&Path>) -> Result<(Vec<Row>, Vec<HeldOut>), Error> {
                 if i % 5 == 4 {
                     test.push((mr, refs));
                 } else {
-                    train.extend(refs.into_iter().map(|reference| Row { mr: mr.clone(), reference }));
+                    train.extend(refs.into_iter().map(|reference| Row {
+                        mr: mr.clone(),
+                        reference,
+                    }));
                 }
             }
             Ok((train, test))
@@ -202,7 +227,11 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// The full GPT-2 vocabulary.
     pub fn gpt2() -> Result<Self, Error> {
-        Ok(Self { bpe: tiktoken_rs::r50k_base().map_err(|e| e.to_string())?, compact: None, inverse: Vec::new() })
+        Ok(Self {
+            bpe: tiktoken_rs::r50k_base().map_err(|e| e.to_string())?,
+            compact: None,
+            inverse: Vec::new(),
+        })
     }
 
     /// GPT-2's encoding with a vocabulary of `<|endoftext|>` and the tokens of `texts` (any
@@ -226,26 +255,41 @@ impl Tokenizer {
 
     /// Vocabulary size of the model.
     pub fn vocab_size(&self) -> usize {
-        if self.compact.is_some() { self.inverse.len() } else { 50257 }
+        if self.compact.is_some() {
+            self.inverse.len()
+        } else {
+            50257
+        }
     }
 
     /// The end-of-text id of the model.
     pub fn eos(&self) -> u32 {
-        if self.compact.is_some() { 0 } else { EOS }
+        if self.compact.is_some() {
+            0
+        } else {
+            EOS
+        }
     }
 
     /// Model ids of `text`.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let ids = self.bpe.encode_ordinary(text);
         match &self.compact {
-            Some(map) => ids.iter().map(|id| map.get(id).copied().unwrap_or(0)).collect(),
+            Some(map) => ids
+                .iter()
+                .map(|id| map.get(id).copied().unwrap_or(0))
+                .collect(),
             None => ids,
         }
     }
 
     /// Text of model ids.
     pub fn decode(&self, ids: &[u32]) -> String {
-        let bpe: Vec<u32> = if self.compact.is_some() { ids.iter().map(|&i| self.inverse[i as usize]).collect() } else { ids.to_vec() };
+        let bpe: Vec<u32> = if self.compact.is_some() {
+            ids.iter().map(|&i| self.inverse[i as usize]).collect()
+        } else {
+            ids.to_vec()
+        };
         self.bpe.decode(bpe).unwrap_or_default()
     }
 }
@@ -280,14 +324,22 @@ pub fn sequences(rows: &[Row], tok: &Tokenizer, max_len: usize) -> Sequences {
         })
         .collect();
     let len = seqs.iter().map(|(s, _)| s.len()).max().unwrap_or(2).max(2);
-    let mut out = Sequences { len, ids: Vec::new(), mask: Vec::new() };
+    let mut out = Sequences {
+        len,
+        ids: Vec::new(),
+        mask: Vec::new(),
+    };
     for (s, p) in &seqs {
         for t in 0..len {
             out.ids.push(*s.get(t).unwrap_or(&tok.eos()) as i64);
         }
         // Position t predicts token t+1.
         for t in 0..len - 1 {
-            out.mask.push(if t + 1 >= *p && t + 1 < s.len() { 1.0 } else { 0.0 });
+            out.mask.push(if t + 1 >= *p && t + 1 < s.len() {
+                1.0
+            } else {
+                0.0
+            });
         }
     }
     out
@@ -296,7 +348,11 @@ pub fn sequences(rows: &[Row], tok: &Tokenizer, max_len: usize) -> Sequences {
 // ANCHOR: lm_loss
 /// Per-sample loss `[B]`: mean cross-entropy of the sentence tokens (the prompt and the padding
 /// are masked out). Only reductions along dimension 1: the batch stays dimension 0.
-pub fn sentence_loss<B: Backend>(model: &Gpt2<B>, ids: Tensor<B, 2, Int>, mask: Tensor<B, 2>) -> Tensor<B, 1> {
+pub fn sentence_loss<B: Backend>(
+    model: &Gpt2<B>,
+    ids: Tensor<B, 2, Int>,
+    mask: Tensor<B, 2>,
+) -> Tensor<B, 1> {
     let [b, t] = ids.dims();
     let logits = model.forward(ids.clone(), None);
     let v = logits.dims()[2];
@@ -310,7 +366,14 @@ pub fn sentence_loss<B: Backend>(model: &Gpt2<B>, ids: Tensor<B, 2, Int>, mask: 
 
 // ANCHOR: greedy
 /// Greedy decoding of one prompt until end-of-text, `max_new` tokens or the context length.
-pub fn generate<B: Backend>(model: &Gpt2<B>, tok: &Tokenizer, prompt: &str, max_new: usize, n_positions: usize, dev: &B::Device) -> String {
+pub fn generate<B: Backend>(
+    model: &Gpt2<B>,
+    tok: &Tokenizer,
+    prompt: &str,
+    max_new: usize,
+    n_positions: usize,
+    dev: &B::Device,
+) -> String {
     let mut ids: Vec<i64> = tok.encode(prompt).into_iter().map(i64::from).collect();
     let start = ids.len();
     while ids.len() < start + max_new && ids.len() < n_positions {
@@ -318,7 +381,12 @@ pub fn generate<B: Backend>(model: &Gpt2<B>, tok: &Tokenizer, prompt: &str, max_
         let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), dev);
         let logits = model.forward(input, None);
         let v = logits.dims()[2];
-        let next = logits.slice([0..1, t - 1..t, 0..v]).reshape([1, v]).argmax(1).into_scalar().elem::<i64>();
+        let next = logits
+            .slice([0..1, t - 1..t, 0..v])
+            .reshape([1, v])
+            .argmax(1)
+            .into_scalar()
+            .elem::<i64>();
         if next == tok.eos() as i64 {
             break;
         }
@@ -330,7 +398,9 @@ pub fn generate<B: Backend>(model: &Gpt2<B>, tok: &Tokenizer, prompt: &str, max_
 // ANCHOR_END: greedy
 
 fn is_onnx(path: &Path) -> bool {
-    path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
 }
 
 /// Run the example.
@@ -353,7 +423,10 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     }
     let tok = match args.model {
         Size::Tiny => {
-            let texts = train.iter().flat_map(|r| [prompt(&r.mr), format!(" {}", r.reference)]).chain(test.iter().map(|(mr, _)| prompt(mr)));
+            let texts = train
+                .iter()
+                .flat_map(|r| [prompt(&r.mr), format!(" {}", r.reference)])
+                .chain(test.iter().map(|(mr, _)| prompt(mr)));
             Tokenizer::compact(texts.collect::<Vec<_>>().iter().map(String::as_str))?
         }
         _ => Tokenizer::gpt2()?,
@@ -367,8 +440,12 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     // ANCHOR: import_gpt2
     let model: Gpt2<B<I>> = match &args.init {
         None => config.init(&dev),
-        Some(_) if args.model == Size::Tiny => return Err("--init needs a standard --model (small, medium, large)".into()),
-        Some(path) if is_onnx(path) => Gpt2::from_onnx(&config, path, &dev, LoadOptions::with_progress())?,
+        Some(_) if args.model == Size::Tiny => {
+            return Err("--init needs a standard --model (small, medium, large)".into())
+        }
+        Some(path) if is_onnx(path) => {
+            Gpt2::from_onnx(&config, path, &dev, LoadOptions::with_progress())?
+        }
         Some(path) => Gpt2::from_safetensors(&config, path, &dev, LoadOptions::with_progress())?,
     };
     // ANCHOR_END: import_gpt2
@@ -387,17 +464,31 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     let noise = common::noise_source(args.seed);
     let (mut model, report) = freeze(model, &common::freeze_policy(args.freeze, &head))?;
     let schedule = Schedule::from_epochs(n as u64, args.batch_size.min(n as u64), args.epochs)?;
-    let privacy = PrivacyState::for_target_epsilon(args.target_epsilon, args.delta, schedule, AccountantKind::Rdp)?;
+    let privacy = PrivacyState::for_target_epsilon(
+        args.target_epsilon,
+        args.delta,
+        schedule,
+        AccountantKind::Rdp,
+    )?;
     let sigma = privacy.noise_multiplier;
-    let mut sampler = PoissonSampler::new(n, schedule.sample_rate, args.physical_batch_size, noise)?;
+    let mut sampler =
+        PoissonSampler::new(n, schedule.sample_rate, args.physical_batch_size, noise)?;
     let inner = AdamWConfig::new().init::<B<I>, Gpt2<B<I>>>();
-    let mut optim = DpOptimizer::new(inner, common::clipping(args.clipping, args.max_norm), privacy, sampler.expected_batch_size(), noise)?;
+    let mut optim = DpOptimizer::new(
+        inner,
+        common::clipping(args.clipping, args.max_norm),
+        privacy,
+        sampler.expected_batch_size(),
+        noise,
+    )?;
     eprintln!(
         "training {} of {} parameters ({} tensors); σ = {sigma:.4} for ε = {} at δ = {} over {} steps (q = {:.4})",
         report.trainable, report.total, report.trainable_tensors, args.target_epsilon, args.delta, schedule.steps, schedule.sample_rate
     );
 
-    let steps = args.max_steps.map_or(schedule.steps, |m| m.min(schedule.steps));
+    let steps = args
+        .max_steps
+        .map_or(schedule.steps, |m| m.min(schedule.steps));
     let bar = common::progress(steps, "DP fine-tuning", args.quiet);
     let (mut loss_curve, mut eps_curve) = (Curve::default(), Curve::default());
     let every = (steps / 50).max(1);
@@ -410,11 +501,20 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
             let mut loss_sum = 0.0;
             for physical in logical.physical() {
                 let b = physical.indices.len();
-                let ids: Vec<i64> = physical.indices.iter().flat_map(|&i| seqs.ids[i * t..(i + 1) * t].iter().copied()).collect();
-                let mask: Vec<f32> = physical.indices.iter().flat_map(|&i| seqs.mask[i * (t - 1)..(i + 1) * (t - 1)].iter().copied()).collect();
+                let ids: Vec<i64> = physical
+                    .indices
+                    .iter()
+                    .flat_map(|&i| seqs.ids[i * t..(i + 1) * t].iter().copied())
+                    .collect();
+                let mask: Vec<f32> = physical
+                    .indices
+                    .iter()
+                    .flat_map(|&i| seqs.mask[i * (t - 1)..(i + 1) * (t - 1)].iter().copied())
+                    .collect();
                 let ids = Tensor::<B<I>, 2, Int>::from_data(TensorData::new(ids, [b, t]), &dev);
                 let mask = Tensor::<B<I>, 2>::from_data(TensorData::new(mask, [b, t - 1]), &dev);
-                let rows = Tensor::<B<I>, 1>::from_data(TensorData::new(physical.mask.clone(), [b]), &dev);
+                let rows =
+                    Tensor::<B<I>, 1>::from_data(TensorData::new(physical.mask.clone(), [b]), &dev);
                 // Token ids need no `batch` mark: the embedding lookup marks its output.
                 let losses = sentence_loss(&model, ids, mask) * rows;
                 loss_sum += losses.clone().sum().into_scalar().elem::<f64>();
@@ -426,7 +526,10 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
         if step % every == 0 || step == steps {
             eps_curve.push(step, optim.epsilon()?.epsilon);
         }
-        bar.set_message(format!("loss {:.3}", loss_curve.points.last().map_or(f64::NAN, |p| p.1)));
+        bar.set_message(format!(
+            "loss {:.3}",
+            loss_curve.points.last().map_or(f64::NAN, |p| p.1)
+        ));
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -437,7 +540,14 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     let bar = common::progress(test.len() as u64, "generating", args.quiet);
     let mut hypotheses = Vec::new();
     for (mr, _) in &test {
-        hypotheses.push(generate(&eval, &tok, &prompt(mr), args.max_new_tokens, config.n_positions, &dev));
+        hypotheses.push(generate(
+            &eval,
+            &tok,
+            &prompt(mr),
+            args.max_new_tokens,
+            config.n_positions,
+            &dev,
+        ));
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -463,5 +573,12 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     });
     let outputs = common::write_outputs(&args.out, metrics.clone(), &loss_curve, &eps_curve)?;
     eprintln!("generations:  {}", generations.display());
-    Ok(Summary { epsilon, bleu, steps, seconds, outputs, metrics })
+    Ok(Summary {
+        epsilon,
+        bleu,
+        steps,
+        seconds,
+        outputs,
+        metrics,
+    })
 }

@@ -8,7 +8,14 @@ use crate::act::Activation;
 
 /// Multi-head scaled dot-product attention over projected `q`, `k`, `v` `[B, T, d]`; heads are split
 /// and merged on the trailing dims only (the batch stays dimension 0).
-pub(crate) fn attention<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, heads: usize, causal: bool, dropout: &Dropout) -> Tensor<B, 3> {
+pub(crate) fn attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    heads: usize,
+    causal: bool,
+    dropout: &Dropout,
+) -> Tensor<B, 3> {
     let [b, t, d] = q.dims();
     let dh = d / heads;
     let split = |y: Tensor<B, 3>| y.reshape([b, t, heads, dh]).swap_dims(1, 2);
@@ -23,6 +30,13 @@ pub(crate) fn attention<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<
 }
 
 /// `x + dropout(down(act(up(norm_x))))`: the MLP half of a pre-norm block.
-pub(crate) fn mlp_residual<B: Backend>(x: Tensor<B, 3>, normed: Tensor<B, 3>, up: &Linear<B>, act: &Activation, down: &Linear<B>, dropout: &Dropout) -> Tensor<B, 3> {
+pub(crate) fn mlp_residual<B: Backend>(
+    x: Tensor<B, 3>,
+    normed: Tensor<B, 3>,
+    up: &Linear<B>,
+    act: &Activation,
+    down: &Linear<B>,
+    dropout: &Dropout,
+) -> Tensor<B, 3> {
     x + dropout.forward(down.forward(act.forward(up.forward(normed))))
 }

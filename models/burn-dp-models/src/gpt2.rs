@@ -220,7 +220,14 @@ impl<B: Backend> Gpt2Attention<B> {
         let [b, t, d] = x.dims();
         let qkv = self.c_attn.forward(x);
         let part = |i: usize| qkv.clone().slice([0..b, 0..t, i * d..(i + 1) * d]);
-        let out = crate::block::attention(part(0), part(1), part(2), self.n_head, true, &self.attn_dropout);
+        let out = crate::block::attention(
+            part(0),
+            part(1),
+            part(2),
+            self.n_head,
+            true,
+            &self.attn_dropout,
+        );
         self.resid_dropout.forward(self.c_proj.forward(out))
     }
 }

@@ -288,7 +288,14 @@ impl<B: Backend> ViTAttention<B> {
         let q = self.q_proj.forward(x.clone());
         let k = self.k_proj.forward(x.clone());
         let v = self.v_proj.forward(x);
-        self.o_proj.forward(crate::block::attention(q, k, v, self.num_heads, false, &self.dropout))
+        self.o_proj.forward(crate::block::attention(
+            q,
+            k,
+            v,
+            self.num_heads,
+            false,
+            &self.dropout,
+        ))
     }
 }
 

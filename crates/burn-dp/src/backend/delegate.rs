@@ -5,11 +5,11 @@ use super::intercept;
 use super::primitive::{opt_dense, vec_dense, PsTensor, Tag};
 use super::PerSample;
 use burn_backend::ops::*;
-use burn_backend::tensor::*;
 use burn_backend::quantization::QuantScheme;
+use burn_backend::quantization::QuantizationParametersPrimitive;
+use burn_backend::tensor::*;
 use burn_backend::{Backend, Distribution, ExecutionError, Scalar, TensorData};
 use burn_backend::{BoolDType, FloatDType, IntDType, Shape, Slice};
-use burn_backend::quantization::QuantizationParametersPrimitive;
 use core::future::Future;
 use core::ops::Range;
 
@@ -19,7 +19,12 @@ impl<B: Backend> FloatTensorOps<Self> for PerSample<B> {
         PsTensor::dense(B::float_from_data(data, device), tag)
     }
 
-    fn float_random( shape: Shape, distribution: Distribution, device: &Device<Self>, dtype: FloatDType, ) -> FloatTensor<Self> {
+    fn float_random(
+        shape: Shape,
+        distribution: Distribution,
+        device: &Device<Self>,
+        dtype: FloatDType,
+    ) -> FloatTensor<Self> {
         let tag = Tag::Independent;
         PsTensor::dense(B::float_random(shape, distribution, device, dtype), tag)
     }
@@ -34,12 +39,19 @@ impl<B: Backend> FloatTensorOps<Self> for PerSample<B> {
         PsTensor::dense(B::float_ones(shape, device, dtype), tag)
     }
 
-    fn float_full( shape: Shape, fill_value: Scalar, device: &Device<Self>, dtype: FloatDType, ) -> FloatTensor<Self> {
+    fn float_full(
+        shape: Shape,
+        fill_value: Scalar,
+        device: &Device<Self>,
+        dtype: FloatDType,
+    ) -> FloatTensor<Self> {
         let tag = Tag::Independent;
         PsTensor::dense(B::float_full(shape, fill_value, device, dtype), tag)
     }
 
-    fn float_into_data( tensor: FloatTensor<Self>, ) -> impl Future<Output = Result<TensorData, ExecutionError>> + Send {
+    fn float_into_data(
+        tensor: FloatTensor<Self>,
+    ) -> impl Future<Output = Result<TensorData, ExecutionError>> + Send {
         intercept::float_into_data::<B>(tensor)
     }
 
@@ -139,7 +151,11 @@ impl<B: Backend> FloatTensorOps<Self> for PerSample<B> {
         intercept::float_matmul::<B>(lhs, rhs)
     }
 
-    fn float_cross(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
+    fn float_cross(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        dim: usize,
+    ) -> FloatTensor<Self> {
         let (lhs, t_lhs) = lhs.into_dense("float_cross");
         let (rhs, t_rhs) = rhs.into_dense("float_cross");
         let tag = Tag::join_all(&[t_lhs, t_rhs]);
@@ -177,14 +193,23 @@ impl<B: Backend> FloatTensorOps<Self> for PerSample<B> {
         intercept::float_reshape::<B>(tensor, shape)
     }
 
-    fn float_gather(dim: usize, tensor: FloatTensor<Self>, indices: IntTensor<Self>) -> FloatTensor<Self> {
+    fn float_gather(
+        dim: usize,
+        tensor: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
         let (tensor, t_tensor) = tensor.into_dense("float_gather");
         let tag = Tag::join_all(&[t_tensor]);
         let tag = tag.along_dim(dim, "float_gather");
         PsTensor::dense(B::float_gather(dim, tensor, indices), tag)
     }
 
-    fn float_scatter_add( dim: usize, tensor: FloatTensor<Self>, indices: IntTensor<Self>, value: FloatTensor<Self>, ) -> FloatTensor<Self> {
+    fn float_scatter_add(
+        dim: usize,
+        tensor: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        value: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         let (tensor, t_tensor) = tensor.into_dense("float_scatter_add");
         let (value, t_value) = value.into_dense("float_scatter_add");
         let tag = Tag::join_all(&[t_tensor, t_value]);
@@ -192,11 +217,19 @@ impl<B: Backend> FloatTensorOps<Self> for PerSample<B> {
         PsTensor::dense(B::float_scatter_add(dim, tensor, indices, value), tag)
     }
 
-    fn float_scatter_nd( _data: FloatTensor<Self>, _indices: IntTensor<Self>, _values: FloatTensor<Self>, _reduction: burn_backend::tensor::IndexingUpdateOp, ) -> FloatTensor<Self> {
+    fn float_scatter_nd(
+        _data: FloatTensor<Self>,
+        _indices: IntTensor<Self>,
+        _values: FloatTensor<Self>,
+        _reduction: burn_backend::tensor::IndexingUpdateOp,
+    ) -> FloatTensor<Self> {
         let (_data, t_data) = _data.into_dense("float_scatter_nd");
         let (_values, t_values) = _values.into_dense("float_scatter_nd");
         let tag = Tag::join_all(&[t_data, t_values]);
-        PsTensor::dense(B::float_scatter_nd(_data, _indices, _values, _reduction), tag)
+        PsTensor::dense(
+            B::float_scatter_nd(_data, _indices, _values, _reduction),
+            tag,
+        )
     }
 
     fn float_gather_nd(_data: FloatTensor<Self>, _indices: IntTensor<Self>) -> FloatTensor<Self> {
@@ -205,14 +238,23 @@ impl<B: Backend> FloatTensorOps<Self> for PerSample<B> {
         PsTensor::dense(B::float_gather_nd(_data, _indices), tag)
     }
 
-    fn float_select(tensor: FloatTensor<Self>, dim: usize, indices: IntTensor<Self>) -> FloatTensor<Self> {
+    fn float_select(
+        tensor: FloatTensor<Self>,
+        dim: usize,
+        indices: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
         let (tensor, t_tensor) = tensor.into_dense("float_select");
         let tag = Tag::join_all(&[t_tensor]);
         let tag = tag.along_dim(dim, "float_select");
         PsTensor::dense(B::float_select(tensor, dim, indices), tag)
     }
 
-    fn float_select_add( tensor: FloatTensor<Self>, dim: usize, indices: IntTensor<Self>, value: FloatTensor<Self>, ) -> FloatTensor<Self> {
+    fn float_select_add(
+        tensor: FloatTensor<Self>,
+        dim: usize,
+        indices: IntTensor<Self>,
+        value: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         let (tensor, t_tensor) = tensor.into_dense("float_select_add");
         let (value, t_value) = value.into_dense("float_select_add");
         let tag = Tag::join_all(&[t_tensor, t_value]);
@@ -224,85 +266,145 @@ impl<B: Backend> FloatTensorOps<Self> for PerSample<B> {
         intercept::float_slice::<B>(tensor, slices)
     }
 
-    fn float_slice_assign( tensor: FloatTensor<Self>, slices: &[Slice], value: FloatTensor<Self>, ) -> FloatTensor<Self> {
+    fn float_slice_assign(
+        tensor: FloatTensor<Self>,
+        slices: &[Slice],
+        value: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         intercept::float_slice_assign::<B>(tensor, slices, value)
     }
 
-    fn float_mask_where( tensor: FloatTensor<Self>, mask: BoolTensor<Self>, value: FloatTensor<Self>, ) -> FloatTensor<Self> {
+    fn float_mask_where(
+        tensor: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+        value: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         let (tensor, t_tensor) = tensor.into_dense("float_mask_where");
         let (value, t_value) = value.into_dense("float_mask_where");
         let tag = Tag::join_all(&[t_tensor, t_value]);
         PsTensor::dense(B::float_mask_where(tensor, mask, value), tag)
     }
 
-    fn float_mask_fill( tensor: FloatTensor<Self>, mask: BoolTensor<Self>, value: Scalar, ) -> FloatTensor<Self> {
+    fn float_mask_fill(
+        tensor: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+        value: Scalar,
+    ) -> FloatTensor<Self> {
         let (tensor, t_tensor) = tensor.into_dense("float_mask_fill");
         let tag = Tag::join_all(&[t_tensor]);
         PsTensor::dense(B::float_mask_fill(tensor, mask, value), tag)
     }
 
-    fn float_equal(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>, out_dtype: BoolDType) -> BoolTensor<Self> {
+    fn float_equal(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         let (lhs, t_lhs) = lhs.into_dense("float_equal");
         let (rhs, t_rhs) = rhs.into_dense("float_equal");
         B::float_equal(lhs, rhs, out_dtype)
     }
 
-    fn float_not_equal( lhs: FloatTensor<Self>, rhs: FloatTensor<Self>, out_dtype: BoolDType, ) -> BoolTensor<Self> {
+    fn float_not_equal(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         let (lhs, t_lhs) = lhs.into_dense("float_not_equal");
         let (rhs, t_rhs) = rhs.into_dense("float_not_equal");
         B::float_not_equal(lhs, rhs, out_dtype)
     }
 
-    fn float_equal_elem(lhs: FloatTensor<Self>, rhs: Scalar, out_dtype: BoolDType) -> BoolTensor<Self> {
+    fn float_equal_elem(
+        lhs: FloatTensor<Self>,
+        rhs: Scalar,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         let (lhs, t_lhs) = lhs.into_dense("float_equal_elem");
         B::float_equal_elem(lhs, rhs, out_dtype)
     }
 
-    fn float_not_equal_elem( lhs: FloatTensor<Self>, rhs: Scalar, out_dtype: BoolDType, ) -> BoolTensor<Self> {
+    fn float_not_equal_elem(
+        lhs: FloatTensor<Self>,
+        rhs: Scalar,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         let (lhs, t_lhs) = lhs.into_dense("float_not_equal_elem");
         B::float_not_equal_elem(lhs, rhs, out_dtype)
     }
 
-    fn float_greater( lhs: FloatTensor<Self>, rhs: FloatTensor<Self>, out_dtype: BoolDType, ) -> BoolTensor<Self> {
+    fn float_greater(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         let (lhs, t_lhs) = lhs.into_dense("float_greater");
         let (rhs, t_rhs) = rhs.into_dense("float_greater");
         B::float_greater(lhs, rhs, out_dtype)
     }
 
-    fn float_greater_elem(lhs: FloatTensor<Self>, rhs: Scalar, out_dtype: BoolDType) -> BoolTensor<Self> {
+    fn float_greater_elem(
+        lhs: FloatTensor<Self>,
+        rhs: Scalar,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         let (lhs, t_lhs) = lhs.into_dense("float_greater_elem");
         B::float_greater_elem(lhs, rhs, out_dtype)
     }
 
-    fn float_greater_equal( lhs: FloatTensor<Self>, rhs: FloatTensor<Self>, out_dtype: BoolDType, ) -> BoolTensor<Self> {
+    fn float_greater_equal(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         let (lhs, t_lhs) = lhs.into_dense("float_greater_equal");
         let (rhs, t_rhs) = rhs.into_dense("float_greater_equal");
         B::float_greater_equal(lhs, rhs, out_dtype)
     }
 
-    fn float_greater_equal_elem( lhs: FloatTensor<Self>, rhs: Scalar, out_dtype: BoolDType, ) -> BoolTensor<Self> {
+    fn float_greater_equal_elem(
+        lhs: FloatTensor<Self>,
+        rhs: Scalar,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         let (lhs, t_lhs) = lhs.into_dense("float_greater_equal_elem");
         B::float_greater_equal_elem(lhs, rhs, out_dtype)
     }
 
-    fn float_lower(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>, out_dtype: BoolDType) -> BoolTensor<Self> {
+    fn float_lower(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         let (lhs, t_lhs) = lhs.into_dense("float_lower");
         let (rhs, t_rhs) = rhs.into_dense("float_lower");
         B::float_lower(lhs, rhs, out_dtype)
     }
 
-    fn float_lower_elem(lhs: FloatTensor<Self>, rhs: Scalar, out_dtype: BoolDType) -> BoolTensor<Self> {
+    fn float_lower_elem(
+        lhs: FloatTensor<Self>,
+        rhs: Scalar,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         let (lhs, t_lhs) = lhs.into_dense("float_lower_elem");
         B::float_lower_elem(lhs, rhs, out_dtype)
     }
 
-    fn float_lower_equal( lhs: FloatTensor<Self>, rhs: FloatTensor<Self>, out_dtype: BoolDType, ) -> BoolTensor<Self> {
+    fn float_lower_equal(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         let (lhs, t_lhs) = lhs.into_dense("float_lower_equal");
         let (rhs, t_rhs) = rhs.into_dense("float_lower_equal");
         B::float_lower_equal(lhs, rhs, out_dtype)
     }
 
-    fn float_lower_equal_elem( lhs: FloatTensor<Self>, rhs: Scalar, out_dtype: BoolDType, ) -> BoolTensor<Self> {
+    fn float_lower_equal_elem(
+        lhs: FloatTensor<Self>,
+        rhs: Scalar,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         let (lhs, t_lhs) = lhs.into_dense("float_lower_equal_elem");
         B::float_lower_equal_elem(lhs, rhs, out_dtype)
     }
@@ -584,7 +686,12 @@ impl<B: Backend> FloatTensorOps<Self> for PerSample<B> {
         B::float_argmax(tensor, dim, out_dtype)
     }
 
-    fn float_argtopk( tensor: FloatTensor<Self>, dim: usize, k: usize, out_dtype: IntDType, ) -> IntTensor<Self> {
+    fn float_argtopk(
+        tensor: FloatTensor<Self>,
+        dim: usize,
+        k: usize,
+        out_dtype: IntDType,
+    ) -> IntTensor<Self> {
         let (tensor, t_tensor) = tensor.into_dense("float_argtopk");
         B::float_argtopk(tensor, dim, k, out_dtype)
     }
@@ -615,7 +722,11 @@ impl<B: Backend> FloatTensorOps<Self> for PerSample<B> {
         PsTensor::dense(B::float_max_dim(tensor, dim), tag)
     }
 
-    fn float_max_dim_with_indices( tensor: FloatTensor<Self>, dim: usize, indices_dtype: IntDType, ) -> (FloatTensor<Self>, IntTensor<Self>) {
+    fn float_max_dim_with_indices(
+        tensor: FloatTensor<Self>,
+        dim: usize,
+        indices_dtype: IntDType,
+    ) -> (FloatTensor<Self>, IntTensor<Self>) {
         let (tensor, t_tensor) = tensor.into_dense("float_max_dim_with_indices");
         let tag = Tag::join_all(&[t_tensor]);
         let tag = tag.along_dim(dim, "float_max_dim_with_indices");
@@ -637,7 +748,11 @@ impl<B: Backend> FloatTensorOps<Self> for PerSample<B> {
         PsTensor::dense(B::float_min_dim(tensor, dim), tag)
     }
 
-    fn float_min_dim_with_indices( tensor: FloatTensor<Self>, dim: usize, indices_dtype: IntDType, ) -> (FloatTensor<Self>, IntTensor<Self>) {
+    fn float_min_dim_with_indices(
+        tensor: FloatTensor<Self>,
+        dim: usize,
+        indices_dtype: IntDType,
+    ) -> (FloatTensor<Self>, IntTensor<Self>) {
         let (tensor, t_tensor) = tensor.into_dense("float_min_dim_with_indices");
         let tag = Tag::join_all(&[t_tensor]);
         let tag = tag.along_dim(dim, "float_min_dim_with_indices");
@@ -664,7 +779,11 @@ impl<B: Backend> FloatTensorOps<Self> for PerSample<B> {
         B::float_any(tensor, out_dtype)
     }
 
-    fn float_any_dim(tensor: FloatTensor<Self>, dim: usize, out_dtype: BoolDType) -> BoolTensor<Self> {
+    fn float_any_dim(
+        tensor: FloatTensor<Self>,
+        dim: usize,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         let (tensor, t_tensor) = tensor.into_dense("float_any_dim");
         B::float_any_dim(tensor, dim, out_dtype)
     }
@@ -674,7 +793,11 @@ impl<B: Backend> FloatTensorOps<Self> for PerSample<B> {
         B::float_all(tensor, out_dtype)
     }
 
-    fn float_all_dim(tensor: FloatTensor<Self>, dim: usize, out_dtype: BoolDType) -> BoolTensor<Self> {
+    fn float_all_dim(
+        tensor: FloatTensor<Self>,
+        dim: usize,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         let (tensor, t_tensor) = tensor.into_dense("float_all_dim");
         B::float_all_dim(tensor, dim, out_dtype)
     }
@@ -696,7 +819,12 @@ impl<B: Backend> FloatTensorOps<Self> for PerSample<B> {
         PsTensor::dense(B::float_sort(tensor, dim, descending), tag)
     }
 
-    fn float_sort_with_indices( tensor: FloatTensor<Self>, dim: usize, descending: bool, indices_dtype: IntDType, ) -> (FloatTensor<Self>, IntTensor<Self>) {
+    fn float_sort_with_indices(
+        tensor: FloatTensor<Self>,
+        dim: usize,
+        descending: bool,
+        indices_dtype: IntDType,
+    ) -> (FloatTensor<Self>, IntTensor<Self>) {
         let (tensor, t_tensor) = tensor.into_dense("float_sort_with_indices");
         let tag = Tag::join_all(&[t_tensor]);
         let tag = tag.along_dim(dim, "float_sort_with_indices");
@@ -704,19 +832,33 @@ impl<B: Backend> FloatTensorOps<Self> for PerSample<B> {
         (PsTensor::dense(a, tag), b)
     }
 
-    fn float_argsort( tensor: FloatTensor<Self>, dim: usize, descending: bool, out_dtype: IntDType, ) -> IntTensor<Self> {
+    fn float_argsort(
+        tensor: FloatTensor<Self>,
+        dim: usize,
+        descending: bool,
+        out_dtype: IntDType,
+    ) -> IntTensor<Self> {
         let (tensor, t_tensor) = tensor.into_dense("float_argsort");
         B::float_argsort(tensor, dim, descending, out_dtype)
     }
 
-    fn float_grid_sample_2d( tensor: FloatTensor<Self>, grid: FloatTensor<Self>, options: GridSampleOptions, ) -> FloatTensor<Self> {
+    fn float_grid_sample_2d(
+        tensor: FloatTensor<Self>,
+        grid: FloatTensor<Self>,
+        options: GridSampleOptions,
+    ) -> FloatTensor<Self> {
         let (tensor, t_tensor) = tensor.into_dense("float_grid_sample_2d");
         let (grid, t_grid) = grid.into_dense("float_grid_sample_2d");
         let tag = Tag::join_all(&[t_tensor, t_grid]);
         PsTensor::dense(B::float_grid_sample_2d(tensor, grid, options), tag)
     }
 
-    fn float_unfold(tensor: FloatTensor<Self>, dim: usize, size: usize, step: usize) -> FloatTensor<Self> {
+    fn float_unfold(
+        tensor: FloatTensor<Self>,
+        dim: usize,
+        size: usize,
+        step: usize,
+    ) -> FloatTensor<Self> {
         let (tensor, t_tensor) = tensor.into_dense("float_unfold");
         let tag = Tag::join_all(&[t_tensor]);
         let tag = tag.along_dim(dim, "float_unfold");
@@ -732,7 +874,6 @@ impl<B: Backend> FloatTensorOps<Self> for PerSample<B> {
         let (tensor, t_tensor) = tensor.into_dense("float_is_inf");
         B::float_is_inf(tensor, out_dtype)
     }
-
 }
 
 impl<B: Backend> IntTensorOps<Self> for PerSample<B> {
@@ -740,7 +881,9 @@ impl<B: Backend> IntTensorOps<Self> for PerSample<B> {
         B::int_empty(shape, device, dtype)
     }
 
-    fn int_into_data( tensor: IntTensor<Self>, ) -> impl Future<Output = Result<TensorData, ExecutionError>> + Send {
+    fn int_into_data(
+        tensor: IntTensor<Self>,
+    ) -> impl Future<Output = Result<TensorData, ExecutionError>> + Send {
         B::int_into_data(tensor)
     }
 
@@ -764,7 +907,11 @@ impl<B: Backend> IntTensorOps<Self> for PerSample<B> {
         B::int_slice(tensor, slices)
     }
 
-    fn int_slice_assign( tensor: IntTensor<Self>, slices: &[Slice], value: IntTensor<Self>, ) -> IntTensor<Self> {
+    fn int_slice_assign(
+        tensor: IntTensor<Self>,
+        slices: &[Slice],
+        value: IntTensor<Self>,
+    ) -> IntTensor<Self> {
         B::int_slice_assign(tensor, slices, value)
     }
 
@@ -773,23 +920,45 @@ impl<B: Backend> IntTensorOps<Self> for PerSample<B> {
         PsTensor::dense(B::int_into_float(tensor, out_dtype), tag)
     }
 
-    fn int_mask_where( tensor: IntTensor<Self>, mask: BoolTensor<Self>, value: IntTensor<Self>, ) -> IntTensor<Self> {
+    fn int_mask_where(
+        tensor: IntTensor<Self>,
+        mask: BoolTensor<Self>,
+        value: IntTensor<Self>,
+    ) -> IntTensor<Self> {
         B::int_mask_where(tensor, mask, value)
     }
 
-    fn int_mask_fill(tensor: IntTensor<Self>, mask: BoolTensor<Self>, value: Scalar) -> IntTensor<Self> {
+    fn int_mask_fill(
+        tensor: IntTensor<Self>,
+        mask: BoolTensor<Self>,
+        value: Scalar,
+    ) -> IntTensor<Self> {
         B::int_mask_fill(tensor, mask, value)
     }
 
-    fn int_gather(dim: usize, tensor: IntTensor<Self>, indices: IntTensor<Self>) -> IntTensor<Self> {
+    fn int_gather(
+        dim: usize,
+        tensor: IntTensor<Self>,
+        indices: IntTensor<Self>,
+    ) -> IntTensor<Self> {
         B::int_gather(dim, tensor, indices)
     }
 
-    fn int_scatter_add( dim: usize, tensor: IntTensor<Self>, indices: IntTensor<Self>, value: IntTensor<Self>, ) -> IntTensor<Self> {
+    fn int_scatter_add(
+        dim: usize,
+        tensor: IntTensor<Self>,
+        indices: IntTensor<Self>,
+        value: IntTensor<Self>,
+    ) -> IntTensor<Self> {
         B::int_scatter_add(dim, tensor, indices, value)
     }
 
-    fn int_scatter_nd( _data: IntTensor<Self>, _indices: IntTensor<Self>, _values: IntTensor<Self>, _reduction: burn_backend::tensor::IndexingUpdateOp, ) -> IntTensor<Self> {
+    fn int_scatter_nd(
+        _data: IntTensor<Self>,
+        _indices: IntTensor<Self>,
+        _values: IntTensor<Self>,
+        _reduction: burn_backend::tensor::IndexingUpdateOp,
+    ) -> IntTensor<Self> {
         B::int_scatter_nd(_data, _indices, _values, _reduction)
     }
 
@@ -797,11 +966,20 @@ impl<B: Backend> IntTensorOps<Self> for PerSample<B> {
         B::int_gather_nd(_data, _indices)
     }
 
-    fn int_select(tensor: IntTensor<Self>, dim: usize, indices: IntTensor<Self>) -> IntTensor<Self> {
+    fn int_select(
+        tensor: IntTensor<Self>,
+        dim: usize,
+        indices: IntTensor<Self>,
+    ) -> IntTensor<Self> {
         B::int_select(tensor, dim, indices)
     }
 
-    fn int_select_add( tensor: IntTensor<Self>, dim: usize, indices: IntTensor<Self>, value: IntTensor<Self>, ) -> IntTensor<Self> {
+    fn int_select_add(
+        tensor: IntTensor<Self>,
+        dim: usize,
+        indices: IntTensor<Self>,
+        value: IntTensor<Self>,
+    ) -> IntTensor<Self> {
         B::int_select_add(tensor, dim, indices, value)
     }
 
@@ -813,11 +991,19 @@ impl<B: Backend> IntTensorOps<Self> for PerSample<B> {
         B::int_cat(tensors, dim)
     }
 
-    fn int_equal(lhs: IntTensor<Self>, rhs: IntTensor<Self>, out_dtype: BoolDType) -> BoolTensor<Self> {
+    fn int_equal(
+        lhs: IntTensor<Self>,
+        rhs: IntTensor<Self>,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         B::int_equal(lhs, rhs, out_dtype)
     }
 
-    fn int_not_equal(lhs: IntTensor<Self>, rhs: IntTensor<Self>, out_dtype: BoolDType) -> BoolTensor<Self> {
+    fn int_not_equal(
+        lhs: IntTensor<Self>,
+        rhs: IntTensor<Self>,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         B::int_not_equal(lhs, rhs, out_dtype)
     }
 
@@ -825,27 +1011,51 @@ impl<B: Backend> IntTensorOps<Self> for PerSample<B> {
         B::int_equal_elem(lhs, rhs, out_dtype)
     }
 
-    fn int_not_equal_elem(lhs: IntTensor<Self>, rhs: Scalar, out_dtype: BoolDType) -> BoolTensor<Self> {
+    fn int_not_equal_elem(
+        lhs: IntTensor<Self>,
+        rhs: Scalar,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         B::int_not_equal_elem(lhs, rhs, out_dtype)
     }
 
-    fn int_greater(lhs: IntTensor<Self>, rhs: IntTensor<Self>, out_dtype: BoolDType) -> BoolTensor<Self> {
+    fn int_greater(
+        lhs: IntTensor<Self>,
+        rhs: IntTensor<Self>,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         B::int_greater(lhs, rhs, out_dtype)
     }
 
-    fn int_greater_elem(lhs: IntTensor<Self>, rhs: Scalar, out_dtype: BoolDType) -> BoolTensor<Self> {
+    fn int_greater_elem(
+        lhs: IntTensor<Self>,
+        rhs: Scalar,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         B::int_greater_elem(lhs, rhs, out_dtype)
     }
 
-    fn int_greater_equal( lhs: IntTensor<Self>, rhs: IntTensor<Self>, out_dtype: BoolDType, ) -> BoolTensor<Self> {
+    fn int_greater_equal(
+        lhs: IntTensor<Self>,
+        rhs: IntTensor<Self>,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         B::int_greater_equal(lhs, rhs, out_dtype)
     }
 
-    fn int_greater_equal_elem( lhs: IntTensor<Self>, rhs: Scalar, out_dtype: BoolDType, ) -> BoolTensor<Self> {
+    fn int_greater_equal_elem(
+        lhs: IntTensor<Self>,
+        rhs: Scalar,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         B::int_greater_equal_elem(lhs, rhs, out_dtype)
     }
 
-    fn int_lower(lhs: IntTensor<Self>, rhs: IntTensor<Self>, out_dtype: BoolDType) -> BoolTensor<Self> {
+    fn int_lower(
+        lhs: IntTensor<Self>,
+        rhs: IntTensor<Self>,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         B::int_lower(lhs, rhs, out_dtype)
     }
 
@@ -853,11 +1063,19 @@ impl<B: Backend> IntTensorOps<Self> for PerSample<B> {
         B::int_lower_elem(lhs, rhs, out_dtype)
     }
 
-    fn int_lower_equal(lhs: IntTensor<Self>, rhs: IntTensor<Self>, out_dtype: BoolDType) -> BoolTensor<Self> {
+    fn int_lower_equal(
+        lhs: IntTensor<Self>,
+        rhs: IntTensor<Self>,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         B::int_lower_equal(lhs, rhs, out_dtype)
     }
 
-    fn int_lower_equal_elem(lhs: IntTensor<Self>, rhs: Scalar, out_dtype: BoolDType) -> BoolTensor<Self> {
+    fn int_lower_equal_elem(
+        lhs: IntTensor<Self>,
+        rhs: Scalar,
+        out_dtype: BoolDType,
+    ) -> BoolTensor<Self> {
         B::int_lower_equal_elem(lhs, rhs, out_dtype)
     }
 
@@ -941,7 +1159,12 @@ impl<B: Backend> IntTensorOps<Self> for PerSample<B> {
         B::int_ones(shape, device, dtype)
     }
 
-    fn int_full( shape: Shape, fill_value: Scalar, device: &Device<Self>, dtype: IntDType, ) -> IntTensor<Self> {
+    fn int_full(
+        shape: Shape,
+        fill_value: Scalar,
+        device: &Device<Self>,
+        dtype: IntDType,
+    ) -> IntTensor<Self> {
         B::int_full(shape, fill_value, device, dtype)
     }
 
@@ -1009,7 +1232,10 @@ impl<B: Backend> IntTensorOps<Self> for PerSample<B> {
         B::int_max_dim(tensor, dim)
     }
 
-    fn int_max_dim_with_indices(tensor: IntTensor<Self>, dim: usize) -> (IntTensor<Self>, IntTensor<Self>) {
+    fn int_max_dim_with_indices(
+        tensor: IntTensor<Self>,
+        dim: usize,
+    ) -> (IntTensor<Self>, IntTensor<Self>) {
         B::int_max_dim_with_indices(tensor, dim)
     }
 
@@ -1029,7 +1255,10 @@ impl<B: Backend> IntTensorOps<Self> for PerSample<B> {
         B::int_min_dim(tensor, dim)
     }
 
-    fn int_min_dim_with_indices(tensor: IntTensor<Self>, dim: usize) -> (IntTensor<Self>, IntTensor<Self>) {
+    fn int_min_dim_with_indices(
+        tensor: IntTensor<Self>,
+        dim: usize,
+    ) -> (IntTensor<Self>, IntTensor<Self>) {
         B::int_min_dim_with_indices(tensor, dim)
     }
 
@@ -1053,11 +1282,21 @@ impl<B: Backend> IntTensorOps<Self> for PerSample<B> {
         B::int_flip(tensor, axes)
     }
 
-    fn int_random( shape: Shape, distribution: Distribution, device: &Device<Self>, dtype: IntDType, ) -> IntTensor<Self> {
+    fn int_random(
+        shape: Shape,
+        distribution: Distribution,
+        device: &Device<Self>,
+        dtype: IntDType,
+    ) -> IntTensor<Self> {
         B::int_random(shape, distribution, device, dtype)
     }
 
-    fn int_arange_step( range: Range<i64>, step: usize, device: &Device<Self>, dtype: IntDType, ) -> IntTensor<Self> {
+    fn int_arange_step(
+        range: Range<i64>,
+        step: usize,
+        device: &Device<Self>,
+        dtype: IntDType,
+    ) -> IntTensor<Self> {
         B::int_arange_step(range, step, device, dtype)
     }
 
@@ -1093,7 +1332,11 @@ impl<B: Backend> IntTensorOps<Self> for PerSample<B> {
         B::int_sort(tensor, dim, descending)
     }
 
-    fn int_sort_with_indices( tensor: IntTensor<Self>, dim: usize, descending: bool, ) -> (IntTensor<Self>, IntTensor<Self>) {
+    fn int_sort_with_indices(
+        tensor: IntTensor<Self>,
+        dim: usize,
+        descending: bool,
+    ) -> (IntTensor<Self>, IntTensor<Self>) {
         B::int_sort_with_indices(tensor, dim, descending)
     }
 
@@ -1149,10 +1392,14 @@ impl<B: Backend> IntTensorOps<Self> for PerSample<B> {
         B::int_cast(tensor, dtype)
     }
 
-    fn int_unfold(tensor: IntTensor<Self>, dim: usize, size: usize, step: usize) -> IntTensor<Self> {
+    fn int_unfold(
+        tensor: IntTensor<Self>,
+        dim: usize,
+        size: usize,
+        step: usize,
+    ) -> IntTensor<Self> {
         B::int_unfold(tensor, dim, size, step)
     }
-
 }
 
 impl<B: Backend> BoolTensorOps<Self> for PerSample<B> {
@@ -1168,7 +1415,9 @@ impl<B: Backend> BoolTensorOps<Self> for PerSample<B> {
         B::bool_ones(shape, device, dtype)
     }
 
-    fn bool_into_data( tensor: BoolTensor<Self>, ) -> impl Future<Output = Result<TensorData, ExecutionError>> + Send {
+    fn bool_into_data(
+        tensor: BoolTensor<Self>,
+    ) -> impl Future<Output = Result<TensorData, ExecutionError>> + Send {
         B::bool_into_data(tensor)
     }
 
@@ -1201,31 +1450,61 @@ impl<B: Backend> BoolTensorOps<Self> for PerSample<B> {
         B::bool_slice(tensor, slices)
     }
 
-    fn bool_slice_assign( tensor: BoolTensor<Self>, slices: &[Slice], value: BoolTensor<Self>, ) -> BoolTensor<Self> {
+    fn bool_slice_assign(
+        tensor: BoolTensor<Self>,
+        slices: &[Slice],
+        value: BoolTensor<Self>,
+    ) -> BoolTensor<Self> {
         B::bool_slice_assign(tensor, slices, value)
     }
 
-    fn bool_mask_where( tensor: BoolTensor<Self>, mask: BoolTensor<Self>, value: BoolTensor<Self>, ) -> BoolTensor<Self> {
+    fn bool_mask_where(
+        tensor: BoolTensor<Self>,
+        mask: BoolTensor<Self>,
+        value: BoolTensor<Self>,
+    ) -> BoolTensor<Self> {
         B::bool_mask_where(tensor, mask, value)
     }
 
-    fn bool_mask_fill(tensor: BoolTensor<Self>, mask: BoolTensor<Self>, value: Scalar) -> BoolTensor<Self> {
+    fn bool_mask_fill(
+        tensor: BoolTensor<Self>,
+        mask: BoolTensor<Self>,
+        value: Scalar,
+    ) -> BoolTensor<Self> {
         B::bool_mask_fill(tensor, mask, value)
     }
 
-    fn bool_gather(dim: usize, tensor: BoolTensor<Self>, indices: IntTensor<Self>) -> BoolTensor<Self> {
+    fn bool_gather(
+        dim: usize,
+        tensor: BoolTensor<Self>,
+        indices: IntTensor<Self>,
+    ) -> BoolTensor<Self> {
         B::bool_gather(dim, tensor, indices)
     }
 
-    fn bool_scatter_or( dim: usize, tensor: BoolTensor<Self>, indices: IntTensor<Self>, value: BoolTensor<Self>, ) -> BoolTensor<Self> {
+    fn bool_scatter_or(
+        dim: usize,
+        tensor: BoolTensor<Self>,
+        indices: IntTensor<Self>,
+        value: BoolTensor<Self>,
+    ) -> BoolTensor<Self> {
         B::bool_scatter_or(dim, tensor, indices, value)
     }
 
-    fn bool_select(tensor: BoolTensor<Self>, dim: usize, indices: IntTensor<Self>) -> BoolTensor<Self> {
+    fn bool_select(
+        tensor: BoolTensor<Self>,
+        dim: usize,
+        indices: IntTensor<Self>,
+    ) -> BoolTensor<Self> {
         B::bool_select(tensor, dim, indices)
     }
 
-    fn bool_select_or( tensor: BoolTensor<Self>, dim: usize, indices: IntTensor<Self>, value: BoolTensor<Self>, ) -> BoolTensor<Self> {
+    fn bool_select_or(
+        tensor: BoolTensor<Self>,
+        dim: usize,
+        indices: IntTensor<Self>,
+        value: BoolTensor<Self>,
+    ) -> BoolTensor<Self> {
         B::bool_select_or(tensor, dim, indices, value)
     }
 
@@ -1301,7 +1580,10 @@ impl<B: Backend> BoolTensorOps<Self> for PerSample<B> {
         B::bool_all_dim(tensor, dim)
     }
 
-    fn bool_argwhere( tensor: BoolTensor<Self>, out_dtype: IntDType, ) -> impl Future<Output = IntTensor<Self>> + 'static + Send {
+    fn bool_argwhere(
+        tensor: BoolTensor<Self>,
+        out_dtype: IntDType,
+    ) -> impl Future<Output = IntTensor<Self>> + 'static + Send {
         B::bool_argwhere(tensor, out_dtype)
     }
 
@@ -1309,10 +1591,14 @@ impl<B: Backend> BoolTensorOps<Self> for PerSample<B> {
         B::bool_expand(tensor, shape)
     }
 
-    fn bool_unfold(tensor: BoolTensor<Self>, dim: usize, size: usize, step: usize) -> BoolTensor<Self> {
+    fn bool_unfold(
+        tensor: BoolTensor<Self>,
+        dim: usize,
+        size: usize,
+        step: usize,
+    ) -> BoolTensor<Self> {
         B::bool_unfold(tensor, dim, size, step)
     }
-
 }
 
 impl<B: Backend> ModuleOps<Self> for PerSample<B> {
@@ -1320,11 +1606,19 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         intercept::embedding::<B>(weights, indices)
     }
 
-    fn embedding_backward( weights: FloatTensor<Self>, output_grad: FloatTensor<Self>, indices: IntTensor<Self>, ) -> FloatTensor<Self> {
+    fn embedding_backward(
+        weights: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
         intercept::embedding_backward::<B>(weights, output_grad, indices)
     }
 
-    fn linear( x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>, ) -> FloatTensor<Self> {
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("linear");
         let (weight, t_weight) = weight.into_dense("linear");
         let (bias, t_bias) = opt_dense(bias, "linear");
@@ -1332,14 +1626,20 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::linear(x, weight, bias), tag)
     }
 
-    fn linear_x_backward(weight: FloatTensor<Self>, output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn linear_x_backward(
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         let (weight, t_weight) = weight.into_dense("linear_x_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("linear_x_backward");
         let tag = Tag::join_all(&[t_weight, t_output_grad]);
         PsTensor::dense(B::linear_x_backward(weight, output_grad), tag)
     }
 
-    fn linear_weight_backward(x: FloatTensor<Self>, output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn linear_weight_backward(
+        x: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         intercept::linear_weight_backward::<B>(x, output_grad)
     }
 
@@ -1347,7 +1647,12 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         intercept::linear_bias_backward::<B>(output_grad)
     }
 
-    fn conv1d( x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>, options: ConvOptions<1>, ) -> FloatTensor<Self> {
+    fn conv1d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        options: ConvOptions<1>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv1d");
         let (weight, t_weight) = weight.into_dense("conv1d");
         let (bias, t_bias) = opt_dense(bias, "conv1d");
@@ -1355,7 +1660,12 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::conv1d(x, weight, bias, options), tag)
     }
 
-    fn conv1d_x_backward( x: FloatTensor<Self>, weight: FloatTensor<Self>, output_grad: FloatTensor<Self>, options: ConvOptions<1>, ) -> FloatTensor<Self> {
+    fn conv1d_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<1>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv1d_x_backward");
         let (weight, t_weight) = weight.into_dense("conv1d_x_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv1d_x_backward");
@@ -1363,15 +1673,29 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::conv1d_x_backward(x, weight, output_grad, options), tag)
     }
 
-    fn conv1d_weight_backward( x: FloatTensor<Self>, weight: FloatTensor<Self>, output_grad: FloatTensor<Self>, options: ConvOptions<1>, ) -> FloatTensor<Self> {
+    fn conv1d_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<1>,
+    ) -> FloatTensor<Self> {
         intercept::conv1d_weight_backward::<B>(x, weight, output_grad, options)
     }
 
-    fn conv1d_bias_backward( x: FloatTensor<Self>, bias: FloatTensor<Self>, output_grad: FloatTensor<Self>, ) -> FloatTensor<Self> {
+    fn conv1d_bias_backward(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         intercept::conv1d_bias_backward::<B>(x, bias, output_grad)
     }
 
-    fn conv2d( x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>, options: ConvOptions<2>, ) -> FloatTensor<Self> {
+    fn conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv2d");
         let (weight, t_weight) = weight.into_dense("conv2d");
         let (bias, t_bias) = opt_dense(bias, "conv2d");
@@ -1379,7 +1703,12 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::conv2d(x, weight, bias, options), tag)
     }
 
-    fn conv2d_x_backward( x: FloatTensor<Self>, weight: FloatTensor<Self>, output_grad: FloatTensor<Self>, options: ConvOptions<2>, ) -> FloatTensor<Self> {
+    fn conv2d_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv2d_x_backward");
         let (weight, t_weight) = weight.into_dense("conv2d_x_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv2d_x_backward");
@@ -1387,29 +1716,61 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::conv2d_x_backward(x, weight, output_grad, options), tag)
     }
 
-    fn conv2d_weight_backward( x: FloatTensor<Self>, weight: FloatTensor<Self>, output_grad: FloatTensor<Self>, options: ConvOptions<2>, ) -> FloatTensor<Self> {
+    fn conv2d_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
         intercept::conv2d_weight_backward::<B>(x, weight, output_grad, options)
     }
 
-    fn conv2d_bias_backward( x: FloatTensor<Self>, bias: FloatTensor<Self>, output_grad: FloatTensor<Self>, ) -> FloatTensor<Self> {
+    fn conv2d_bias_backward(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         intercept::conv2d_bias_backward::<B>(x, bias, output_grad)
     }
 
-    fn deform_conv2d( x: FloatTensor<Self>, offset: FloatTensor<Self>, weight: FloatTensor<Self>, mask: Option<FloatTensor<Self>>, bias: Option<FloatTensor<Self>>, options: DeformConvOptions<2>, ) -> FloatTensor<Self> {
+    fn deform_conv2d(
+        x: FloatTensor<Self>,
+        offset: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        mask: Option<FloatTensor<Self>>,
+        bias: Option<FloatTensor<Self>>,
+        options: DeformConvOptions<2>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("deform_conv2d");
         let (offset, t_offset) = offset.into_dense("deform_conv2d");
         let (weight, t_weight) = weight.into_dense("deform_conv2d");
         let (mask, t_mask) = opt_dense(mask, "deform_conv2d");
         let (bias, t_bias) = opt_dense(bias, "deform_conv2d");
         let tag = Tag::join_all(&[t_x, t_offset, t_weight, t_mask, t_bias]);
-        PsTensor::dense(B::deform_conv2d(x, offset, weight, mask, bias, options), tag)
+        PsTensor::dense(
+            B::deform_conv2d(x, offset, weight, mask, bias, options),
+            tag,
+        )
     }
 
-    fn deform_conv2d_backward( x: FloatTensor<Self>, offset: FloatTensor<Self>, weight: FloatTensor<Self>, mask: Option<FloatTensor<Self>>, bias: Option<FloatTensor<Self>>, output_grad: FloatTensor<Self>, options: DeformConvOptions<2>, ) -> DeformConv2dBackward<Self> {
+    fn deform_conv2d_backward(
+        x: FloatTensor<Self>,
+        offset: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        mask: Option<FloatTensor<Self>>,
+        bias: Option<FloatTensor<Self>>,
+        output_grad: FloatTensor<Self>,
+        options: DeformConvOptions<2>,
+    ) -> DeformConv2dBackward<Self> {
         intercept::deform_conv2d_backward::<B>(x, offset, weight, mask, bias, output_grad, options)
     }
 
-    fn conv3d( x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>, options: ConvOptions<3>, ) -> FloatTensor<Self> {
+    fn conv3d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        options: ConvOptions<3>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv3d");
         let (weight, t_weight) = weight.into_dense("conv3d");
         let (bias, t_bias) = opt_dense(bias, "conv3d");
@@ -1417,7 +1778,12 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::conv3d(x, weight, bias, options), tag)
     }
 
-    fn conv3d_x_backward( x: FloatTensor<Self>, weight: FloatTensor<Self>, output_grad: FloatTensor<Self>, options: ConvOptions<3>, ) -> FloatTensor<Self> {
+    fn conv3d_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<3>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv3d_x_backward");
         let (weight, t_weight) = weight.into_dense("conv3d_x_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv3d_x_backward");
@@ -1425,15 +1791,27 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::conv3d_x_backward(x, weight, output_grad, options), tag)
     }
 
-    fn conv3d_weight_backward( x: FloatTensor<Self>, weight: FloatTensor<Self>, output_grad: FloatTensor<Self>, options: ConvOptions<3>, ) -> FloatTensor<Self> {
+    fn conv3d_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<3>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv3d_weight_backward");
         let (weight, t_weight) = weight.into_dense("conv3d_weight_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv3d_weight_backward");
         let tag = Tag::join_all(&[t_x, t_weight, t_output_grad]);
-        PsTensor::dense(B::conv3d_weight_backward(x, weight, output_grad, options), tag)
+        PsTensor::dense(
+            B::conv3d_weight_backward(x, weight, output_grad, options),
+            tag,
+        )
     }
 
-    fn conv3d_bias_backward( x: FloatTensor<Self>, bias: FloatTensor<Self>, output_grad: FloatTensor<Self>, ) -> FloatTensor<Self> {
+    fn conv3d_bias_backward(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv3d_bias_backward");
         let (bias, t_bias) = bias.into_dense("conv3d_bias_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv3d_bias_backward");
@@ -1441,7 +1819,12 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::conv3d_bias_backward(x, bias, output_grad), tag)
     }
 
-    fn conv_transpose1d( x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>, options: ConvTransposeOptions<1>, ) -> FloatTensor<Self> {
+    fn conv_transpose1d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        options: ConvTransposeOptions<1>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv_transpose1d");
         let (weight, t_weight) = weight.into_dense("conv_transpose1d");
         let (bias, t_bias) = opt_dense(bias, "conv_transpose1d");
@@ -1449,22 +1832,42 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::conv_transpose1d(x, weight, bias, options), tag)
     }
 
-    fn conv_transpose1d_x_backward( weight: FloatTensor<Self>, output_grad: FloatTensor<Self>, options: ConvTransposeOptions<1>, ) -> FloatTensor<Self> {
+    fn conv_transpose1d_x_backward(
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvTransposeOptions<1>,
+    ) -> FloatTensor<Self> {
         let (weight, t_weight) = weight.into_dense("conv_transpose1d_x_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv_transpose1d_x_backward");
         let tag = Tag::join_all(&[t_weight, t_output_grad]);
-        PsTensor::dense(B::conv_transpose1d_x_backward(weight, output_grad, options), tag)
+        PsTensor::dense(
+            B::conv_transpose1d_x_backward(weight, output_grad, options),
+            tag,
+        )
     }
 
-    fn conv_transpose1d_weight_backward( x: FloatTensor<Self>, weight: FloatTensor<Self>, output_grad: FloatTensor<Self>, options: ConvTransposeOptions<1>, ) -> FloatTensor<Self> {
+    fn conv_transpose1d_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvTransposeOptions<1>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv_transpose1d_weight_backward");
         let (weight, t_weight) = weight.into_dense("conv_transpose1d_weight_backward");
-        let (output_grad, t_output_grad) = output_grad.into_dense("conv_transpose1d_weight_backward");
+        let (output_grad, t_output_grad) =
+            output_grad.into_dense("conv_transpose1d_weight_backward");
         let tag = Tag::join_all(&[t_x, t_weight, t_output_grad]);
-        PsTensor::dense(B::conv_transpose1d_weight_backward(x, weight, output_grad, options), tag)
+        PsTensor::dense(
+            B::conv_transpose1d_weight_backward(x, weight, output_grad, options),
+            tag,
+        )
     }
 
-    fn conv_transpose1d_bias_backward( x: FloatTensor<Self>, bias: FloatTensor<Self>, output_grad: FloatTensor<Self>, ) -> FloatTensor<Self> {
+    fn conv_transpose1d_bias_backward(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv_transpose1d_bias_backward");
         let (bias, t_bias) = bias.into_dense("conv_transpose1d_bias_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv_transpose1d_bias_backward");
@@ -1472,7 +1875,12 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::conv_transpose1d_bias_backward(x, bias, output_grad), tag)
     }
 
-    fn conv_transpose2d( x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>, options: ConvTransposeOptions<2>, ) -> FloatTensor<Self> {
+    fn conv_transpose2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        options: ConvTransposeOptions<2>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv_transpose2d");
         let (weight, t_weight) = weight.into_dense("conv_transpose2d");
         let (bias, t_bias) = opt_dense(bias, "conv_transpose2d");
@@ -1480,22 +1888,42 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::conv_transpose2d(x, weight, bias, options), tag)
     }
 
-    fn conv_transpose2d_x_backward( weight: FloatTensor<Self>, output_grad: FloatTensor<Self>, options: ConvTransposeOptions<2>, ) -> FloatTensor<Self> {
+    fn conv_transpose2d_x_backward(
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvTransposeOptions<2>,
+    ) -> FloatTensor<Self> {
         let (weight, t_weight) = weight.into_dense("conv_transpose2d_x_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv_transpose2d_x_backward");
         let tag = Tag::join_all(&[t_weight, t_output_grad]);
-        PsTensor::dense(B::conv_transpose2d_x_backward(weight, output_grad, options), tag)
+        PsTensor::dense(
+            B::conv_transpose2d_x_backward(weight, output_grad, options),
+            tag,
+        )
     }
 
-    fn conv_transpose2d_weight_backward( x: FloatTensor<Self>, weight: FloatTensor<Self>, output_grad: FloatTensor<Self>, options: ConvTransposeOptions<2>, ) -> FloatTensor<Self> {
+    fn conv_transpose2d_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvTransposeOptions<2>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv_transpose2d_weight_backward");
         let (weight, t_weight) = weight.into_dense("conv_transpose2d_weight_backward");
-        let (output_grad, t_output_grad) = output_grad.into_dense("conv_transpose2d_weight_backward");
+        let (output_grad, t_output_grad) =
+            output_grad.into_dense("conv_transpose2d_weight_backward");
         let tag = Tag::join_all(&[t_x, t_weight, t_output_grad]);
-        PsTensor::dense(B::conv_transpose2d_weight_backward(x, weight, output_grad, options), tag)
+        PsTensor::dense(
+            B::conv_transpose2d_weight_backward(x, weight, output_grad, options),
+            tag,
+        )
     }
 
-    fn conv_transpose2d_bias_backward( x: FloatTensor<Self>, bias: FloatTensor<Self>, output_grad: FloatTensor<Self>, ) -> FloatTensor<Self> {
+    fn conv_transpose2d_bias_backward(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv_transpose2d_bias_backward");
         let (bias, t_bias) = bias.into_dense("conv_transpose2d_bias_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv_transpose2d_bias_backward");
@@ -1503,7 +1931,12 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::conv_transpose2d_bias_backward(x, bias, output_grad), tag)
     }
 
-    fn conv_transpose3d( x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>, options: ConvTransposeOptions<3>, ) -> FloatTensor<Self> {
+    fn conv_transpose3d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        options: ConvTransposeOptions<3>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv_transpose3d");
         let (weight, t_weight) = weight.into_dense("conv_transpose3d");
         let (bias, t_bias) = opt_dense(bias, "conv_transpose3d");
@@ -1511,22 +1944,42 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::conv_transpose3d(x, weight, bias, options), tag)
     }
 
-    fn conv_transpose3d_x_backward( weight: FloatTensor<Self>, output_grad: FloatTensor<Self>, options: ConvTransposeOptions<3>, ) -> FloatTensor<Self> {
+    fn conv_transpose3d_x_backward(
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvTransposeOptions<3>,
+    ) -> FloatTensor<Self> {
         let (weight, t_weight) = weight.into_dense("conv_transpose3d_x_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv_transpose3d_x_backward");
         let tag = Tag::join_all(&[t_weight, t_output_grad]);
-        PsTensor::dense(B::conv_transpose3d_x_backward(weight, output_grad, options), tag)
+        PsTensor::dense(
+            B::conv_transpose3d_x_backward(weight, output_grad, options),
+            tag,
+        )
     }
 
-    fn conv_transpose3d_weight_backward( x: FloatTensor<Self>, weight: FloatTensor<Self>, output_grad: FloatTensor<Self>, options: ConvTransposeOptions<3>, ) -> FloatTensor<Self> {
+    fn conv_transpose3d_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvTransposeOptions<3>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv_transpose3d_weight_backward");
         let (weight, t_weight) = weight.into_dense("conv_transpose3d_weight_backward");
-        let (output_grad, t_output_grad) = output_grad.into_dense("conv_transpose3d_weight_backward");
+        let (output_grad, t_output_grad) =
+            output_grad.into_dense("conv_transpose3d_weight_backward");
         let tag = Tag::join_all(&[t_x, t_weight, t_output_grad]);
-        PsTensor::dense(B::conv_transpose3d_weight_backward(x, weight, output_grad, options), tag)
+        PsTensor::dense(
+            B::conv_transpose3d_weight_backward(x, weight, output_grad, options),
+            tag,
+        )
     }
 
-    fn conv_transpose3d_bias_backward( x: FloatTensor<Self>, bias: FloatTensor<Self>, output_grad: FloatTensor<Self>, ) -> FloatTensor<Self> {
+    fn conv_transpose3d_bias_backward(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("conv_transpose3d_bias_backward");
         let (bias, t_bias) = bias.into_dense("conv_transpose3d_bias_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv_transpose3d_bias_backward");
@@ -1534,36 +1987,112 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::conv_transpose3d_bias_backward(x, bias, output_grad), tag)
     }
 
-    fn unfold4d( x: FloatTensor<Self>, kernel_size: [usize; 2], options: UnfoldOptions, ) -> FloatTensor<Self> {
+    fn unfold4d(
+        x: FloatTensor<Self>,
+        kernel_size: [usize; 2],
+        options: UnfoldOptions,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("unfold4d");
         let tag = Tag::join_all(&[t_x]);
         PsTensor::dense(B::unfold4d(x, kernel_size, options), tag)
     }
 
-    fn avg_pool1d( x: FloatTensor<Self>, kernel_size: usize, stride: usize, padding: usize, count_include_pad: bool, ceil_mode: bool, ) -> FloatTensor<Self> {
+    fn avg_pool1d(
+        x: FloatTensor<Self>,
+        kernel_size: usize,
+        stride: usize,
+        padding: usize,
+        count_include_pad: bool,
+        ceil_mode: bool,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("avg_pool1d");
         let tag = Tag::join_all(&[t_x]);
-        PsTensor::dense(B::avg_pool1d(x, kernel_size, stride, padding, count_include_pad, ceil_mode), tag)
+        PsTensor::dense(
+            B::avg_pool1d(
+                x,
+                kernel_size,
+                stride,
+                padding,
+                count_include_pad,
+                ceil_mode,
+            ),
+            tag,
+        )
     }
 
-    fn avg_pool1d_backward( x: FloatTensor<Self>, grad: FloatTensor<Self>, kernel_size: usize, stride: usize, padding: usize, count_include_pad: bool, ceil_mode: bool, ) -> FloatTensor<Self> {
+    fn avg_pool1d_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        kernel_size: usize,
+        stride: usize,
+        padding: usize,
+        count_include_pad: bool,
+        ceil_mode: bool,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("avg_pool1d_backward");
         let (grad, t_grad) = grad.into_dense("avg_pool1d_backward");
         let tag = Tag::join_all(&[t_x, t_grad]);
-        PsTensor::dense(B::avg_pool1d_backward(x, grad, kernel_size, stride, padding, count_include_pad, ceil_mode), tag)
+        PsTensor::dense(
+            B::avg_pool1d_backward(
+                x,
+                grad,
+                kernel_size,
+                stride,
+                padding,
+                count_include_pad,
+                ceil_mode,
+            ),
+            tag,
+        )
     }
 
-    fn avg_pool2d( x: FloatTensor<Self>, kernel_size: [usize; 2], stride: [usize; 2], padding: [usize; 2], count_include_pad: bool, ceil_mode: bool, ) -> FloatTensor<Self> {
+    fn avg_pool2d(
+        x: FloatTensor<Self>,
+        kernel_size: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        count_include_pad: bool,
+        ceil_mode: bool,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("avg_pool2d");
         let tag = Tag::join_all(&[t_x]);
-        PsTensor::dense(B::avg_pool2d(x, kernel_size, stride, padding, count_include_pad, ceil_mode), tag)
+        PsTensor::dense(
+            B::avg_pool2d(
+                x,
+                kernel_size,
+                stride,
+                padding,
+                count_include_pad,
+                ceil_mode,
+            ),
+            tag,
+        )
     }
 
-    fn avg_pool2d_backward( x: FloatTensor<Self>, grad: FloatTensor<Self>, kernel_size: [usize; 2], stride: [usize; 2], padding: [usize; 2], count_include_pad: bool, ceil_mode: bool, ) -> FloatTensor<Self> {
+    fn avg_pool2d_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        kernel_size: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        count_include_pad: bool,
+        ceil_mode: bool,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("avg_pool2d_backward");
         let (grad, t_grad) = grad.into_dense("avg_pool2d_backward");
         let tag = Tag::join_all(&[t_x, t_grad]);
-        PsTensor::dense(B::avg_pool2d_backward(x, grad, kernel_size, stride, padding, count_include_pad, ceil_mode), tag)
+        PsTensor::dense(
+            B::avg_pool2d_backward(
+                x,
+                grad,
+                kernel_size,
+                stride,
+                padding,
+                count_include_pad,
+                ceil_mode,
+            ),
+            tag,
+        )
     }
 
     fn adaptive_avg_pool2d(x: FloatTensor<Self>, output_size: [usize; 2]) -> FloatTensor<Self> {
@@ -1572,7 +2101,10 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::adaptive_avg_pool2d(x, output_size), tag)
     }
 
-    fn adaptive_avg_pool2d_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn adaptive_avg_pool2d_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("adaptive_avg_pool2d_backward");
         let (grad, t_grad) = grad.into_dense("adaptive_avg_pool2d_backward");
         let tag = Tag::join_all(&[t_x, t_grad]);
@@ -1585,64 +2117,175 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::adaptive_avg_pool1d(x, output_size), tag)
     }
 
-    fn adaptive_avg_pool1d_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn adaptive_avg_pool1d_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("adaptive_avg_pool1d_backward");
         let (grad, t_grad) = grad.into_dense("adaptive_avg_pool1d_backward");
         let tag = Tag::join_all(&[t_x, t_grad]);
         PsTensor::dense(B::adaptive_avg_pool1d_backward(x, grad), tag)
     }
 
-    fn max_pool1d( x: FloatTensor<Self>, kernel_size: usize, stride: usize, padding: usize, dilation: usize, ceil_mode: bool, ) -> FloatTensor<Self> {
+    fn max_pool1d(
+        x: FloatTensor<Self>,
+        kernel_size: usize,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+        ceil_mode: bool,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("max_pool1d");
         let tag = Tag::join_all(&[t_x]);
-        PsTensor::dense(B::max_pool1d(x, kernel_size, stride, padding, dilation, ceil_mode), tag)
+        PsTensor::dense(
+            B::max_pool1d(x, kernel_size, stride, padding, dilation, ceil_mode),
+            tag,
+        )
     }
 
-    fn max_pool1d_with_indices( x: FloatTensor<Self>, kernel_size: usize, stride: usize, padding: usize, dilation: usize, ceil_mode: bool, ) -> MaxPool1dWithIndices<Self> {
-        intercept::max_pool1d_with_indices::<B>(x, kernel_size, stride, padding, dilation, ceil_mode)
+    fn max_pool1d_with_indices(
+        x: FloatTensor<Self>,
+        kernel_size: usize,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+        ceil_mode: bool,
+    ) -> MaxPool1dWithIndices<Self> {
+        intercept::max_pool1d_with_indices::<B>(
+            x,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            ceil_mode,
+        )
     }
 
-    fn max_pool1d_with_indices_backward( x: FloatTensor<Self>, kernel_size: usize, stride: usize, padding: usize, dilation: usize, ceil_mode: bool, output_grad: FloatTensor<Self>, indices: IntTensor<Self>, ) -> MaxPool1dBackward<Self> {
-        intercept::max_pool1d_with_indices_backward::<B>(x, kernel_size, stride, padding, dilation, ceil_mode, output_grad, indices)
+    fn max_pool1d_with_indices_backward(
+        x: FloatTensor<Self>,
+        kernel_size: usize,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+        ceil_mode: bool,
+        output_grad: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+    ) -> MaxPool1dBackward<Self> {
+        intercept::max_pool1d_with_indices_backward::<B>(
+            x,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            ceil_mode,
+            output_grad,
+            indices,
+        )
     }
 
-    fn max_pool2d( x: FloatTensor<Self>, kernel_size: [usize; 2], stride: [usize; 2], padding: [usize; 2], dilation: [usize; 2], ceil_mode: bool, ) -> FloatTensor<Self> {
+    fn max_pool2d(
+        x: FloatTensor<Self>,
+        kernel_size: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+        ceil_mode: bool,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("max_pool2d");
         let tag = Tag::join_all(&[t_x]);
-        PsTensor::dense(B::max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode), tag)
+        PsTensor::dense(
+            B::max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode),
+            tag,
+        )
     }
 
-    fn max_pool2d_with_indices( x: FloatTensor<Self>, kernel_size: [usize; 2], stride: [usize; 2], padding: [usize; 2], dilation: [usize; 2], ceil_mode: bool, ) -> MaxPool2dWithIndices<Self> {
-        intercept::max_pool2d_with_indices::<B>(x, kernel_size, stride, padding, dilation, ceil_mode)
+    fn max_pool2d_with_indices(
+        x: FloatTensor<Self>,
+        kernel_size: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+        ceil_mode: bool,
+    ) -> MaxPool2dWithIndices<Self> {
+        intercept::max_pool2d_with_indices::<B>(
+            x,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            ceil_mode,
+        )
     }
 
-    fn max_pool2d_with_indices_backward( x: FloatTensor<Self>, kernel_size: [usize; 2], stride: [usize; 2], padding: [usize; 2], dilation: [usize; 2], ceil_mode: bool, output_grad: FloatTensor<Self>, indices: IntTensor<Self>, ) -> MaxPool2dBackward<Self> {
-        intercept::max_pool2d_with_indices_backward::<B>(x, kernel_size, stride, padding, dilation, ceil_mode, output_grad, indices)
+    fn max_pool2d_with_indices_backward(
+        x: FloatTensor<Self>,
+        kernel_size: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+        ceil_mode: bool,
+        output_grad: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+    ) -> MaxPool2dBackward<Self> {
+        intercept::max_pool2d_with_indices_backward::<B>(
+            x,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            ceil_mode,
+            output_grad,
+            indices,
+        )
     }
 
-    fn interpolate( x: FloatTensor<Self>, output_size: [usize; 2], options: InterpolateOptions, ) -> FloatTensor<Self> {
+    fn interpolate(
+        x: FloatTensor<Self>,
+        output_size: [usize; 2],
+        options: InterpolateOptions,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("interpolate");
         let tag = Tag::join_all(&[t_x]);
         PsTensor::dense(B::interpolate(x, output_size, options), tag)
     }
 
-    fn interpolate_backward( x: FloatTensor<Self>, grad: FloatTensor<Self>, output_size: [usize; 2], options: InterpolateOptions, ) -> FloatTensor<Self> {
+    fn interpolate_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        output_size: [usize; 2],
+        options: InterpolateOptions,
+    ) -> FloatTensor<Self> {
         let (x, t_x) = x.into_dense("interpolate_backward");
         let (grad, t_grad) = grad.into_dense("interpolate_backward");
         let tag = Tag::join_all(&[t_x, t_grad]);
         PsTensor::dense(B::interpolate_backward(x, grad, output_size, options), tag)
     }
 
-    fn attention( query: FloatTensor<Self>, key: FloatTensor<Self>, value: FloatTensor<Self>, mask: Option<BoolTensor<Self>>, attn_bias: Option<FloatTensor<Self>>, options: AttentionModuleOptions, ) -> FloatTensor<Self> {
+    fn attention(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        mask: Option<BoolTensor<Self>>,
+        attn_bias: Option<FloatTensor<Self>>,
+        options: AttentionModuleOptions,
+    ) -> FloatTensor<Self> {
         let (query, t_query) = query.into_dense("attention");
         let (key, t_key) = key.into_dense("attention");
         let (value, t_value) = value.into_dense("attention");
         let (attn_bias, t_attn_bias) = opt_dense(attn_bias, "attention");
         let tag = Tag::join_all(&[t_query, t_key, t_value, t_attn_bias]);
-        PsTensor::dense(B::attention(query, key, value, mask, attn_bias, options), tag)
+        PsTensor::dense(
+            B::attention(query, key, value, mask, attn_bias, options),
+            tag,
+        )
     }
 
-    fn layer_norm( tensor: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: Option<FloatTensor<Self>>, epsilon: f64, ) -> FloatTensor<Self> {
+    fn layer_norm(
+        tensor: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: Option<FloatTensor<Self>>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
         let (tensor, t_tensor) = tensor.into_dense("layer_norm");
         let (gamma, t_gamma) = gamma.into_dense("layer_norm");
         let (beta, t_beta) = opt_dense(beta, "layer_norm");
@@ -1650,24 +2293,54 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         PsTensor::dense(B::layer_norm(tensor, gamma, beta, epsilon), tag)
     }
 
-    fn ctc_loss( log_probs: FloatTensor<Self>, targets: IntTensor<Self>, input_lengths: IntTensor<Self>, target_lengths: IntTensor<Self>, blank: usize, ) -> FloatTensor<Self> {
+    fn ctc_loss(
+        log_probs: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        input_lengths: IntTensor<Self>,
+        target_lengths: IntTensor<Self>,
+        blank: usize,
+    ) -> FloatTensor<Self> {
         let (log_probs, t_log_probs) = log_probs.into_dense("ctc_loss");
         let tag = Tag::join_all(&[t_log_probs]);
-        PsTensor::dense(B::ctc_loss(log_probs, targets, input_lengths, target_lengths, blank), tag)
+        PsTensor::dense(
+            B::ctc_loss(log_probs, targets, input_lengths, target_lengths, blank),
+            tag,
+        )
     }
 
     fn has_ctc_loss_backward() -> bool {
         B::has_ctc_loss_backward()
     }
 
-    fn ctc_loss_backward( _log_probs: FloatTensor<Self>, _targets: IntTensor<Self>, _input_lengths: IntTensor<Self>, _target_lengths: IntTensor<Self>, _grad_loss: FloatTensor<Self>, _blank: usize, ) -> FloatTensor<Self> {
+    fn ctc_loss_backward(
+        _log_probs: FloatTensor<Self>,
+        _targets: IntTensor<Self>,
+        _input_lengths: IntTensor<Self>,
+        _target_lengths: IntTensor<Self>,
+        _grad_loss: FloatTensor<Self>,
+        _blank: usize,
+    ) -> FloatTensor<Self> {
         let (_log_probs, t_log_probs) = _log_probs.into_dense("ctc_loss_backward");
         let (_grad_loss, t_grad_loss) = _grad_loss.into_dense("ctc_loss_backward");
         let tag = Tag::join_all(&[t_log_probs, t_grad_loss]);
-        PsTensor::dense(B::ctc_loss_backward(_log_probs, _targets, _input_lengths, _target_lengths, _grad_loss, _blank), tag)
+        PsTensor::dense(
+            B::ctc_loss_backward(
+                _log_probs,
+                _targets,
+                _input_lengths,
+                _target_lengths,
+                _grad_loss,
+                _blank,
+            ),
+            tag,
+        )
     }
 
-    fn rfft( signal: FloatTensor<Self>, dim: usize, n: Option<usize>, ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+    fn rfft(
+        signal: FloatTensor<Self>,
+        dim: usize,
+        n: Option<usize>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (signal, t_signal) = signal.into_dense("rfft");
         let tag = Tag::join_all(&[t_signal]);
         let tag = tag.along_dim(dim, "rfft");
@@ -1675,14 +2348,18 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         (PsTensor::dense(a, tag), PsTensor::dense(b, tag))
     }
 
-    fn irfft( spectrum_re: FloatTensor<Self>, spectrum_im: FloatTensor<Self>, dim: usize, n: Option<usize>, ) -> FloatTensor<Self> {
+    fn irfft(
+        spectrum_re: FloatTensor<Self>,
+        spectrum_im: FloatTensor<Self>,
+        dim: usize,
+        n: Option<usize>,
+    ) -> FloatTensor<Self> {
         let (spectrum_re, t_spectrum_re) = spectrum_re.into_dense("irfft");
         let (spectrum_im, t_spectrum_im) = spectrum_im.into_dense("irfft");
         let tag = Tag::join_all(&[t_spectrum_re, t_spectrum_im]);
         let tag = tag.along_dim(dim, "irfft");
         PsTensor::dense(B::irfft(spectrum_re, spectrum_im, dim, n), tag)
     }
-
 }
 
 impl<B: Backend> ActivationOps<Self> for PerSample<B> {
@@ -1777,7 +2454,6 @@ impl<B: Backend> ActivationOps<Self> for PerSample<B> {
         let tag = Tag::join_all(&[t_x, t_grad]);
         PsTensor::dense(B::log_sigmoid_backward(x, grad), tag)
     }
-
 }
 
 impl<B: Backend> QTensorOps<Self> for PerSample<B> {
@@ -1785,7 +2461,11 @@ impl<B: Backend> QTensorOps<Self> for PerSample<B> {
         B::q_from_data(data, device)
     }
 
-    fn quantize( tensor: FloatTensor<Self>, scheme: &QuantScheme, qparams: QuantizationParametersPrimitive<Self>, ) -> QuantizedTensor<Self> {
+    fn quantize(
+        tensor: FloatTensor<Self>,
+        scheme: &QuantScheme,
+        qparams: QuantizationParametersPrimitive<Self>,
+    ) -> QuantizedTensor<Self> {
         intercept::quantize::<B>(tensor, scheme, qparams)
     }
 
@@ -1806,7 +2486,9 @@ impl<B: Backend> QTensorOps<Self> for PerSample<B> {
         B::q_reshape(tensor, shape)
     }
 
-    fn q_into_data( tensor: QuantizedTensor<Self>, ) -> impl Future<Output = Result<TensorData, ExecutionError>> + Send {
+    fn q_into_data(
+        tensor: QuantizedTensor<Self>,
+    ) -> impl Future<Output = Result<TensorData, ExecutionError>> + Send {
         B::q_into_data(tensor)
     }
 
@@ -1814,7 +2496,11 @@ impl<B: Backend> QTensorOps<Self> for PerSample<B> {
         B::q_expand(tensor, shape)
     }
 
-    fn q_swap_dims(tensor: QuantizedTensor<Self>, dim1: usize, dim2: usize) -> QuantizedTensor<Self> {
+    fn q_swap_dims(
+        tensor: QuantizedTensor<Self>,
+        dim1: usize,
+        dim2: usize,
+    ) -> QuantizedTensor<Self> {
         B::q_swap_dims(tensor, dim1, dim2)
     }
 
@@ -1826,15 +2512,17 @@ impl<B: Backend> QTensorOps<Self> for PerSample<B> {
         B::q_flip(tensor, axes)
     }
 
-    fn q_select( tensor: QuantizedTensor<Self>, dim: usize, indices: IntTensor<Self>, ) -> QuantizedTensor<Self> {
+    fn q_select(
+        tensor: QuantizedTensor<Self>,
+        dim: usize,
+        indices: IntTensor<Self>,
+    ) -> QuantizedTensor<Self> {
         B::q_select(tensor, dim, indices)
     }
 
     fn q_slice(tensor: QuantizedTensor<Self>, slices: &[Slice]) -> QuantizedTensor<Self> {
         B::q_slice(tensor, slices)
     }
-
 }
 
-impl<B: Backend> TransactionOps<Self> for PerSample<B> {
-}
+impl<B: Backend> TransactionOps<Self> for PerSample<B> {}

@@ -52,7 +52,11 @@ fn taint(tag: Tag) -> Tag {
 }
 
 fn full() -> Slice {
-    Slice { start: 0, end: None, step: 1 }
+    Slice {
+        start: 0,
+        end: None,
+        step: 1,
+    }
 }
 
 fn slice_is_full(s: &Slice, size: usize) -> bool {
@@ -72,7 +76,12 @@ fn samples<B: Backend>(d: &Deferred<B>) -> usize {
 /// A deferred gradient combined with a dense tensor (tagged `other`) by an op without a per-sample
 /// rule. A batch-summed gradient meeting per-sample activations means the forward pass reduced over
 /// the batch (e.g. BatchNorm statistics): samples mixed.
-fn lost<B: Backend>(d: Deferred<B>, other: Tag, op: &'static str, f: impl FnOnce(FloatTensor<B>) -> FloatTensor<B>) -> Ps<B> {
+fn lost<B: Backend>(
+    d: Deferred<B>,
+    other: Tag,
+    op: &'static str,
+    f: impl FnOnce(FloatTensor<B>) -> FloatTensor<B>,
+) -> Ps<B> {
     let why = match other {
         Tag::Mixed { .. } => other,
         Tag::PerSample { batch } if batch > 1 => Tag::Mixed { op },
@@ -103,25 +112,47 @@ pub fn linear_bias_backward<B: Backend>(g: Ps<B>) -> Ps<B> {
     }
 }
 
-pub fn conv1d_weight_backward<B: Backend>(x: Ps<B>, weight: Ps<B>, g: Ps<B>, options: ConvOptions<1>) -> Ps<B> {
+pub fn conv1d_weight_backward<B: Backend>(
+    x: Ps<B>,
+    weight: Ps<B>,
+    g: Ps<B>,
+    options: ConvOptions<1>,
+) -> Ps<B> {
     let (x, tx) = x.into_dense("conv1d_weight_backward");
     let (w, tw) = weight.into_dense("conv1d_weight_backward");
     let (g, tg) = g.into_dense("conv1d_weight_backward");
     let tag = tx.join(tw).join(tg);
     if in_scope() {
-        cached(rules::conv::weight(x, w, g, ConvKind::D1(options), taint(tag)))
+        cached(rules::conv::weight(
+            x,
+            w,
+            g,
+            ConvKind::D1(options),
+            taint(tag),
+        ))
     } else {
         PsTensor::dense(B::conv1d_weight_backward(x, w, g, options), tag)
     }
 }
 
-pub fn conv2d_weight_backward<B: Backend>(x: Ps<B>, weight: Ps<B>, g: Ps<B>, options: ConvOptions<2>) -> Ps<B> {
+pub fn conv2d_weight_backward<B: Backend>(
+    x: Ps<B>,
+    weight: Ps<B>,
+    g: Ps<B>,
+    options: ConvOptions<2>,
+) -> Ps<B> {
     let (x, tx) = x.into_dense("conv2d_weight_backward");
     let (w, tw) = weight.into_dense("conv2d_weight_backward");
     let (g, tg) = g.into_dense("conv2d_weight_backward");
     let tag = tx.join(tw).join(tg);
     if in_scope() {
-        cached(rules::conv::weight(x, w, g, ConvKind::D2(options), taint(tag)))
+        cached(rules::conv::weight(
+            x,
+            w,
+            g,
+            ConvKind::D2(options),
+            taint(tag),
+        ))
     } else {
         PsTensor::dense(B::conv2d_weight_backward(x, w, g, options), tag)
     }
@@ -174,7 +205,9 @@ pub fn embedding_backward<B: Backend>(weights: Ps<B>, g: Ps<B>, indices: IntTens
 /// different shapes broadcast their per-sample forms.
 fn add_deferred<B: Backend>(mut a: Deferred<B>, b: Deferred<B>) -> Ps<B> {
     if samples(&a) != samples(&b) {
-        let tag = a.taint.join(b.taint).join(Tag::Lost { op: "float_add (different batch sizes)" });
+        let tag = a.taint.join(b.taint).join(Tag::Lost {
+            op: "float_add (different batch sizes)",
+        });
         let sum = B::float_add(rules::batch_sum(a), rules::batch_sum(b));
         return PsTensor::dense(sum, tag);
     }
@@ -198,7 +231,12 @@ fn add_dense<B: Backend>(d: Deferred<B>, x: FloatTensor<B>, tx: Tag) -> Ps<B> {
         d.terms.push(Term::Batched(lift::<B>(x)));
         return wrap(d);
     }
-    lost(d, tx, "float_add (a gradient without a per-sample rule)", |s| B::float_add(s, x))
+    lost(
+        d,
+        tx,
+        "float_add (a gradient without a per-sample rule)",
+        |s| B::float_add(s, x),
+    )
 }
 
 pub fn float_add<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
@@ -207,9 +245,8 @@ pub fn float_add<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
             PsTensor::dense(B::float_add(a, b), ta.join(tb))
         }
         (PsTensor::Deferred(a), PsTensor::Deferred(b)) => add_deferred(*a, *b),
-        (PsTensor::Deferred(d), PsTensor::Dense { tensor, tag }) | (PsTensor::Dense { tensor, tag }, PsTensor::Deferred(d)) => {
-            add_dense(*d, tensor, tag)
-        }
+        (PsTensor::Deferred(d), PsTensor::Dense { tensor, tag })
+        | (PsTensor::Dense { tensor, tag }, PsTensor::Deferred(d)) => add_dense(*d, tensor, tag),
     }
 }
 
@@ -227,13 +264,35 @@ fn scale<B: Backend>(mut d: Deferred<B>, f: impl Fn(FloatTensor<B>) -> FloatTens
     let mut terms = Vec::with_capacity(d.terms.len());
     for term in d.terms.drain(..) {
         terms.push(match term {
-            Term::Outer { left: Factor::Dense(a), right } => Term::Outer { left: Factor::Dense(f(a)), right },
-            Term::Outer { left, right: Factor::Dense(g) } => Term::Outer { left, right: Factor::Dense(f(g)) },
+            Term::Outer {
+                left: Factor::Dense(a),
+                right,
+            } => Term::Outer {
+                left: Factor::Dense(f(a)),
+                right,
+            },
+            Term::Outer {
+                left,
+                right: Factor::Dense(g),
+            } => Term::Outer {
+                left,
+                right: Factor::Dense(f(g)),
+            },
             t @ Term::Outer { .. } => {
                 let shape = d.shape.clone();
                 Term::Batched(f(rules::instantiate_term(&t, &shape)))
             }
-            Term::Conv { x, weight, grad, kind } => Term::Conv { x, weight, grad: f(grad), kind },
+            Term::Conv {
+                x,
+                weight,
+                grad,
+                kind,
+            } => Term::Conv {
+                x,
+                weight,
+                grad: f(grad),
+                kind,
+            },
             Term::Batched(t) => Term::Batched(f(t)),
         });
     }
@@ -284,12 +343,16 @@ pub fn float_mul<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
         (PsTensor::Dense { tensor: a, tag: ta }, PsTensor::Dense { tensor: b, tag: tb }) => {
             PsTensor::dense(B::float_mul(a, b), ta.join(tb))
         }
-        (PsTensor::Deferred(d), PsTensor::Dense { tensor, tag }) | (PsTensor::Dense { tensor, tag }, PsTensor::Deferred(d)) => {
+        (PsTensor::Deferred(d), PsTensor::Dense { tensor, tag })
+        | (PsTensor::Dense { tensor, tag }, PsTensor::Deferred(d)) => {
             elementwise(*d, tensor, tag, "float_mul", |a, b| B::float_mul(a, b))
         }
         (PsTensor::Deferred(a), PsTensor::Deferred(b)) => {
             let tag = a.taint.join(b.taint).join(Tag::Lost { op: "float_mul" });
-            PsTensor::dense(B::float_mul(rules::batch_sum(*a), rules::batch_sum(*b)), tag)
+            PsTensor::dense(
+                B::float_mul(rules::batch_sum(*a), rules::batch_sum(*b)),
+                tag,
+            )
         }
     }
 }
@@ -315,9 +378,10 @@ pub fn float_sum_dim<B: Backend>(t: Ps<B>, dim: usize) -> Ps<B> {
         PsTensor::Dense { tensor, tag } if dim == 0 && in_scope() => {
             cached(rules::broadcast::sum_over_batch(tensor, taint(tag)))
         }
-        PsTensor::Dense { tensor, tag } => {
-            PsTensor::dense(B::float_sum_dim(tensor, dim), tag.along_dim(dim, "float_sum_dim"))
-        }
+        PsTensor::Dense { tensor, tag } => PsTensor::dense(
+            B::float_sum_dim(tensor, dim),
+            tag.along_dim(dim, "float_sum_dim"),
+        ),
         PsTensor::Deferred(d) => wrap(map_batched(*d, |ps| B::float_sum_dim(ps, dim + 1))),
     }
 }
@@ -327,13 +391,19 @@ pub fn float_reshape<B: Backend>(t: Ps<B>, shape: Shape) -> Ps<B> {
         PsTensor::Dense { tensor, tag } => {
             let old = tensor.shape();
             let keeps_batch = old.num_dims() > 0 && shape.num_dims() > 0 && old[0] == shape[0];
-            let tag = if keeps_batch { tag } else { tag.mix("float_reshape") };
+            let tag = if keeps_batch {
+                tag
+            } else {
+                tag.mix("float_reshape")
+            };
             PsTensor::dense(B::float_reshape(tensor, shape), tag)
         }
         PsTensor::Deferred(d) if d.shape == shape => PsTensor::Deferred(d),
         PsTensor::Deferred(d) => {
             let b = samples(&d);
-            wrap(map_batched(*d, |ps| B::float_reshape(ps, batched_shape(b, &shape))))
+            wrap(map_batched(*d, |ps| {
+                B::float_reshape(ps, batched_shape(b, &shape))
+            }))
         }
     }
 }
@@ -344,7 +414,10 @@ fn transpose_outer<B: Backend>(mut d: Deferred<B>) -> Deferred<B> {
         .terms
         .into_iter()
         .map(|t| match t {
-            Term::Outer { left, right } => Term::Outer { left: right, right: left },
+            Term::Outer { left, right } => Term::Outer {
+                left: right,
+                right: left,
+            },
             other => other,
         })
         .collect();
@@ -359,11 +432,17 @@ fn all_outer<B: Backend>(d: &Deferred<B>) -> bool {
 pub fn float_swap_dims<B: Backend>(t: Ps<B>, dim1: usize, dim2: usize) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } => {
-            let tag = if dim1 == 0 || dim2 == 0 { tag.mix("float_swap_dims") } else { tag };
+            let tag = if dim1 == 0 || dim2 == 0 {
+                tag.mix("float_swap_dims")
+            } else {
+                tag
+            };
             PsTensor::dense(B::float_swap_dims(tensor, dim1, dim2), tag)
         }
         PsTensor::Deferred(d) if all_outer(&d) && dim1 != dim2 => wrap(transpose_outer(*d)),
-        PsTensor::Deferred(d) => wrap(map_batched(*d, |ps| B::float_swap_dims(ps, dim1 + 1, dim2 + 1))),
+        PsTensor::Deferred(d) => wrap(map_batched(*d, |ps| {
+            B::float_swap_dims(ps, dim1 + 1, dim2 + 1)
+        })),
     }
 }
 
@@ -375,7 +454,11 @@ pub fn float_transpose<B: Backend>(t: Ps<B>) -> Ps<B> {
 pub fn float_permute<B: Backend>(t: Ps<B>, axes: &[usize]) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } => {
-            let tag = if axes.first().is_some_and(|&a| a != 0) { tag.mix("float_permute") } else { tag };
+            let tag = if axes.first().is_some_and(|&a| a != 0) {
+                tag.mix("float_permute")
+            } else {
+                tag
+            };
             PsTensor::dense(B::float_permute(tensor, axes), tag)
         }
         PsTensor::Deferred(d) if all_outer(&d) && axes == [1, 0] => wrap(transpose_outer(*d)),
@@ -390,7 +473,11 @@ pub fn float_permute<B: Backend>(t: Ps<B>, axes: &[usize]) -> Ps<B> {
 pub fn float_flip<B: Backend>(t: Ps<B>, axes: &[usize]) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } => {
-            let tag = if axes.contains(&0) { tag.mix("float_flip") } else { tag };
+            let tag = if axes.contains(&0) {
+                tag.mix("float_flip")
+            } else {
+                tag
+            };
             PsTensor::dense(B::float_flip(tensor, axes), tag)
         }
         PsTensor::Deferred(d) => {
@@ -404,13 +491,20 @@ pub fn float_expand<B: Backend>(t: Ps<B>, shape: Shape) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } => {
             let old = tensor.shape();
-            let keeps_batch = old.num_dims() == shape.num_dims() && old.num_dims() > 0 && old[0] == shape[0];
-            let tag = if keeps_batch { tag } else { tag.mix("float_expand") };
+            let keeps_batch =
+                old.num_dims() == shape.num_dims() && old.num_dims() > 0 && old[0] == shape[0];
+            let tag = if keeps_batch {
+                tag
+            } else {
+                tag.mix("float_expand")
+            };
             PsTensor::dense(B::float_expand(tensor, shape), tag)
         }
         PsTensor::Deferred(d) => {
             let b = samples(&d);
-            wrap(map_batched(*d, |ps| B::float_expand(ps, batched_shape(b, &shape))))
+            wrap(map_batched(*d, |ps| {
+                B::float_expand(ps, batched_shape(b, &shape))
+            }))
         }
     }
 }
@@ -425,8 +519,14 @@ pub fn float_slice<B: Backend>(t: Ps<B>, slices: &[Slice]) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } => {
             let shape = tensor.shape();
-            let keeps_batch = slices.first().is_none_or(|s| shape.num_dims() == 0 || slice_is_full(s, shape[0]));
-            let tag = if keeps_batch { tag } else { tag.mix("float_slice") };
+            let keeps_batch = slices
+                .first()
+                .is_none_or(|s| shape.num_dims() == 0 || slice_is_full(s, shape[0]));
+            let tag = if keeps_batch {
+                tag
+            } else {
+                tag.mix("float_slice")
+            };
             PsTensor::dense(B::float_slice(tensor, slices), tag)
         }
         PsTensor::Deferred(d) => {
@@ -444,20 +544,42 @@ pub fn float_slice_assign<B: Backend>(t: Ps<B>, slices: &[Slice], value: Ps<B>) 
     match (t, value) {
         (PsTensor::Dense { tensor, tag }, PsTensor::Dense { tensor: v, tag: tv }) => {
             let shape = tensor.shape();
-            let keeps_batch = slices.first().is_none_or(|s| shape.num_dims() == 0 || slice_is_full(s, shape[0]));
-            let tag = tag.join(if keeps_batch { tv } else { tv.mix("float_slice_assign") });
+            let keeps_batch = slices
+                .first()
+                .is_none_or(|s| shape.num_dims() == 0 || slice_is_full(s, shape[0]));
+            let tag = tag.join(if keeps_batch {
+                tv
+            } else {
+                tv.mix("float_slice_assign")
+            });
             PsTensor::dense(B::float_slice_assign(tensor, slices, v), tag)
         }
-        (PsTensor::Dense { tensor, tag: Tag::Independent }, PsTensor::Deferred(v)) => {
+        (
+            PsTensor::Dense {
+                tensor,
+                tag: Tag::Independent,
+            },
+            PsTensor::Deferred(v),
+        ) => {
             let b = samples(&v);
             let shape = batched_shape(b, &tensor.shape());
             let (dtype, device) = (tensor.dtype(), B::float_device(&tensor));
             let pv = rules::instantiate(&v);
             let base = B::float_zeros(shape.clone(), &device, dtype.into());
             let ps = B::float_slice_assign(base, &lifted, pv);
-            wrap(Deferred { shape: tensor.shape(), terms: vec![Term::Batched(ps)], ..*v })
+            wrap(Deferred {
+                shape: tensor.shape(),
+                terms: vec![Term::Batched(ps)],
+                ..*v
+            })
         }
-        (PsTensor::Deferred(d), PsTensor::Dense { tensor: v, tag: Tag::Independent }) => {
+        (
+            PsTensor::Deferred(d),
+            PsTensor::Dense {
+                tensor: v,
+                tag: Tag::Independent,
+            },
+        ) => {
             let b = samples(&d);
             let vshape = batched_shape(b, &v.shape());
             let v = B::float_expand(lift::<B>(v), vshape);
@@ -482,13 +604,19 @@ pub fn float_matmul<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
     let (a, ta) = lhs.into_dense("float_matmul");
     let (b, tb) = rhs.into_dense("float_matmul");
     // A rank-2 right-hand side contracts its dimension 0: with per-sample rows, samples mix.
-    let tb = if b.shape().num_dims() == 2 { tb.mix("float_matmul") } else { tb };
+    let tb = if b.shape().num_dims() == 2 {
+        tb.mix("float_matmul")
+    } else {
+        tb
+    };
     PsTensor::dense(B::float_matmul(a, b), ta.join(tb))
 }
 
 // ---------------------------------------------------------------- data and metadata
 
-pub fn float_into_data<B: Backend>(t: Ps<B>) -> impl Future<Output = Result<TensorData, ExecutionError>> + Send {
+pub fn float_into_data<B: Backend>(
+    t: Ps<B>,
+) -> impl Future<Output = Result<TensorData, ExecutionError>> + Send {
     B::float_into_data(t.into_sum())
 }
 
@@ -503,7 +631,9 @@ pub fn float_to_device<B: Backend>(t: Ps<B>, device: &B::Device) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } => PsTensor::dense(B::float_to_device(tensor, device), tag),
         PsTensor::Deferred(d) if &d.device == device => PsTensor::Deferred(d),
-        PsTensor::Deferred(d) => lost(*d, Tag::Independent, "float_to_device", |s| B::float_to_device(s, device)),
+        PsTensor::Deferred(d) => lost(*d, Tag::Independent, "float_to_device", |s| {
+            B::float_to_device(s, device)
+        }),
     }
 }
 
@@ -516,38 +646,96 @@ pub fn float_is_require_grad<B: Backend>(t: &Ps<B>) -> bool {
 
 // ---------------------------------------------------------------- ops returning structs
 
-pub fn max_pool1d_with_indices<B: Backend>(x: Ps<B>, kernel_size: usize, stride: usize, padding: usize, dilation: usize, ceil_mode: bool) -> MaxPool1dWithIndices<PerSample<B>> {
+pub fn max_pool1d_with_indices<B: Backend>(
+    x: Ps<B>,
+    kernel_size: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    ceil_mode: bool,
+) -> MaxPool1dWithIndices<PerSample<B>> {
     let (x, tag) = x.into_dense("max_pool1d_with_indices");
     let out = B::max_pool1d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode);
     MaxPool1dWithIndices::new(PsTensor::dense(out.output, tag), out.indices)
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn max_pool1d_with_indices_backward<B: Backend>(x: Ps<B>, kernel_size: usize, stride: usize, padding: usize, dilation: usize, ceil_mode: bool, output_grad: Ps<B>, indices: IntTensor<B>) -> MaxPool1dBackward<PerSample<B>> {
+pub fn max_pool1d_with_indices_backward<B: Backend>(
+    x: Ps<B>,
+    kernel_size: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    ceil_mode: bool,
+    output_grad: Ps<B>,
+    indices: IntTensor<B>,
+) -> MaxPool1dBackward<PerSample<B>> {
     let (x, tx) = x.into_dense("max_pool1d_with_indices_backward");
     let (g, tg) = output_grad.into_dense("max_pool1d_with_indices_backward");
-    let out = B::max_pool1d_with_indices_backward(x, kernel_size, stride, padding, dilation, ceil_mode, g, indices);
+    let out = B::max_pool1d_with_indices_backward(
+        x,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        ceil_mode,
+        g,
+        indices,
+    );
     MaxPool1dBackward::new(PsTensor::dense(out.x_grad, tx.join(tg)))
 }
 
-pub fn max_pool2d_with_indices<B: Backend>(x: Ps<B>, kernel_size: [usize; 2], stride: [usize; 2], padding: [usize; 2], dilation: [usize; 2], ceil_mode: bool) -> MaxPool2dWithIndices<PerSample<B>> {
+pub fn max_pool2d_with_indices<B: Backend>(
+    x: Ps<B>,
+    kernel_size: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+    ceil_mode: bool,
+) -> MaxPool2dWithIndices<PerSample<B>> {
     let (x, tag) = x.into_dense("max_pool2d_with_indices");
     let out = B::max_pool2d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode);
     MaxPool2dWithIndices::new(PsTensor::dense(out.output, tag), out.indices)
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn max_pool2d_with_indices_backward<B: Backend>(x: Ps<B>, kernel_size: [usize; 2], stride: [usize; 2], padding: [usize; 2], dilation: [usize; 2], ceil_mode: bool, output_grad: Ps<B>, indices: IntTensor<B>) -> MaxPool2dBackward<PerSample<B>> {
+pub fn max_pool2d_with_indices_backward<B: Backend>(
+    x: Ps<B>,
+    kernel_size: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+    ceil_mode: bool,
+    output_grad: Ps<B>,
+    indices: IntTensor<B>,
+) -> MaxPool2dBackward<PerSample<B>> {
     let (x, tx) = x.into_dense("max_pool2d_with_indices_backward");
     let (g, tg) = output_grad.into_dense("max_pool2d_with_indices_backward");
-    let out = B::max_pool2d_with_indices_backward(x, kernel_size, stride, padding, dilation, ceil_mode, g, indices);
+    let out = B::max_pool2d_with_indices_backward(
+        x,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        ceil_mode,
+        g,
+        indices,
+    );
     MaxPool2dBackward::new(PsTensor::dense(out.x_grad, tx.join(tg)))
 }
 
 /// Deformable convolution has no per-sample rule: its parameter gradients come back dense, which
 /// the engine rejects for trainable parameters.
 #[allow(clippy::too_many_arguments)]
-pub fn deform_conv2d_backward<B: Backend>(x: Ps<B>, offset: Ps<B>, weight: Ps<B>, mask: Option<Ps<B>>, bias: Option<Ps<B>>, output_grad: Ps<B>, options: DeformConvOptions<2>) -> DeformConv2dBackward<PerSample<B>> {
+pub fn deform_conv2d_backward<B: Backend>(
+    x: Ps<B>,
+    offset: Ps<B>,
+    weight: Ps<B>,
+    mask: Option<Ps<B>>,
+    bias: Option<Ps<B>>,
+    output_grad: Ps<B>,
+    options: DeformConvOptions<2>,
+) -> DeformConv2dBackward<PerSample<B>> {
     const OP: &str = "deform_conv2d_backward";
     let (x, t1) = x.into_dense(OP);
     let (offset, t2) = offset.into_dense(OP);
@@ -566,7 +754,11 @@ pub fn deform_conv2d_backward<B: Backend>(x: Ps<B>, offset: Ps<B>, weight: Ps<B>
     )
 }
 
-pub fn quantize<B: Backend>(tensor: Ps<B>, scheme: &QuantScheme, qparams: QuantizationParametersPrimitive<PerSample<B>>) -> QuantizedTensor<B> {
+pub fn quantize<B: Backend>(
+    tensor: Ps<B>,
+    scheme: &QuantScheme,
+    qparams: QuantizationParametersPrimitive<PerSample<B>>,
+) -> QuantizedTensor<B> {
     let (t, _) = tensor.into_dense("quantize");
     let (scales, _) = qparams.scales.into_dense("quantize");
     B::quantize(t, scheme, QuantizationParametersPrimitive { scales })

@@ -18,8 +18,8 @@ use core::marker::PhantomData;
 use std::cell::Cell;
 
 use burn_backend::backend::{Backend, BackendTypes, ExecutionError};
-use burn_backend::DTypeUsageSet;
 use burn_backend::DType;
+use burn_backend::DTypeUsageSet;
 
 pub use primitive::{Deferred, Factor, PsTensor, Tag, Term};
 
@@ -60,7 +60,11 @@ impl<B: Backend> Backend for PerSample<B> {
         B::sync(device)
     }
 
-    fn memory_persistent_allocations<Output: Send, Input: Send, Func: Fn(Input) -> Output + Send>(
+    fn memory_persistent_allocations<
+        Output: Send,
+        Input: Send,
+        Func: Fn(Input) -> Output + Send,
+    >(
         device: &Self::Device,
         input: Input,
         func: Func,

@@ -67,7 +67,11 @@ impl Tag {
 
     /// The tag after an op that works along `dim`: along dimension 0 it mixes samples.
     pub fn along_dim(self, dim: usize, op: &'static str) -> Tag {
-        if dim == 0 { self.mix(op) } else { self }
+        if dim == 0 {
+            self.mix(op)
+        } else {
+            self
+        }
     }
 
     /// The tag after an op that mixes every row of dimension 0 (a full reduction, a reshape
@@ -247,7 +251,10 @@ impl<B: Backend> TensorMetadata for PsTensor<B> {
 }
 
 /// Unwraps an optional float argument.
-pub fn opt_dense<B: Backend>(t: Option<PsTensor<B>>, op: &'static str) -> (Option<FloatTensor<B>>, Tag) {
+pub fn opt_dense<B: Backend>(
+    t: Option<PsTensor<B>>,
+    op: &'static str,
+) -> (Option<FloatTensor<B>>, Tag) {
     match t {
         Some(t) => {
             let (t, tag) = t.into_dense(op);

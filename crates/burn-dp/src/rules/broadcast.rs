@@ -22,7 +22,13 @@ pub(crate) fn sum_over_batch<B: Backend>(grad: FloatTensor<B>, taint: Tag) -> De
     reported.as_mut_slice()[0] = 1;
     let (dtype, device) = (grad.dtype(), B::float_device(&grad));
     let per_sample = B::float_reshape(grad, batched_shape(b, &reported));
-    Deferred { shape: reported, dtype, device, terms: vec![Term::Batched(per_sample)], taint }
+    Deferred {
+        shape: reported,
+        dtype,
+        device,
+        terms: vec![Term::Batched(per_sample)],
+        taint,
+    }
 }
 
 /// Squared norms `[B]` of per-sample gradients `[B, ...]`.
@@ -33,7 +39,10 @@ pub(crate) fn sq_norm<B: Backend>(per_sample: FloatTensor<B>) -> Tensor<B, 1> {
 }
 
 /// `Σ_i c_i G_i` of per-sample gradients `[B, ...]`, flattened to `[1, n]`.
-pub(crate) fn weighted_sum<B: Backend>(per_sample: FloatTensor<B>, c: Tensor<B, 1>) -> FloatTensor<B> {
+pub(crate) fn weighted_sum<B: Backend>(
+    per_sample: FloatTensor<B>,
+    c: Tensor<B, 1>,
+) -> FloatTensor<B> {
     let t = flat::<B>(per_sample);
     let b = t.dims()[0];
     super::prim((t * c.reshape([b, 1])).sum_dim(0))
@@ -48,6 +57,9 @@ pub(crate) fn map_batched<B: Backend>(
     let per_sample = f(super::instantiate(&d));
     let dims = per_sample.shape();
     let shape = Shape::from(dims.as_slice()[1..].to_vec());
-    Deferred { shape, terms: vec![Term::Batched(per_sample)], ..d }
+    Deferred {
+        shape,
+        terms: vec![Term::Batched(per_sample)],
+        ..d
+    }
 }
-

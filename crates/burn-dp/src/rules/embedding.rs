@@ -9,7 +9,12 @@ use super::outer::as_btn;
 use crate::backend::{Deferred, Factor, Tag, Term};
 
 /// The deferred gradient of `embedding(weight, ids)`.
-pub(crate) fn weight<B: Backend>(weight: &FloatTensor<B>, g: FloatTensor<B>, ids: IntTensor<B>, taint: Tag) -> Deferred<B> {
+pub(crate) fn weight<B: Backend>(
+    weight: &FloatTensor<B>,
+    g: FloatTensor<B>,
+    ids: IntTensor<B>,
+    taint: Tag,
+) -> Deferred<B> {
     let shape = weight.shape();
     let (dtype, device) = (g.dtype(), B::float_device(&g));
     let g = as_btn::<B>(g);
@@ -19,7 +24,10 @@ pub(crate) fn weight<B: Backend>(weight: &FloatTensor<B>, g: FloatTensor<B>, ids
         shape: shape.clone(),
         dtype,
         device,
-        terms: vec![Term::Outer { left: Factor::OneHot { ids, n: shape[0] }, right: Factor::Dense(g) }],
+        terms: vec![Term::Outer {
+            left: Factor::OneHot { ids, n: shape[0] },
+            right: Factor::Dense(g),
+        }],
         taint,
     }
 }

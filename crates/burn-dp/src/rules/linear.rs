@@ -19,7 +19,10 @@ pub(crate) fn weight<B: Backend>(x: FloatTensor<B>, g: FloatTensor<B>, taint: Ta
         shape: Shape::new([d_in, d_out]),
         dtype,
         device,
-        terms: vec![Term::Outer { left: Factor::Dense(as_btn::<B>(x)), right: Factor::Dense(as_btn::<B>(g)) }],
+        terms: vec![Term::Outer {
+            left: Factor::Dense(as_btn::<B>(x)),
+            right: Factor::Dense(as_btn::<B>(g)),
+        }],
         taint,
     }
 }
@@ -30,5 +33,11 @@ pub(crate) fn bias<B: Backend>(g: FloatTensor<B>, taint: Tag) -> Deferred<B> {
     let g = as_btn::<B>(g);
     let [b, _, d_out] = g.shape().dims();
     let per_sample = B::float_reshape(B::float_sum_dim(g, 1), Shape::new([b, d_out]));
-    Deferred { shape: Shape::new([d_out]), dtype, device, terms: vec![Term::Batched(per_sample)], taint }
+    Deferred {
+        shape: Shape::new([d_out]),
+        dtype,
+        device,
+        terms: vec![Term::Batched(per_sample)],
+        taint,
+    }
 }

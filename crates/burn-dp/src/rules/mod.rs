@@ -44,17 +44,61 @@ pub struct Rule {
 /// Every per-sample rule. A trainable parameter whose gradient is not built by one of these is an
 /// error ([`crate::DpError::NoPerSampleRule`]).
 pub const RULES: &[Rule] = &[
-    Rule { layer: "Linear.weight", op: "linear_weight_backward", term: "Outer(x, g)" },
-    Rule { layer: "Linear.bias", op: "linear_bias_backward", term: "Batched" },
-    Rule { layer: "Conv1d.weight", op: "conv1d_weight_backward", term: "Conv" },
-    Rule { layer: "Conv1d.bias", op: "conv1d_bias_backward", term: "Batched" },
-    Rule { layer: "Conv2d.weight", op: "conv2d_weight_backward", term: "Conv" },
-    Rule { layer: "Conv2d.bias", op: "conv2d_bias_backward", term: "Batched" },
-    Rule { layer: "Embedding.weight", op: "embedding_backward", term: "Outer(one-hot, g)" },
-    Rule { layer: "LayerNorm.gamma/beta", op: "float_sum_dim(0)", term: "Batched" },
-    Rule { layer: "GroupNorm.gamma/beta", op: "float_sum_dim(0)", term: "Batched" },
-    Rule { layer: "RmsNorm.gamma", op: "float_sum_dim(0)", term: "Batched" },
-    Rule { layer: "Param broadcast over the batch", op: "float_sum_dim(0)", term: "Batched" },
+    Rule {
+        layer: "Linear.weight",
+        op: "linear_weight_backward",
+        term: "Outer(x, g)",
+    },
+    Rule {
+        layer: "Linear.bias",
+        op: "linear_bias_backward",
+        term: "Batched",
+    },
+    Rule {
+        layer: "Conv1d.weight",
+        op: "conv1d_weight_backward",
+        term: "Conv",
+    },
+    Rule {
+        layer: "Conv1d.bias",
+        op: "conv1d_bias_backward",
+        term: "Batched",
+    },
+    Rule {
+        layer: "Conv2d.weight",
+        op: "conv2d_weight_backward",
+        term: "Conv",
+    },
+    Rule {
+        layer: "Conv2d.bias",
+        op: "conv2d_bias_backward",
+        term: "Batched",
+    },
+    Rule {
+        layer: "Embedding.weight",
+        op: "embedding_backward",
+        term: "Outer(one-hot, g)",
+    },
+    Rule {
+        layer: "LayerNorm.gamma/beta",
+        op: "float_sum_dim(0)",
+        term: "Batched",
+    },
+    Rule {
+        layer: "GroupNorm.gamma/beta",
+        op: "float_sum_dim(0)",
+        term: "Batched",
+    },
+    Rule {
+        layer: "RmsNorm.gamma",
+        op: "float_sum_dim(0)",
+        term: "Batched",
+    },
+    Rule {
+        layer: "Param broadcast over the batch",
+        op: "float_sum_dim(0)",
+        term: "Batched",
+    },
 ];
 
 /// How per-sample norms are computed for layers that offer a choice.
@@ -99,7 +143,10 @@ pub(crate) fn batched_shape(b: usize, shape: &Shape) -> Shape {
 pub fn flat<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 2> {
     let shape = t.shape();
     let b = shape[0];
-    let n = shape.num_elements().checked_div(b).unwrap_or_else(|| shape.as_slice()[1..].iter().product());
+    let n = shape
+        .num_elements()
+        .checked_div(b)
+        .unwrap_or_else(|| shape.as_slice()[1..].iter().product());
     tensor::<B, 2>(B::float_reshape(t, Shape::new([b, n])))
 }
 
@@ -108,7 +155,12 @@ pub(crate) fn instantiate_term<B: Backend>(term: &Term<B>, shape: &Shape) -> Flo
     let b = term.samples();
     let t = match term {
         Term::Outer { left, right } => outer::instantiate::<B>(left, right),
-        Term::Conv { x, weight, grad, kind } => conv::instantiate::<B>(x, weight, grad, kind),
+        Term::Conv {
+            x,
+            weight,
+            grad,
+            kind,
+        } => conv::instantiate::<B>(x, weight, grad, kind),
         Term::Batched(t) => t.clone(),
     };
     B::float_reshape(t, batched_shape(b, shape))
@@ -138,22 +190,41 @@ pub(crate) struct SqNorms<B: Backend> {
 }
 
 fn from_instantiated<B: Backend>(inst: FloatTensor<B>) -> SqNorms<B> {
-    SqNorms { sq: broadcast::sq_norm::<B>(inst.clone()), instantiated: Some(inst) }
+    SqNorms {
+        sq: broadcast::sq_norm::<B>(inst.clone()),
+        instantiated: Some(inst),
+    }
 }
 
 /// Squared per-sample norms of a deferred gradient: ghost norm or instantiation per `mode`.
 pub(crate) fn sq_norms<B: Backend>(d: &Deferred<B>, mode: NormMode) -> SqNorms<B> {
     if let [term] = d.terms.as_slice() {
         return match term {
-            Term::Outer { left, right } if mode.ghost(left.positions(), left.width(), right.width()) => {
-                SqNorms { sq: outer::ghost_sq_norm::<B>(left, right), instantiated: None }
+            Term::Outer { left, right }
+                if mode.ghost(left.positions(), left.width(), right.width()) =>
+            {
+                SqNorms {
+                    sq: outer::ghost_sq_norm::<B>(left, right),
+                    instantiated: None,
+                }
             }
             Term::Outer { left, right } => from_instantiated(outer::instantiate::<B>(left, right)),
-            Term::Conv { x, weight, grad, kind } => match conv::ghost_sq_norm::<B>(x, weight, grad, kind, mode) {
-                Some(sq) => SqNorms { sq, instantiated: None },
+            Term::Conv {
+                x,
+                weight,
+                grad,
+                kind,
+            } => match conv::ghost_sq_norm::<B>(x, weight, grad, kind, mode) {
+                Some(sq) => SqNorms {
+                    sq,
+                    instantiated: None,
+                },
                 None => from_instantiated(conv::instantiate::<B>(x, weight, grad, kind)),
             },
-            Term::Batched(t) => SqNorms { sq: broadcast::sq_norm::<B>(t.clone()), instantiated: None },
+            Term::Batched(t) => SqNorms {
+                sq: broadcast::sq_norm::<B>(t.clone()),
+                instantiated: None,
+            },
         };
     }
     let all_outer = d.terms.iter().all(|t| matches!(t, Term::Outer { .. }));
@@ -167,16 +238,26 @@ pub(crate) fn sq_norms<B: Backend>(d: &Deferred<B>, mode: NormMode) -> SqNorms<B
             })
             .sum();
         if mode.ghost(t_total, d.shape[0], d.shape[1]) {
-            return SqNorms { sq: outer::sq_norm_sum::<B>(&d.terms), instantiated: None };
+            return SqNorms {
+                sq: outer::sq_norm_sum::<B>(&d.terms),
+                instantiated: None,
+            };
         }
     }
     from_instantiated(instantiate(d))
 }
 
 /// `Σ_i c_i G_i` from already instantiated per-sample gradients, or by [`weighted_sum`].
-pub(crate) fn clipped_sum<B: Backend>(d: &Deferred<B>, c: &Tensor<B, 1>, instantiated: Option<FloatTensor<B>>) -> FloatTensor<B> {
+pub(crate) fn clipped_sum<B: Backend>(
+    d: &Deferred<B>,
+    c: &Tensor<B, 1>,
+    instantiated: Option<FloatTensor<B>>,
+) -> FloatTensor<B> {
     match instantiated {
-        Some(inst) => B::float_reshape(broadcast::weighted_sum::<B>(inst, c.clone()), d.shape.clone()),
+        Some(inst) => B::float_reshape(
+            broadcast::weighted_sum::<B>(inst, c.clone()),
+            d.shape.clone(),
+        ),
         None => weighted_sum(d, c),
     }
 }
@@ -188,7 +269,12 @@ pub(crate) fn weighted_sum<B: Backend>(d: &Deferred<B>, c: &Tensor<B, 1>) -> Flo
     for term in &d.terms {
         let t = match term {
             Term::Outer { left, right } => outer::weighted_sum::<B>(left, right, c.clone()),
-            Term::Conv { x, weight, grad, kind } => conv::weighted_sum::<B>(x, weight, grad, kind, c.clone()),
+            Term::Conv {
+                x,
+                weight,
+                grad,
+                kind,
+            } => conv::weighted_sum::<B>(x, weight, grad, kind, c.clone()),
             Term::Batched(t) => broadcast::weighted_sum::<B>(t.clone(), c.clone()),
         };
         let t = B::float_reshape(t, d.shape.clone());

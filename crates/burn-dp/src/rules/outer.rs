@@ -27,13 +27,19 @@ fn dense<B: Backend>(f: &Factor<B>) -> Tensor<B, 3> {
             let classes = Tensor::<B, 1, Int>::arange(0..*n as i64, &ids.device())
                 .reshape([1, 1, *n])
                 .expand([b, t, *n]);
-            ids.reshape([b, t, 1]).expand([b, t, *n]).equal(classes).float()
+            ids.reshape([b, t, 1])
+                .expand([b, t, *n])
+                .equal(classes)
+                .float()
         }
     }
 }
 
 /// `out[b, t, s] = dense[b, s, ids[b, t]]`: the Gram product of a one-hot factor with a dense one.
-fn pick<B: Backend>(ids: &burn_backend::tensor::IntTensor<B>, other: &Tensor<B, 3>) -> Tensor<B, 3> {
+fn pick<B: Backend>(
+    ids: &burn_backend::tensor::IntTensor<B>,
+    other: &Tensor<B, 3>,
+) -> Tensor<B, 3> {
     let ids = ids_tensor::<B>(ids);
     let [b, t1] = ids.dims();
     let [_, t2, _] = other.dims();
@@ -99,12 +105,18 @@ pub(crate) fn sq_norm_sum<B: Backend>(terms: &[Term<B>]) -> Tensor<B, 1> {
 }
 
 /// Scatters rows `values` `[B, T, q]` into `[B, n, q]` at `ids` `[B, T]`, per sample.
-fn scatter_per_sample<B: Backend>(ids: &burn_backend::tensor::IntTensor<B>, n: usize, values: Tensor<B, 3>) -> Tensor<B, 3> {
+fn scatter_per_sample<B: Backend>(
+    ids: &burn_backend::tensor::IntTensor<B>,
+    n: usize,
+    values: Tensor<B, 3>,
+) -> Tensor<B, 3> {
     let ids = ids_tensor::<B>(ids);
     let [b, t] = ids.dims();
     let [_, _, q] = values.dims();
     let device = values.device();
-    let offsets = Tensor::<B, 1, Int>::arange(0..b as i64, &device).mul_scalar(n as i64).reshape([b, 1]);
+    let offsets = Tensor::<B, 1, Int>::arange(0..b as i64, &device)
+        .mul_scalar(n as i64)
+        .reshape([b, 1]);
     let idx = (ids + offsets).reshape([b * t]);
     Tensor::<B, 2>::zeros([b * n, q], &device)
         .select_assign(0, idx, values.reshape([b * t, q]), IndexingUpdateOp::Add)
@@ -112,16 +124,21 @@ fn scatter_per_sample<B: Backend>(ids: &burn_backend::tensor::IntTensor<B>, n: u
 }
 
 /// Per-sample gradients `[B, p, q]` of one outer term.
-pub(crate) fn instantiate<B: Backend>(left: &Factor<B>, right: &Factor<B>) -> burn_backend::tensor::FloatTensor<B> {
+pub(crate) fn instantiate<B: Backend>(
+    left: &Factor<B>,
+    right: &Factor<B>,
+) -> burn_backend::tensor::FloatTensor<B> {
     let out = match (left, right) {
         // One position: an outer product, by broadcasting (cheaper than a batched matmul).
         (Factor::Dense(a), Factor::Dense(g)) if left.positions() == 1 => {
             tensor::<B, 3>(a.clone()).swap_dims(1, 2) * tensor::<B, 3>(g.clone())
         }
-        (Factor::Dense(a), Factor::Dense(g)) => {
-            tensor::<B, 3>(a.clone()).swap_dims(1, 2).matmul(tensor::<B, 3>(g.clone()))
+        (Factor::Dense(a), Factor::Dense(g)) => tensor::<B, 3>(a.clone())
+            .swap_dims(1, 2)
+            .matmul(tensor::<B, 3>(g.clone())),
+        (Factor::OneHot { ids, n }, Factor::Dense(g)) => {
+            scatter_per_sample(ids, *n, tensor::<B, 3>(g.clone()))
         }
-        (Factor::OneHot { ids, n }, Factor::Dense(g)) => scatter_per_sample(ids, *n, tensor::<B, 3>(g.clone())),
         (Factor::Dense(a), Factor::OneHot { ids, n }) => {
             scatter_per_sample(ids, *n, tensor::<B, 3>(a.clone())).swap_dims(1, 2)
         }
@@ -133,7 +150,11 @@ pub(crate) fn instantiate<B: Backend>(left: &Factor<B>, right: &Factor<B>) -> bu
 }
 
 /// `Σ_i c_i G_i` `[p, q]` for one outer term (one weighted product).
-pub(crate) fn weighted_sum<B: Backend>(left: &Factor<B>, right: &Factor<B>, c: Tensor<B, 1>) -> burn_backend::tensor::FloatTensor<B> {
+pub(crate) fn weighted_sum<B: Backend>(
+    left: &Factor<B>,
+    right: &Factor<B>,
+    c: Tensor<B, 1>,
+) -> burn_backend::tensor::FloatTensor<B> {
     let b = left.samples();
     let c = c.reshape([b, 1, 1]);
     let out = match (left, right) {
@@ -142,9 +163,13 @@ pub(crate) fn weighted_sum<B: Backend>(left: &Factor<B>, right: &Factor<B>, c: T
             let g = tensor::<B, 3>(g.clone());
             let [_, t, p] = a.dims();
             let q = g.dims()[2];
-            a.reshape([b * t, p]).transpose().matmul(g.reshape([b * t, q]))
+            a.reshape([b * t, p])
+                .transpose()
+                .matmul(g.reshape([b * t, q]))
         }
-        (Factor::OneHot { ids, n }, Factor::Dense(g)) => scatter_sum(ids, *n, tensor::<B, 3>(g.clone()) * c),
+        (Factor::OneHot { ids, n }, Factor::Dense(g)) => {
+            scatter_sum(ids, *n, tensor::<B, 3>(g.clone()) * c)
+        }
         (Factor::Dense(a), Factor::OneHot { ids, n }) => {
             scatter_sum(ids, *n, tensor::<B, 3>(a.clone()) * c).transpose()
         }
@@ -156,7 +181,11 @@ pub(crate) fn weighted_sum<B: Backend>(left: &Factor<B>, right: &Factor<B>, c: T
 }
 
 /// Scatter-adds `values` `[B, T, q]` into `[n, q]` at `ids` `[B, T]`.
-fn scatter_sum<B: Backend>(ids: &burn_backend::tensor::IntTensor<B>, n: usize, values: Tensor<B, 3>) -> Tensor<B, 2> {
+fn scatter_sum<B: Backend>(
+    ids: &burn_backend::tensor::IntTensor<B>,
+    n: usize,
+    values: Tensor<B, 3>,
+) -> Tensor<B, 2> {
     let ids = ids_tensor::<B>(ids);
     let [b, t] = ids.dims();
     let [_, _, q] = values.dims();
@@ -170,11 +199,17 @@ fn scatter_sum<B: Backend>(ids: &burn_backend::tensor::IntTensor<B>, n: usize, v
 }
 
 /// Reshapes an activation `[B, ..., n]` to `[B, T, n]`.
-pub(crate) fn as_btn<B: Backend>(t: burn_backend::tensor::FloatTensor<B>) -> burn_backend::tensor::FloatTensor<B> {
+pub(crate) fn as_btn<B: Backend>(
+    t: burn_backend::tensor::FloatTensor<B>,
+) -> burn_backend::tensor::FloatTensor<B> {
     let shape = t.shape();
     let dims = shape.as_slice();
     let b = dims[0];
     let n = dims[dims.len() - 1];
-    let t_len: usize = if dims.len() >= 2 { dims[1..dims.len() - 1].iter().product() } else { 1 };
+    let t_len: usize = if dims.len() >= 2 {
+        dims[1..dims.len() - 1].iter().product()
+    } else {
+        1
+    };
     B::float_reshape(t, burn_backend::Shape::new([b, t_len, n]))
 }
