@@ -238,7 +238,7 @@ fn escape(s: &str) -> String {
 pub struct Outputs {
     /// `metrics.json`.
     pub metrics: PathBuf,
-    /// `loss.svg`.
+    /// `loss.svg`: the model's loss on held-out data.
     pub loss_svg: PathBuf,
     /// `epsilon.svg`.
     pub epsilon_svg: PathBuf,
@@ -246,14 +246,21 @@ pub struct Outputs {
 
 /// Write `metrics.json` (with the curves added under `"curves"`), `loss.svg` and `epsilon.svg`
 /// to `out`, and print where they went.
+///
+/// Everything written must be public or computed from the noised model alone: `held_out_loss` is
+/// the loss of the model on held-out evaluation data, never the loss of a private training batch
+/// (with a Poisson batch of one example that would be one person's exact loss).
 pub fn write_outputs(
     out: &Path,
     mut metrics: serde_json::Value,
-    loss: &Curve,
+    held_out_loss: &Curve,
     epsilon: &Curve,
 ) -> Result<Outputs, Error> {
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    metrics["curves"] = serde_json::json!({ "loss": loss.to_json(), "epsilon": epsilon.to_json() });
+    metrics["curves"] = serde_json::json!({
+        "held_out_loss": held_out_loss.to_json(),
+        "epsilon": epsilon.to_json(),
+    });
     let outputs = Outputs {
         metrics: out.join("metrics.json"),
         loss_svg: out.join("loss.svg"),
@@ -263,8 +270,8 @@ pub fn write_outputs(
     std::fs::write(
         &outputs.loss_svg,
         svg(
-            loss,
-            "Training loss (mean over the logical batch)",
+            held_out_loss,
+            "Loss of the model on held-out data (not training data)",
             "step",
             "loss",
         ),

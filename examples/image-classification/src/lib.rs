@@ -495,6 +495,7 @@ where
     let steps = args
         .max_steps
         .map_or(schedule.steps, |m| m.min(schedule.steps));
+    let curve_images = test.subset(&(0..test.len().min(CURVE_HELD_OUT)).collect::<Vec<_>>());
     let bar = common::progress(steps, "DP training", args.quiet);
     let (mut loss_curve, mut eps_curve) = (Curve::default(), Curve::default());
     let every = (steps / 50).max(1);
@@ -504,7 +505,6 @@ where
         if logical.is_empty() {
             model = optim.step_empty(args.lr, model)?;
         } else {
-            let mut loss_sum = 0.0;
             for physical in logical.physical() {
                 let (x, y) = train.tensors::<B<I>>(&physical.indices, &dev);
                 let mask = Tensor::<B<I>, 1>::from_data(
@@ -512,15 +512,22 @@ where
                     &dev,
                 );
                 let losses = cross_entropy_per_sample(model.logits(batch(x)), y) * mask;
-                loss_sum += losses.clone().sum().into_scalar().elem::<f64>();
                 optim.backward(&model, losses)?;
             }
             model = optim.step(args.lr, model)?;
-            loss_curve.push(step, loss_sum / logical.indices.len() as f64);
         }
         // ANCHOR_END: step
         if step % every == 0 || step == steps {
             eps_curve.push(step, optim.epsilon()?.epsilon);
+            // The published curve: the noised model's loss on held-out images, never the loss
+            // of a private batch.
+            let loss = held_out_loss(
+                &model.valid(),
+                &curve_images,
+                args.physical_batch_size,
+                &dev,
+            );
+            loss_curve.push(step, loss);
         }
         bar.inc(1);
     }
@@ -548,6 +555,32 @@ where
         outputs,
         metrics,
     })
+}
+
+/// Held-out images whose loss is published as the training curve.
+pub const CURVE_HELD_OUT: usize = 64;
+
+/// Mean cross-entropy of `model` on `images` (held-out: public evaluation data), in chunks.
+fn held_out_loss<I: Backend, M: Classifier<PerSample<I>>>(
+    model: &M,
+    images: &Images,
+    chunk: usize,
+    dev: &I::Device,
+) -> f64 {
+    let n = images.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let mut total = 0.0;
+    for start in (0..n).step_by(chunk.max(1)) {
+        let idx: Vec<usize> = (start..(start + chunk.max(1)).min(n)).collect();
+        let (x, y) = images.tensors::<PerSample<I>>(&idx, dev);
+        total += cross_entropy_per_sample(model.logits(x), y)
+            .sum()
+            .into_scalar()
+            .elem::<f64>();
+    }
+    total / n as f64
 }
 
 fn accuracy<I: Backend, M: Classifier<PerSample<I>>>(

@@ -100,5 +100,78 @@ fn image_folder_loads_pngs() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Published artefacts (metrics.json, the class names and counts, the curves' steps) must not
+/// depend on one private record: two image folders that differ in one training image give the
+/// same files apart from what the noised model computes.
+#[test]
+fn published_artefacts_do_not_depend_on_one_record() {
+    use burn_dp_image_classification::{image_folder, split};
+    let root = std::env::temp_dir().join(format!("burn-dp-ic-neighbours-{}", std::process::id()));
+    let write = |dir: &std::path::Path, odd: Option<u8>| {
+        for (class, shade) in [("cats", 40u8), ("dogs", 200u8)] {
+            std::fs::create_dir_all(dir.join(class)).unwrap();
+            for i in 0..6u8 {
+                let mut img = image::RgbImage::from_pixel(6, 6, image::Rgb([shade, shade + i, 9]));
+                if class == "cats" && odd == Some(i) {
+                    img = image::RgbImage::from_fn(6, 6, |x, y| {
+                        image::Rgb([255, (x * 40) as u8, (y * 40) as u8])
+                    });
+                }
+                img.save(dir.join(class).join(format!("{i}.png"))).unwrap();
+            }
+        }
+    };
+    write(&root.join("d"), None);
+    // The neighbour: one cat replaced by a very different image that lands in the training split.
+    let odd = (0..6u8)
+        .find(|&i| {
+            write(&root.join("d_prime"), Some(i));
+            let (a, _) = image_folder(&root.join("d"), 8).unwrap();
+            let (b, _) = image_folder(&root.join("d_prime"), 8).unwrap();
+            let ((ta, ea), (tb, eb)) = (split(&a), split(&b));
+            ta.pixels != tb.pixels && ea.pixels == eb.pixels
+        })
+        .expect("an image in the training split");
+    write(&root.join("d_prime"), Some(odd));
+    let published = |name: &str| {
+        let data = root.join(name).to_string_lossy().into_owned();
+        let out = root
+            .join(format!("out-{name}"))
+            .to_string_lossy()
+            .into_owned();
+        let s = run(Args::parse_from([
+            "image-classification",
+            "--data",
+            data.as_str(),
+            "--model",
+            "tiny-resnet",
+            "--image-size",
+            "8",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--physical-batch-size",
+            "4",
+            "--quiet",
+            "--seed",
+            "5",
+            "--out",
+            out.as_str(),
+        ]))
+        .expect("run");
+        let mut m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&s.outputs.metrics).unwrap()).unwrap();
+        // What the noised model computes (and the wall time) may differ; nothing else.
+        for key in ["accuracy", "seconds"] {
+            m.as_object_mut().unwrap().remove(key);
+        }
+        m["curves"].as_object_mut().unwrap().remove("held_out_loss");
+        m
+    };
+    assert_eq!(published("d"), published("d_prime"));
+    std::fs::remove_dir_all(&root).ok();
+}
+
 #[path = "book_check.rs"]
 mod book;

@@ -35,15 +35,18 @@ pub struct Args {
     /// synthetic sample `data/e2e_sample.csv`.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Architecture (`tiny`: 2 layers, width 64, a vocabulary cut down to the sample's tokens).
+    /// Architecture (`tiny`: 2 layers, width 64, a vocabulary cut down to the tokens of the public
+    /// vocabulary text `data/public_vocabulary.txt`).
     #[arg(long, value_enum, default_value_t = Size::Tiny)]
     pub model: Size,
     /// Pretrained GPT-2 weights: `.onnx` (PyTorch export) or `.safetensors` (HF). Requires a
     /// standard `--model` (small, medium, large).
     #[arg(long)]
     pub init: Option<PathBuf>,
-    /// Maximum tokens per training sequence (prompt + sentence).
-    #[arg(long, default_value_t = 64)]
+    /// Tokens per training sequence (prompt + sentence): every sequence is padded or cut to
+    /// exactly this length, a fixed setting (a length taken from the data would publish the
+    /// longest private record's length).
+    #[arg(long, default_value_t = 56)]
     pub max_len: usize,
     /// Maximum generated tokens per sentence.
     #[arg(long, default_value_t = 40)]
@@ -137,8 +140,15 @@ pub struct Summary {
 
 /// The bundled synthetic sample (written from templates by `data/make_sample.py`).
 pub const SAMPLE: &str = include_str!("../data/e2e_sample.csv");
+/// Public text of the E2E domain (slot names and values, template sentences), fixed before any
+/// private data is seen: the tiny model's vocabulary is built from it, never from training data.
+pub const PUBLIC_VOCABULARY: &str = include_str!("../data/public_vocabulary.txt");
+/// Held-out meaning representations whose loss is published as the training curve.
+pub const CURVE_HELD_OUT: usize = 32;
 /// GPT-2's `<|endoftext|>`.
 pub const EOS: u32 = 50256;
+/// The compact vocabulary's unknown token (outside GPT-2's id range; decodes to nothing).
+const UNK: u32 = u32::MAX;
 
 /// Read E2E CSV text (header with `mr` and `ref`, case-insensitive).
 pub fn read_csv(text: &str) -> Result<Vec<Row>, Error> {
@@ -215,7 +225,7 @@ pub fn load(data: Option<&Path>) -> Result<(Vec<Row>, Vec<HeldOut>), Error> {
 }
 
 /// GPT-2's byte-pair encoding (tiktoken's `r50k_base`, bundled in the crate: no download), with,
-/// for the tiny model, a vocabulary cut down to the tokens that occur in the data.
+/// for the tiny model, a vocabulary cut down to the tokens of a public text.
 pub struct Tokenizer {
     bpe: tiktoken_rs::CoreBPE,
     /// BPE id → model id (compact vocabulary), or `None` for the full GPT-2 vocabulary.
@@ -234,12 +244,15 @@ impl Tokenizer {
         })
     }
 
-    /// GPT-2's encoding with a vocabulary of `<|endoftext|>` and the tokens of `texts` (any
-    /// other token maps to `<|endoftext|>`).
+    /// GPT-2's encoding with a vocabulary of `<|endoftext|>` (id 0), an unknown token (id 1,
+    /// decoded as nothing) and the tokens of `texts`; any other token maps to the unknown one.
+    ///
+    /// `texts` must be public: the vocabulary (and so the model's embedding table) shows which
+    /// tokens occur in them.
     pub fn compact<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<Self, Error> {
         let mut t = Self::gpt2()?;
         let mut map = HashMap::from([(EOS, 0u32)]);
-        let mut inverse = vec![EOS];
+        let mut inverse = vec![EOS, UNK];
         for text in texts {
             for id in t.bpe.encode_ordinary(text) {
                 map.entry(id).or_insert_with(|| {
@@ -251,6 +264,23 @@ impl Tokenizer {
         t.compact = Some(map);
         t.inverse = inverse;
         Ok(t)
+    }
+
+    /// The tiny model's vocabulary: the tokens of [`PUBLIC_VOCABULARY`] (each line as it is and
+    /// after a space, as sentences and prompts tokenise), never of the training data.
+    pub fn public_compact() -> Result<Self, Error> {
+        let lines: Vec<&str> = PUBLIC_VOCABULARY
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let spaced: Vec<String> = lines.iter().map(|l| format!(" {l}")).collect();
+        Self::compact(
+            lines
+                .iter()
+                .copied()
+                .chain(spaced.iter().map(String::as_str)),
+        )
     }
 
     /// Vocabulary size of the model.
@@ -277,7 +307,7 @@ impl Tokenizer {
         match &self.compact {
             Some(map) => ids
                 .iter()
-                .map(|id| map.get(id).copied().unwrap_or(0))
+                .map(|id| map.get(id).copied().unwrap_or(1))
                 .collect(),
             None => ids,
         }
@@ -286,7 +316,10 @@ impl Tokenizer {
     /// Text of model ids.
     pub fn decode(&self, ids: &[u32]) -> String {
         let bpe: Vec<u32> = if self.compact.is_some() {
-            ids.iter().map(|&i| self.inverse[i as usize]).collect()
+            ids.iter()
+                .filter_map(|&i| self.inverse.get(i as usize).copied())
+                .filter(|&i| i != UNK)
+                .collect()
         } else {
             ids.to_vec()
         };
@@ -310,8 +343,10 @@ pub struct Sequences {
     pub mask: Vec<f32>,
 }
 
-/// Tokenise the training rows, truncated to `max_len` tokens.
-pub fn sequences(rows: &[Row], tok: &Tokenizer, max_len: usize) -> Sequences {
+/// Tokenise rows into sequences of exactly `len` tokens (cut, or padded with end-of-text). The
+/// length is a setting, never read from the rows.
+pub fn sequences(rows: &[Row], tok: &Tokenizer, len: usize) -> Sequences {
+    let len = len.max(2);
     let seqs: Vec<(Vec<u32>, usize)> = rows
         .iter()
         .map(|r| {
@@ -319,11 +354,10 @@ pub fn sequences(rows: &[Row], tok: &Tokenizer, max_len: usize) -> Sequences {
             let p = ids.len();
             ids.extend(tok.encode(&format!(" {}", r.reference)));
             ids.push(tok.eos());
-            ids.truncate(max_len);
+            ids.truncate(len);
             (ids, p)
         })
         .collect();
-    let len = seqs.iter().map(|(s, _)| s.len()).max().unwrap_or(2).max(2);
     let mut out = Sequences {
         len,
         ids: Vec::new(),
@@ -363,6 +397,33 @@ pub fn sentence_loss<B: Backend>(
     nll.sum_dim(1).reshape([b]) / count
 }
 // ANCHOR_END: lm_loss
+
+/// Mean per-sequence loss of `seqs` (held-out rows: public evaluation data), in chunks.
+pub fn held_out_loss<B: Backend>(
+    model: &Gpt2<B>,
+    seqs: &Sequences,
+    chunk: usize,
+    dev: &B::Device,
+) -> f64 {
+    let t = seqs.len;
+    let n = seqs.ids.len() / t;
+    if n == 0 {
+        return f64::NAN;
+    }
+    let mut total = 0.0;
+    for start in (0..n).step_by(chunk.max(1)) {
+        let b = chunk.max(1).min(n - start);
+        let ids = seqs.ids[start * t..(start + b) * t].to_vec();
+        let mask = seqs.mask[start * (t - 1)..(start + b) * (t - 1)].to_vec();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, t]), dev);
+        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, t - 1]), dev);
+        total += sentence_loss(model, ids, mask)
+            .sum()
+            .into_scalar()
+            .elem::<f64>();
+    }
+    total / n as f64
+}
 
 // ANCHOR: greedy
 /// Greedy decoding of one prompt until end-of-text, `max_new` tokens or the context length.
@@ -421,14 +482,9 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     if let Some(m) = args.max_eval {
         test.truncate(m);
     }
+    // The vocabulary comes from public text (tiny model) or is GPT-2's own: never from the data.
     let tok = match args.model {
-        Size::Tiny => {
-            let texts = train
-                .iter()
-                .flat_map(|r| [prompt(&r.mr), format!(" {}", r.reference)])
-                .chain(test.iter().map(|(mr, _)| prompt(mr)));
-            Tokenizer::compact(texts.collect::<Vec<_>>().iter().map(String::as_str))?
-        }
+        Size::Tiny => Tokenizer::public_compact()?,
         _ => Tokenizer::gpt2()?,
     };
     let config = match args.model {
@@ -450,9 +506,20 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     };
     // ANCHOR_END: import_gpt2
     let seqs = sequences(&train, &tok, args.max_len.min(config.n_positions));
+    // The published loss curve is measured on held-out rows (one reference each), not on the
+    // private batches: a batch's exact loss is one person's loss when the batch holds one example.
+    let curve_rows: Vec<Row> = test
+        .iter()
+        .take(CURVE_HELD_OUT)
+        .map(|(mr, refs)| Row {
+            mr: mr.clone(),
+            reference: refs[0].clone(),
+        })
+        .collect();
+    let curve_seqs = sequences(&curve_rows, &tok, seqs.len);
     let n = train.len();
     eprintln!(
-        "data: {} train rows, {} held-out meaning representations; sequences of {} tokens; vocabulary {}",
+        "data: {} train rows, {} held-out meaning representations; sequences cut or padded to {} tokens (--max-len); vocabulary {} (fixed before training)",
         n,
         test.len(),
         seqs.len,
@@ -498,7 +565,6 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
         if logical.is_empty() {
             model = optim.step_empty(args.lr, model)?;
         } else {
-            let mut loss_sum = 0.0;
             for physical in logical.physical() {
                 let b = physical.indices.len();
                 let ids: Vec<i64> = physical
@@ -517,17 +583,20 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
                     Tensor::<B<I>, 1>::from_data(TensorData::new(physical.mask.clone(), [b]), &dev);
                 // Token ids need no `batch` mark: the embedding lookup marks its output.
                 let losses = sentence_loss(&model, ids, mask) * rows;
-                loss_sum += losses.clone().sum().into_scalar().elem::<f64>();
                 optim.backward(&model, losses)?;
             }
             model = optim.step(args.lr, model)?;
-            loss_curve.push(step, loss_sum / logical.indices.len() as f64);
         }
         if step % every == 0 || step == steps {
             eps_curve.push(step, optim.epsilon()?.epsilon);
+            let eval: Gpt2<PerSample<I>> = model.valid();
+            loss_curve.push(
+                step,
+                held_out_loss(&eval, &curve_seqs, args.physical_batch_size, &dev),
+            );
         }
         bar.set_message(format!(
-            "loss {:.3}",
+            "held-out loss {:.3}",
             loss_curve.points.last().map_or(f64::NAN, |p| p.1)
         ));
         bar.inc(1);
