@@ -1,83 +1,60 @@
-//! Corpus BLEU-4 (Papineni et al. 2002) with multiple references: clipped n-gram precisions
-//! for n = 1..4 summed over the corpus, geometric mean, brevity penalty against the reference
-//! length closest to each hypothesis. Text is lower-cased and punctuation split off.
+//! Corpus BLEU-4 as sacreBLEU computes it (Post 2018, "A Call for Clarity in Reporting BLEU
+//! Scores"; defaults `13a` tokenisation, case-sensitive, `exp` smoothing), so the example's score is
+//! comparable with published E2E numbers.
+//!
+//! The `bleuscore` crate does the 13a tokenisation and the clipped n-gram statistics with the
+//! reference length closest to each hypothesis (sacreBLEU's choice). Its corpus score gives 0 when
+//! some n-gram order has no match; sacreBLEU instead smooths such an order (`exp`: the k-th order
+//! without a match gets precision 1 / (2^k · total)), which this module adds.
 
-use std::collections::HashMap;
+use bleuscore::tokenizer::{Tokenizer, Tokenizer13a};
+use bleuscore::{compute_score, RefLenMethod};
 
-/// Lower-cased words with punctuation as separate tokens.
-pub fn tokenize(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut word = String::new();
-    for c in text.to_lowercase().chars() {
-        if c.is_alphanumeric() || c == '\'' {
-            word.push(c);
-        } else {
-            if !word.is_empty() {
-                out.push(std::mem::take(&mut word));
-            }
-            if !c.is_whitespace() {
-                out.push(c.to_string());
-            }
-        }
-    }
-    if !word.is_empty() {
-        out.push(word);
-    }
-    out
-}
-
-fn ngrams(tokens: &[String], n: usize) -> HashMap<&[String], usize> {
-    let mut m = HashMap::new();
-    if tokens.len() >= n {
-        for g in tokens.windows(n) {
-            *m.entry(g).or_insert(0) += 1;
-        }
-    }
-    m
-}
+/// Maximum n-gram order (BLEU-4).
+const ORDER: usize = 4;
 
 // ANCHOR: bleu
-/// Corpus BLEU-4 in 0..100 of `hypotheses` against their `references` (one or more each).
+/// Corpus BLEU-4 in 0..100 of `hypotheses` against their `references` (one or more each), as
+/// sacreBLEU's `corpus_bleu` with default settings.
 pub fn corpus_bleu(hypotheses: &[String], references: &[Vec<String>]) -> f64 {
-    let (mut matched, mut total) = ([0usize; 4], [0usize; 4]);
-    let (mut hyp_len, mut ref_len) = (0usize, 0usize);
-    for (h, refs) in hypotheses.iter().zip(references) {
-        let h = tokenize(h);
-        let refs: Vec<Vec<String>> = refs.iter().map(|r| tokenize(r)).collect();
-        hyp_len += h.len();
-        // The reference length closest to the hypothesis (the shorter one on ties).
-        ref_len += refs
-            .iter()
-            .map(|r| r.len())
-            .min_by_key(|&l| (l.abs_diff(h.len()), l))
-            .unwrap_or(0);
-        for n in 1..=4 {
-            let mut max_ref: HashMap<&[String], usize> = HashMap::new();
-            for r in &refs {
-                for (g, c) in ngrams(r, n) {
-                    let e = max_ref.entry(g).or_insert(0);
-                    *e = (*e).max(c);
-                }
-            }
-            for (g, c) in ngrams(&h, n) {
-                matched[n - 1] += c.min(max_ref.get(g).copied().unwrap_or(0));
-                total[n - 1] += c;
-            }
-        }
-    }
-    if hyp_len == 0 || matched.contains(&0) {
+    let pairs: Vec<(String, Vec<String>)> = hypotheses
+        .iter()
+        .zip(references)
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(h, r)| (h.clone(), r.clone()))
+        .collect();
+    if pairs.is_empty() {
         return 0.0;
     }
-    let log_precision: f64 = (0..4)
-        .map(|i| (matched[i] as f64 / total[i] as f64).ln())
-        .sum::<f64>()
-        / 4.0;
-    let brevity = if hyp_len >= ref_len {
-        0.0
-    } else {
-        1.0 - ref_len as f64 / hyp_len as f64
-    };
-    100.0 * (log_precision + brevity).exp()
+    let (hyps, refs): (Vec<String>, Vec<Vec<String>>) = pairs.into_iter().unzip();
+    let score = compute_score(&refs, &hyps, ORDER, false, RefLenMethod::Closest);
+    if score.translation_length == 0 {
+        return 0.0;
+    }
+    // n-grams of each order in the hypotheses (sacreBLEU's `totals`).
+    let tokenizer = Tokenizer13a::new();
+    let mut totals = [0usize; ORDER];
+    for h in &hyps {
+        let len = tokenizer.tokenize(h).len();
+        for (n, total) in totals.iter_mut().enumerate() {
+            *total += len.saturating_sub(n);
+        }
+    }
+    let mut smooth = 1.0;
+    let mut log_sum = 0.0;
+    for (n, &p) in score.precisions.iter().enumerate() {
+        if totals[n] == 0 {
+            return 0.0;
+        }
+        let p = if p > 0.0 {
+            p
+        } else {
+            smooth *= 2.0;
+            1.0 / (smooth * totals[n] as f64)
+        };
+        log_sum += p.ln();
+    }
+    100.0 * score.brevity_penalty * (log_sum / ORDER as f64).exp()
 }
 // ANCHOR_END: bleu
 
@@ -85,26 +62,51 @@ pub fn corpus_bleu(hypotheses: &[String], references: &[Vec<String>]) -> f64 {
 mod tests {
     use super::*;
 
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
     #[test]
     fn identical_is_100() {
-        let h = vec!["The Eagle is a French coffee shop by the riverside.".to_string()];
+        let h = s(&["The Eagle is a French coffee shop by the riverside."]);
         let r = vec![vec![h[0].clone()]];
         assert!((corpus_bleu(&h, &r) - 100.0).abs() < 1e-9);
     }
 
+    /// Reference values from sacreBLEU 2.6.0 (`sacrebleu.corpus_bleu(hyps, [refs1, refs2])`,
+    /// default settings), computed with Python 3.11 on 2026-11-30.
     #[test]
-    fn known_value() {
-        // 6 hypothesis tokens, reference of 7: precisions 6/6, 4/5, 2/4, 1/3 (the hypothesis
-        // misses "the"), brevity penalty exp(1 - 7/6).
-        let h = vec!["the eagle is by riverside .".to_string()];
-        let r = vec![vec!["the eagle is by the riverside .".to_string()]];
-        let p: f64 = (1.0f64 * 0.8 * 0.5 * (1.0 / 3.0)).powf(0.25);
-        let expect = 100.0 * p * (1.0f64 - 7.0 / 6.0).exp();
-        assert!(
-            (corpus_bleu(&h, &r) - expect).abs() < 1e-9,
-            "{} vs {expect}",
-            corpus_bleu(&h, &r)
-        );
-        assert_eq!(corpus_bleu(&["x y".into()], &[vec!["a b c d".into()]]), 0.0);
+    fn matches_sacrebleu() {
+        let hyps = s(&[
+            "The Eagle is a French coffee shop by the riverside.",
+            "Aromi is a pub in the city centre with cheap prices.",
+            "There is a cheap Italian restaurant called Zizzi.",
+        ]);
+        let refs1 = s(&[
+            "The Eagle is a coffee shop serving French food by the riverside.",
+            "Aromi is a cheap pub in the city centre.",
+            "Zizzi is a cheap Italian restaurant.",
+        ]);
+        let refs2 = s(&[
+            "By the riverside, The Eagle is a French coffee shop.",
+            "In the city centre, Aromi is a pub with cheap prices.",
+            "There is an Italian restaurant called Zizzi with cheap prices.",
+        ]);
+        let refs: Vec<Vec<String>> = (0..3)
+            .map(|i| vec![refs1[i].clone(), refs2[i].clone()])
+            .collect();
+        // sacreBLEU: 76.4631619524232 (counts [32, 26, 19, 12], totals [32, 29, 26, 23]).
+        assert!((corpus_bleu(&hyps, &refs) - 76.4631619524232).abs() < 1e-9);
+        // An order without a match: sacreBLEU's exp smoothing gives 31.21900910291815
+        // (counts [7, 4, 1, 0], totals [9, 7, 5, 3]), not 0.
+        let hyps = s(&["the cat sat on the mat", "a dog ran"]);
+        let refs = vec![s(&["the cat is on the mat"]), s(&["the dog ran away"])];
+        assert!((corpus_bleu(&hyps, &refs) - 31.21900910291815).abs() < 1e-9);
+    }
+
+    #[test]
+    fn empty_input_is_zero() {
+        assert_eq!(corpus_bleu(&[], &[]), 0.0);
+        assert_eq!(corpus_bleu(&s(&[""]), &[s(&["a b c d"])]), 0.0);
     }
 }
