@@ -20,6 +20,7 @@ pub mod optim;
 pub mod privacy;
 pub mod rules;
 pub mod sampling;
+pub mod trainer;
 
 pub use backend::PerSample;
 /// Privacy accounting (the `burn-dp-accountant` crate).
@@ -37,6 +38,7 @@ pub use optim::{BatchStats, DpCheckpointState, DpOptimizer};
 pub use privacy::{BudgetPolicy, PrivacyState};
 pub use rules::NormMode;
 pub use sampling::{LogicalBatch, PhysicalBatch, PoissonSampler};
+pub use trainer::{PrivateTrainer, StepReport};
 
 /// The CUDA backend (feature `cuda`): train with `DpAutodiff<Cuda>`.
 #[cfg(feature = "cuda")]

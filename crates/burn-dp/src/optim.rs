@@ -172,6 +172,12 @@ impl<O, B: Backend> DpOptimizer<O, B> {
         Ok(())
     }
 
+    /// Drops the clipped sums of an unfinished logical batch (after an error in one of its
+    /// physical batches: a partial batch must never be stepped on).
+    pub(crate) fn discard_accumulated(&mut self) {
+        self.accumulated = None;
+    }
+
     /// The accumulated (clipped, not yet noised) sum for a parameter, flattened.
     pub fn accumulated_sum(&self, id: &ParamId) -> Option<Tensor<B, 1>> {
         self.accumulated

@@ -11,8 +11,7 @@ use burn::optim::AdamWConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_dp::{
-    batch, freeze, AccountantKind, DpAutodiff, DpOptimizer, PerSample, PoissonSampler,
-    PrivacyState, Schedule,
+    batch, freeze, AccountantKind, DpAutodiff, PerSample, PrivacyState, PrivateTrainer, Schedule,
 };
 use burn_dp_examples_common::{
     self as common, BackendKind, ClippingKind, Curve, Error, FreezeKind,
@@ -467,7 +466,7 @@ where
     let n = train.len();
     // ANCHOR: setup
     // DP-BiTFiT (`--freeze bias`) trains only the biases; frozen parameters cost nothing.
-    let (mut model, report) = freeze(model, &common::freeze_policy(args.freeze, &[head]))?;
+    let (model, report) = freeze(model, &common::freeze_policy(args.freeze, &[head]))?;
     let schedule = Schedule::from_epochs(n as u64, args.batch_size.min(n as u64), args.epochs)?;
     let privacy = PrivacyState::for_target_epsilon(
         args.target_epsilon,
@@ -476,15 +475,16 @@ where
         AccountantKind::Rdp,
     )?;
     let sigma = privacy.noise_multiplier;
-    let mut sampler =
-        PoissonSampler::new(n, schedule.sample_rate, args.physical_batch_size, noise)?;
     let clipping = common::clipping(args.clipping, args.max_norm);
-    let inner = AdamWConfig::new().init::<B<I>, M>();
-    let mut optim = DpOptimizer::new(
-        inner,
+    // The trainer owns the model, the DP optimizer and the Poisson sampler (at the privacy
+    // state's q); physical batches only bound memory.
+    let mut trainer = PrivateTrainer::new(
+        model,
+        AdamWConfig::new().init::<B<I>, M>(),
         clipping,
         privacy,
-        sampler.expected_batch_size(),
+        n,
+        args.physical_batch_size,
         noise,
     )?;
     // ANCHOR_END: setup
@@ -501,28 +501,18 @@ where
     let every = (steps / 50).max(1);
     for step in 1..=steps {
         // ANCHOR: step
-        let logical = sampler.next_batch();
-        if logical.is_empty() {
-            model = optim.step_empty(args.lr, model)?;
-        } else {
-            for physical in logical.physical() {
-                let (x, y) = train.tensors::<B<I>>(&physical.indices, &dev);
-                let mask = Tensor::<B<I>, 1>::from_data(
-                    TensorData::new(physical.mask.clone(), [physical.mask.len()]),
-                    &dev,
-                );
-                let losses = cross_entropy_per_sample(model.logits(batch(x)), y) * mask;
-                optim.backward(&model, losses)?;
-            }
-            model = optim.step(args.lr, model)?;
-        }
+        // Per-sample losses of the drawn examples; padding rows are masked by the trainer.
+        trainer.step(args.lr, |model, indices| {
+            let (x, y) = train.tensors::<B<I>>(indices, &dev);
+            cross_entropy_per_sample(model.logits(batch(x)), y)
+        })?;
         // ANCHOR_END: step
         if step % every == 0 || step == steps {
-            eps_curve.push(step, optim.epsilon()?.epsilon);
+            eps_curve.push(step, trainer.epsilon()?.epsilon);
             // The published curve: the noised model's loss on held-out images, never the loss
             // of a private batch.
             let loss = held_out_loss(
-                &model.valid(),
+                &trainer.model().valid(),
                 &curve_images,
                 args.physical_batch_size,
                 &dev,
@@ -532,8 +522,13 @@ where
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let epsilon = optim.epsilon()?.epsilon;
-    let accuracy = accuracy(&model.valid(), test, args.physical_batch_size, &dev);
+    let epsilon = trainer.epsilon()?.epsilon;
+    let accuracy = accuracy(
+        &trainer.model().valid(),
+        test,
+        args.physical_batch_size,
+        &dev,
+    );
     let seconds = start.elapsed().as_secs_f64();
     let metrics = serde_json::json!({
         "example": "image-classification",

@@ -90,3 +90,20 @@ fn book_includes_resolve() {
         }
     }
 }
+
+/// The README's Rust snippet is a verbatim excerpt of the quickstart, which CI compiles.
+#[test]
+fn readme_snippet_is_compiled_code() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let main = std::fs::read_to_string(root.join("examples/quickstart/src/main.rs")).unwrap();
+    let mut blocks = readme.split("```rust\n").skip(1);
+    let snippet = blocks.next().expect("a rust block in README.md");
+    let snippet = &snippet[..snippet.find("```").expect("closed block")];
+    assert!(snippet.lines().count() > 10, "{snippet}");
+    assert!(
+        main.contains(snippet),
+        "README.md's Rust snippet is not a verbatim part of examples/quickstart/src/main.rs:\n{snippet}"
+    );
+    assert!(blocks.next().is_none(), "one Rust block in README.md");
+}

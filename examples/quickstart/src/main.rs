@@ -14,8 +14,8 @@ use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_dp::{
-    batch, AccountantKind, ClippingFn, DpAutodiff, DpOptimizer, NoiseSource, PerSample,
-    PerSampleConfig, PoissonSampler, PrivacyState, Schedule,
+    batch, AccountantKind, ClippingFn, DpAutodiff, NoiseSource, PerSample, PerSampleConfig,
+    PrivacyState, PrivateTrainer, Schedule,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -125,40 +125,27 @@ fn train_private(
     let schedule = Schedule::from_epochs(n as u64, EXPECTED_BATCH as u64, EPOCHS)?;
     let privacy =
         PrivacyState::for_target_epsilon(TARGET_EPSILON, DELTA, schedule, AccountantKind::Rdp)?;
-    let mut sampler =
-        PoissonSampler::new(n, schedule.sample_rate, EXPECTED_BATCH, NoiseSource::Os)?;
-    let clipping = PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 });
-    let inner = SgdConfig::new().init::<B, Classifier<B>>();
-    let mut optim = DpOptimizer::new(
-        inner,
-        clipping,
+    let mut trainer = PrivateTrainer::new(
+        Classifier::<B>::new(&device),
+        SgdConfig::new().init(),
+        PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
         privacy,
-        sampler.expected_batch_size(),
+        n,
+        EXPECTED_BATCH, // rows per forward pass (memory); the privacy comes from q and σ
         NoiseSource::Os,
     )?;
-
-    let mut model = Classifier::<B>::new(&device);
     bar.set_length(schedule.steps);
     for _ in 0..schedule.steps {
-        let logical = sampler.next_batch();
-        if logical.is_empty() {
-            model = optim.step_empty(LR, model)?;
-        } else {
-            for physical in logical.physical() {
-                let (x, y) = tensors::<B>(&data.train, &physical.indices, &device);
-                let mask = Tensor::<B, 1>::from_data(
-                    TensorData::new(physical.mask.clone(), [physical.mask.len()]),
-                    &device,
-                );
-                let losses = model.losses(batch(x), y) * mask;
-                optim.backward(&model, losses)?; // clip and accumulate
-            }
-            model = optim.step(LR, model)?; // noise, scale, inner step
-        }
+        // The per-sample losses of the drawn examples; the trainer masks padding rows, clips,
+        // accumulates, adds noise, steps and accounts.
+        trainer.step(LR, |model, indices| {
+            let (x, y) = tensors::<B>(&data.train, indices, &device);
+            model.losses(batch(x), y)
+        })?;
         bar.inc(1);
     }
-    let epsilon = optim.epsilon()?.epsilon;
-    Ok((model.valid(), epsilon))
+    let epsilon = trainer.epsilon()?.epsilon;
+    Ok((trainer.into_model().valid(), epsilon))
 }
 // ANCHOR_END: dp_training
 

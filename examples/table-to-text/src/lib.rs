@@ -12,8 +12,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_dp::{
-    freeze, AccountantKind, DpAutodiff, DpOptimizer, PerSample, PoissonSampler, PrivacyState,
-    Schedule,
+    batch, freeze, AccountantKind, DpAutodiff, PerSample, PrivacyState, PrivateTrainer, Schedule,
 };
 use burn_dp_examples_common::{
     self as common, BackendKind, ClippingKind, Curve, Error, FreezeKind,
@@ -529,7 +528,7 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     let head = [last.as_str(), "transformer.ln_f", "lm_head"];
 
     let noise = common::noise_source(args.seed);
-    let (mut model, report) = freeze(model, &common::freeze_policy(args.freeze, &head))?;
+    let (model, report) = freeze(model, &common::freeze_policy(args.freeze, &head))?;
     let schedule = Schedule::from_epochs(n as u64, args.batch_size.min(n as u64), args.epochs)?;
     let privacy = PrivacyState::for_target_epsilon(
         args.target_epsilon,
@@ -538,14 +537,13 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
         AccountantKind::Rdp,
     )?;
     let sigma = privacy.noise_multiplier;
-    let mut sampler =
-        PoissonSampler::new(n, schedule.sample_rate, args.physical_batch_size, noise)?;
-    let inner = AdamWConfig::new().init::<B<I>, Gpt2<B<I>>>();
-    let mut optim = DpOptimizer::new(
-        inner,
+    let mut trainer = PrivateTrainer::new(
+        model,
+        AdamWConfig::new().init::<B<I>, Gpt2<B<I>>>(),
         common::clipping(args.clipping, args.max_norm),
         privacy,
-        sampler.expected_batch_size(),
+        n,
+        args.physical_batch_size,
         noise,
     )?;
     eprintln!(
@@ -561,35 +559,28 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     let every = (steps / 50).max(1);
     let t = seqs.len;
     for step in 1..=steps {
-        let logical = sampler.next_batch();
-        if logical.is_empty() {
-            model = optim.step_empty(args.lr, model)?;
-        } else {
-            for physical in logical.physical() {
-                let b = physical.indices.len();
-                let ids: Vec<i64> = physical
-                    .indices
-                    .iter()
-                    .flat_map(|&i| seqs.ids[i * t..(i + 1) * t].iter().copied())
-                    .collect();
-                let mask: Vec<f32> = physical
-                    .indices
-                    .iter()
-                    .flat_map(|&i| seqs.mask[i * (t - 1)..(i + 1) * (t - 1)].iter().copied())
-                    .collect();
-                let ids = Tensor::<B<I>, 2, Int>::from_data(TensorData::new(ids, [b, t]), &dev);
-                let mask = Tensor::<B<I>, 2>::from_data(TensorData::new(mask, [b, t - 1]), &dev);
-                let rows =
-                    Tensor::<B<I>, 1>::from_data(TensorData::new(physical.mask.clone(), [b]), &dev);
-                // Token ids need no `batch` mark: the embedding lookup marks its output.
-                let losses = sentence_loss(&model, ids, mask) * rows;
-                optim.backward(&model, losses)?;
-            }
-            model = optim.step(args.lr, model)?;
-        }
+        // Token ids need no `batch` mark: the embedding lookup marks its output.
+        trainer.step(args.lr, |model, indices| {
+            let b = indices.len();
+            let ids: Vec<i64> = indices
+                .iter()
+                .flat_map(|&i| seqs.ids[i * t..(i + 1) * t].iter().copied())
+                .collect();
+            let mask: Vec<f32> = indices
+                .iter()
+                .flat_map(|&i| seqs.mask[i * (t - 1)..(i + 1) * (t - 1)].iter().copied())
+                .collect();
+            let ids = Tensor::<B<I>, 2, Int>::from_data(TensorData::new(ids, [b, t]), &dev);
+            // The token mask is per-sample data: marked as the batch like the inputs.
+            let mask = batch(Tensor::<B<I>, 2>::from_data(
+                TensorData::new(mask, [b, t - 1]),
+                &dev,
+            ));
+            sentence_loss(model, ids, mask)
+        })?;
         if step % every == 0 || step == steps {
-            eps_curve.push(step, optim.epsilon()?.epsilon);
-            let eval: Gpt2<PerSample<I>> = model.valid();
+            eps_curve.push(step, trainer.epsilon()?.epsilon);
+            let eval: Gpt2<PerSample<I>> = trainer.model().valid();
             loss_curve.push(
                 step,
                 held_out_loss(&eval, &curve_seqs, args.physical_batch_size, &dev),
@@ -602,10 +593,10 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let epsilon = optim.epsilon()?.epsilon;
+    let epsilon = trainer.epsilon()?.epsilon;
 
     // Greedy generation on the held-out meaning representations, scored with corpus BLEU-4.
-    let eval: Gpt2<PerSample<I>> = model.valid();
+    let eval: Gpt2<PerSample<I>> = trainer.into_model().valid();
     let bar = common::progress(test.len() as u64, "generating", args.quiet);
     let mut hypotheses = Vec::new();
     for (mr, _) in &test {

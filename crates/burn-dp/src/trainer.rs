@@ -1,0 +1,387 @@
+//! The private training loop: Poisson sampling, fixed-shape physical batches, the padding mask,
+//! clip and accumulate, the DP step, the privacy budget and checkpoints, in one place.
+//!
+//! A program supplies only "the per-sample losses of these examples"; the loop does the rest, so
+//! no program can forget the mask on padded rows, divide by the wrong batch size, or sample at a
+//! rate the accountant does not know:
+//!
+//! ```text
+//! each step:  check the budget for one more step          (refuse before touching any data)
+//!             draw a logical batch (Poisson, rate q)
+//!             for each fixed-shape physical batch:
+//!                 losses = your closure(model, indices)    [P] per-sample losses
+//!                 clip and accumulate  losses · mask       (padding rows contribute zero)
+//!             add noise → scale by q·N → inner step → account
+//! ```
+//!
+//! The sampling rate q comes from the [`PrivacyState`] alone: the sampler draws at that rate and
+//! the optimizer divides by the expected batch size `q·N`, so the three cannot disagree.
+
+use std::path::Path;
+
+use burn::module::AutodiffModule;
+use burn::optim::Optimizer;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use burn_dp_accountant::Epsilon;
+
+use crate::engine::{batch, DpAutodiff, PerSampleConfig};
+use crate::error::DpError;
+use crate::noise::NoiseSource;
+use crate::optim::DpOptimizer;
+use crate::privacy::PrivacyState;
+use crate::sampling::PoissonSampler;
+
+/// What one DP step of a [`PrivateTrainer`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// Steps taken so far (this one included).
+    pub step: u64,
+    /// Examples drawn into the logical batch (Poisson: random, possibly zero). Not private: do not
+    /// publish per-step values of it beside the model without accounting for it.
+    pub samples: usize,
+    /// Physical batches the logical batch was cut into.
+    pub physical_batches: usize,
+    /// ε spent so far at the run's δ.
+    pub epsilon: f64,
+}
+
+/// DP training of one model: owns the model, the DP optimizer and the Poisson sampler.
+///
+/// The model stays inside the trainer so that an error (a refused budget, a forward that mixes
+/// samples) never loses it: [`PrivateTrainer::model`] still holds the last good model, and no
+/// partial logical batch is kept.
+pub struct PrivateTrainer<M, O, B: Backend> {
+    model: M,
+    optim: DpOptimizer<O, B>,
+    sampler: PoissonSampler,
+    device: B::Device,
+    steps: u64,
+}
+
+impl<M, O, B> PrivateTrainer<M, O, B>
+where
+    B: Backend,
+    M: AutodiffModule<DpAutodiff<B>>,
+    O: Optimizer<M, DpAutodiff<B>>,
+{
+    /// A trainer for `model` over a private data set of `dataset_size` examples, drawn by Poisson
+    /// sampling at `privacy.sample_rate` and cut into physical batches of `physical_batch_size`
+    /// rows (the memory knob; it does not change the privacy guarantee).
+    ///
+    /// `noise` seeds both the Gaussian noise and the sampler ([`NoiseSource::Os`] unless the run
+    /// is an experiment that need not be private against whoever knows the seed).
+    pub fn new(
+        model: M,
+        inner: O,
+        clipping: PerSampleConfig,
+        privacy: PrivacyState,
+        dataset_size: usize,
+        physical_batch_size: usize,
+        noise: NoiseSource,
+    ) -> Result<Self, DpError> {
+        let sampler = PoissonSampler::new(
+            dataset_size,
+            privacy.sample_rate,
+            physical_batch_size,
+            noise,
+        )?;
+        let optim = DpOptimizer::new(
+            inner,
+            clipping,
+            privacy,
+            sampler.expected_batch_size(),
+            noise,
+        )?;
+        let device = model
+            .devices()
+            .into_iter()
+            .next()
+            .ok_or_else(|| DpError::InvalidConfig("the model has no parameters".into()))?;
+        Ok(PrivateTrainer {
+            model,
+            optim,
+            sampler,
+            device,
+            steps: 0,
+        })
+    }
+
+    /// One DP step with learning rate `lr`. `losses(model, indices)` returns the per-sample losses
+    /// `[P]` of the examples `indices` (`P` = the physical batch size; padding rows repeat an index
+    /// and are masked out by the trainer, so compute them like any other row).
+    ///
+    /// A refused step ([`DpError::BudgetExceeded`]) is refused before any data is read. On any
+    /// error the model is unchanged and nothing of the step is kept.
+    ///
+    /// # Shapes
+    /// `losses` returns `[P]`, one loss per row of `indices`.
+    pub fn step<F>(&mut self, lr: f64, mut losses: F) -> Result<StepReport, DpError>
+    where
+        F: FnMut(&M, &[usize]) -> Tensor<DpAutodiff<B>, 1>,
+    {
+        self.optim.privacy().check_next_step()?;
+        let logical = self.sampler.next_batch();
+        let physical = logical.physical();
+        let model = self.model.clone();
+        let next = if logical.is_empty() {
+            self.optim.step_empty(lr, model)
+        } else {
+            let mut accumulate = || -> Result<(), DpError> {
+                for batch_rows in &physical {
+                    let per_sample = losses(&self.model, &batch_rows.indices);
+                    let rows = batch_rows.indices.len();
+                    if per_sample.dims() != [rows] {
+                        return Err(DpError::LossShape {
+                            shape: per_sample.dims().to_vec(),
+                        });
+                    }
+                    let mask = Tensor::<DpAutodiff<B>, 1>::from_data(
+                        TensorData::new(batch_rows.mask.clone(), [rows]),
+                        &self.device,
+                    );
+                    // The mask is per-sample data: marked as the batch like any model input.
+                    self.optim.backward(&self.model, per_sample * batch(mask))?;
+                }
+                Ok(())
+            };
+            match accumulate() {
+                Ok(()) => self.optim.step(lr, model),
+                Err(e) => {
+                    self.optim.discard_accumulated();
+                    return Err(e);
+                }
+            }
+        };
+        match next {
+            Ok(model) => self.model = model,
+            Err(e) => {
+                self.optim.discard_accumulated();
+                return Err(e);
+            }
+        }
+        self.steps += 1;
+        Ok(StepReport {
+            step: self.steps,
+            samples: logical.indices.len(),
+            physical_batches: physical.len(),
+            epsilon: self.optim.epsilon()?.epsilon,
+        })
+    }
+
+    /// The model as trained so far.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// The trained model.
+    pub fn into_model(self) -> M {
+        self.model
+    }
+
+    /// ε spent so far at the run's δ.
+    pub fn epsilon(&self) -> Result<Epsilon, DpError> {
+        self.optim.epsilon()
+    }
+
+    /// The DP optimizer (σ, q, δ, clipping).
+    pub fn optimizer(&self) -> &DpOptimizer<O, B> {
+        &self.optim
+    }
+
+    /// Steps taken by this trainer (since it was built or resumed).
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Saves the model, the optimizer, the DP state and the sampler in `dir` (see
+    /// [`DpOptimizer::save_checkpoint`]).
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<(), DpError> {
+        self.optim
+            .save_checkpoint(dir, &self.model, Some(&self.sampler))
+    }
+
+    /// Resumes from a checkpoint written by [`PrivateTrainer::save_checkpoint`]: the model, the
+    /// optimizer, the privacy history (so ε continues) and the sampler.
+    pub fn resume(self, dir: &Path) -> Result<Self, DpError> {
+        let PrivateTrainer {
+            model,
+            optim,
+            mut sampler,
+            device,
+            steps,
+        } = self;
+        let (optim, model) = optim.load_checkpoint(dir, model, Some(&mut sampler))?;
+        Ok(PrivateTrainer {
+            model,
+            optim,
+            sampler,
+            device,
+            steps,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+    use burn::module::Module;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::optim::adaptor::OptimizerAdaptor;
+    use burn::optim::SgdConfig;
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{Tensor, TensorData};
+
+    use crate::*;
+
+    type Dp = DpAutodiff<NdArray<f32>>;
+
+    #[derive(Module, Debug)]
+    struct Net<B: Backend> {
+        fc: Linear<B>,
+    }
+
+    const N: usize = 40;
+
+    fn data(indices: &[usize]) -> Tensor<Dp, 2> {
+        let x: Vec<f32> = indices
+            .iter()
+            .flat_map(|&i| (0..4).map(move |j| ((i * 4 + j) as f32 * 0.61).sin()))
+            .collect();
+        Tensor::from_data(TensorData::new(x, [indices.len(), 4]), &Default::default())
+    }
+
+    fn losses(model: &Net<Dp>, indices: &[usize]) -> Tensor<Dp, 1> {
+        let b = indices.len();
+        model
+            .fc
+            .forward(batch(data(indices)))
+            .powf_scalar(2.0)
+            .reshape([b])
+    }
+
+    fn privacy(target: Option<f64>) -> PrivacyState {
+        match target {
+            None => PrivacyState::with_noise_multiplier(1.0, 0.25, 1e-5, AccountantKind::Rdp),
+            Some(eps) => PrivacyState::for_target_epsilon(
+                eps,
+                1e-5,
+                Schedule {
+                    sample_rate: 0.25,
+                    steps: 3,
+                },
+                AccountantKind::Rdp,
+            ),
+        }
+        .unwrap()
+    }
+
+    type Sgd = OptimizerAdaptor<burn::optim::Sgd<PerSample<NdArray<f32>>>, Net<Dp>, Dp>;
+
+    fn trainer(target: Option<f64>, seed: u64) -> PrivateTrainer<Net<Dp>, Sgd, NdArray<f32>> {
+        let model = Net {
+            fc: LinearConfig::new(4, 1).init(&Default::default()),
+        };
+        PrivateTrainer::new(
+            model,
+            SgdConfig::new().init(),
+            PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
+            privacy(target),
+            N,
+            3,
+            NoiseSource::FixedSeedForExperiments(seed),
+        )
+        .unwrap()
+    }
+
+    fn weights(m: &Net<Dp>) -> Vec<f32> {
+        m.fc.weight.val().into_data().to_vec::<f32>().unwrap()
+    }
+
+    /// The trainer is the hand-written loop (sampler at q, physical batches, mask, backward,
+    /// step or step_empty) with the same seed, to the last bit.
+    #[test]
+    fn trainer_equals_the_written_out_loop() {
+        let mut t = trainer(None, 11);
+        let start = t.model().clone();
+        for _ in 0..4 {
+            t.step(0.1, losses).unwrap();
+        }
+        let noise = NoiseSource::FixedSeedForExperiments(11);
+        let mut sampler = PoissonSampler::new(N, 0.25, 3, noise).unwrap();
+        let mut optim = DpOptimizer::new(
+            SgdConfig::new().init::<Dp, Net<Dp>>(),
+            PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
+            privacy(None),
+            sampler.expected_batch_size(),
+            noise,
+        )
+        .unwrap();
+        let mut model = start;
+        for _ in 0..4 {
+            let logical = sampler.next_batch();
+            if logical.is_empty() {
+                model = optim.step_empty(0.1, model).unwrap();
+                continue;
+            }
+            for p in logical.physical() {
+                let mask = Tensor::<Dp, 1>::from_data(
+                    TensorData::new(p.mask.clone(), [p.mask.len()]),
+                    &Default::default(),
+                );
+                optim
+                    .backward(&model, losses(&model, &p.indices) * mask)
+                    .unwrap();
+            }
+            model = optim.step(0.1, model).unwrap();
+        }
+        assert_eq!(weights(t.model()), weights(&model));
+        assert_eq!(t.steps(), 4);
+        assert_eq!(t.epsilon().unwrap(), optim.epsilon().unwrap());
+    }
+
+    /// A forward that returns the wrong number of losses is a typed error; the model is unchanged
+    /// and nothing of the failed step is kept (the next step works).
+    #[test]
+    fn a_failed_step_keeps_the_model_and_no_partial_batch() {
+        let mut t = trainer(None, 5);
+        let before = weights(t.model());
+        let err = t
+            .step(0.1, |m, idx| {
+                let l = losses(m, idx);
+                Tensor::cat(vec![l.clone(), l], 0)
+            })
+            .unwrap_err();
+        assert!(matches!(err, DpError::LossShape { .. }), "{err}");
+        assert_eq!(weights(t.model()), before);
+        assert_eq!(t.steps(), 0);
+        t.step(0.1, losses).unwrap();
+        assert_eq!(t.steps(), 1);
+    }
+
+    /// The budget is checked before any data is read: the step past the target is refused, the
+    /// closure is never called, and the model stays as it was.
+    #[test]
+    fn budget_is_refused_before_reading_data() {
+        let mut t = trainer(Some(4.0), 3);
+        let mut taken = 0;
+        loop {
+            match t.step(0.1, losses) {
+                Ok(_) => taken += 1,
+                Err(DpError::BudgetExceeded { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(taken < 100, "the budget was never enforced");
+        }
+        assert!(taken >= 3);
+        let before = weights(t.model());
+        let mut called = false;
+        let err = t.step(0.1, |m, idx| {
+            called = true;
+            losses(m, idx)
+        });
+        assert!(matches!(err, Err(DpError::BudgetExceeded { .. })));
+        assert!(!called);
+        assert_eq!(weights(t.model()), before);
+    }
+}
