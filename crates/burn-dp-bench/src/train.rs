@@ -312,16 +312,20 @@ fn measure(
     // The first step is the first warm-up step, or the first timed one without warm-up.
     let first_step = warm.first().or(times.first()).copied().unwrap_or(0.0);
     let first_step_end = setup_end + std::time::Duration::from_secs_f64(first_step);
+    // ANCHOR: profile
     let profile = if cfg.profile {
         let mut profiled = Vec::new();
+        // This thread records from here to `disable`: each step's forward pass (wrapped in
+        // `profile::timed(Phase::Forward, ..)`) and the library's phases.
         profile::enable();
         let run = timed(cfg.steps, &mut profiled);
-        let phases = profile::disable();
+        let phases = profile::disable(); // time and calls per `Phase`
         run?;
         Some((phases, profiled))
     } else {
         None
     };
+    // ANCHOR_END: profile
     let bytes = match (bytes_before, bytes_after) {
         (Some(a), Some(b)) => Some(TransferBytes {
             to_device: b.to_device - a.to_device,
