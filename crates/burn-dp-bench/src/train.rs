@@ -545,6 +545,7 @@ pub fn run_sweep(
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let mut results = Vec::new();
     for single in configs {
+        eprintln!("bench: running {single} on {backend} in its own process");
         let out = std::process::Command::new(&exe)
             .arg("train")
             .arg("--single")
