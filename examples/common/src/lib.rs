@@ -90,7 +90,7 @@ pub fn noise_source(seed: Option<u64>) -> NoiseSource {
 /// autotunes every kernel the model needs (55–140 s measured per process on an H200 with burn
 /// 0.21), which would otherwise look like a hang; see the book's CUDA chapter for what shortens it.
 pub const FIRST_STEP_NOTICE: &str =
-    "first step: on CUDA, kernels compile and autotune now (1-2 min), later steps are fast";
+    "(on CUDA the first step compiles and autotunes kernels: 1-2 min; later ones are fast)";
 
 /// A progress bar on stderr (hidden when `quiet`). Until the first `inc` it shows
 /// [`FIRST_STEP_NOTICE`], and it redraws every second so the elapsed time keeps moving.
