@@ -5,10 +5,12 @@
 //!
 //! Usage: `cargo run --release -p burn-dp-bench --bin bench -- engine [--iters N]`
 //!
-//! `bench train`: see `train.rs`.
+//! `bench train`: see `train.rs`; `bench ratios FILE...`: the ratios of `bench train` lines
+//! collected elsewhere (`tools/gpu-check.sh`). `bench --help` lists every flag.
 
 mod train;
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::backend::{Autodiff, NdArray};
@@ -22,6 +24,9 @@ use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_dp::{batch, clipped_backward, ClippingFn, DpAutodiff, NormMode, PerSampleConfig};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use train::{BackendKind, Mode, Model, Single};
 
 type Inner = NdArray<f32>;
 type Plain = Autodiff<Inner>;
@@ -216,172 +221,228 @@ where
     }
 }
 
+/// Benchmarks of burn-dp.
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench",
+    about = "Benchmarks of burn-dp: engine overheads and DP training throughput"
+)]
+struct Cli {
+    /// The benchmark (default: `engine`).
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Per-sample engine overheads on the CPU: ghost norm, instantiation and the cost model's
+    /// choice against an ordinary backward and a batch-of-one loop.
+    Engine {
+        /// Timed iterations per measurement (the median is reported).
+        #[arg(long, default_value_t = 10, value_parser = positive)]
+        iters: usize,
+    },
+    /// Training throughput, time to first step and (with `--profile`) per-phase times for the
+    /// anchor shapes in four modes; one process per configuration, one JSON line each, then the
+    /// ratios of the performance goals.
+    Train(TrainArgs),
+    /// The ratios of the performance goals from JSON lines written by `bench train` (and lines
+    /// with `peak_device_mib` for device memory), e.g. by `tools/gpu-check.sh`.
+    Ratios {
+        /// Files of JSON lines (lines that are not JSON objects are skipped).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// The backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    backend: BackendKind,
+    /// Models to run at their anchor batch sizes (default: all), comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    models: Vec<Model>,
+    /// Modes (default: all four), comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',',
+          default_values_t = [Mode::PlainFull, Mode::PlainBitfit, Mode::DpFull, Mode::DpBitfit])]
+    modes: Vec<Mode>,
+    /// Physical batch size for every model, instead of the anchor batch sizes.
+    #[arg(long, value_parser = positive)]
+    batch: Option<usize>,
+    /// GPT-2 sequence length.
+    #[arg(long, default_value_t = 128, value_parser = positive)]
+    seq: usize,
+    /// Image side for ViT-B/16 and ResNet-50-GN.
+    #[arg(long, default_value_t = 224, value_parser = positive)]
+    image: usize,
+    /// Timed steps per configuration.
+    #[arg(long, default_value_t = 10, value_parser = positive)]
+    steps: usize,
+    /// Untimed warm-up steps before them.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Time each phase of the timed steps with the device synchronised around it (forward,
+    /// backward, norms, factors, clipped sums, noise, optimizer step) and count the host↔device
+    /// bytes of a step. The synchronisations slow the step down: take throughput from a run
+    /// without it.
+    #[arg(long)]
+    profile: bool,
+    /// cubecl's autotune effort on CUDA (sets `CUBECL_AUTOTUNE_LEVEL` for every configuration);
+    /// `minimal` shortens the time to the first step.
+    #[arg(long, value_enum)]
+    autotune_level: Option<AutotuneLevel>,
+    /// Run one configuration in this process instead of a sweep.
+    #[arg(long, value_name = "MODEL:BATCH:MODE", conflicts_with_all = ["models", "modes", "batch"])]
+    single: Option<Single>,
+}
+
+/// cubecl's autotune levels (`CUBECL_AUTOTUNE_LEVEL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AutotuneLevel {
+    /// Least autotuning (fastest start).
+    Minimal,
+    /// cubecl's default.
+    Balanced,
+    /// More autotuning.
+    Extensive,
+    /// Every candidate kernel.
+    Full,
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{s}` is not a positive integer")),
+    }
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let iters = args
-        .iter()
-        .position(|a| a == "--iters")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
-    match args.get(1).map(String::as_str) {
-        Some("engine") | None => {
-            let dev = Default::default();
-            run(
-                "mlp",
-                iters,
-                [64, 28, 28],
-                mlp::<Plain>(&dev),
-                mlp::<Dp>(&dev),
-            );
-            run(
-                "cnn",
-                iters,
-                [32, 3, 32 * 32],
-                cnn::<Plain>(&dev),
-                cnn::<Dp>(&dev),
-            );
-            run(
-                "transformer-2l",
-                iters,
-                [16, 32, 32],
-                encoder::<Plain>(&dev),
-                encoder::<Dp>(&dev),
-            );
+    train::PROCESS_START.get_or_init(Instant::now);
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Engine { iters: 10 }) {
+        Command::Engine { iters } => {
+            engine_main(iters);
+            Ok(())
         }
-        Some("train") => train_main(&args[2..]),
-        Some(other) => {
-            eprintln!("unknown benchmark `{other}`; available: engine, train");
-            std::process::exit(2);
-        }
-    }
-}
-
-fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-}
-
-fn num(args: &[String], name: &str) -> Option<usize> {
-    arg(args, name).map(|v| {
-        v.parse().unwrap_or_else(|_| {
-            eprintln!("{name} takes a number, got `{v}`");
-            std::process::exit(2)
-        })
-    })
-}
-
-/// `bench train [--backend ndarray|cuda] [--models m1,m2] [--modes a,b] [--batch N] [--seq N]
-/// [--image N] [--steps N] [--warmup N]`: one process per configuration, one JSON line each, then
-/// the ratios of the issue's goals.
-fn train_main(args: &[String]) {
-    let backend = arg(args, "--backend").unwrap_or("ndarray").to_string();
-    if let Some(single) = arg(args, "--single") {
-        let parts: Vec<&str> = single.split(':').collect();
-        let cfg = train::Config {
-            model: parts[0].to_string(),
-            batch: parts[1].parse().expect("batch"),
-            mode: parts[2].to_string(),
-            seq: num(args, "--seq").unwrap_or(128),
-            image: num(args, "--image").unwrap_or(224),
-            steps: num(args, "--steps").unwrap_or(10),
-            warmup: num(args, "--warmup").unwrap_or(3),
-        };
-        let out = match backend.as_str() {
-            "ndarray" => train::run_one::<burn::backend::NdArray<f32>>(&cfg, &backend),
-            #[cfg(feature = "cuda")]
-            "cuda" => train::run_one::<burn_dp::Cuda>(&cfg, &backend),
-            other => Err(format!(
-                "backend `{other}` is not available in this build (cuda needs --features cuda)"
-            )),
-        };
-        match out {
-            Ok(v) => println!("{v}"),
-            Err(e) => {
-                println!(
-                    "{}",
-                    serde_json::json!({"bench": "train", "model": cfg.model, "mode": cfg.mode, "batch": cfg.batch, "error": e})
-                );
-            }
-        }
-        return;
-    }
-    let models: Option<Vec<String>> =
-        arg(args, "--models").map(|m| m.split(',').map(String::from).collect());
-    let modes: Vec<String> = arg(args, "--modes")
-        .map(|m| m.split(',').map(String::from).collect())
-        .unwrap_or_else(|| train::MODES.iter().map(|s| s.to_string()).collect());
-    let exe = std::env::current_exe().expect("own path");
-    let mut results: Vec<serde_json::Value> = Vec::new();
-    for (model, anchor_batch) in train::anchors() {
-        if models.as_ref().is_some_and(|m| !m.contains(&model)) {
-            continue;
-        }
-        let b = num(args, "--batch").unwrap_or(anchor_batch);
-        if results
-            .iter()
-            .any(|r| r["model"] == model.as_str() && r["batch"] == b)
-        {
-            continue; // an overridden batch makes anchor rows of one model identical
-        }
-        for mode in &modes {
-            let mut cmd = std::process::Command::new(&exe);
-            cmd.arg("train")
-                .arg("--single")
-                .arg(format!("{model}:{b}:{mode}"))
-                .arg("--backend")
-                .arg(&backend);
-            for flag in ["--seq", "--image", "--steps", "--warmup"] {
-                if let Some(v) = arg(args, flag) {
-                    cmd.arg(flag).arg(v);
-                }
-            }
-            let out = cmd.output().expect("run a configuration");
-            let line = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .last()
-                .unwrap_or("")
-                .to_string();
-            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| {
-                serde_json::json!({"bench": "train", "model": model, "mode": mode, "batch": b,
-                    "error": format!("exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""))})
-            });
-            println!("{value}");
-            results.push(value);
-        }
-    }
-    // Ratios of the goals, from this run (and the fastDP anchor for GPT-2 small B=32).
-    let get = |model: &str, b: usize, mode: &str, key: &str| -> Option<f64> {
-        results
-            .iter()
-            .find(|r| r["model"] == model && r["batch"] == b && r["mode"] == mode)
-            .and_then(|r| r[key].as_f64())
+        Command::Train(args) => train_main(args),
+        Command::Ratios { files } => ratios_main(&files),
     };
-    let mut seen = Vec::new();
-    for r in &results {
-        let (Some(model), Some(b)) = (r["model"].as_str(), r["batch"].as_u64()) else {
-            continue;
-        };
-        if seen.contains(&(model.to_string(), b)) {
-            continue;
-        }
-        seen.push((model.to_string(), b));
-        let b = b as usize;
-        let ratio = |num: &str, den: &str, key: &str| {
-            Some(get(model, b, num, key)? / get(model, b, den, key)?)
-        };
-        let mut line = serde_json::json!({
-            "bench": "train-ratios", "backend": backend, "model": model, "batch": b,
-            "dp_full_over_plain_full": ratio("dp-full", "plain-full", "samples_per_s"),
-            "dp_bitfit_over_plain_full": ratio("dp-bitfit", "plain-full", "samples_per_s"),
-            "peak_mem_dp_full_over_plain_full": ratio("dp-full", "plain-full", "peak_rss_gib"),
-        });
-        if model == "gpt2-small" && b == 32 {
-            line["dp_full_over_fastdp_mixopt_anchor"] =
-                serde_json::json!(get(model, b, "dp-full", "samples_per_s").map(|s| s / 470.46));
-        }
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn engine_main(iters: usize) {
+    let dev = Default::default();
+    run(
+        "mlp",
+        iters,
+        [64, 28, 28],
+        mlp::<Plain>(&dev),
+        mlp::<Dp>(&dev),
+    );
+    run(
+        "cnn",
+        iters,
+        [32, 3, 32 * 32],
+        cnn::<Plain>(&dev),
+        cnn::<Dp>(&dev),
+    );
+    run(
+        "transformer-2l",
+        iters,
+        [16, 32, 32],
+        encoder::<Plain>(&dev),
+        encoder::<Dp>(&dev),
+    );
+}
+
+fn train_main(args: TrainArgs) -> Result<(), String> {
+    let mut child_args = Vec::new();
+    if let Some(level) = args.autotune_level {
+        let name = level
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        // Read by cubecl when the device is first used, which is after this point; the children
+        // of a sweep get the flag again.
+        std::env::set_var("CUBECL_AUTOTUNE_LEVEL", &name);
+        child_args.extend(["--autotune-level".to_string(), name]);
+    }
+    let single = args.single.unwrap_or(Single {
+        model: Model::Gpt2Small,
+        batch: 1,
+        mode: Mode::PlainFull,
+    });
+    let cfg = train::Config {
+        single,
+        seq: args.seq,
+        image: args.image,
+        steps: args.steps,
+        warmup: args.warmup,
+        profile: args.profile,
+    };
+    if args.single.is_some() {
+        return train::run_single(&cfg, args.backend);
+    }
+    let configs = train::sweep(&args.models, &args.modes, args.batch);
+    train::run_sweep(&configs, &cfg, args.backend, &child_args)
+}
+
+fn ratios_main(files: &[PathBuf]) -> Result<(), String> {
+    let mut lines = Vec::new();
+    for f in files {
+        let text =
+            std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        lines.extend(
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v.is_object()),
+        );
+    }
+    for line in train::ratios(&lines) {
         println!("{line}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_profile_command_parses() {
+        let cli = Cli::try_parse_from(
+            "bench train --profile --backend ndarray --models gpt2-small --modes dp-full \
+             --batch 2 --seq 16 --steps 1 --warmup 1"
+                .split_whitespace(),
+        )
+        .unwrap();
+        let Some(Command::Train(t)) = cli.command else {
+            panic!("train")
+        };
+        assert!(t.profile);
+        assert_eq!(t.models, [Model::Gpt2Small]);
+        assert_eq!(t.modes, [Mode::DpFull]);
+        assert_eq!((t.batch, t.seq, t.steps, t.warmup), (Some(2), 16, 1, 1));
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let parse = |s: &str| Cli::try_parse_from(s.split_whitespace());
+        assert!(parse("bench train --unknown-flag").is_err());
+        assert!(parse("bench train --single gpt2-small:x:dp-full").is_err());
+        assert!(parse("bench train --modes dp").is_err());
+        assert!(parse("bench train --steps 0").is_err());
+        assert!(parse("bench train --single gpt2-small:2:dp-full --models vit-b16").is_err());
+        assert!(parse("bench train --single vit-b16:2:dp-bitfit --backend cuda").is_ok());
     }
 }

@@ -1,48 +1,232 @@
 //! `bench train`: training throughput (examples/s) and peak memory for the anchor shapes, in four
 //! modes — non-DP full, non-DP bias-only, DP full (book-keeping, automatic clipping), DP bias-only —
 //! one JSON line per configuration. Each configuration runs in its own process (the binary
-//! re-executes itself) so peak-memory figures do not mix.
+//! re-executes itself with `--single`) so peak-memory figures and kernel caches do not mix.
 //!
 //! Anchor shapes (`../shared/anchors`): GPT-2 small B=32 and B=96, medium B=16, large B=8 (sequence
 //! 128, untied head), ViT-B/16 B=32, ResNet-50 with GroupNorm B=32 at 224². `--batch`, `--seq` and
 //! `--image` override them (for CPU runs, which cannot afford the anchor sizes).
+//!
+//! Every line also carries the time to the first step (`start_to_first_step_s`: from the process's
+//! `main` to the end of its first step, kernel compilation and autotuning included on CUDA;
+//! `first_step_s`: that step alone) and the host↔device bytes of a timed step
+//! (`to_device_bytes_per_step`, `to_host_bytes_per_step`). With `--profile`, as many steps again
+//! run after the timed ones, cut into the phases of [`burn_dp::profile`] with the device
+//! synchronised around each (`phases_ms`, per step; `unphased_ms` is the rest of the step), so the
+//! throughput figures stay free of the profile's synchronisations.
 
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
+use burn_dp::profile::{self, Phase, Profile};
 use burn_dp::{
     batch, freeze, AccountantKind, ClippingFn, DpAutodiff, DpOptimizer, FreezePolicy, NoiseSource,
     PerSampleConfig, PrivacyState,
 };
 use burn_dp_models::{Gpt2Config, Norm, ResNetConfig, ViTConfig};
+use clap::ValueEnum;
+use serde_json::{json, Value};
+
+/// When `main` started (set first thing in `main`; the origin of `start_to_first_step_s`).
+pub static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+
+/// `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// The CPU (burn's NdArray).
+    Ndarray,
+    /// CUDA (needs the bench built with `--features cuda`).
+    Cuda,
+}
+
+/// A benchmarked model (`--models`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Model {
+    /// GPT-2 small (124 M + untied head), sequence `--seq`.
+    #[value(name = "gpt2-small")]
+    Gpt2Small,
+    /// GPT-2 medium (355 M + untied head).
+    #[value(name = "gpt2-medium")]
+    Gpt2Medium,
+    /// GPT-2 large (774 M + untied head).
+    #[value(name = "gpt2-large")]
+    Gpt2Large,
+    /// ViT-B/16, 1000 classes, images `--image`².
+    #[value(name = "vit-b16")]
+    VitB16,
+    /// ResNet-50 with GroupNorm (32 groups), 1000 classes, images `--image`².
+    #[value(name = "resnet50-gn")]
+    Resnet50Gn,
+}
+
+/// A training mode (`--modes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Ordinary training, every parameter.
+    #[value(name = "plain-full")]
+    PlainFull,
+    /// Ordinary training, biases only.
+    #[value(name = "plain-bitfit")]
+    PlainBitfit,
+    /// DP training (book-keeping, automatic clipping), every parameter.
+    #[value(name = "dp-full")]
+    DpFull,
+    /// DP-BiTFiT: DP training of the biases only.
+    #[value(name = "dp-bitfit")]
+    DpBitfit,
+}
+
+/// The name clap parses, also used in the JSON lines.
+fn value_name<T: ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&value_name(self))
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&value_name(self))
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&value_name(self))
+    }
+}
+
+impl Mode {
+    fn is_dp(self) -> bool {
+        matches!(self, Mode::DpFull | Mode::DpBitfit)
+    }
+
+    fn freeze_policy(self) -> FreezePolicy {
+        match self {
+            Mode::PlainBitfit | Mode::DpBitfit => FreezePolicy::BiasOnly,
+            Mode::PlainFull | Mode::DpFull => FreezePolicy::None,
+        }
+    }
+}
+
+/// The anchor configurations, in priority order.
+pub const ANCHORS: [(Model, usize); 6] = [
+    (Model::Gpt2Small, 32),
+    (Model::Gpt2Small, 96),
+    (Model::Gpt2Medium, 16),
+    (Model::Gpt2Large, 8),
+    (Model::VitB16, 32),
+    (Model::Resnet50Gn, 32),
+];
+
+/// PyTorch on the same GPU model (`../shared/anchors/h200-pytorch-fastdp-opacus.jsonl`, examples/s
+/// at the anchor shapes): `(model, batch, plain PyTorch full with TF32, fastDP book-keeping full)`.
+const PYTORCH_H200: [(Model, usize, f64, f64); 6] = [
+    (Model::Gpt2Small, 32, 865.23, 470.46),
+    (Model::Gpt2Small, 96, 1018.87, 573.52),
+    (Model::Gpt2Medium, 16, 327.8, 115.7),
+    (Model::Gpt2Large, 8, 102.88, 45.46),
+    (Model::VitB16, 32, 970.77, 360.86),
+    (Model::Resnet50Gn, 32, 1714.39, 450.31),
+];
+
+/// `--single MODEL:BATCH:MODE`: one configuration, run in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Single {
+    /// The model.
+    pub model: Model,
+    /// The physical batch size.
+    pub batch: usize,
+    /// The mode.
+    pub mode: Mode,
+}
+
+/// Why a `--single` value does not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SingleParseError {
+    /// Not three `:`-separated fields.
+    #[error("expected MODEL:BATCH:MODE (e.g. gpt2-small:32:dp-full), got `{0}`")]
+    Shape(String),
+    /// An unknown model name.
+    #[error(
+        "unknown model `{0}` (one of: gpt2-small, gpt2-medium, gpt2-large, vit-b16, resnet50-gn)"
+    )]
+    Model(String),
+    /// A batch size that is not a positive integer.
+    #[error("batch size `{0}` is not a positive integer")]
+    Batch(String),
+    /// An unknown mode name.
+    #[error("unknown mode `{0}` (one of: plain-full, plain-bitfit, dp-full, dp-bitfit)")]
+    Mode(String),
+}
+
+impl FromStr for Single {
+    type Err = SingleParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let [model, batch, mode] = s.split(':').collect::<Vec<_>>()[..] else {
+            return Err(SingleParseError::Shape(s.to_string()));
+        };
+        Ok(Single {
+            model: Model::from_str(model, false)
+                .map_err(|_| SingleParseError::Model(model.to_string()))?,
+            batch: batch
+                .parse()
+                .ok()
+                .filter(|&b: &usize| b > 0)
+                .ok_or_else(|| SingleParseError::Batch(batch.to_string()))?,
+            mode: Mode::from_str(mode, false)
+                .map_err(|_| SingleParseError::Mode(mode.to_string()))?,
+        })
+    }
+}
+
+impl fmt::Display for Single {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.model, self.batch, self.mode)
+    }
+}
 
 /// One benchmark configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub model: String,
-    pub batch: usize,
+    /// Model, batch and mode.
+    pub single: Single,
+    /// GPT-2 sequence length.
     pub seq: usize,
+    /// Image side for ViT and ResNet.
     pub image: usize,
-    pub mode: String,
+    /// Timed steps.
     pub steps: usize,
+    /// Untimed steps before them.
     pub warmup: usize,
+    /// Cut the timed steps into phases (`burn_dp::profile`).
+    pub profile: bool,
 }
 
-/// The anchor configurations.
-pub fn anchors() -> Vec<(String, usize)> {
-    vec![
-        ("gpt2-small".into(), 32),
-        ("gpt2-small".into(), 96),
-        ("gpt2-medium".into(), 16),
-        ("gpt2-large".into(), 8),
-        ("vit-b16".into(), 32),
-        ("resnet50-gn".into(), 32),
-    ]
+/// Host↔device bytes moved so far in this process, if counted.
+#[derive(Debug, Clone, Copy, Default)]
+struct TransferBytes {
+    to_device: u64,
+    to_host: u64,
 }
 
-pub const MODES: [&str; 4] = ["plain-full", "plain-bitfit", "dp-full", "dp-bitfit"];
+/// The process-wide host↔device byte counters.
+// TODO(merge): read `burn_dp::backend::transfer::read()` once the backend decorator's transfer
+// counters are merged; until then the bytes are not counted and the JSON fields are `null`.
+fn transfer_bytes() -> Option<TransferBytes> {
+    None
+}
 
 fn peak_rss_gib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -63,43 +247,114 @@ fn input<B: Backend>(
     device: &B::Device,
     mark: impl Fn(Tensor<B, 4>) -> Tensor<B, 4>,
 ) -> Input<B> {
-    if cfg.model.starts_with("gpt2") {
-        let ids = Tensor::<B, 2>::random(
-            [cfg.batch, cfg.seq],
-            Distribution::Uniform(0.0, vocab as f64 - 1.0),
-            device,
-        )
-        .int();
-        Input::Tokens(ids)
-    } else {
-        let x = Tensor::<B, 4>::random(
-            [cfg.batch, 3, cfg.image, cfg.image],
-            Distribution::Normal(0.0, 1.0),
-            device,
-        );
-        let y = Tensor::<B, 2>::random([cfg.batch, 1], Distribution::Uniform(0.0, 9.0), device)
-            .int()
-            .reshape([cfg.batch]);
-        Input::Images(mark(x), y)
+    let b = cfg.single.batch;
+    match cfg.single.model {
+        Model::Gpt2Small | Model::Gpt2Medium | Model::Gpt2Large => {
+            let ids = Tensor::<B, 2>::random(
+                [b, cfg.seq],
+                Distribution::Uniform(0.0, vocab as f64 - 1.0),
+                device,
+            )
+            .int();
+            Input::Tokens(ids)
+        }
+        Model::VitB16 | Model::Resnet50Gn => {
+            let x = Tensor::<B, 4>::random(
+                [b, 3, cfg.image, cfg.image],
+                Distribution::Normal(0.0, 1.0),
+                device,
+            );
+            let y = Tensor::<B, 2>::random([b, 1], Distribution::Uniform(0.0, 9.0), device)
+                .int()
+                .reshape([b]);
+            Input::Images(mark(x), y)
+        }
     }
 }
 
-/// Runs one configuration on backend `Inner` and returns its JSON line.
-pub fn run_one<Inner: Backend>(cfg: &Config, backend: &str) -> Result<serde_json::Value, String> {
-    let device: Inner::Device = Default::default();
-    let dp = cfg.mode.starts_with("dp");
-    let policy = if cfg.mode.ends_with("bitfit") {
-        FreezePolicy::BiasOnly
-    } else {
-        FreezePolicy::None
+/// What the step loop measured.
+struct Measured {
+    /// Wall time of each timed (unprofiled) step, in seconds.
+    times: Vec<f64>,
+    /// The first step alone (seconds), and when it ended.
+    first_step: f64,
+    first_step_end: Instant,
+    /// Set up (model init, optimizer) done.
+    setup_end: Instant,
+    /// With `--profile`: phases summed over the profiled steps, and their wall times.
+    profile: Option<(Profile, Vec<f64>)>,
+    /// Host↔device bytes over the timed steps, if counted.
+    bytes: Option<TransferBytes>,
+}
+
+/// Runs the steps of one configuration (`step` runs one, the device synchronised at its end):
+/// `warmup` untimed steps, `steps` timed ones and, with `--profile`, `steps` more cut into phases
+/// (so the throughput does not include the profile's synchronisations).
+fn measure(
+    cfg: &Config,
+    setup_end: Instant,
+    mut step: impl FnMut() -> Result<(), String>,
+) -> Result<Measured, String> {
+    let mut timed = |n: usize, times: &mut Vec<f64>| -> Result<(), String> {
+        for _ in 0..n {
+            let t = Instant::now();
+            step()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        Ok(())
     };
+    let mut warm = Vec::new();
+    timed(cfg.warmup, &mut warm)?;
+    let bytes_before = transfer_bytes();
+    let mut times = Vec::new();
+    timed(cfg.steps, &mut times)?;
+    let bytes_after = transfer_bytes();
+    // The first step is the first warm-up step, or the first timed one without warm-up.
+    let first_step = warm.first().or(times.first()).copied().unwrap_or(0.0);
+    let first_step_end = setup_end + std::time::Duration::from_secs_f64(first_step);
+    // ANCHOR: profile
+    let profile = if cfg.profile {
+        let mut profiled = Vec::new();
+        // This thread records from here to `disable`: each step's forward pass (wrapped in
+        // `profile::timed(Phase::Forward, ..)`) and the library's phases.
+        profile::enable();
+        let run = timed(cfg.steps, &mut profiled);
+        let phases = profile::disable(); // time and calls per `Phase`
+        run?;
+        Some((phases, profiled))
+    } else {
+        None
+    };
+    // ANCHOR_END: profile
+    let bytes = match (bytes_before, bytes_after) {
+        (Some(a), Some(b)) => Some(TransferBytes {
+            to_device: b.to_device - a.to_device,
+            to_host: b.to_host - a.to_host,
+        }),
+        _ => None,
+    };
+    Ok(Measured {
+        times,
+        first_step,
+        first_step_end,
+        setup_end,
+        profile,
+        bytes,
+    })
+}
+
+/// Runs one configuration on backend `Inner` and returns its JSON line.
+pub fn run_one<Inner: Backend>(cfg: &Config, backend: BackendKind) -> Result<Value, String> {
+    let device: Inner::Device = Default::default();
+    let policy = cfg.single.mode.freeze_policy();
     let err = |e: burn_dp::DpError| e.to_string();
+    let sync = |d: &Inner::Device| Inner::sync(d).map_err(|e| format!("{e:?}"));
     let vocab = 50257;
     macro_rules! bench_model {
         ($init:expr, $losses:expr, $optim:expr, $lr:expr) => {{
-            if dp {
+            if cfg.single.mode.is_dp() {
                 type B<I> = DpAutodiff<I>;
-                let (mut model, report) = freeze($init(&device), &policy).map_err(err)?;
+                let (model, report) = freeze($init(&device), &policy).map_err(err)?;
                 let privacy =
                     PrivacyState::with_noise_multiplier(1.0, 0.01, 1e-5, AccountantKind::Rdp)
                         .map_err(err)?;
@@ -108,96 +363,371 @@ pub fn run_one<Inner: Backend>(cfg: &Config, backend: &str) -> Result<serde_json
                     $optim,
                     clipping,
                     privacy,
-                    cfg.batch as f64,
+                    cfg.single.batch as f64,
                     NoiseSource::FixedSeedForExperiments(0),
                 )
                 .map_err(err)?;
                 let inp = input::<B<Inner>>(cfg, vocab, &device, batch);
-                let mut times = Vec::new();
-                for i in 0..cfg.warmup + cfg.steps {
-                    let t = Instant::now();
-                    let losses = $losses(&model, &inp);
-                    optim.backward(&model, losses).map_err(err)?;
-                    model = optim.step($lr, model).map_err(err)?;
-                    Inner::sync(&device).map_err(|e| format!("{e:?}"))?;
-                    if i >= cfg.warmup {
-                        times.push(t.elapsed().as_secs_f64());
-                    }
-                }
-                (times, report)
+                sync(&device)?;
+                // An `Option` so a step can move the model into the optimizer and back.
+                let mut model = Some(model);
+                let measured = measure(cfg, Instant::now(), || {
+                    let m = model.take().ok_or("the model was lost in a failed step")?;
+                    let losses =
+                        profile::timed::<Inner, _>(Phase::Forward, &device, || $losses(&m, &inp));
+                    optim.backward(&m, losses).map_err(err)?;
+                    model = Some(optim.step($lr, m).map_err(err)?);
+                    sync(&device)
+                })?;
+                (measured, report)
             } else {
                 type B<I> = burn::backend::Autodiff<I>;
-                let (mut model, report) = freeze($init(&device), &policy).map_err(err)?;
+                let (model, report) = freeze($init(&device), &policy).map_err(err)?;
                 let mut optim = $optim;
                 let inp = input::<B<Inner>>(cfg, vocab, &device, |x| x);
-                let mut times = Vec::new();
-                for i in 0..cfg.warmup + cfg.steps {
-                    let t = Instant::now();
-                    let loss = $losses(&model, &inp).mean();
-                    let grads = GradientsParams::from_grads(loss.backward(), &model);
-                    model = optim.step($lr, model, grads);
-                    Inner::sync(&device).map_err(|e| format!("{e:?}"))?;
-                    if i >= cfg.warmup {
-                        times.push(t.elapsed().as_secs_f64());
-                    }
-                }
-                (times, report)
+                sync(&device)?;
+                let mut model = Some(model);
+                let measured = measure(cfg, Instant::now(), || {
+                    let m = model.take().ok_or("the model was lost in a failed step")?;
+                    let loss = profile::timed::<Inner, _>(Phase::Forward, &device, || {
+                        $losses(&m, &inp).mean()
+                    });
+                    let grads = profile::timed::<Inner, _>(Phase::Backward, &device, || {
+                        GradientsParams::from_grads(loss.backward(), &m)
+                    });
+                    model = Some(profile::timed::<Inner, _>(
+                        Phase::OptimizerStep,
+                        &device,
+                        || optim.step($lr, m, grads),
+                    ));
+                    sync(&device)
+                })?;
+                (measured, report)
             }
         }};
     }
-    let gpt2 = |name: &str| -> Gpt2Config {
-        let c = match name {
-            "gpt2-medium" => Gpt2Config::medium(),
-            "gpt2-large" => Gpt2Config::large(),
+    let gpt2 = |model: Model| -> Gpt2Config {
+        let c = match model {
+            Model::Gpt2Medium => Gpt2Config::medium(),
+            Model::Gpt2Large => Gpt2Config::large(),
             _ => Gpt2Config::small(),
         };
         c.with_tied_head(false)
     };
-    let (times, report) = match cfg.model.as_str() {
-        m if m.starts_with("gpt2") => {
-            let c = gpt2(m);
+    let (m, report) = match cfg.single.model {
+        model @ (Model::Gpt2Small | Model::Gpt2Medium | Model::Gpt2Large) => {
+            let c = gpt2(model);
             bench_model!(
                 |d| c.init(d),
                 |m: &burn_dp_models::Gpt2<_>, inp: &Input<_>| match inp {
                     Input::Tokens(ids) => m.loss_per_sample(ids.clone(), None),
-                    Input::Images(..) => unreachable!(),
+                    Input::Images(..) => unreachable!("GPT-2 gets tokens"),
                 },
                 AdamWConfig::new().init(),
                 1e-4
             )
         }
-        "vit-b16" => {
+        Model::VitB16 => {
             let mut c = ViTConfig::base_patch16(1000);
             c.image_size = cfg.image;
             bench_model!(
                 |d| c.init(d),
                 |m: &burn_dp_models::ViTForImageClassification<_>, inp: &Input<_>| match inp {
                     Input::Images(x, y) => m.loss_per_sample(x.clone(), y.clone()),
-                    Input::Tokens(_) => unreachable!(),
+                    Input::Tokens(_) => unreachable!("ViT gets images"),
                 },
                 AdamWConfig::new().init(),
                 1e-4
             )
         }
-        "resnet50-gn" => {
+        Model::Resnet50Gn => {
             let c = ResNetConfig::resnet50(1000).with_norm(Norm::GroupNorm { groups: 32 });
             bench_model!(
                 |d| c.init(d),
                 |m: &burn_dp_models::ResNet<_>, inp: &Input<_>| match inp {
                     Input::Images(x, y) => m.loss_per_sample(x.clone(), y.clone()),
-                    Input::Tokens(_) => unreachable!(),
+                    Input::Tokens(_) => unreachable!("ResNet gets images"),
                 },
                 SgdConfig::new().init(),
                 0.1
             )
         }
-        other => return Err(format!("unknown model `{other}`")),
     };
-    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
-    Ok(serde_json::json!({
-        "bench": "train", "backend": backend, "model": cfg.model, "mode": cfg.mode, "batch": cfg.batch,
-        "seq": cfg.seq, "image": cfg.image, "steps": cfg.steps, "step_ms": mean * 1e3,
-        "samples_per_s": cfg.batch as f64 / mean, "peak_rss_gib": peak_rss_gib(),
+    let steps = m.times.len().max(1) as f64;
+    let mean = m.times.iter().sum::<f64>() / steps;
+    let start = *PROCESS_START.get_or_init(Instant::now);
+    let mut line = json!({
+        "bench": "train", "backend": backend.to_string(), "model": cfg.single.model.to_string(),
+        "mode": cfg.single.mode.to_string(), "batch": cfg.single.batch, "seq": cfg.seq,
+        "image": cfg.image, "steps": m.times.len(), "warmup": cfg.warmup, "step_ms": mean * 1e3,
+        "samples_per_s": cfg.single.batch as f64 / mean, "peak_rss_gib": peak_rss_gib(),
         "trainable_params": report.trainable, "total_params": report.total,
-    }))
+        "setup_s": m.setup_end.duration_since(start).as_secs_f64(),
+        "first_step_s": m.first_step,
+        "start_to_first_step_s": m.first_step_end.duration_since(start).as_secs_f64(),
+    });
+    // Bytes are counted over the unprofiled timed steps (`null` while not counted).
+    line["to_device_bytes_per_step"] = json!(m.bytes.map(|b| b.to_device as f64 / steps));
+    line["to_host_bytes_per_step"] = json!(m.bytes.map(|b| b.to_host as f64 / steps));
+    if let Some((p, profiled)) = &m.profile {
+        let n = profiled.len().max(1) as f64;
+        let step_ms = profiled.iter().sum::<f64>() * 1e3 / n;
+        let mut phases = serde_json::Map::new();
+        for (phase, time, _) in p.iter() {
+            phases.insert(phase.name().into(), json!(time.as_secs_f64() * 1e3 / n));
+        }
+        line["profiled_steps"] = json!(profiled.len());
+        line["profiled_step_ms"] = json!(step_ms);
+        line["phases_ms"] = Value::Object(phases);
+        line["unphased_ms"] = json!(step_ms - p.total().as_secs_f64() * 1e3 / n);
+        if p.sync_errors > 0 {
+            line["sync_errors"] = json!(p.sync_errors);
+        }
+    }
+    Ok(line)
+}
+
+/// Runs one configuration in this process and prints its JSON line (an `"error"` line on failure).
+pub fn run_single(cfg: &Config, backend: BackendKind) -> Result<(), String> {
+    let out = match backend {
+        BackendKind::Ndarray => run_one::<burn::backend::NdArray<f32>>(cfg, backend),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => run_one::<burn_dp::Cuda>(cfg, backend),
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => Err(
+            "backend `cuda` is not available in this build: rebuild with `--features cuda`".into(),
+        ),
+    };
+    match out {
+        Ok(v) => {
+            println!("{v}");
+            Ok(())
+        }
+        Err(e) => {
+            println!(
+                "{}",
+                json!({"bench": "train", "backend": backend.to_string(),
+                    "model": cfg.single.model.to_string(), "mode": cfg.single.mode.to_string(),
+                    "batch": cfg.single.batch, "error": e})
+            );
+            Err(e)
+        }
+    }
+}
+
+/// The configurations of a sweep: the anchors of `models` (all when empty) in priority order,
+/// with `batch` overriding the anchor batch sizes (then one configuration per model).
+pub fn sweep(models: &[Model], modes: &[Mode], batch: Option<usize>) -> Vec<Single> {
+    let mut out: Vec<Single> = Vec::new();
+    for (model, anchor_batch) in ANCHORS {
+        if !models.is_empty() && !models.contains(&model) {
+            continue;
+        }
+        let batch = batch.unwrap_or(anchor_batch);
+        for &mode in modes {
+            let s = Single { model, batch, mode };
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+/// Runs every configuration in its own process (this binary with `--single`) and prints each JSON
+/// line as it arrives, then the ratios.
+pub fn run_sweep(
+    configs: &[Single],
+    cfg: &Config,
+    backend: BackendKind,
+    child_args: &[String],
+) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let mut results = Vec::new();
+    for single in configs {
+        eprintln!("bench: running {single} on {backend} in its own process");
+        let out = std::process::Command::new(&exe)
+            .arg("train")
+            .arg("--single")
+            .arg(single.to_string())
+            .arg("--backend")
+            .arg(backend.to_string())
+            .args([
+                "--seq",
+                &cfg.seq.to_string(),
+                "--image",
+                &cfg.image.to_string(),
+            ])
+            .args(["--steps", &cfg.steps.to_string()])
+            .args(["--warmup", &cfg.warmup.to_string()])
+            .args(cfg.profile.then_some("--profile"))
+            .args(child_args)
+            .output()
+            .map_err(|e| format!("cannot run a configuration: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let value = stdout
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str::<Value>(l).ok())
+            .unwrap_or_else(|| {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                json!({"bench": "train", "backend": backend.to_string(),
+                    "model": single.model.to_string(), "mode": single.mode.to_string(),
+                    "batch": single.batch, "error": format!("exit {:?}: {}", out.status.code(),
+                        stderr.lines().last().unwrap_or(""))})
+            });
+        println!("{value}");
+        results.push(value);
+    }
+    for line in ratios(&results) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// The ratios of issue 10 points 4 and 5, per (model, batch), from `train` lines (and, for device
+/// memory, lines with `peak_device_mib` such as `tools/gpu-check.sh` writes).
+///
+/// Targets: DP full ÷ non-DP full ≥ 0.90 (throughput); DP bias-only ÷ non-DP full ≥ 1.3; device
+/// memory peak of DP full ÷ non-DP full ≤ 1.15; on CUDA at the anchor shapes, non-DP full ≥ 0.8×
+/// plain PyTorch (TF32) and DP full ≥ 1.5× fastDP book-keeping.
+pub fn ratios(results: &[Value]) -> Vec<Value> {
+    let get = |model: &str, b: u64, mode: &str, key: &str| -> Option<f64> {
+        results
+            .iter()
+            .filter(|r| r["model"] == model && r["batch"] == b && r["mode"] == mode)
+            .find_map(|r| r[key].as_f64())
+    };
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    let mut out = Vec::new();
+    for r in results {
+        let (Some(model), Some(b)) = (r["model"].as_str(), r["batch"].as_u64()) else {
+            continue;
+        };
+        if r["samples_per_s"].is_null() || seen.iter().any(|(m, x)| m == model && *x == b) {
+            continue;
+        }
+        seen.push((model.to_string(), b));
+        let ratio = |num: &str, den: &str, key: &str| {
+            Some(get(model, b, num, key)? / get(model, b, den, key)?)
+        };
+        let tput = "samples_per_s";
+        let mut line = json!({
+            "bench": "train-ratios", "backend": r["backend"], "model": model, "batch": b,
+            "dp_full_over_plain_full": ratio("dp-full", "plain-full", tput),
+            "dp_full_over_plain_full_target": 0.90,
+            "dp_bitfit_over_plain_full": ratio("dp-bitfit", "plain-full", tput),
+            "dp_bitfit_over_plain_full_target": 1.3,
+            "peak_device_mem_dp_full_over_plain_full":
+                ratio("dp-full", "plain-full", "peak_device_mib"),
+            "peak_device_mem_dp_full_over_plain_full_target": 1.15,
+            "peak_rss_dp_full_over_plain_full": ratio("dp-full", "plain-full", "peak_rss_gib"),
+            "start_to_first_step_s_max": results.iter()
+                .filter(|x| x["model"] == model && x["batch"] == b)
+                .filter_map(|x| x["start_to_first_step_s"].as_f64())
+                .reduce(f64::max),
+        });
+        let anchor = PYTORCH_H200
+            .iter()
+            .find(|(m, ab, _, _)| m.to_string() == model && *ab as u64 == b);
+        let at_anchor_shape = r["seq"]
+            .as_u64()
+            .is_none_or(|s| s == 128 || !model.starts_with("gpt2"))
+            && r["image"]
+                .as_u64()
+                .is_none_or(|s| s == 224 || model.starts_with("gpt2"));
+        if let (Some((_, _, torch, fastdp)), true, "cuda") =
+            (anchor, at_anchor_shape, r["backend"].as_str().unwrap_or(""))
+        {
+            line["plain_full_over_pytorch_tf32"] =
+                json!(get(model, b, "plain-full", tput).map(|s| s / torch));
+            line["plain_full_over_pytorch_tf32_target"] = json!(0.8);
+            line["dp_full_over_fastdp_bookkeeping"] =
+                json!(get(model, b, "dp-full", tput).map(|s| s / fastdp));
+            line["dp_full_over_fastdp_bookkeeping_target"] = json!(1.5);
+        }
+        out.push(line);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_parses_and_prints_back() {
+        let s: Single = "gpt2-small:32:dp-full".parse().unwrap();
+        assert_eq!(
+            s,
+            Single {
+                model: Model::Gpt2Small,
+                batch: 32,
+                mode: Mode::DpFull
+            }
+        );
+        assert_eq!(s.to_string(), "gpt2-small:32:dp-full");
+        for (m, _) in ANCHORS {
+            let s = Single {
+                model: m,
+                batch: 4,
+                mode: Mode::PlainBitfit,
+            };
+            assert_eq!(s.to_string().parse::<Single>(), Ok(s));
+        }
+    }
+
+    #[test]
+    fn malformed_single_is_a_typed_error() {
+        let e = |s: &str| s.parse::<Single>().unwrap_err();
+        assert_eq!(
+            e("gpt2-small:32"),
+            SingleParseError::Shape("gpt2-small:32".into())
+        );
+        assert_eq!(e("gpt3:32:dp-full"), SingleParseError::Model("gpt3".into()));
+        assert_eq!(
+            e("gpt2-small:x:dp-full"),
+            SingleParseError::Batch("x".into())
+        );
+        assert_eq!(
+            e("gpt2-small:0:dp-full"),
+            SingleParseError::Batch("0".into())
+        );
+        assert_eq!(e("gpt2-small:2:dp"), SingleParseError::Mode("dp".into()));
+    }
+
+    #[test]
+    fn sweep_keeps_priority_order_and_drops_duplicates() {
+        let all = sweep(&[], &[Mode::DpFull], None);
+        assert_eq!(all.len(), ANCHORS.len());
+        assert_eq!((all[0].model, all[0].batch), (Model::Gpt2Small, 32));
+        let small = sweep(
+            &[Model::Gpt2Small],
+            &[Mode::PlainFull, Mode::DpFull],
+            Some(2),
+        );
+        assert_eq!(
+            small.len(),
+            2,
+            "B overridden: both GPT-2 small anchors are one configuration"
+        );
+    }
+
+    #[test]
+    fn ratios_pair_modes_of_one_shape() {
+        let line = |mode: &str, sps: f64, mib: f64| {
+            json!({"bench": "train", "backend": "cuda", "model": "gpt2-small", "batch": 32,
+                "seq": 128, "mode": mode, "samples_per_s": sps, "peak_device_mib": mib})
+        };
+        let r = ratios(&[
+            line("plain-full", 400.0, 1000.0),
+            line("dp-full", 300.0, 1100.0),
+            line("dp-bitfit", 600.0, 900.0),
+        ]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0]["dp_full_over_plain_full"], 0.75);
+        assert_eq!(r[0]["dp_bitfit_over_plain_full"], 1.5);
+        assert_eq!(r[0]["peak_device_mem_dp_full_over_plain_full"], 1.1);
+        assert_eq!(r[0]["dp_full_over_fastdp_bookkeeping"], 300.0 / 470.46);
+    }
 }

@@ -18,6 +18,7 @@ use burn_backend::TensorMetadata;
 use crate::backend::{self, Deferred, PerSample, PsTensor, Tag, Term};
 use crate::clip::{Clipping, ClippingFn, ClippingStyle};
 use crate::error::DpError;
+use crate::profile::{self, Phase};
 use crate::rules::{self, NormMode};
 
 /// The autodiff backend to train with: burn's `Autodiff` over the [`PerSample`] decorator.
@@ -299,7 +300,9 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     losses: Tensor<DpAutodiff<B>, 1>,
 ) -> Result<ClippedGradients<B>, DpError> {
     config.clipping.validate()?;
+    let backward = profile::start::<B>(Phase::Backward, &losses.device());
     let (b, device, resolved) = per_sample_pass(model, losses)?;
+    backward.end();
     let untouched = resolved
         .iter()
         .filter(|r| r.grad.is_none())
@@ -310,6 +313,7 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     let zeros = || Tensor::<B, 1>::zeros([b], &device);
 
     // Per-sample squared norms, per parameter (keeping instantiated per-sample gradients).
+    let norms_phase = profile::start::<B>(Phase::Norms, &device);
     let mut instantiated: Vec<Option<FloatTensor<B>>> = Vec::with_capacity(resolved.len());
     let sq: Vec<Tensor<B, 1>> = resolved
         .iter()
@@ -326,8 +330,10 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
         })
         .collect();
     let total = sq.iter().fold(zeros(), |acc, s| acc + s.clone());
+    norms_phase.end();
 
     // Per group: norms, clipping factors, sensitivity.
+    let factors_phase = profile::start::<B>(Phase::Factors, &device);
     let mut groups = Vec::new();
     let mut factors = Vec::new();
     let mut group_of = vec![0usize; resolved.len()];
@@ -344,8 +350,10 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
         groups.push((name.clone(), norms, *function));
         sensitivity_sq += function.sensitivity().powi(2);
     }
+    factors_phase.end();
 
     // Clipped sums (book-keeping: one weighted product per cached term).
+    let sums_phase = profile::start::<B>(Phase::ClippedSums, &device);
     let mut sums = HashMap::new();
     let mut shapes = HashMap::new();
     let mut params = Vec::new();
@@ -365,6 +373,7 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
         shapes.insert(r.id, r.shape);
         params.push((r.id, r.path));
     }
+    sums_phase.end();
     Ok(ClippedGradients {
         batch_size: b,
         norms: total.sqrt(),

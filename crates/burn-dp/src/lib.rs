@@ -18,6 +18,7 @@ pub mod freeze;
 pub mod noise;
 pub mod optim;
 pub mod privacy;
+pub mod profile;
 pub mod rules;
 pub mod sampling;
 pub mod trainer;

@@ -25,6 +25,7 @@ use crate::engine::{self, clipped_backward, ClippedGradients, DpAutodiff, PerSam
 use crate::error::DpError;
 use crate::noise::{NoiseSource, RngState, SecureRng};
 use crate::privacy::PrivacyState;
+use crate::profile::{self, Phase};
 use crate::sampling::{PoissonSampler, SamplerState};
 
 /// Clipped sums accumulated over the physical batches of one logical batch.
@@ -249,6 +250,8 @@ impl<O, B: Backend> DpOptimizer<O, B> {
                 return Err(err);
             }
         }
+        let device = params.first().map(|p| p.device.clone()).unwrap_or_default();
+        let noise_phase = profile::start::<B>(Phase::Noise, &device);
         let std = self.privacy.noise_multiplier * sensitivity;
         let mut update = HashMap::with_capacity(params.len());
         for p in &params {
@@ -268,9 +271,12 @@ impl<O, B: Backend> DpOptimizer<O, B> {
             let scaled = noisy.div_scalar(self.expected_batch_size);
             update.insert(p.id, scaled);
         }
+        noise_phase.end();
         // 4. the inner optimizer's step
+        let step_phase = profile::start::<B>(Phase::OptimizerStep, &device);
         let grads = engine::register_gradients(update, &model);
         let model = self.inner.step(lr, model, grads);
+        step_phase.end();
         self.privacy.record_step()?;
         Ok(model)
     }

@@ -3,10 +3,11 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use burn_dp::{ClippingFn, FreezePolicy, NoiseSource, PerSampleConfig};
 use clap::ValueEnum;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// Error type of the examples: a message for the user.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -85,15 +86,41 @@ pub fn noise_source(seed: Option<u64>) -> NoiseSource {
 }
 // ANCHOR_END: noise_source
 
-/// A progress bar on stderr (hidden when `quiet`).
+/// What the progress bar shows until the first step ends. On CUDA the first step compiles and
+/// autotunes every kernel the model needs (55–140 s measured per process on an H200 with burn
+/// 0.21), which would otherwise look like a hang; see the book's CUDA chapter for what shortens it.
+pub const FIRST_STEP_NOTICE: &str =
+    "(on CUDA the first step compiles and autotunes kernels: 1-2 min; later ones are fast)";
+
+/// A progress bar on stderr (hidden when `quiet`). Until the first `inc` it shows
+/// [`FIRST_STEP_NOTICE`], and it redraws every second so the elapsed time keeps moving.
 pub fn progress(len: u64, label: &str, quiet: bool) -> ProgressBar {
     let bar = ProgressBar::new(len);
     if quiet {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
-    let template = format!("{label} {{bar:40}} {{pos}}/{{len}} {{elapsed}} {{msg}}");
-    bar.set_style(ProgressStyle::with_template(&template).expect("progress template"));
+    let template = format!("{label} {{bar:40}} {{pos}}/{{len}} {{elapsed}} {{msg}}{{first_step}}");
+    let style = ProgressStyle::with_template(&template)
+        .expect("progress template")
+        .with_key(
+            "first_step",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                if state.pos() == 0 {
+                    let _ = w.write_str(FIRST_STEP_NOTICE);
+                }
+            },
+        );
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_secs(1));
     bar
+}
+
+/// Prints a line on stderr before the first training step on CUDA, where that step compiles and
+/// autotunes kernels for one to two minutes (for logs, where the progress bar is not drawn).
+pub fn announce_first_step(backend: BackendKind, quiet: bool) {
+    if backend == BackendKind::Cuda && !quiet {
+        eprintln!("{FIRST_STEP_NOTICE}");
+    }
 }
 
 /// One training curve: `(step, value)` points.
