@@ -25,8 +25,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_dp::profile::{self, Phase, Profile};
 use burn_dp::{
-    batch, freeze, AccountantKind, ClippingFn, DpAutodiff, DpOptimizer, FreezePolicy, NoiseSource,
-    PerSampleConfig, PrivacyState,
+    batch, freeze, AccountantKind, ClippingFn, DpAutodiff, FreezePolicy, NoiseSource,
+    PerSampleConfig, PrivacyState, PrivateTrainer,
 };
 use burn_dp_models::{Gpt2Config, Norm, ResNetConfig, ViTConfig};
 use clap::ValueEnum;
@@ -355,28 +355,31 @@ pub fn run_one<Inner: Backend>(cfg: &Config, backend: BackendKind) -> Result<Val
             if cfg.single.mode.is_dp() {
                 type B<I> = DpAutodiff<I>;
                 let (model, report) = freeze($init(&device), &policy).map_err(err)?;
+                // q = 1 over a data set of one batch: every step trains on the whole fixed-shape
+                // batch (throughput at a fixed B, as the anchors measure), through the same
+                // `PrivateTrainer` loop the examples use.
                 let privacy =
-                    PrivacyState::with_noise_multiplier(1.0, 0.01, 1e-5, AccountantKind::Rdp)
+                    PrivacyState::with_noise_multiplier(1.0, 1.0, 1e-5, AccountantKind::Rdp)
                         .map_err(err)?;
                 let clipping = PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 });
-                let mut optim = DpOptimizer::new(
+                let mut trainer = PrivateTrainer::new(
+                    model,
                     $optim,
                     clipping,
                     privacy,
-                    cfg.single.batch as f64,
+                    cfg.single.batch,
+                    cfg.single.batch,
                     NoiseSource::FixedSeedForExperiments(0),
                 )
                 .map_err(err)?;
                 let inp = input::<B<Inner>>(cfg, vocab, &device, batch);
                 sync(&device)?;
-                // An `Option` so a step can move the model into the optimizer and back.
-                let mut model = Some(model);
                 let measured = measure(cfg, Instant::now(), || {
-                    let m = model.take().ok_or("the model was lost in a failed step")?;
-                    let losses =
-                        profile::timed::<Inner, _>(Phase::Forward, &device, || $losses(&m, &inp));
-                    optim.backward(&m, losses).map_err(err)?;
-                    model = Some(optim.step($lr, m).map_err(err)?);
+                    trainer
+                        .step($lr, |m, _all_rows| {
+                            profile::timed::<Inner, _>(Phase::Forward, &device, || $losses(m, &inp))
+                        })
+                        .map_err(err)?;
                     sync(&device)
                 })?;
                 (measured, report)
