@@ -16,7 +16,7 @@ use burn_dp::{
     batch, freeze, AccountantKind, ClippingFn, DpAutodiff, DpOptimizer, FreezePolicy, NoiseSource,
     PerSampleConfig, PrivacyState,
 };
-use burn_dp_models::{Gpt2Config, Norm, ResNetConfig, ViTConfig};
+use burn_dp_models::{Gpt2Config, Norm, PretrainedModel, ResNetConfig, ViTConfig};
 
 /// One benchmark configuration.
 #[derive(Debug, Clone)]
@@ -159,7 +159,7 @@ pub fn run_one<Inner: Backend>(cfg: &Config, backend: &str) -> Result<serde_json
             bench_model!(
                 |d| c.init(d),
                 |m: &burn_dp_models::Gpt2<_>, inp: &Input<_>| match inp {
-                    Input::Tokens(ids) => m.loss_per_sample(ids.clone(), None),
+                    Input::Tokens(ids) => m.loss_per_sample(ids.clone()),
                     Input::Images(..) => unreachable!(),
                 },
                 AdamWConfig::new().init(),
@@ -172,7 +172,7 @@ pub fn run_one<Inner: Backend>(cfg: &Config, backend: &str) -> Result<serde_json
             bench_model!(
                 |d| c.init(d),
                 |m: &burn_dp_models::ViTForImageClassification<_>, inp: &Input<_>| match inp {
-                    Input::Images(x, y) => m.loss_per_sample(x.clone(), y.clone()),
+                    Input::Images(x, y) => m.loss_per_sample((x.clone(), y.clone())),
                     Input::Tokens(_) => unreachable!(),
                 },
                 AdamWConfig::new().init(),
@@ -184,7 +184,7 @@ pub fn run_one<Inner: Backend>(cfg: &Config, backend: &str) -> Result<serde_json
             bench_model!(
                 |d| c.init(d),
                 |m: &burn_dp_models::ResNet<_>, inp: &Input<_>| match inp {
-                    Input::Images(x, y) => m.loss_per_sample(x.clone(), y.clone()),
+                    Input::Images(x, y) => m.loss_per_sample((x.clone(), y.clone())),
                     Input::Tokens(_) => unreachable!(),
                 },
                 SgdConfig::new().init(),
