@@ -25,12 +25,9 @@ pub trait ModelConfig {
 /// another shape an [`ImportError::ShapeMismatch`], both naming the torch weight. Nothing
 /// panics on a bad file or configuration.
 ///
-/// ```ignore
-/// use burn_dp_models::{Gpt2, Gpt2Config, LoadOptions, PretrainedModel};
-/// let model = Gpt2::<NdArray>::from_safetensors(&Gpt2Config::small(), "gpt2.safetensors",
-///                                               &Default::default(), LoadOptions::default())?;
-/// let loss = model.loss_per_sample(ids); // [B]
-/// ```
+/// With the trait in scope: `Gpt2::<B>::from_safetensors(&Gpt2Config::small(), path, &device,
+/// LoadOptions::default())?`, then `model.loss_per_sample(ids)` for token ids `[B, T]`, or
+/// `resnet.loss_per_sample((images, targets))`.
 pub trait PretrainedModel<B: Backend>: Module<B> + Sized {
     /// The hyper-parameters.
     type Config: ModelConfig;
