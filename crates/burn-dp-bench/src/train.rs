@@ -28,7 +28,7 @@ use burn_dp::{
     batch, freeze, AccountantKind, ClippingFn, DpAutodiff, FreezePolicy, NoiseSource,
     PerSampleConfig, PrivacyState, PrivateTrainer,
 };
-use burn_dp_models::{Gpt2Config, Norm, ResNetConfig, ViTConfig};
+use burn_dp_models::{Gpt2Config, Norm, PretrainedModel, ResNetConfig, ViTConfig};
 use clap::ValueEnum;
 use serde_json::{json, Value};
 
@@ -423,7 +423,7 @@ pub fn run_one<Inner: Backend>(cfg: &Config, backend: BackendKind) -> Result<Val
             bench_model!(
                 |d| c.init(d),
                 |m: &burn_dp_models::Gpt2<_>, inp: &Input<_>| match inp {
-                    Input::Tokens(ids) => m.loss_per_sample(ids.clone(), None),
+                    Input::Tokens(ids) => m.loss_per_sample(ids.clone()),
                     Input::Images(..) => unreachable!("GPT-2 gets tokens"),
                 },
                 AdamWConfig::new().init(),
@@ -436,7 +436,7 @@ pub fn run_one<Inner: Backend>(cfg: &Config, backend: BackendKind) -> Result<Val
             bench_model!(
                 |d| c.init(d),
                 |m: &burn_dp_models::ViTForImageClassification<_>, inp: &Input<_>| match inp {
-                    Input::Images(x, y) => m.loss_per_sample(x.clone(), y.clone()),
+                    Input::Images(x, y) => m.loss_per_sample((x.clone(), y.clone())),
                     Input::Tokens(_) => unreachable!("ViT gets images"),
                 },
                 AdamWConfig::new().init(),
@@ -448,7 +448,7 @@ pub fn run_one<Inner: Backend>(cfg: &Config, backend: BackendKind) -> Result<Val
             bench_model!(
                 |d| c.init(d),
                 |m: &burn_dp_models::ResNet<_>, inp: &Input<_>| match inp {
-                    Input::Images(x, y) => m.loss_per_sample(x.clone(), y.clone()),
+                    Input::Images(x, y) => m.loss_per_sample((x.clone(), y.clone())),
                     Input::Tokens(_) => unreachable!("ResNet gets images"),
                 },
                 SgdConfig::new().init(),

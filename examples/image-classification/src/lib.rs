@@ -17,8 +17,8 @@ use burn_dp_examples_common::{
     self as common, BackendKind, ClippingKind, Curve, Error, FreezeKind,
 };
 use burn_dp_models::{
-    cross_entropy_per_sample, BlockKind, LoadOptions, Norm, ResNet, ResNetConfig, ViTConfig,
-    ViTForImageClassification,
+    cross_entropy_per_sample, BlockKind, LoadOptions, Norm, PretrainedModel, ResNet, ResNetConfig,
+    ViTConfig, ViTForImageClassification,
 };
 use clap::{Parser, ValueEnum};
 

@@ -17,7 +17,7 @@ use burn_dp::{
 use burn_dp_examples_common::{
     self as common, BackendKind, ClippingKind, Curve, Error, FreezeKind,
 };
-use burn_dp_models::{Gpt2, Gpt2Config, LoadOptions};
+use burn_dp_models::{Gpt2, Gpt2Config, LoadOptions, PretrainedModel};
 use clap::{Parser, ValueEnum};
 
 pub mod bleu;

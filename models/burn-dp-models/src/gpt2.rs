@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::act::Activation;
 use crate::error::ImportError;
-use crate::load::{Layout, NameRules};
+use crate::load::{Layout, LoadOptions, NameRules, TensorSource, TorchParam};
+use crate::onnx::{OnnxFile, OnnxWeights};
+use crate::pretrained::{ModelConfig, PretrainedModel, TokenBatch};
 
 /// GPT-2 hyper-parameters (HF names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,55 +95,33 @@ impl Gpt2Config {
         self
     }
 
-    /// Read a HF `config.json` (`GPT2Config`) string.
+    /// Read a HF `config.json` (`GPT2Config`) string. Absent optional keys take HF's defaults
+    /// (`gelu_new`, epsilon 1e-5, tied head); the dropout is the largest of `resid_pdrop`,
+    /// `embd_pdrop` and `attn_pdrop`.
     pub fn from_hf_json(json: &str) -> Result<Self, ImportError> {
-        let v: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| ImportError::Config(e.to_string()))?;
-        let get = |k: &str| -> Result<usize, ImportError> {
-            v.get(k)
-                .and_then(|x| x.as_u64())
-                .map(|x| x as usize)
-                .ok_or_else(|| ImportError::Config(format!("GPT-2 config lacks `{k}`")))
-        };
-        let activation = match v.get("activation_function").and_then(|x| x.as_str()) {
-            Some(s) => Activation::from_hf(s)?,
-            None => Activation::GeluTanh,
-        };
-        let p = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
+        let hf: HfGpt2Config = serde_json::from_str(json)
+            .map_err(|e| ImportError::Config(format!("GPT-2 config: {e}")))?;
+        let dropout = [hf.resid_pdrop, hf.embd_pdrop, hf.attn_pdrop]
+            .into_iter()
+            .flatten()
+            .fold(0.0, f64::max);
         let cfg = Self {
-            vocab_size: get("vocab_size")?,
-            n_positions: get("n_positions")?,
-            n_embd: get("n_embd")?,
-            n_layer: get("n_layer")?,
-            n_head: get("n_head")?,
-            n_inner: v
-                .get("n_inner")
-                .and_then(|x| x.as_u64())
-                .map(|x| x as usize),
-            layer_norm_epsilon: v
-                .get("layer_norm_epsilon")
-                .and_then(|x| x.as_f64())
-                .unwrap_or(1e-5),
-            activation,
-            tie_word_embeddings: v
-                .get("tie_word_embeddings")
-                .and_then(|x| x.as_bool())
-                .unwrap_or(true),
-            dropout: p("resid_pdrop").max(p("embd_pdrop")).max(p("attn_pdrop")),
+            vocab_size: hf.vocab_size,
+            n_positions: hf.n_positions,
+            n_embd: hf.n_embd,
+            n_layer: hf.n_layer,
+            n_head: hf.n_head,
+            n_inner: hf.n_inner,
+            layer_norm_epsilon: hf.layer_norm_epsilon.unwrap_or(1e-5),
+            activation: match hf.activation_function {
+                Some(s) => Activation::from_hf(&s)?,
+                None => Activation::GeluTanh,
+            },
+            tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(true),
+            dropout,
         };
         cfg.validate()?;
         Ok(cfg)
-    }
-
-    /// Check the configuration is consistent.
-    pub fn validate(&self) -> Result<(), ImportError> {
-        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
-            return Err(ImportError::Config(format!(
-                "n_embd {} is not divisible by n_head {}",
-                self.n_embd, self.n_head
-            )));
-        }
-        Ok(())
     }
 
     /// MLP width.
@@ -196,6 +176,54 @@ impl Gpt2Config {
                 )
             },
         }
+    }
+}
+
+/// The keys of a HF `GPT2Config` this crate reads (others are ignored; `null` is absent).
+#[derive(Deserialize)]
+struct HfGpt2Config {
+    vocab_size: usize,
+    n_positions: usize,
+    n_embd: usize,
+    n_layer: usize,
+    n_head: usize,
+    #[serde(default)]
+    n_inner: Option<usize>,
+    #[serde(default)]
+    layer_norm_epsilon: Option<f64>,
+    #[serde(default)]
+    activation_function: Option<String>,
+    #[serde(default)]
+    tie_word_embeddings: Option<bool>,
+    #[serde(default)]
+    resid_pdrop: Option<f64>,
+    #[serde(default)]
+    embd_pdrop: Option<f64>,
+    #[serde(default)]
+    attn_pdrop: Option<f64>,
+}
+
+impl ModelConfig for Gpt2Config {
+    fn validate(&self) -> Result<(), ImportError> {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
+            return Err(ImportError::Config(format!(
+                "n_embd {} is not divisible by n_head {}",
+                self.n_embd, self.n_head
+            )));
+        }
+        if self.vocab_size == 0 || self.n_positions == 0 || self.n_inner == Some(0) {
+            return Err(ImportError::Config(format!(
+                "vocab_size {}, n_positions {} and n_inner {:?} must be positive",
+                self.vocab_size, self.n_positions, self.n_inner
+            )));
+        }
+        if !(0.0..1.0).contains(&self.dropout) || self.layer_norm_epsilon.is_nan() {
+            return Err(ImportError::Config(format!(
+                "dropout {} must be in [0, 1) and layer_norm_epsilon {} a number",
+                self.dropout, self.layer_norm_epsilon
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -332,24 +360,6 @@ impl<B: Backend> Gpt2<B> {
             }
         }
     }
-
-    /// Per-sample loss [B]: mean next-token cross-entropy over the T-1 predicted positions.
-    pub fn loss_per_sample(
-        &self,
-        input_ids: Tensor<B, 2, Int>,
-        position_ids: Option<Tensor<B, 2, Int>>,
-    ) -> Tensor<B, 1> {
-        let logits = self.forward(input_ids.clone(), position_ids);
-        crate::loss::lm_loss_per_sample(logits, input_ids)
-    }
-}
-
-impl<B: Backend> Gpt2<B> {
-    /// Every float parameter with its torch name and layout (how the torch tensor of the
-    /// state dict relates to the burn parameter), in visiting order.
-    pub fn torch_params(&self) -> Vec<crate::TorchParam> {
-        crate::load::torch_params_with::<B, _, _>(self, &Gpt2Rules)
-    }
 }
 
 pub(crate) struct Gpt2Rules;
@@ -378,52 +388,73 @@ impl NameRules for Gpt2Rules {
     }
 }
 
-impl<B: Backend> Gpt2<B> {
-    /// Load HF weights (`GPT2LMHeadModel` / `GPT2Model` state dict, with or without the
-    /// `transformer.` prefix; tied head stored as `transformer.wte.weight` or `lm_head.weight`)
-    /// from a safetensors file, streaming tensor by tensor.
-    pub fn from_safetensors(
-        config: &Gpt2Config,
-        path: impl AsRef<std::path::Path>,
-        device: &B::Device,
-        options: crate::LoadOptions,
-    ) -> Result<Self, ImportError> {
-        config.validate()?;
-        let mut file = crate::st::SafetensorsFile::open(path)?;
-        Self::from_source(config, &mut file, device, options)
-    }
+/// HF weights: a `GPT2LMHeadModel` / `GPT2Model` state dict, with or without the
+/// `transformer.` prefix, the tied head stored as `transformer.wte.weight` or `lm_head.weight`;
+/// or an ONNX export of `GPT2LMHeadModel` (weights located through the graph).
+impl<B: Backend> PretrainedModel<B> for Gpt2<B> {
+    type Config = Gpt2Config;
+    type Batch = TokenBatch<B>;
 
-    /// Load from any source of torch-named tensors.
-    pub fn from_source<S: crate::TensorSource>(
+    /// Load from any source of torch-named tensors. A tied configuration refuses a checkpoint
+    /// whose `lm_head.weight` differs from its token embedding (an untied model: load it with
+    /// `with_tied_head(false)`) rather than silently dropping the head.
+    fn from_source<S: TensorSource>(
         config: &Gpt2Config,
         source: &mut S,
         device: &B::Device,
-        options: crate::LoadOptions,
+        options: LoadOptions,
     ) -> Result<Self, ImportError> {
+        config.validate()?;
+        if config.tie_word_embeddings {
+            check_tied_head(source)?;
+        }
         crate::load::load_params(config.init(device), source, &Gpt2Rules, options)
+    }
+
+    fn onnx_weights(config: &Gpt2Config, file: OnnxFile) -> Result<OnnxWeights, ImportError> {
+        onnx_weights(config, file)
+    }
+
+    fn torch_params(&self) -> Vec<TorchParam> {
+        crate::load::torch_params_with::<B, _, _>(self, &Gpt2Rules)
+    }
+
+    /// Mean next-token cross-entropy over the T-1 predicted positions of each sample.
+    fn loss_per_sample(&self, batch: impl Into<TokenBatch<B>>) -> Tensor<B, 1> {
+        let TokenBatch {
+            input_ids,
+            position_ids,
+        } = batch.into();
+        let logits = self.forward(input_ids.clone(), position_ids);
+        crate::loss::lm_loss_per_sample(logits, input_ids)
     }
 }
 
-impl<B: Backend> Gpt2<B> {
-    /// Load from an ONNX export of HF `GPT2LMHeadModel` (weights located through the graph).
-    pub fn from_onnx(
-        config: &Gpt2Config,
-        path: impl AsRef<std::path::Path>,
-        device: &B::Device,
-        options: crate::LoadOptions,
-    ) -> Result<Self, ImportError> {
-        config.validate()?;
-        let mut weights = onnx_weights(config, crate::onnx::OnnxFile::open(path)?)?;
-        Self::from_source(config, &mut weights, device, options)
+/// A tied head needs the source's `lm_head.weight`, where it has one, to be the token
+/// embedding; anything else is an untied checkpoint.
+fn check_tied_head<S: TensorSource>(source: &mut S) -> Result<(), ImportError> {
+    let Some(head) = source.fetch("lm_head.weight")? else {
+        return Ok(());
+    };
+    for name in ["transformer.wte.weight", "wte.weight"] {
+        if let Some(table) = source.fetch(name)? {
+            if table.shape != head.shape || table.data != head.data {
+                return Err(ImportError::Config(format!(
+                    "the configuration ties the output head to the token embedding, but the \
+                     checkpoint's `lm_head.weight` differs from its `{name}` (an untied \
+                     model): load it with `Gpt2Config::with_tied_head(false)`"
+                )));
+            }
+            return Ok(());
+        }
     }
+    Ok(())
 }
 
 /// Locate the GPT-2 weights of `config` in an ONNX graph.
-pub fn onnx_weights(
-    config: &Gpt2Config,
-    file: crate::onnx::OnnxFile,
-) -> Result<crate::onnx::OnnxWeights, ImportError> {
+pub fn onnx_weights(config: &Gpt2Config, file: OnnxFile) -> Result<OnnxWeights, ImportError> {
     use crate::onnx::{count_err, Assign, Slots};
+    config.validate()?;
     let s = Slots::of(&file)?;
     let l = config.n_layer;
     let expected = crate::load::param_names::<burn::backend::NdArray, _>(

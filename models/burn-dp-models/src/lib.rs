@@ -14,6 +14,7 @@ pub mod gpt2;
 pub mod load;
 pub mod loss;
 pub mod onnx;
+pub mod pretrained;
 pub mod resnet;
 pub mod st;
 pub mod vit;
@@ -27,6 +28,7 @@ pub use load::{
 };
 pub use loss::{cross_entropy_per_sample, lm_loss_per_sample};
 pub use onnx::{OnnxFile, OnnxWeights};
+pub use pretrained::{ImageBatch, ModelConfig, PretrainedModel, TokenBatch};
 pub use resnet::{BlockKind, Norm, ResNet, ResNetConfig};
 pub use st::SafetensorsFile;
 pub use vit::{ViTConfig, ViTForImageClassification};

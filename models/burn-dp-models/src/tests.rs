@@ -1,4 +1,5 @@
-//! Unit tests (one lib test binary; the fixture parity tests are in `tests/fixtures.rs`).
+//! Unit tests (one lib test binary; the fixture parity tests are the `parity` test target,
+//! `tests/parity/`).
 
 use std::path::PathBuf;
 
@@ -80,7 +81,7 @@ fn gpt2_shapes_positions_and_untied_head() {
         .max()
         .into_scalar();
     assert!(d1 > 1e-6);
-    let loss = m.loss_per_sample(ids, None);
+    let loss = m.loss_per_sample(ids);
     assert_eq!(loss.dims(), [2]);
     let names: Vec<String> = param_names::<B, _>(&m).into_iter().map(|x| x.1).collect();
     assert!(names.contains(&"lm_head.weight".to_string()));
@@ -135,6 +136,27 @@ fn resnet_norm_variants_and_names() {
         .with_norm(Norm::GroupNorm { groups: 7 })
         .validate()
         .is_err());
+    // `forward` is `forward_with_relu` with `relu`, which sees every ReLU input in order: the
+    // stem, then 2 (basic) or 3 (bottleneck) per block.
+    for (cfg, relus) in [
+        (
+            ResNetConfig::new(BlockKind::Basic, vec![1, 2], vec![8, 16], 5),
+            1 + 2 * 3,
+        ),
+        (
+            ResNetConfig::new(BlockKind::Bottleneck, vec![2, 1], vec![8, 16], 5),
+            1 + 3 * 3,
+        ),
+    ] {
+        let m = cfg.init::<B>(&dev());
+        let mut seen = 0;
+        let hooked = m.forward_with_relu(x.clone(), &mut |pre| {
+            seen += 1;
+            burn::tensor::activation::relu(pre)
+        });
+        let d: f32 = (hooked - m.forward(x.clone())).abs().max().into_scalar();
+        assert_eq!((d, seen), (0.0, relus));
+    }
 }
 
 #[test]
@@ -199,7 +221,7 @@ fn loaded_params_are_trainable_on_autodiff_and_running_stats_are_not_params() {
     .unwrap();
     let x = Tensor::<AB, 4>::ones([2, 3, 32, 32], &dev);
     let y = Tensor::<AB, 1, Int>::from_data([1, 2], &dev);
-    let grads = m.loss_per_sample(x, y).sum().backward();
+    let grads = m.loss_per_sample((x, y)).sum().backward();
     let bn = match m.bn1.as_ref().unwrap() {
         resnet::NormLayer::Frozen(bn) => bn,
         _ => unreachable!(),
@@ -231,7 +253,7 @@ fn loaded_params_are_trainable_on_autodiff_and_running_stats_are_not_params() {
     )
     .unwrap();
     let ids = Tensor::<AB, 2, Int>::from_data([[1, 2, 3, 4]], &dev);
-    let grads = g.loss_per_sample(ids, None).sum().backward();
+    let grads = g.loss_per_sample(ids).sum().backward();
     assert!(g.transformer.wte.weight.grad(&grads).is_some());
     assert!(g.transformer.h[0]
         .attn
@@ -569,4 +591,192 @@ fn erf(x: f64) -> f64 {
         sum += term / (2.0 * n + 1.0);
     }
     2.0 / std::f64::consts::PI.sqrt() * sum
+}
+
+#[test]
+fn gpt2_loader_validates_config_and_head_tying() {
+    // An inconsistent configuration is a typed error from every loader, before any weight.
+    let bad = Gpt2Config::custom(512, 64, 64, 2, 3);
+    let mut empty = std::collections::HashMap::<String, RawTensor>::new();
+    let e = Gpt2::<B>::from_source(&bad, &mut empty, &dev(), LoadOptions::default()).unwrap_err();
+    assert!(matches!(e, ImportError::Config(_)), "{e}");
+    let e = Gpt2::<B>::from_safetensors(
+        &bad,
+        fixture("gpt2-tiny.weights.safetensors"),
+        &dev(),
+        LoadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ImportError::Config(_)), "{e}");
+    let e = Gpt2::<B>::from_onnx(
+        &Gpt2Config::custom(0, 64, 64, 2, 4),
+        fixture("gpt2-tiny.dynamo.onnx"),
+        &dev(),
+        LoadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ImportError::Config(_)), "{e}");
+
+    // The fixture checkpoint is tied (the table stored once, here as `lm_head.weight`); store
+    // it as `transformer.wte.weight`.
+    let st = SafetensorsFile::open(fixture("gpt2-tiny.weights.safetensors")).unwrap();
+    let mut tensors: std::collections::HashMap<String, RawTensor> = st
+        .names()
+        .into_iter()
+        .map(|n| {
+            let t = st.read_f32(&n).unwrap().unwrap();
+            match n.as_str() {
+                "lm_head.weight" => ("transformer.wte.weight".to_string(), t),
+                _ => (n, t),
+            }
+        })
+        .collect();
+    assert!(!tensors.contains_key("lm_head.weight"));
+    let cfg = Gpt2Config::custom(512, 64, 64, 2, 4);
+    // Untied configuration, tied checkpoint: the head is missing, by name.
+    let untied = cfg.clone().with_tied_head(false);
+    let e =
+        Gpt2::<B>::from_source(&untied, &mut tensors, &dev(), LoadOptions::default()).unwrap_err();
+    match e {
+        ImportError::MissingWeight { name, .. } => assert_eq!(name, "lm_head.weight"),
+        e => panic!("{e}"),
+    }
+    // A head equal to the table loads tied; an untied head is refused by a tied configuration
+    // instead of being dropped, and loads with an untied one.
+    let mut head = tensors["transformer.wte.weight"].clone();
+    tensors.insert("lm_head.weight".into(), head.clone());
+    assert!(Gpt2::<B>::from_source(&cfg, &mut tensors, &dev(), LoadOptions::default()).is_ok());
+    head.data[0] += 1.0;
+    tensors.insert("lm_head.weight".into(), head);
+    let e = Gpt2::<B>::from_source(&cfg, &mut tensors, &dev(), LoadOptions::default()).unwrap_err();
+    assert!(matches!(e, ImportError::Config(_)), "{e}");
+    let m = Gpt2::<B>::from_source(&untied, &mut tensors, &dev(), LoadOptions::default()).unwrap();
+    assert!(m.lm_head.is_some());
+}
+
+#[test]
+fn configs_read_with_serde() {
+    let cfg = ResNetConfig::from_json(
+        r#"{"block": "bottleneck", "layers": [1, 2], "widths": [8, 16], "num_classes": 5,
+            "norm": "batchnorm (eval mode)"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        cfg,
+        ResNetConfig::new(BlockKind::Bottleneck, vec![1, 2], vec![8, 16], 5)
+    );
+    for bad in [
+        r#"{"block": "dense", "layers": [1], "widths": [8], "num_classes": 5}"#,
+        r#"{"block": "basic", "widths": [8], "num_classes": 5}"#,
+        r#"{"block": "basic", "layers": [1, 1], "widths": [8], "num_classes": 5}"#,
+        r#"{"block": "basic", "layers": [-1], "widths": [8], "num_classes": 5}"#,
+        "not json",
+    ] {
+        let e = ResNetConfig::from_json(bad).unwrap_err();
+        assert!(matches!(e, ImportError::Config(_)), "{bad}: {e}");
+    }
+    // HF configs: defaults for absent keys, `null` as absent, labels from `id2label`.
+    let g = Gpt2Config::from_hf_json(
+        r#"{"vocab_size": 50, "n_positions": 16, "n_embd": 32, "n_layer": 1, "n_head": 4,
+            "n_inner": null, "resid_pdrop": 0.1, "embd_pdrop": null}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        g,
+        Gpt2Config::custom(50, 16, 32, 1, 4)
+            .with_dropout(0.1)
+            .with_tied_head(true)
+    );
+    let e = Gpt2Config::from_hf_json(r#"{"vocab_size": 50, "n_positions": 16}"#).unwrap_err();
+    assert!(e.to_string().contains("n_embd"), "{e}");
+    let v = ViTConfig::from_hf_json(
+        r#"{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 64, "image_size": 16, "patch_size": 8,
+            "id2label": {"0": "cat", "1": "dog", "2": "emu"}}"#,
+    )
+    .unwrap();
+    assert_eq!(v, ViTConfig::custom(32, 2, 4, 64, 16, 8, 3));
+}
+
+mod properties {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use crate::*;
+
+    proptest! {
+        /// Folding BatchNorm into a (1x1) convolution gives the convolution followed by the
+        /// BatchNorm, for any weights, statistics and input.
+        #[test]
+        fn folded_batchnorm_equals_conv_then_batchnorm(
+            (o, per) in (1usize..4, 1usize..5),
+            seed in vec(-2.0f32..2.0, 64),
+            var in vec(0.0f32..3.0, 4),
+            with_bias in any::<bool>(),
+        ) {
+            let part = |at: usize, n: usize| seed[at..at + n].to_vec();
+            let w = RawTensor::new(vec![o, per], part(0, o * per));
+            let x = part(16, per);
+            let (gamma, beta, mean) = (part(32, o), part(40, o), part(48, o));
+            let bias = with_bias.then(|| part(56, o));
+            let eps = resnet::BN_EPS;
+            let (fw, fb) = resnet::fold_batchnorm(
+                &w, bias.as_deref(), &gamma, &beta, &mean, &var[..o], eps,
+            );
+            for c in 0..o {
+                let dot = |w: &[f32]| -> f64 {
+                    w[c * per..(c + 1) * per]
+                        .iter()
+                        .zip(&x)
+                        .map(|(a, b)| (*a as f64) * (*b as f64))
+                        .sum()
+                };
+                let b0 = bias.as_ref().map_or(0.0, |b| b[c] as f64);
+                let inv_std = 1.0 / (var[c] as f64 + eps).sqrt();
+                let bn = (dot(&w.data) + b0 - mean[c] as f64) * inv_std * gamma[c] as f64
+                    + beta[c] as f64;
+                let folded = dot(&fw.data) + fb[c] as f64;
+                // f32 rounding of the folded weights and bias, relative to what they sum.
+                let scale = 1.0
+                    + (dot(&w.data).abs() + b0.abs() + (mean[c] as f64).abs())
+                        * inv_std
+                        * (gamma[c] as f64).abs()
+                    + (beta[c] as f64).abs();
+                prop_assert!((folded - bn).abs() <= 1e-5 * scale, "{folded} vs {bn}");
+            }
+        }
+
+        /// Rearranging per-sample gradients of a transposed parameter into torch layout and
+        /// back (the torch [c, r] parameter read as a burn [r, c] one) is the identity.
+        #[test]
+        fn burn_to_torch_round_trips(rows in 1usize..6, cols in 1usize..6, batch in 1usize..4) {
+            let p = |shape: Vec<usize>| TorchParam {
+                id: burn::module::ParamId::new(),
+                name: "w.weight".into(),
+                burn_shape: shape,
+                layout: Layout::Transposed,
+            };
+            let data: Vec<f32> = (0..rows * cols * batch).map(|v| v as f32).collect();
+            let torch = p(vec![rows, cols]).burn_to_torch(&data);
+            prop_assert_eq!(p(vec![rows, cols]).torch_shape(), vec![cols, rows]);
+            prop_assert_eq!(p(vec![cols, rows]).burn_to_torch(&torch), data);
+        }
+
+        /// Any torchvision-form JSON with consistent lists reads back as the same config.
+        #[test]
+        fn resnet_json_reads_any_consistent_config(
+            bottleneck in any::<bool>(),
+            stages in vec((0usize..4, 1usize..64), 1..6),
+            classes in 1usize..1000,
+        ) {
+            let (layers, widths): (Vec<usize>, Vec<usize>) = stages.into_iter().unzip();
+            let block = if bottleneck { BlockKind::Bottleneck } else { BlockKind::Basic };
+            let json = serde_json::json!({
+                "block": if bottleneck { "bottleneck" } else { "basic" },
+                "layers": layers, "widths": widths, "num_classes": classes,
+            });
+            let cfg = ResNetConfig::from_json(&json.to_string()).unwrap();
+            prop_assert_eq!(cfg, ResNetConfig::new(block, layers, widths, classes));
+        }
+    }
 }

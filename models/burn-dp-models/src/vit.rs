@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::act::Activation;
 use crate::error::ImportError;
-use crate::load::{LoadOptions, NameRules, TensorSource};
+use crate::load::{LoadOptions, NameRules, TensorSource, TorchParam};
+use crate::loss::cross_entropy_per_sample;
+use crate::onnx::{OnnxFile, OnnxWeights};
+use crate::pretrained::{ImageBatch, ModelConfig, PretrainedModel};
 
 /// ViT hyper-parameters (HF names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,66 +107,44 @@ impl ViTConfig {
     }
 
     /// Read a HF `config.json` (`ViTConfig`); the label count comes from `num_labels` or
-    /// `id2label`.
+    /// `id2label`. Absent optional keys take HF's defaults (`gelu`, epsilon 1e-12, 3 channels,
+    /// q/k/v biases); the dropout is the larger of `hidden_dropout_prob` and
+    /// `attention_probs_dropout_prob`.
     pub fn from_hf_json(json: &str) -> Result<Self, ImportError> {
-        let v: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| ImportError::Config(e.to_string()))?;
-        let get = |k: &str| -> Result<usize, ImportError> {
-            v.get(k)
-                .and_then(|x| x.as_u64())
-                .map(|x| x as usize)
-                .ok_or_else(|| ImportError::Config(format!("ViT config lacks `{k}`")))
+        let hf: HfViTConfig = serde_json::from_str(json)
+            .map_err(|e| ImportError::Config(format!("ViT config: {e}")))?;
+        let num_labels = match (hf.num_labels, hf.id2label) {
+            (Some(n), _) => n,
+            (None, Some(labels)) => labels.len(),
+            (None, None) => {
+                return Err(ImportError::Config(
+                    "ViT config has neither `num_labels` nor `id2label`".into(),
+                ))
+            }
         };
-        let num_labels = match v.get("num_labels").and_then(|x| x.as_u64()) {
-            Some(n) => n as usize,
-            None => v
-                .get("id2label")
-                .and_then(|x| x.as_object())
-                .map(|m| m.len())
-                .ok_or_else(|| ImportError::Config("ViT config lacks `id2label`".into()))?,
-        };
-        let p = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
+        let dropout = [hf.hidden_dropout_prob, hf.attention_probs_dropout_prob]
+            .into_iter()
+            .flatten()
+            .fold(0.0, f64::max);
         let cfg = Self {
-            hidden_size: get("hidden_size")?,
-            num_hidden_layers: get("num_hidden_layers")?,
-            num_attention_heads: get("num_attention_heads")?,
-            intermediate_size: get("intermediate_size")?,
-            hidden_act: match v.get("hidden_act").and_then(|x| x.as_str()) {
-                Some(s) => Activation::from_hf(s)?,
+            hidden_size: hf.hidden_size,
+            num_hidden_layers: hf.num_hidden_layers,
+            num_attention_heads: hf.num_attention_heads,
+            intermediate_size: hf.intermediate_size,
+            hidden_act: match hf.hidden_act {
+                Some(s) => Activation::from_hf(&s)?,
                 None => Activation::Gelu,
             },
-            layer_norm_eps: v
-                .get("layer_norm_eps")
-                .and_then(|x| x.as_f64())
-                .unwrap_or(1e-12),
-            image_size: get("image_size")?,
-            patch_size: get("patch_size")?,
-            num_channels: get("num_channels").unwrap_or(3),
-            qkv_bias: v.get("qkv_bias").and_then(|x| x.as_bool()).unwrap_or(true),
+            layer_norm_eps: hf.layer_norm_eps.unwrap_or(1e-12),
+            image_size: hf.image_size,
+            patch_size: hf.patch_size,
+            num_channels: hf.num_channels.unwrap_or(3),
+            qkv_bias: hf.qkv_bias.unwrap_or(true),
             num_labels,
-            dropout: p("hidden_dropout_prob").max(p("attention_probs_dropout_prob")),
+            dropout,
         };
         cfg.validate()?;
         Ok(cfg)
-    }
-
-    /// Check the configuration.
-    pub fn validate(&self) -> Result<(), ImportError> {
-        if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
-        {
-            return Err(ImportError::Config(format!(
-                "hidden_size {} is not divisible by {} heads",
-                self.hidden_size, self.num_attention_heads
-            )));
-        }
-        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
-            return Err(ImportError::Config(format!(
-                "image_size {} is not a multiple of patch_size {}",
-                self.image_size, self.patch_size
-            )));
-        }
-        Ok(())
     }
 
     /// Number of patches.
@@ -230,6 +211,65 @@ impl ViTConfig {
             },
             classifier: LinearConfig::new(d, self.num_labels).init(device),
         }
+    }
+}
+
+/// The keys of a HF `ViTConfig` this crate reads (others are ignored; `null` is absent).
+#[derive(Deserialize)]
+struct HfViTConfig {
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    image_size: usize,
+    patch_size: usize,
+    #[serde(default)]
+    num_channels: Option<usize>,
+    #[serde(default)]
+    hidden_act: Option<String>,
+    #[serde(default)]
+    layer_norm_eps: Option<f64>,
+    #[serde(default)]
+    qkv_bias: Option<bool>,
+    #[serde(default)]
+    num_labels: Option<usize>,
+    #[serde(default)]
+    id2label: Option<std::collections::BTreeMap<String, serde::de::IgnoredAny>>,
+    #[serde(default)]
+    hidden_dropout_prob: Option<f64>,
+    #[serde(default)]
+    attention_probs_dropout_prob: Option<f64>,
+}
+
+impl ModelConfig for ViTConfig {
+    fn validate(&self) -> Result<(), ImportError> {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
+            return Err(ImportError::Config(format!(
+                "hidden_size {} is not divisible by {} heads",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+            return Err(ImportError::Config(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            )));
+        }
+        if self.num_labels == 0 || self.num_channels == 0 || self.intermediate_size == 0 {
+            return Err(ImportError::Config(format!(
+                "num_labels {}, num_channels {} and intermediate_size {} must be positive",
+                self.num_labels, self.num_channels, self.intermediate_size
+            )));
+        }
+        if !(0.0..1.0).contains(&self.dropout) || self.layer_norm_eps.is_nan() {
+            return Err(ImportError::Config(format!(
+                "dropout {} must be in [0, 1) and layer_norm_eps {} a number",
+                self.dropout, self.layer_norm_eps
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -370,46 +410,6 @@ impl<B: Backend> ViTForImageClassification<B> {
         let cls = x.slice([0..b, 0..1, 0..d]).reshape([b, d]);
         self.classifier.forward(cls)
     }
-
-    /// Per-sample cross-entropy [B].
-    pub fn loss_per_sample(
-        &self,
-        images: Tensor<B, 4>,
-        targets: Tensor<B, 1, Int>,
-    ) -> Tensor<B, 1> {
-        crate::loss::cross_entropy_per_sample(self.forward(images), targets)
-    }
-
-    /// Load HF weights from a safetensors file (transformers 5 names, or the transformers 4
-    /// names `vit.encoder.layer.N.attention.attention.query`, ...).
-    pub fn from_safetensors(
-        config: &ViTConfig,
-        path: impl AsRef<std::path::Path>,
-        device: &B::Device,
-        options: LoadOptions,
-    ) -> Result<Self, ImportError> {
-        let mut file = crate::st::SafetensorsFile::open(path)?;
-        Self::from_source(config, &mut file, device, options)
-    }
-
-    /// Load from any source of HF-named tensors.
-    pub fn from_source<S: TensorSource>(
-        config: &ViTConfig,
-        source: &mut S,
-        device: &B::Device,
-        options: LoadOptions,
-    ) -> Result<Self, ImportError> {
-        config.validate()?;
-        crate::load::load_params(config.init(device), source, &ViTRules, options)
-    }
-}
-
-impl<B: Backend> ViTForImageClassification<B> {
-    /// Every float parameter with its torch name and layout (how the torch tensor of the
-    /// state dict relates to the burn parameter), in visiting order.
-    pub fn torch_params(&self) -> Vec<crate::TorchParam> {
-        crate::load::torch_params_with::<B, _, _>(self, &ViTRules)
-    }
 }
 
 pub(crate) struct ViTRules;
@@ -448,26 +448,42 @@ impl NameRules for ViTRules {
     }
 }
 
-impl<B: Backend> ViTForImageClassification<B> {
-    /// Load from an ONNX export of HF `ViTForImageClassification`.
-    pub fn from_onnx(
+/// HF weights: a safetensors state dict with transformers 5 names or the transformers 4 names
+/// (`vit.encoder.layer.N.attention.attention.query`, ...), or an ONNX export of
+/// `ViTForImageClassification` (weights located through the graph).
+impl<B: Backend> PretrainedModel<B> for ViTForImageClassification<B> {
+    type Config = ViTConfig;
+    type Batch = ImageBatch<B>;
+
+    fn from_source<S: TensorSource>(
         config: &ViTConfig,
-        path: impl AsRef<std::path::Path>,
+        source: &mut S,
         device: &B::Device,
         options: LoadOptions,
     ) -> Result<Self, ImportError> {
         config.validate()?;
-        let mut weights = onnx_weights(config, crate::onnx::OnnxFile::open(path)?)?;
-        Self::from_source(config, &mut weights, device, options)
+        crate::load::load_params(config.init(device), source, &ViTRules, options)
+    }
+
+    fn onnx_weights(config: &ViTConfig, file: OnnxFile) -> Result<OnnxWeights, ImportError> {
+        onnx_weights(config, file)
+    }
+
+    fn torch_params(&self) -> Vec<TorchParam> {
+        crate::load::torch_params_with::<B, _, _>(self, &ViTRules)
+    }
+
+    /// Cross-entropy of each image's logits.
+    fn loss_per_sample(&self, batch: impl Into<ImageBatch<B>>) -> Tensor<B, 1> {
+        let ImageBatch { images, targets } = batch.into();
+        cross_entropy_per_sample(self.forward(images), targets)
     }
 }
 
 /// Locate the ViT weights of `config` in an ONNX graph.
-pub fn onnx_weights(
-    config: &ViTConfig,
-    file: crate::onnx::OnnxFile,
-) -> Result<crate::onnx::OnnxWeights, ImportError> {
+pub fn onnx_weights(config: &ViTConfig, file: OnnxFile) -> Result<OnnxWeights, ImportError> {
     use crate::onnx::{count_err, Assign, Slots};
+    config.validate()?;
     let s = Slots::of(&file)?;
     let l = config.num_hidden_layers;
     let expected = crate::load::param_names::<burn::backend::NdArray, _>(

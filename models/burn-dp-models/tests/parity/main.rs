@@ -1,0 +1,17 @@
+//! Parity of the burn ports with the PyTorch references of the fixture models: one test binary
+//! with a module per topic.
+//!
+//! - [`logits`]: logits and per-sample losses for weights loaded from safetensors and from every
+//!   ONNX export; parameter names.
+//! - [`per_sample`]: per-sample gradient norms and clipped sums with `burn-dp`.
+//! - [`relu_kinks`]: ReLU inputs within rounding of zero, where the ResNet per-sample tests
+//!   follow the reference's side.
+//!
+//! Fixtures are read from `$BURN_DP_FIXTURES` when set, else from the crate's `tests/fixtures`;
+//! every test passes on any fixture set with the same file names. A missing fixture is a
+//! failure.
+
+mod logits;
+mod per_sample;
+mod relu_kinks;
+mod support;
