@@ -1,14 +1,39 @@
 #!/usr/bin/env python3
-"""Generates crates/burn-dp/src/backend/delegate.rs: the PerSample backend's forwarding of every
-backend op to the inner backend, with batch-tag propagation.
+"""Generates crates/burn-dp/src/backend/ops/: the PerSample backend's forwarding of every backend op
+to the inner backend, with batch-tag propagation, one file per backend op trait (as burn-autodiff's
+`src/ops/`).
 
-Run `python3 tools/sigs.py && python3 tools/gen_backend.py` after changing the burn version.
-Ops listed in MANUAL are forwarded to hand-written functions in `backend/intercept.rs` (the
-explicit list of intercepted ops); everything else is generated here.
+    python3 tools/gen_backend.py           # regenerate the files
+    python3 tools/gen_backend.py --check   # exit 1 if the committed files differ from a generation
+
+The trait sources are burn-backend's own, found through `cargo metadata` (the manifest path of the
+`burn-backend` package the workspace resolves); the output is formatted with rustfmt and the
+repository's rustfmt.toml, so a fresh generation is byte-identical to the committed files. Ops
+listed in MANUAL are forwarded to hand-written functions in `backend/intercept.rs`; everything else
+is generated here.
 """
-import json, re
+import argparse
+import difflib
+import json
+import os
+import re
+import subprocess
+import sys
 
-sigs = json.load(open('/tmp/sigs.json'))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT_DIR = os.path.join('crates', 'burn-dp', 'src', 'backend', 'ops')
+BURN_BACKEND_VERSION = '0.21.0'
+
+# (trait, source file under burn-backend's src/backend/ops, generated file under OUT_DIR)
+TRAITS = [
+    ('FloatTensorOps', 'tensor.rs', 'tensor.rs'),
+    ('IntTensorOps', 'int_tensor.rs', 'int_tensor.rs'),
+    ('BoolTensorOps', 'bool_tensor.rs', 'bool_tensor.rs'),
+    ('ModuleOps', 'modules/base.rs', 'module.rs'),
+    ('ActivationOps', 'activation.rs', 'activation.rs'),
+    ('QTensorOps', 'qtensor.rs', 'qtensor.rs'),
+    ('TransactionOps', 'transaction.rs', 'transaction.rs'),
+]
 
 # Ops implemented by hand in backend/intercept.rs (same signature, `Self` as backend).
 MANUAL = {
@@ -32,41 +57,124 @@ MANUAL = {
 # Full reductions: every sample ends in one value.
 FULL_REDUCE = {'float_sum', 'float_prod', 'float_mean', 'float_max', 'float_min', 'float_max_abs',
                'float_any', 'float_all'}
-# Ops whose `dim` argument means "along this dimension" -- all of them; listed for clarity of the rule.
+# Traits whose provided (default) methods are kept as burn-backend wrote them.
 SKIP_TRAITS_DEFAULTS = {'QTensorOps', 'TransactionOps'}
+
+
+# ---------------------------------------------------------------- cargo metadata
+
+def burn_backend_ops_dir():
+    """src/backend/ops of the burn-backend package the workspace resolves (cargo metadata)."""
+    # Only the host platform's packages: cargo then needs nothing beyond what the build fetched.
+    rustc = subprocess.run(['rustc', '-vV'], check=True, stdout=subprocess.PIPE).stdout.decode()
+    host = re.search(r'^host: (\S+)$', rustc, re.M).group(1)
+    out = subprocess.run(['cargo', 'metadata', '--format-version', '1', '--filter-platform', host],
+                         cwd=ROOT, check=True, stdout=subprocess.PIPE).stdout
+    meta = json.loads(out)
+    for pkg in meta['packages']:
+        if pkg['name'] == 'burn-backend' and pkg['version'] == BURN_BACKEND_VERSION:
+            return os.path.join(os.path.dirname(pkg['manifest_path']), 'src', 'backend', 'ops')
+    raise SystemExit(f'burn-backend {BURN_BACKEND_VERSION} is not in `cargo metadata`')
+
+
+# ---------------------------------------------------------------- trait sources
+
+def extract(src, trait):
+    """The method signatures of `trait` in `src`: [{'sig', 'default', 'name'}] in source order."""
+    src = re.sub(r'//[^\n]*', '', src)
+    start = src.index(f'pub trait {trait}<B: Backend>')
+    i = src.index('{', start) + 1
+    depth = 1
+    body_start = i
+    while depth:
+        c = src[i]
+        if c == '{':
+            depth += 1
+        elif c == '}':
+            depth -= 1
+        i += 1
+    body = src[body_start:i - 1]
+    j = 0
+    sigs = []
+    while True:
+        m = re.search(r'\bfn\s+(\w+)', body[j:])
+        if not m:
+            break
+        s = j + m.start()
+        # the signature ends at ';' or '{' outside parentheses
+        k = s
+        pd = 0
+        while True:
+            c = body[k]
+            if c in '([':
+                pd += 1
+            elif c in ')]':
+                pd -= 1
+            if pd == 0 and c in ';{':
+                break
+            k += 1
+        sig = ' '.join(body[s:k].split())
+        has_default = body[k] == '{'
+        if has_default:
+            d = 1
+            k += 1
+            while d:
+                if body[k] == '{':
+                    d += 1
+                elif body[k] == '}':
+                    d -= 1
+                k += 1
+        else:
+            k += 1
+        sigs.append({'sig': sig, 'default': has_default, 'name': m.group(1)})
+        j = k
+    return sigs
+
 
 def split_args(s):
     out, depth, cur = [], 0, ''
     for c in s:
-        if c in '<([': depth += 1
-        if c in '>)]': depth -= 1
+        if c in '<([':
+            depth += 1
+        if c in '>)]':
+            depth -= 1
         if c == ',' and depth == 0:
-            out.append(cur.strip()); cur = ''
+            out.append(cur.strip())
+            cur = ''
         else:
             cur += c
-    if cur.strip(): out.append(cur.strip())
+    if cur.strip():
+        out.append(cur.strip())
     return out
+
 
 def parse(sig):
     m = re.match(r'fn (\w+)\s*\(', sig)
     name = m.group(1)
-    i = m.end(); depth = 1; j = i
+    i = m.end()
+    depth = 1
+    j = i
     while depth:
-        if sig[j] == '(': depth += 1
-        elif sig[j] == ')': depth -= 1
+        if sig[j] == '(':
+            depth += 1
+        elif sig[j] == ')':
+            depth -= 1
         j += 1
-    args = sig[i:j-1]
+    args = sig[i:j - 1]
     rest = sig[j:].strip()
     ret = rest[2:].strip() if rest.startswith('->') else ''
-    args = [a for a in split_args(args)]
     parsed = []
-    for a in args:
+    for a in split_args(args):
         n, t = a.split(':', 1)
         parsed.append((n.strip(), t.strip()))
     return name, parsed, ret
 
+
 def selfify(t):
     return re.sub(r'<B>', '<Self>', t).replace('crate::tensor::', 'burn_backend::tensor::')
+
+
+# ---------------------------------------------------------------- code generation
 
 def gen_method(trait, s):
     name, args, ret = parse(s['sig'])
@@ -123,26 +231,94 @@ def gen_method(trait, s):
     body = '\n        '.join(lines)
     return f'    {sig_txt} {{\n        {body}\n    }}\n'
 
-out = ['// @generated by tools/gen_backend.py from burn-backend 0.21.0 -- do not edit by hand.',
-       '//! Forwarding of every backend op of [`PerSample`] to the inner backend, with tag propagation.',
-       '#![allow(unused_variables, clippy::too_many_arguments)]',
-       'use super::intercept;',
-       'use super::primitive::{opt_dense, vec_dense, PsTensor, Tag};',
-       'use super::PerSample;',
-       'use burn_backend::ops::*;',
-       'use burn_backend::tensor::*;',
-       'use burn_backend::quantization::QuantScheme;',
-       'use burn_backend::{Backend, Distribution, ExecutionError, Scalar, TensorData};',
-       'use burn_backend::{BoolDType, FloatDType, IntDType, Shape, Slice};',
-       'use burn_backend::quantization::QuantizationParametersPrimitive;',
-       'use core::future::Future;',
-       'use core::ops::Range;',
-       '']
-for trait, ss in sigs.items():
-    out.append(f'impl<B: Backend> {trait}<Self> for PerSample<B> {{')
-    for s in ss:
-        g = gen_method(trait, s)
-        if g: out.append(g)
-    out.append('}\n')
-open('crates/burn-dp/src/backend/delegate.rs', 'w').write('\n'.join(out))
-print('ok')
+
+HEADER = '// @generated by tools/gen_backend.py from burn-backend 0.21.0 -- do not edit by hand.'
+IMPORTS = [
+    '#![allow(unused_imports, unused_variables, clippy::too_many_arguments)]',
+    'use crate::backend::intercept;',
+    'use crate::backend::primitive::{opt_dense, vec_dense, PsTensor, Tag};',
+    'use crate::backend::PerSample;',
+    'use burn_backend::ops::*;',
+    'use burn_backend::tensor::*;',
+    'use burn_backend::quantization::QuantScheme;',
+    'use burn_backend::{Backend, Distribution, ExecutionError, Scalar, TensorData};',
+    'use burn_backend::{BoolDType, FloatDType, IntDType, Shape, Slice};',
+    'use burn_backend::quantization::QuantizationParametersPrimitive;',
+    'use core::future::Future;',
+    'use core::ops::Range;',
+]
+
+
+def generate():
+    """{path relative to ROOT: unformatted text} for every generated file."""
+    ops_dir = burn_backend_ops_dir()
+    files = {}
+    mods = []
+    for trait, src_file, out_file in TRAITS:
+        with open(os.path.join(ops_dir, src_file)) as f:
+            sigs = extract(f.read(), trait)
+        out = [HEADER,
+               f'//! `{trait}` of [`PerSample`]: every op forwarded to the inner backend, with tag '
+               'propagation.',
+               *IMPORTS, '']
+        out.append(f'impl<B: Backend> {trait}<Self> for PerSample<B> {{')
+        for s in sigs:
+            g = gen_method(trait, s)
+            if g:
+                out.append(g)
+        out.append('}\n')
+        files[os.path.join(OUT_DIR, out_file)] = '\n'.join(out)
+        mods.append(out_file[:-3])
+    mod = [HEADER,
+           '//! Forwarding of every backend op of [`PerSample`](super::PerSample) to the inner '
+           'backend, with',
+           '//! tag propagation: one file per backend op trait, as in burn-autodiff\'s `ops/`.',
+           *[f'mod {m};' for m in sorted(mods)], '']
+    files[os.path.join(OUT_DIR, 'mod.rs')] = '\n'.join(mod)
+    return files
+
+
+def rustfmt(text):
+    """`text` formatted as `cargo fmt` formats the repository (edition 2021, rustfmt.toml)."""
+    return subprocess.run(
+        ['rustfmt', '--edition', '2021', '--emit', 'stdout',
+         '--config-path', os.path.join(ROOT, 'rustfmt.toml')],
+        input=text.encode(), stdout=subprocess.PIPE, check=True, cwd=ROOT).stdout.decode()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--check', action='store_true',
+                    help='exit 1 if the committed files differ from a fresh generation')
+    args = ap.parse_args()
+    files = {path: rustfmt(text) for path, text in generate().items()}
+    on_disk = os.path.join(ROOT, OUT_DIR)
+    stale = sorted(
+        os.path.join(OUT_DIR, f) for f in (os.listdir(on_disk) if os.path.isdir(on_disk) else [])
+        if f.endswith('.rs') and os.path.join(OUT_DIR, f) not in files)
+    if args.check:
+        bad = list(stale)
+        for path, text in files.items():
+            full = os.path.join(ROOT, path)
+            old = open(full).read() if os.path.exists(full) else ''
+            if old != text:
+                bad.append(path)
+                sys.stdout.writelines(difflib.unified_diff(
+                    old.splitlines(True), text.splitlines(True), path, path + ' (generated)', n=1))
+        if bad:
+            print('generated backend files differ from a fresh generation: ' + ', '.join(bad)
+                  + '\nrun `python3 tools/gen_backend.py` and commit the result', file=sys.stderr)
+            sys.exit(1)
+        print(f'ok: {len(files)} generated files are up to date')
+        return
+    os.makedirs(on_disk, exist_ok=True)
+    for path in stale:
+        os.remove(os.path.join(ROOT, path))
+    for path, text in files.items():
+        with open(os.path.join(ROOT, path), 'w') as f:
+            f.write(text)
+    print(f'wrote {len(files)} files under {OUT_DIR}')
+
+
+if __name__ == '__main__':
+    main()

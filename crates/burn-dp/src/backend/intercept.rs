@@ -1,5 +1,5 @@
 //! The ops `PerSample` implements by hand: the explicit list of intercepted ops (`MANUAL` in
-//! `tools/gen_backend.py`). Everything not here is forwarded by the generated `delegate.rs`.
+//! `tools/gen_backend.py`). Everything not here is forwarded by the generated `ops/`.
 //!
 //! - Per-sample rules (inside the backward scope): `linear_weight_backward`,
 //!   `linear_bias_backward`, `conv{1,2}d_{weight,bias}_backward`, `embedding_backward`, and

@@ -7,11 +7,11 @@
 //! Inside a per-sample backward scope (see [`crate::engine`]) those calls return a deferred
 //! per-sample gradient ([`PsTensor::Deferred`]) that caches what the rule needs (activations and
 //! output gradients) instead of summing over the batch. Everything else is forwarded to `B`
-//! (`delegate.rs`, generated) with a batch [`Tag`] that records whether per-sample structure is
-//! intact; the ops intercepted by hand are listed in `intercept.rs`.
+//! (`ops/`, generated, one file per op trait) with a batch [`Tag`] that records whether
+//! per-sample structure is intact; the ops intercepted by hand are listed in `intercept.rs`.
 
-mod delegate;
 pub(crate) mod intercept;
+mod ops;
 pub mod primitive;
 
 use core::marker::PhantomData;
