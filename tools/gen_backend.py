@@ -45,20 +45,202 @@ MANUAL = {
     # deferred-aware structural ops
     'float_add', 'float_sub', 'float_sum_dim', 'float_reshape', 'float_swap_dims', 'float_permute',
     'float_transpose', 'float_mul', 'float_div', 'float_neg', 'float_mul_scalar', 'float_div_scalar',
-    'float_expand', 'float_slice', 'float_slice_assign',
+    'float_expand', 'float_slice', 'float_slice_assign', 'float_flip',
     # tags that need shapes
-    'float_matmul', 'float_flip',
+    'float_matmul',
     # metadata / data movement that must not lose deferred gradients
     'float_into_data', 'float_device', 'float_to_device', 'float_is_require_grad',
     # ops returning structs holding tensors
     'max_pool1d_with_indices', 'max_pool1d_with_indices_backward', 'max_pool2d_with_indices',
     'max_pool2d_with_indices_backward', 'deform_conv2d_backward', 'quantize',
 }
-# Full reductions: every sample ends in one value.
-FULL_REDUCE = {'float_sum', 'float_prod', 'float_mean', 'float_max', 'float_min', 'float_max_abs',
-               'float_any', 'float_all'}
-# Traits whose provided (default) methods are kept as burn-backend wrote them.
+# Traits whose provided (default) methods are kept as burn-backend wrote them (they call the
+# other ops of the trait, which are tagged).
 SKIP_TRAITS_DEFAULTS = {'QTensorOps', 'TransactionOps'}
+
+# ---------------------------------------------------------------- tag rules
+#
+# Every generated op returns its inputs' tags joined (`Tag::join_all`), then:
+# - an op with a `dim` argument works along that dimension: along 0 it mixes (`Tag::along_dim`);
+# - FULL_REDUCE ops (no `dim`) reduce every row into one value: they mix;
+# - ops named in LAYOUT take their tag from `backend/layout.rs`, which reads their shape arguments;
+# - module ops read their shared operands (weights, biases, scales) with `Tag::shared`;
+# - ALWAYS_MIX ops reorder or combine rows whatever their arguments.
+# An argument that could name a dimension (dim1, axes, shape, slices, ...) in an op without a
+# rule here stops the generator: a new op in burn-backend must get a rule before it is forwarded.
+
+FULL_REDUCE = {'sum', 'prod', 'mean', 'max', 'min', 'max_abs', 'any', 'all'}
+ALWAYS_MIX = {'gather_nd', 'scatter_nd', 'argwhere', 'nonzero', 'ctc_loss', 'ctc_loss_backward'}
+# Module ops' shared operands: one value for the whole batch.
+SHARED_ARGS = {'weight', 'bias', 'gamma', 'beta', 'weights', 'alpha'}
+# Dimension-free non-tensor arguments.
+PLAIN_ARGS = {
+    'dim', 'data', 'device', 'dtype', 'out_dtype', 'indices_dtype', 'distribution', 'fill_value',
+    'rhs', 'value', 'min', 'max', 'alpha', 'beta', 'negative_slope', 'epsilon', 'descending',
+    'times', 'k', 'size', 'step', 'n', 'range', 'blank', '_blank', 'kernel_size', 'stride',
+    'padding', 'dilation', 'output_size', 'ceil_mode', 'count_include_pad', 'options',
+    '_require_grad', 'scheme', '_reduction',
+}
+TENSOR_TYPES = {
+    'FloatTensor<B>': 'float', 'IntTensor<B>': 'int', 'BoolTensor<B>': 'bool',
+    'QuantizedTensor<B>': 'quant',
+}
+
+
+def stem(name):
+    for prefix in ('float_', 'int_', 'bool_', 'q_'):
+        if name.startswith(prefix):
+            return prefix[:-1], name[len(prefix):]
+    return 'module', name
+
+
+def layout_tag(name, kind, st, tensors):
+    """The `let tag = ...;` line of a LAYOUT op, or None when `st` is not one."""
+    fl = 'true' if kind in ('float', 'q') else 'false'
+    t = lambda n: tensors[n]
+    if st == 'reshape':
+        return f'layout::reshape(&tensor.shape(), &shape, {t("tensor")}, {fl}, "{name}")'
+    if st == 'expand':
+        return f'layout::expand(&tensor.shape(), &shape, {t("tensor")}, {fl}, "{name}")'
+    if st == 'slice':
+        return f'layout::slice(&tensor.shape(), slices, {t("tensor")}, "{name}")'
+    if st == 'slice_assign':
+        return (f'layout::slice_assign(&tensor.shape(), slices, {t("tensor")}, {t("value")}, '
+                f'"{name}")')
+    if st == 'swap_dims':
+        return f'layout::swap_dims(dim1, dim2, {t("tensor")}, "{name}")'
+    if st == 'transpose':
+        return f'layout::transpose(tensor.shape().num_dims(), {t("tensor")}, "{name}")'
+    if st == 'permute':
+        return f'layout::permute(axes, {t("tensor")}, "{name}")'
+    if st == 'flip':
+        return f'layout::flip(axes, {t("tensor")}, "{name}")'
+    if st == 'gather':
+        return f'layout::gather(dim, {t("tensor")}, {t("indices")}, "{name}")'
+    if st.startswith('scatter') and st != 'scatter_nd':
+        return f'layout::scatter(dim, {t("tensor")}, {t("indices")}, {t("value")}, "{name}")'
+    if st == 'select':
+        return f'layout::select(dim, {t("tensor")}, {t("indices")}, "{name}")'
+    if st.startswith('select_'):
+        return (f'layout::select_assign(dim, {t("tensor")}, {t("indices")}, {t("value")}, '
+                f'"{name}")')
+    if st == 'matmul':
+        return (f'layout::matmul(&lhs.shape(), &rhs.shape(), {t("lhs")}, {t("rhs")}, {fl}, '
+                f'"{name}")')
+    return None
+
+
+DIMENSION_ARGS = {'dim1', 'dim2', 'axes', 'shape', 'slices', 'indices'}
+
+
+def wrap_ret(ty, expr, tag):
+    kind = TENSOR_TYPES.get(ty)
+    if kind == 'float':
+        return f'PsTensor::dense({expr}, {tag})'
+    if kind:
+        return f'Tagged::new({expr}, {tag})'
+    raise SystemExit(f'unhandled return type {ty}')
+
+
+def gen_method(trait, s):
+    name, args, ret = parse(s['sig'])
+    sig_txt = selfify(s['sig'])
+    if name in MANUAL:
+        call = ', '.join(n for n, _ in args)
+        return f'    {sig_txt} {{\n        intercept::{name}::<B>({call})\n    }}\n'
+    if trait in SKIP_TRAITS_DEFAULTS and s['default']:
+        return None
+    if 'TransactionPrimitive' in s['sig']:
+        return None
+    kind, st = stem(name)
+    lines = []
+    tensors = {}  # argument name -> its tag variable
+    call_args = []
+    for n, t in args:
+        v = 't_' + n.lstrip('_')
+        inner = re.fullmatch(r'(Option|Vec)<(.*)>', t)
+        base = inner.group(2) if inner else t.lstrip('&')
+        if base not in TENSOR_TYPES:
+            if re.search(r'(Float|Int|Bool|Quantized)Tensor|Primitive', t):
+                raise SystemExit(f'unhandled argument type {t} in {name}')
+            if n not in PLAIN_ARGS and n not in DIMENSION_ARGS:
+                raise SystemExit(f'argument `{n}: {t}` of {name} has no tag rule')
+            call_args.append(n)
+            continue
+        float = TENSOR_TYPES[base] == 'float'
+        if t.startswith('&'):
+            if float:
+                raise SystemExit(f'{name} borrows a float tensor: write it by hand (MANUAL)')
+            call_args.append(f'&{n}.tensor')
+            continue
+        if inner:
+            helper = {('Option', True): 'opt_dense', ('Vec', True): 'vec_dense',
+                      ('Option', False): 'opt_split', ('Vec', False): 'vec_split'}[
+                (inner.group(1), float)]
+            extra = f', "{name}"' if float else ''
+            lines.append(f'let ({n}, {v}) = {helper}({n}{extra});')
+        elif float:
+            lines.append(f'let ({n}, {v}) = {n}.into_dense("{name}");')
+        else:
+            lines.append(f'let ({n}, {v}) = {n}.split();')
+        tensors[n] = v
+        call_args.append(n)
+    call = f'B::{name}({", ".join(call_args)})'
+    names = {n for n, _ in args}
+
+    # data movement between host and device
+    if st == 'from_data':
+        lines += ['transfer::uploaded(&data);', 'let tag = Tag::host(&data.shape);']
+        lines.append(wrap_ret(ret, call, 'tag'))
+        return method(sig_txt, lines)
+    if st == 'into_data':
+        lines.append(f'transfer::downloaded({call})')
+        return method(sig_txt, lines)
+    if not any(k in ret for k in TENSOR_TYPES):
+        # metadata (device, dtype checks): nothing to tag
+        if 'impl Future' in ret:
+            raise SystemExit(f'unhandled future {ret} in {name}')
+        lines.append(call)
+        return method(sig_txt, lines)
+
+    # the result's tag
+    tag = layout_tag(name, kind, st, tensors)
+    if tag is None:
+        if tensors and names & DIMENSION_ARGS - {'indices'} or ('indices' in names and st not in ALWAYS_MIX
+                                                    and kind != 'module'):
+            raise SystemExit(f'{name} has dimension arguments but no tag rule')
+        if trait == 'ModuleOps':
+            parts = [f'{v}.shared("{name}")' if n in SHARED_ARGS else v
+                     for n, v in tensors.items()]
+        else:
+            parts = list(tensors.values())
+        tag = f'Tag::join_all(&[{", ".join(parts)}])' if parts else 'Tag::Independent'
+        lines.append(f'let tag = {tag};')
+        if 'dim' in names:
+            lines.append(f'let tag = tag.along_dim(dim, "{name}");')
+        elif st in FULL_REDUCE or st in ALWAYS_MIX or st.endswith('_weight_backward') \
+                or st.endswith('_bias_backward'):
+            # full reductions; ops mixing rows; parameter gradients summed over the batch
+            lines.append(f'let tag = tag.mix("{name}");')
+    else:
+        lines.append(f'let tag = {tag};')
+
+    fut = re.fullmatch(r'impl Future<Output = (.*)> \+ \'static \+ Send', ret)
+    tup = re.fullmatch(r'\((.*), (.*)\)', ret)
+    if fut:
+        lines.append(f'let out = {call};')
+        lines.append(f'async move {{ {wrap_ret(fut.group(1), "out.await", "tag")} }}')
+    elif tup:
+        lines.append(f'let (a, b) = {call};')
+        lines.append(f'({wrap_ret(tup.group(1), "a", "tag")}, {wrap_ret(tup.group(2), "b", "tag")})')
+    else:
+        lines.append(wrap_ret(ret, call, 'tag'))
+    return method(sig_txt, lines)
+
+
+def method(sig_txt, lines):
+    body = '\n        '.join(lines)
+    return f'    {sig_txt} {{\n        {body}\n    }}\n'
 
 
 # ---------------------------------------------------------------- cargo metadata
@@ -176,67 +358,11 @@ def selfify(t):
 
 # ---------------------------------------------------------------- code generation
 
-def gen_method(trait, s):
-    name, args, ret = parse(s['sig'])
-    sig_txt = selfify(s['sig'])
-    if name in MANUAL:
-        call = ', '.join(n for n, _ in args)
-        return f'    {sig_txt} {{\n        intercept::{name}::<B>({call})\n    }}\n'
-    has_float = 'FloatTensor' in s['sig'] or 'QuantizationParametersPrimitive' in s['sig']
-    if trait in SKIP_TRAITS_DEFAULTS and s['default']:
-        return None
-    if 'TransactionPrimitive' in s['sig']:
-        return None
-    if 'impl Future' in ret and not has_float:
-        call = ', '.join(n for n, _ in args)
-        return f'    {sig_txt} {{\n        B::{name}({call})\n    }}\n'
-    lines = []
-    tags = []
-    call_args = []
-    for n, t in args:
-        if t == 'FloatTensor<B>':
-            lines.append(f'let ({n}, t_{n.lstrip("_")}) = {n}.into_dense("{name}");')
-            tags.append(f't_{n.lstrip("_")}')
-        elif t == 'Option<FloatTensor<B>>':
-            lines.append(f'let ({n}, t_{n.lstrip("_")}) = opt_dense({n}, "{name}");')
-            tags.append(f't_{n.lstrip("_")}')
-        elif t == 'Vec<FloatTensor<B>>':
-            lines.append(f'let ({n}, t_{n.lstrip("_")}) = vec_dense({n}, "{name}");')
-            tags.append(f't_{n.lstrip("_")}')
-        elif 'FloatTensor' in t:
-            raise SystemExit(f'unhandled arg type {t} in {name}')
-        call_args.append(n)
-    call = f'B::{name}({", ".join(call_args)})'
-    if 'FloatTensor' not in ret:
-        if not tags:
-            return f'    {sig_txt} {{\n        {call}\n    }}\n'
-        body = '\n        '.join(lines + [call])
-        return f'    {sig_txt} {{\n        {body}\n    }}\n'
-    tag = f'Tag::join_all(&[{", ".join(tags)}])' if tags else 'Tag::Independent'
-    lines.append(f'let tag = {tag};')
-    if any(n == 'dim' for n, _ in args):
-        lines.append(f'let tag = tag.along_dim(dim, "{name}");')
-    if name in FULL_REDUCE:
-        lines.append(f'let tag = tag.mix("{name}");')
-    if ret == 'FloatTensor<B>':
-        lines.append(f'PsTensor::dense({call}, tag)')
-    elif ret == '(FloatTensor<B>, IntTensor<B>)':
-        lines.append(f'let (a, b) = {call};')
-        lines.append('(PsTensor::dense(a, tag), b)')
-    elif ret == '(FloatTensor<B>, FloatTensor<B>)':
-        lines.append(f'let (a, b) = {call};')
-        lines.append('(PsTensor::dense(a, tag), PsTensor::dense(b, tag))')
-    else:
-        raise SystemExit(f'unhandled return {ret} in {name}')
-    body = '\n        '.join(lines)
-    return f'    {sig_txt} {{\n        {body}\n    }}\n'
-
-
 HEADER = '// @generated by tools/gen_backend.py from burn-backend 0.21.0 -- do not edit by hand.'
 IMPORTS = [
     '#![allow(unused_imports, unused_variables, clippy::too_many_arguments)]',
-    'use crate::backend::intercept;',
-    'use crate::backend::primitive::{opt_dense, vec_dense, PsTensor, Tag};',
+    'use crate::backend::primitive::{opt_dense, opt_split, vec_dense, vec_split, PsTensor, Tag, Tagged};',
+    'use crate::backend::{intercept, layout, transfer};',
     'use crate::backend::PerSample;',
     'use burn_backend::ops::*;',
     'use burn_backend::tensor::*;',
@@ -246,6 +372,7 @@ IMPORTS = [
     'use burn_backend::quantization::QuantizationParametersPrimitive;',
     'use core::future::Future;',
     'use core::ops::Range;',
+    'use burn_backend::TensorMetadata;',
 ]
 
 

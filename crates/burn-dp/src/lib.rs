@@ -43,4 +43,6 @@ pub use sampling::{LogicalBatch, PhysicalBatch, PoissonSampler};
 pub use burn_cuda::Cuda;
 
 #[cfg(test)]
+mod adversarial_tests;
+#[cfg(test)]
 mod tests;
