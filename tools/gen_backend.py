@@ -108,11 +108,11 @@ def layout_tag(name, kind, st, tensors):
         return (f'layout::slice_assign(&tensor.shape(), slices, {t("tensor")}, {t("value")}, '
                 f'"{name}")')
     if st == 'swap_dims':
-        return f'layout::swap_dims(dim1, dim2, {t("tensor")}, "{name}")'
+        return f'layout::swap_dims(dim1, dim2, {t("tensor")}, {fl}, "{name}")'
     if st == 'transpose':
-        return f'layout::transpose(tensor.shape().num_dims(), {t("tensor")}, "{name}")'
+        return f'layout::transpose(tensor.shape().num_dims(), {t("tensor")}, {fl}, "{name}")'
     if st == 'permute':
-        return f'layout::permute(axes, {t("tensor")}, "{name}")'
+        return f'layout::permute(axes, {t("tensor")}, {fl}, "{name}")'
     if st == 'flip':
         return f'layout::flip(axes, {t("tensor")}, "{name}")'
     if st == 'gather':

@@ -261,7 +261,8 @@ fn per_sample_pass<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
 fn check_loss_tag(tag: Tag, b: usize) -> Result<(), DpError> {
     match tag {
         Tag::PerSample { .. } => Ok(()),
-        Tag::Independent | Tag::Unmarked { .. } if b == 0 => Ok(()),
+        // An empty batch holds no sample's data.
+        Tag::Independent | Tag::Unmarked { .. } | Tag::UnmarkedMixed { .. } if b == 0 => Ok(()),
         // Host data whose rows were combined meets marked data in a join, which resolves it: a
         // different number of rows is a constant and leaves `PerSample`. What is left here has
         // the batch's rows, or never met the marked batch.

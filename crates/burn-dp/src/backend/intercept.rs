@@ -436,7 +436,7 @@ fn all_outer<B: Backend>(d: &Deferred<B>) -> bool {
 pub fn float_swap_dims<B: Backend>(t: Ps<B>, dim1: usize, dim2: usize) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } => {
-            let tag = layout::swap_dims(dim1, dim2, tag, "float_swap_dims");
+            let tag = layout::swap_dims(dim1, dim2, tag, true, "float_swap_dims");
             PsTensor::dense(B::float_swap_dims(tensor, dim1, dim2), tag)
         }
         PsTensor::Deferred(d) if all_outer(&d) && dim1 != dim2 => wrap(transpose_outer(*d)),
@@ -454,7 +454,7 @@ pub fn float_transpose<B: Backend>(t: Ps<B>) -> Ps<B> {
 pub fn float_permute<B: Backend>(t: Ps<B>, axes: &[usize]) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } => {
-            let tag = layout::permute(axes, tag, "float_permute");
+            let tag = layout::permute(axes, tag, true, "float_permute");
             PsTensor::dense(B::float_permute(tensor, axes), tag)
         }
         PsTensor::Deferred(d) if all_outer(&d) && axes == [1, 0] => wrap(transpose_outer(*d)),

@@ -2,9 +2,12 @@
 //! (reshape, expand, slice, swap, permute, flip), indexing (gather, select, scatter) and matmul.
 //! Used by the generated `ops/` for every tensor kind and by `intercept.rs` for floats.
 //!
-//! `float` says whether the tensor is a float one: a float host tensor may be a loaded parameter,
-//! so a rank-1 one broadcast to the batch (`[n]` → `[1, .., 1, n]`, a bias or a scale) is a
-//! shared operand ([`Tag::shared`]) rather than rows combined.
+//! `float` says whether the tensor is a float (or quantized) one: a float host tensor may be a
+//! loaded parameter, so a layout op that moves its dimension 0 (`gamma.unsqueeze()`,
+//! `W.transpose()`) treats it as a shared operand ([`Tag::shared`]: it stays
+//! [`Tag::Unmarked`] with its original rows); int and bool host data (masks, labels, ids) are
+//! never parameters, and moving their rows is combining them ([`Tag::mix`]). Float data that is
+//! per sample is marked with [`crate::batch`], and then every move of dimension 0 mixes.
 
 use burn_backend::{Shape, Slice};
 
@@ -20,11 +23,12 @@ pub fn reshape(old: &Shape, new: &Shape, tag: Tag, float: bool, op: &'static str
     if !o.is_empty() && !n.is_empty() && o[0] == n[0] {
         return tag;
     }
-    let unsqueeze_front = o.len() == 1
-        && n.len() > 1
-        && n[n.len() - 1] == o[0]
-        && n[..n.len() - 1].iter().all(|&d| d == 1);
-    if float && unsqueeze_front {
+    moved(tag, float, op)
+}
+
+/// The tag of a tensor whose dimension 0 a layout op moved.
+fn moved(tag: Tag, float: bool, op: &'static str) -> Tag {
+    if float {
         tag.shared(op)
     } else {
         tag.mix(op)
@@ -37,11 +41,7 @@ pub fn expand(old: &Shape, new: &Shape, tag: Tag, float: bool, op: &'static str)
     if o.len() == n.len() && !o.is_empty() && o[0] == n[0] {
         return tag;
     }
-    if float {
-        tag.shared(op)
-    } else {
-        tag.mix(op)
-    }
+    moved(tag, float, op)
 }
 
 /// `slice`: a slice of dimension 0 other than all of it drops or reorders rows.
@@ -69,27 +69,27 @@ pub fn slice_assign(
 }
 
 /// `swap_dims(dim1, dim2)`.
-pub fn swap_dims(dim1: usize, dim2: usize, tag: Tag, op: &'static str) -> Tag {
+pub fn swap_dims(dim1: usize, dim2: usize, tag: Tag, float: bool, op: &'static str) -> Tag {
     if dim1 != dim2 && (dim1 == 0 || dim2 == 0) {
-        tag.mix(op)
+        moved(tag, float, op)
     } else {
         tag
     }
 }
 
 /// `transpose` (the last two dimensions) of a tensor of rank `rank`.
-pub fn transpose(rank: usize, tag: Tag, op: &'static str) -> Tag {
+pub fn transpose(rank: usize, tag: Tag, float: bool, op: &'static str) -> Tag {
     if rank >= 2 {
-        swap_dims(rank - 2, rank - 1, tag, op)
+        swap_dims(rank - 2, rank - 1, tag, float, op)
     } else {
         tag
     }
 }
 
 /// `permute(axes)`: dimension 0 must stay first.
-pub fn permute(axes: &[usize], tag: Tag, op: &'static str) -> Tag {
+pub fn permute(axes: &[usize], tag: Tag, float: bool, op: &'static str) -> Tag {
     if axes.first().is_some_and(|&a| a != 0) {
-        tag.mix(op)
+        moved(tag, float, op)
     } else {
         tag
     }

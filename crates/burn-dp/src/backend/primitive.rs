@@ -147,17 +147,21 @@ impl Tag {
     /// [`Tag::UnmarkedMixed`] (one row cannot mix with another).
     pub fn mix(self, op: &'static str) -> Tag {
         match self {
+            // An empty batch has nothing to mix; inside the backward pass of one sample, a
+            // gradient reshaped across dimension 0 (`[1, 1, d]` to `[d]`) is that sample's.
+            Tag::PerSample { batch } if batch == 0 || (batch == 1 && super::in_scope()) => self,
             Tag::PerSample { .. } => Tag::Mixed { op },
             Tag::Unmarked { rows } if rows > 1 => Tag::UnmarkedMixed { rows, op },
             other => other,
         }
     }
 
-    /// The tag of the *shared operand* of an op: the weight of a linear, convolution or
-    /// embedding, the rank-2 right-hand side of a matmul, a rank-1 scale or bias broadcast to the
-    /// batch. Every output row reads all of its rows, so marked data there mixes samples; a float
-    /// host tensor there is taken to be a model constant (a loaded parameter) and stays
-    /// [`Tag::Unmarked`].
+    /// The tag of the *shared operand* of an op (the weight of a linear, convolution or
+    /// embedding, the rank-2 right-hand side of a matmul, a scale or bias broadcast to the batch)
+    /// and of a float tensor whose dimension 0 a layout op moves (reshape, expand, transpose,
+    /// permute). Marked data there mixes samples; a float host tensor there is taken to be a model
+    /// constant (a loaded parameter: `W.transpose()`, `gamma.unsqueeze()`) and stays
+    /// [`Tag::Unmarked`] with its original rows.
     pub fn shared(self, op: &'static str) -> Tag {
         match self {
             Tag::Unmarked { .. } => self,

@@ -236,19 +236,19 @@ impl<B: Backend> BoolTensorOps<Self> for PerSample<B> {
 
     fn bool_transpose(tensor: BoolTensor<Self>) -> BoolTensor<Self> {
         let (tensor, t_tensor) = tensor.split();
-        let tag = layout::transpose(tensor.shape().num_dims(), t_tensor, "bool_transpose");
+        let tag = layout::transpose(tensor.shape().num_dims(), t_tensor, false, "bool_transpose");
         Tagged::new(B::bool_transpose(tensor), tag)
     }
 
     fn bool_swap_dims(tensor: BoolTensor<Self>, dim1: usize, dim2: usize) -> BoolTensor<Self> {
         let (tensor, t_tensor) = tensor.split();
-        let tag = layout::swap_dims(dim1, dim2, t_tensor, "bool_swap_dims");
+        let tag = layout::swap_dims(dim1, dim2, t_tensor, false, "bool_swap_dims");
         Tagged::new(B::bool_swap_dims(tensor, dim1, dim2), tag)
     }
 
     fn bool_permute(tensor: BoolTensor<Self>, axes: &[usize]) -> BoolTensor<Self> {
         let (tensor, t_tensor) = tensor.split();
-        let tag = layout::permute(axes, t_tensor, "bool_permute");
+        let tag = layout::permute(axes, t_tensor, false, "bool_permute");
         Tagged::new(B::bool_permute(tensor, axes), tag)
     }
 

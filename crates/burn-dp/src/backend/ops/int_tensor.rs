@@ -617,19 +617,19 @@ impl<B: Backend> IntTensorOps<Self> for PerSample<B> {
 
     fn int_transpose(tensor: IntTensor<Self>) -> IntTensor<Self> {
         let (tensor, t_tensor) = tensor.split();
-        let tag = layout::transpose(tensor.shape().num_dims(), t_tensor, "int_transpose");
+        let tag = layout::transpose(tensor.shape().num_dims(), t_tensor, false, "int_transpose");
         Tagged::new(B::int_transpose(tensor), tag)
     }
 
     fn int_swap_dims(tensor: IntTensor<Self>, dim1: usize, dim2: usize) -> IntTensor<Self> {
         let (tensor, t_tensor) = tensor.split();
-        let tag = layout::swap_dims(dim1, dim2, t_tensor, "int_swap_dims");
+        let tag = layout::swap_dims(dim1, dim2, t_tensor, false, "int_swap_dims");
         Tagged::new(B::int_swap_dims(tensor, dim1, dim2), tag)
     }
 
     fn int_permute(tensor: IntTensor<Self>, axes: &[usize]) -> IntTensor<Self> {
         let (tensor, t_tensor) = tensor.split();
-        let tag = layout::permute(axes, t_tensor, "int_permute");
+        let tag = layout::permute(axes, t_tensor, false, "int_permute");
         Tagged::new(B::int_permute(tensor, axes), tag)
     }
 

@@ -72,13 +72,13 @@ impl<B: Backend> QTensorOps<Self> for PerSample<B> {
         dim2: usize,
     ) -> QuantizedTensor<Self> {
         let (tensor, t_tensor) = tensor.split();
-        let tag = layout::swap_dims(dim1, dim2, t_tensor, "q_swap_dims");
+        let tag = layout::swap_dims(dim1, dim2, t_tensor, true, "q_swap_dims");
         Tagged::new(B::q_swap_dims(tensor, dim1, dim2), tag)
     }
 
     fn q_permute(tensor: QuantizedTensor<Self>, axes: &[usize]) -> QuantizedTensor<Self> {
         let (tensor, t_tensor) = tensor.split();
-        let tag = layout::permute(axes, t_tensor, "q_permute");
+        let tag = layout::permute(axes, t_tensor, true, "q_permute");
         Tagged::new(B::q_permute(tensor, axes), tag)
     }
 
