@@ -10,9 +10,12 @@
 //!   `float_neg`, `float_mul_scalar`, `float_div_scalar`, and `float_mul` / `float_div` by a
 //!   batch-independent tensor. Any other op on a deferred gradient sums it over the batch and
 //!   tags the result [`Tag::Lost`].
-//! - Forward tagging that needs shapes: `float_matmul`, `float_flip`, `float_reshape`,
-//!   `float_expand`, `float_slice`, `float_slice_assign`, `float_swap_dims`, `float_permute`;
-//!   `embedding` (token ids are the batch entering the model: its output is [`Tag::PerSample`]).
+//! - Forward tagging that needs shapes (rules in [`super::layout`]): `float_matmul`, `float_flip`,
+//!   `float_reshape`, `float_expand`, `float_slice`, `float_slice_assign`, `float_swap_dims`,
+//!   `float_permute`; `embedding` (token ids are the batch entering the model: its output is
+//!   [`Tag::PerSample`], joined with the ids' own tag).
+//! - Host transfers are counted in [`super::transfer`] (`float_into_data` here, the others in the
+//!   generated ops).
 //! - Data access that must not lose a deferred gradient: `float_into_data`, `float_device`,
 //!   `float_to_device`, `float_is_require_grad`; and ops returning structs of tensors.
 
