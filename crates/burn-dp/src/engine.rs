@@ -250,16 +250,87 @@ fn per_sample_pass<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
         });
     }
     // Parameter-level errors above name the parameter; this catches the rest (an unmarked batch,
-    // samples mixed after the last parameter).
-    match loss_tag {
-        Tag::PerSample { .. } => {}
-        Tag::Independent if b > 0 => return Err(DpError::UnmarkedBatch),
-        Tag::Independent => {}
+    // unmarked host data combined across the batch, samples mixed after the last parameter).
+    check_loss_tag(loss_tag, b)?;
+    // State the forward wrote into the model from the batch (BatchNorm's running statistics)
+    // would be published without noise, whatever the batch size.
+    check_module_state(model)?;
+    Ok((b, device, resolved))
+}
+
+/// The error, if any, that the per-sample losses' tag means for a batch of `b` samples.
+fn check_loss_tag(tag: Tag, b: usize) -> Result<(), DpError> {
+    match tag {
+        Tag::PerSample { .. } => Ok(()),
+        // An empty batch holds no sample's data.
+        Tag::Independent | Tag::Unmarked { .. } | Tag::UnmarkedMixed { .. } if b == 0 => Ok(()),
+        // Host data whose rows were combined meets marked data in a join, which resolves it: a
+        // different number of rows is a constant and leaves `PerSample`. What is left here has
+        // the batch's rows, or never met the marked batch.
+        Tag::UnmarkedMixed { rows, op } if rows == b || rows == 0 => {
+            Err(DpError::LossUsesUnmarkedBatch {
+                op: op.to_string(),
+                rows: b,
+            })
+        }
+        Tag::Independent | Tag::Unmarked { .. } | Tag::UnmarkedMixed { .. } => {
+            Err(DpError::UnmarkedBatch)
+        }
         Tag::Mixed { op } | Tag::Lost { op } => {
-            return Err(DpError::LossMixesSamples { op: op.to_string() })
+            Err(DpError::LossMixesSamples { op: op.to_string() })
         }
     }
-    Ok((b, device, resolved))
+}
+
+/// Rejects a model holding a tensor computed from batch data: module state updated in the forward
+/// (BatchNorm's running mean and variance in training mode, any buffer written from activations)
+/// is private data outside the clipped, noised sum. Parameters and buffers made on the device or
+/// loaded from the host are constants (`Independent`, `Unmarked`); anything else is an error.
+fn check_module_state<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
+    model: &M,
+) -> Result<(), DpError> {
+    // `RunningState` keeps per-thread updates until it syncs; turning a clone into a record syncs
+    // the shared state (as BatchNorm's own forward does), so the visit below sees the update.
+    let _ = model.clone().into_record();
+    let mut check = StateCheck::<B> {
+        path: Vec::new(),
+        found: None,
+        _b: core::marker::PhantomData,
+    };
+    model.visit(&mut check);
+    check.found.map_or(Ok(()), Err)
+}
+
+struct StateCheck<B> {
+    path: Vec<String>,
+    found: Option<DpError>,
+    _b: core::marker::PhantomData<B>,
+}
+
+impl<B: Backend> ModuleVisitor<DpAutodiff<B>> for StateCheck<B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<DpAutodiff<B>, D>>) {
+        if self.found.is_some() {
+            return;
+        }
+        let tag = param.val().inner().into_primitive().tensor().tag();
+        let op = match tag {
+            Tag::Independent | Tag::Unmarked { .. } => return,
+            Tag::PerSample { .. } => "a copy of per-sample data",
+            Tag::UnmarkedMixed { op, .. } | Tag::Mixed { op } | Tag::Lost { op } => op,
+        };
+        self.found = Some(DpError::StateFromBatch {
+            param: self.path.join("."),
+            op: op.to_string(),
+        });
+    }
 }
 
 /// Per-sample gradients of every trainable parameter, instantiated (for inspection and tests;

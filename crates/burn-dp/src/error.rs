@@ -47,6 +47,23 @@ pub enum DpError {
         /// The first op that mixed samples.
         op: String,
     },
+    /// The per-sample losses depend on unmarked host data with the batch's rows (a mask, labels),
+    /// combined across the rows of dimension 0.
+    #[error("the per-sample losses combine the {rows} rows of unmarked host data across the batch (op `{op}`), e.g. a token mean divided by `mask.sum()` over the whole batch: sample i's loss may use only row i. Write the loss per sample: `(token_losses * mask).sum_dim(1) / mask.sum_dim(1)` gives each sample the mean over its own tokens (or divide by a fixed public constant such as the maximum length); host tensors with one row per sample must be used row by row")]
+    LossUsesUnmarkedBatch {
+        /// The first op that combined the rows.
+        op: String,
+        /// Rows of the host tensor (the batch size).
+        rows: usize,
+    },
+    /// A tensor of the model (a buffer or parameter) was computed from the batch in the forward.
+    #[error("module state `{param}` was computed from the batch (op `{op}`), e.g. BatchNorm's running mean and variance in training mode: it would be published without noise, for any batch size including one; use GroupNorm or LayerNorm, or a module that keeps no batch statistics")]
+    StateFromBatch {
+        /// Module path of the tensor.
+        param: String,
+        /// The op that mixed the batch into it.
+        op: String,
+    },
     /// A clipping or grouping setting is invalid.
     #[error("invalid clipping configuration: {0}")]
     InvalidClipping(String),

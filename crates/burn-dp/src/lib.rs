@@ -46,4 +46,6 @@ pub use trainer::{PrivateTrainer, StepReport};
 pub use burn_cuda::Cuda;
 
 #[cfg(test)]
+mod adversarial_tests;
+#[cfg(test)]
 mod tests;

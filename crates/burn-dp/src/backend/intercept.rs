@@ -1,5 +1,5 @@
 //! The ops `PerSample` implements by hand: the explicit list of intercepted ops (`MANUAL` in
-//! `tools/gen_backend.py`). Everything not here is forwarded by the generated `delegate.rs`.
+//! `tools/gen_backend.py`). Everything not here is forwarded by the generated `ops/`.
 //!
 //! - Per-sample rules (inside the backward scope): `linear_weight_backward`,
 //!   `linear_bias_backward`, `conv{1,2}d_{weight,bias}_backward`, `embedding_backward`, and
@@ -10,9 +10,12 @@
 //!   `float_neg`, `float_mul_scalar`, `float_div_scalar`, and `float_mul` / `float_div` by a
 //!   batch-independent tensor. Any other op on a deferred gradient sums it over the batch and
 //!   tags the result [`Tag::Lost`].
-//! - Forward tagging that needs shapes: `float_matmul`, `float_flip`, `float_reshape`,
-//!   `float_expand`, `float_slice`, `float_slice_assign`, `float_swap_dims`, `float_permute`;
-//!   `embedding` (token ids are the batch entering the model: its output is [`Tag::PerSample`]).
+//! - Forward tagging that needs shapes (rules in [`super::layout`]): `float_matmul`, `float_flip`,
+//!   `float_reshape`, `float_expand`, `float_slice`, `float_slice_assign`, `float_swap_dims`,
+//!   `float_permute`; `embedding` (token ids are the batch entering the model: its output is
+//!   [`Tag::PerSample`], joined with the ids' own tag).
+//! - Host transfers are counted in [`super::transfer`] (`float_into_data` here, the others in the
+//!   generated ops).
 //! - Data access that must not lose a deferred gradient: `float_into_data`, `float_device`,
 //!   `float_to_device`, `float_is_require_grad`; and ops returning structs of tensors.
 
@@ -23,11 +26,13 @@ use burn_backend::ops::{
     MaxPool2dBackward, MaxPool2dWithIndices,
 };
 use burn_backend::quantization::{QuantScheme, QuantizationParametersPrimitive};
-use burn_backend::tensor::{FloatTensor, IntTensor, QuantizedTensor};
+use burn_backend::tensor::FloatTensor;
 use burn_backend::{Backend, ExecutionError, Scalar, Shape, Slice, TensorData, TensorMetadata};
 
-use super::primitive::{opt_dense, ConvKind, Deferred, Factor, PsTensor, Tag, Term};
-use super::{in_scope, PerSample};
+use super::primitive::{
+    opt_dense, ConvKind, Deferred, Factor, PsInt, PsQuant, PsTensor, Tag, Tagged, Term,
+};
+use super::{in_scope, layout, transfer, PerSample};
 use crate::rules::{self, batched_shape, broadcast::map_batched};
 
 type Ps<B> = PsTensor<B>;
@@ -57,10 +62,6 @@ fn full() -> Slice {
         end: None,
         step: 1,
     }
-}
-
-fn slice_is_full(s: &Slice, size: usize) -> bool {
-    s.step == 1 && s.to_range(size) == (0..size)
 }
 
 /// `[1, ...shape]`: a batch-independent tensor seen by a per-sample `[B, ...]` form.
@@ -183,19 +184,31 @@ pub fn conv2d_bias_backward<B: Backend>(x: Ps<B>, bias: Ps<B>, g: Ps<B>) -> Ps<B
     conv_bias_backward(x, bias, g, "conv2d_bias_backward", B::conv2d_bias_backward)
 }
 
-pub fn embedding<B: Backend>(weights: Ps<B>, indices: IntTensor<B>) -> Ps<B> {
+/// Token ids are the batch entering the model: the output is [`Tag::PerSample`], joined with the
+/// ids' own tag (ids reordered across the batch stay mixed) and the table's as a shared operand.
+pub fn embedding<B: Backend>(weights: Ps<B>, indices: PsInt<B>) -> Ps<B> {
     let (w, tw) = weights.into_dense("embedding");
+    let (indices, ti) = indices.split();
     let batch = indices.shape().as_slice().first().copied().unwrap_or(0);
-    PsTensor::dense(B::embedding(w, indices), tw.join(Tag::PerSample { batch }))
+    let tag = Tag::PerSample { batch }
+        .join(ti)
+        .join(tw.shared("embedding"));
+    PsTensor::dense(B::embedding(w, indices), tag)
 }
 
-pub fn embedding_backward<B: Backend>(weights: Ps<B>, g: Ps<B>, indices: IntTensor<B>) -> Ps<B> {
+pub fn embedding_backward<B: Backend>(weights: Ps<B>, g: Ps<B>, indices: PsInt<B>) -> Ps<B> {
+    let (indices, ti) = indices.split();
     let (w, tw) = weights.into_dense("embedding_backward");
     let (g, tg) = g.into_dense("embedding_backward");
     if in_scope() {
-        cached(rules::embedding::weight(&w, g, indices, taint(tg.join(tw))))
+        cached(rules::embedding::weight(
+            &w,
+            g,
+            indices,
+            taint(tg.join(tw).join(ti)),
+        ))
     } else {
-        PsTensor::dense(B::embedding_backward(w, g, indices), tw.join(tg))
+        PsTensor::dense(B::embedding_backward(w, g, indices), tw.join(tg).join(ti))
     }
 }
 
@@ -330,7 +343,7 @@ fn elementwise<B: Backend>(
     name: &'static str,
     op: impl Fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
 ) -> Ps<B> {
-    if tx == Tag::Independent && x.shape().num_dims() == d.shape.num_dims() {
+    if tx.is_constant() && x.shape().num_dims() == d.shape.num_dims() {
         let lifted = lift::<B>(x);
         wrap(map_batched(d, |ps| op(ps, lifted)))
     } else {
@@ -389,13 +402,7 @@ pub fn float_sum_dim<B: Backend>(t: Ps<B>, dim: usize) -> Ps<B> {
 pub fn float_reshape<B: Backend>(t: Ps<B>, shape: Shape) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } => {
-            let old = tensor.shape();
-            let keeps_batch = old.num_dims() > 0 && shape.num_dims() > 0 && old[0] == shape[0];
-            let tag = if keeps_batch {
-                tag
-            } else {
-                tag.mix("float_reshape")
-            };
+            let tag = layout::reshape(&tensor.shape(), &shape, tag, true, "float_reshape");
             PsTensor::dense(B::float_reshape(tensor, shape), tag)
         }
         PsTensor::Deferred(d) if d.shape == shape => PsTensor::Deferred(d),
@@ -432,11 +439,7 @@ fn all_outer<B: Backend>(d: &Deferred<B>) -> bool {
 pub fn float_swap_dims<B: Backend>(t: Ps<B>, dim1: usize, dim2: usize) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } => {
-            let tag = if dim1 == 0 || dim2 == 0 {
-                tag.mix("float_swap_dims")
-            } else {
-                tag
-            };
+            let tag = layout::swap_dims(dim1, dim2, tag, true, "float_swap_dims");
             PsTensor::dense(B::float_swap_dims(tensor, dim1, dim2), tag)
         }
         PsTensor::Deferred(d) if all_outer(&d) && dim1 != dim2 => wrap(transpose_outer(*d)),
@@ -454,11 +457,7 @@ pub fn float_transpose<B: Backend>(t: Ps<B>) -> Ps<B> {
 pub fn float_permute<B: Backend>(t: Ps<B>, axes: &[usize]) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } => {
-            let tag = if axes.first().is_some_and(|&a| a != 0) {
-                tag.mix("float_permute")
-            } else {
-                tag
-            };
+            let tag = layout::permute(axes, tag, true, "float_permute");
             PsTensor::dense(B::float_permute(tensor, axes), tag)
         }
         PsTensor::Deferred(d) if all_outer(&d) && axes == [1, 0] => wrap(transpose_outer(*d)),
@@ -473,11 +472,7 @@ pub fn float_permute<B: Backend>(t: Ps<B>, axes: &[usize]) -> Ps<B> {
 pub fn float_flip<B: Backend>(t: Ps<B>, axes: &[usize]) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } => {
-            let tag = if axes.contains(&0) {
-                tag.mix("float_flip")
-            } else {
-                tag
-            };
+            let tag = layout::flip(axes, tag, "float_flip");
             PsTensor::dense(B::float_flip(tensor, axes), tag)
         }
         PsTensor::Deferred(d) => {
@@ -490,14 +485,7 @@ pub fn float_flip<B: Backend>(t: Ps<B>, axes: &[usize]) -> Ps<B> {
 pub fn float_expand<B: Backend>(t: Ps<B>, shape: Shape) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } => {
-            let old = tensor.shape();
-            let keeps_batch =
-                old.num_dims() == shape.num_dims() && old.num_dims() > 0 && old[0] == shape[0];
-            let tag = if keeps_batch {
-                tag
-            } else {
-                tag.mix("float_expand")
-            };
+            let tag = layout::expand(&tensor.shape(), &shape, tag, true, "float_expand");
             PsTensor::dense(B::float_expand(tensor, shape), tag)
         }
         PsTensor::Deferred(d) => {
@@ -518,15 +506,7 @@ fn lifted_slices(slices: &[Slice]) -> Vec<Slice> {
 pub fn float_slice<B: Backend>(t: Ps<B>, slices: &[Slice]) -> Ps<B> {
     match t {
         PsTensor::Dense { tensor, tag } => {
-            let shape = tensor.shape();
-            let keeps_batch = slices
-                .first()
-                .is_none_or(|s| shape.num_dims() == 0 || slice_is_full(s, shape[0]));
-            let tag = if keeps_batch {
-                tag
-            } else {
-                tag.mix("float_slice")
-            };
+            let tag = layout::slice(&tensor.shape(), slices, tag, "float_slice");
             PsTensor::dense(B::float_slice(tensor, slices), tag)
         }
         PsTensor::Deferred(d) => {
@@ -543,24 +523,10 @@ pub fn float_slice_assign<B: Backend>(t: Ps<B>, slices: &[Slice], value: Ps<B>) 
     let lifted = lifted_slices(slices);
     match (t, value) {
         (PsTensor::Dense { tensor, tag }, PsTensor::Dense { tensor: v, tag: tv }) => {
-            let shape = tensor.shape();
-            let keeps_batch = slices
-                .first()
-                .is_none_or(|s| shape.num_dims() == 0 || slice_is_full(s, shape[0]));
-            let tag = tag.join(if keeps_batch {
-                tv
-            } else {
-                tv.mix("float_slice_assign")
-            });
+            let tag = layout::slice_assign(&tensor.shape(), slices, tag, tv, "float_slice_assign");
             PsTensor::dense(B::float_slice_assign(tensor, slices, v), tag)
         }
-        (
-            PsTensor::Dense {
-                tensor,
-                tag: Tag::Independent,
-            },
-            PsTensor::Deferred(v),
-        ) => {
+        (PsTensor::Dense { tensor, tag }, PsTensor::Deferred(v)) if tag.is_constant() => {
             let b = samples(&v);
             let shape = batched_shape(b, &tensor.shape());
             let (dtype, device) = (tensor.dtype(), B::float_device(&tensor));
@@ -573,13 +539,7 @@ pub fn float_slice_assign<B: Backend>(t: Ps<B>, slices: &[Slice], value: Ps<B>) 
                 ..*v
             })
         }
-        (
-            PsTensor::Deferred(d),
-            PsTensor::Dense {
-                tensor: v,
-                tag: Tag::Independent,
-            },
-        ) => {
+        (PsTensor::Deferred(d), PsTensor::Dense { tensor: v, tag }) if tag.is_constant() => {
             let b = samples(&d);
             let vshape = batched_shape(b, &v.shape());
             let v = B::float_expand(lift::<B>(v), vshape);
@@ -604,12 +564,8 @@ pub fn float_matmul<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
     let (a, ta) = lhs.into_dense("float_matmul");
     let (b, tb) = rhs.into_dense("float_matmul");
     // A rank-2 right-hand side contracts its dimension 0: with per-sample rows, samples mix.
-    let tb = if b.shape().num_dims() == 2 {
-        tb.mix("float_matmul")
-    } else {
-        tb
-    };
-    PsTensor::dense(B::float_matmul(a, b), ta.join(tb))
+    let tag = layout::matmul(&a.shape(), &b.shape(), ta, tb, true, "float_matmul");
+    PsTensor::dense(B::float_matmul(a, b), tag)
 }
 
 // ---------------------------------------------------------------- data and metadata
@@ -617,7 +573,7 @@ pub fn float_matmul<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
 pub fn float_into_data<B: Backend>(
     t: Ps<B>,
 ) -> impl Future<Output = Result<TensorData, ExecutionError>> + Send {
-    B::float_into_data(t.into_sum())
+    transfer::downloaded(B::float_into_data(t.into_sum()))
 }
 
 pub fn float_device<B: Backend>(t: &Ps<B>) -> B::Device {
@@ -656,7 +612,10 @@ pub fn max_pool1d_with_indices<B: Backend>(
 ) -> MaxPool1dWithIndices<PerSample<B>> {
     let (x, tag) = x.into_dense("max_pool1d_with_indices");
     let out = B::max_pool1d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode);
-    MaxPool1dWithIndices::new(PsTensor::dense(out.output, tag), out.indices)
+    MaxPool1dWithIndices::new(
+        PsTensor::dense(out.output, tag),
+        Tagged::new(out.indices, tag),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -668,8 +627,9 @@ pub fn max_pool1d_with_indices_backward<B: Backend>(
     dilation: usize,
     ceil_mode: bool,
     output_grad: Ps<B>,
-    indices: IntTensor<B>,
+    indices: PsInt<B>,
 ) -> MaxPool1dBackward<PerSample<B>> {
+    let (indices, ti) = indices.split();
     let (x, tx) = x.into_dense("max_pool1d_with_indices_backward");
     let (g, tg) = output_grad.into_dense("max_pool1d_with_indices_backward");
     let out = B::max_pool1d_with_indices_backward(
@@ -682,7 +642,7 @@ pub fn max_pool1d_with_indices_backward<B: Backend>(
         g,
         indices,
     );
-    MaxPool1dBackward::new(PsTensor::dense(out.x_grad, tx.join(tg)))
+    MaxPool1dBackward::new(PsTensor::dense(out.x_grad, tx.join(tg).join(ti)))
 }
 
 pub fn max_pool2d_with_indices<B: Backend>(
@@ -695,7 +655,10 @@ pub fn max_pool2d_with_indices<B: Backend>(
 ) -> MaxPool2dWithIndices<PerSample<B>> {
     let (x, tag) = x.into_dense("max_pool2d_with_indices");
     let out = B::max_pool2d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode);
-    MaxPool2dWithIndices::new(PsTensor::dense(out.output, tag), out.indices)
+    MaxPool2dWithIndices::new(
+        PsTensor::dense(out.output, tag),
+        Tagged::new(out.indices, tag),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -707,8 +670,9 @@ pub fn max_pool2d_with_indices_backward<B: Backend>(
     dilation: [usize; 2],
     ceil_mode: bool,
     output_grad: Ps<B>,
-    indices: IntTensor<B>,
+    indices: PsInt<B>,
 ) -> MaxPool2dBackward<PerSample<B>> {
+    let (indices, ti) = indices.split();
     let (x, tx) = x.into_dense("max_pool2d_with_indices_backward");
     let (g, tg) = output_grad.into_dense("max_pool2d_with_indices_backward");
     let out = B::max_pool2d_with_indices_backward(
@@ -721,7 +685,7 @@ pub fn max_pool2d_with_indices_backward<B: Backend>(
         g,
         indices,
     );
-    MaxPool2dBackward::new(PsTensor::dense(out.x_grad, tx.join(tg)))
+    MaxPool2dBackward::new(PsTensor::dense(out.x_grad, tx.join(tg).join(ti)))
 }
 
 /// Deformable convolution has no per-sample rule: its parameter gradients come back dense, which
@@ -758,8 +722,10 @@ pub fn quantize<B: Backend>(
     tensor: Ps<B>,
     scheme: &QuantScheme,
     qparams: QuantizationParametersPrimitive<PerSample<B>>,
-) -> QuantizedTensor<B> {
-    let (t, _) = tensor.into_dense("quantize");
-    let (scales, _) = qparams.scales.into_dense("quantize");
-    B::quantize(t, scheme, QuantizationParametersPrimitive { scales })
+) -> PsQuant<B> {
+    let (t, tt) = tensor.into_dense("quantize");
+    let (scales, ts) = qparams.scales.into_dense("quantize");
+    let q = B::quantize(t, scheme, QuantizationParametersPrimitive { scales });
+    // The scales are computed from the tensor's values (per block): they share its tag.
+    Tagged::new(q, tt.join(ts))
 }

@@ -7,12 +7,14 @@
 //! Inside a per-sample backward scope (see [`crate::engine`]) those calls return a deferred
 //! per-sample gradient ([`PsTensor::Deferred`]) that caches what the rule needs (activations and
 //! output gradients) instead of summing over the batch. Everything else is forwarded to `B`
-//! (`delegate.rs`, generated) with a batch [`Tag`] that records whether per-sample structure is
-//! intact; the ops intercepted by hand are listed in `intercept.rs`.
+//! (`ops/`, generated, one file per op trait) with a batch [`Tag`] that records whether
+//! per-sample structure is intact; the ops intercepted by hand are listed in `intercept.rs`.
 
-mod delegate;
 pub(crate) mod intercept;
+pub mod layout;
+mod ops;
 pub mod primitive;
+pub mod transfer;
 
 use core::marker::PhantomData;
 use std::cell::Cell;
@@ -21,7 +23,7 @@ use burn_backend::backend::{Backend, BackendTypes, ExecutionError};
 use burn_backend::DType;
 use burn_backend::DTypeUsageSet;
 
-pub use primitive::{Deferred, Factor, PsTensor, Tag, Term};
+pub use primitive::{Deferred, Factor, PsBool, PsInt, PsQuant, PsTensor, Tag, Tagged, Term};
 
 /// Backend decorator computing per-sample gradients inside burn's autodiff.
 ///
@@ -38,13 +40,13 @@ impl<B: Backend> BackendTypes for PerSample<B> {
     type FloatTensorPrimitive = PsTensor<B>;
     type FloatElem = B::FloatElem;
 
-    type IntTensorPrimitive = B::IntTensorPrimitive;
+    type IntTensorPrimitive = PsInt<B>;
     type IntElem = B::IntElem;
 
-    type BoolTensorPrimitive = B::BoolTensorPrimitive;
+    type BoolTensorPrimitive = PsBool<B>;
     type BoolElem = B::BoolElem;
 
-    type QuantizedTensorPrimitive = B::QuantizedTensorPrimitive;
+    type QuantizedTensorPrimitive = PsQuant<B>;
 }
 
 impl<B: Backend> Backend for PerSample<B> {

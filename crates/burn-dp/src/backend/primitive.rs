@@ -1,24 +1,52 @@
-//! The float tensor primitive of [`PerSample`](super::PerSample): a dense tensor with a batch tag,
-//! or a deferred per-sample gradient.
+//! The tensor primitives of [`PerSample`](super::PerSample): a float tensor is a dense tensor
+//! with a batch tag or a deferred per-sample gradient; int, bool and quantized tensors are the
+//! inner backend's with a batch tag ([`Tagged`]).
 
 use burn_backend::ops::ConvOptions;
-use burn_backend::tensor::{FloatTensor, IntTensor};
-use burn_backend::{Backend, DType, Shape, TensorMetadata};
+use burn_backend::quantization::QuantScheme;
+use burn_backend::tensor::{BoolTensor, FloatTensor, IntTensor, QuantizedTensor};
+use burn_backend::{Backend, DType, QTensorPrimitive, Shape, TensorMetadata};
 
-/// What the engine knows about how a dense tensor depends on the samples of the batch.
+/// What the engine knows about how a tensor depends on the samples of the batch.
 ///
-/// Tags only grow along the graph ([`Tag::join`] keeps the worst); a tag other than
-/// [`Tag::Independent`] or [`Tag::PerSample`] on anything a parameter gradient is built from makes
-/// that gradient a typed error (fail closed).
+/// Every tensor of [`PerSample`](super::PerSample) carries one: float, int, bool and quantized
+/// alike. Tags only grow along the graph ([`Tag::join`] keeps the worst); the engine rejects a
+/// parameter gradient or a loss whose tag says samples were mixed (fail closed):
+///
+/// - [`Tag::Independent`]: made on the device (parameters initialised at random, zeros, ranges),
+///   never the batch.
+/// - [`Tag::Unmarked`]: host data (`*_from_data`) not marked as the batch. Its dimension-0 rows
+///   *may* be the samples: when it has as many rows as the marked batch, it is taken to be the
+///   same samples in the same order (a mask, labels, per-sample weights).
+/// - [`Tag::PerSample`]: marked batch data ([`crate::batch`], embedding lookups), row `i` of
+///   dimension 0 depends on sample `i` only.
+/// - [`Tag::UnmarkedMixed`]: the rows of unmarked host data were combined along dimension 0
+///   (`mask.sum()`); an error if those rows are the batch, i.e. when `rows` equals the batch size
+///   of the per-sample losses.
+/// - [`Tag::Mixed`]: marked batch data was combined along dimension 0 (for any batch size,
+///   one included: BatchNorm statistics of one sample are still private data).
+/// - [`Tag::Lost`]: a per-sample gradient went through an op without a per-sample rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tag {
-    /// Does not depend on the batch (parameters, constants).
+    /// Does not depend on the batch (parameters, constants made on the device).
     Independent,
-    /// Row `i` of dimension 0 depends on sample `i` only, in a batch of `batch` samples (with one
-    /// sample nothing can mix).
+    /// Host data not marked as the batch, with `rows` rows in dimension 0.
+    Unmarked {
+        /// Size of dimension 0 (0 for a scalar).
+        rows: usize,
+    },
+    /// Row `i` of dimension 0 depends on sample `i` only, in a batch of `batch` samples (0: not
+    /// known, a deferred gradient's own tag).
     PerSample {
         /// Number of samples in the marked batch.
         batch: usize,
+    },
+    /// Unmarked host data whose `rows` rows were combined along dimension 0 by `op`.
+    UnmarkedMixed {
+        /// Rows of the host tensor that were combined (0: several sizes met).
+        rows: usize,
+        /// The first op that combined them.
+        op: &'static str,
     },
     /// Depends on several samples at once: `op` reduced, reordered or reshaped dimension 0.
     Mixed {
@@ -37,21 +65,51 @@ impl Tag {
     fn rank(self) -> u8 {
         match self {
             Tag::Independent => 0,
-            Tag::PerSample { .. } => 1,
-            Tag::Mixed { .. } => 2,
-            Tag::Lost { .. } => 3,
+            Tag::Unmarked { .. } => 1,
+            Tag::PerSample { .. } => 2,
+            Tag::UnmarkedMixed { .. } => 3,
+            Tag::Mixed { .. } => 4,
+            Tag::Lost { .. } => 5,
+        }
+    }
+
+    /// The tag of host data of this shape (`*_from_data`).
+    pub fn host(shape: &Shape) -> Tag {
+        Tag::Unmarked {
+            rows: shape.as_slice().first().copied().unwrap_or(0),
         }
     }
 
     /// The worse of two tags.
+    ///
+    /// Marked batch data meeting unmarked host data whose rows were combined resolves here, where
+    /// both sizes are known: the same number of rows means the host data was the batch (the
+    /// result stays [`Tag::UnmarkedMixed`], an error at the loss); another number of rows means a
+    /// constant of another size (a loaded parameter), and the result is per sample.
     pub fn join(self, other: Tag) -> Tag {
-        if let (Tag::PerSample { batch: a }, Tag::PerSample { batch: b }) = (self, other) {
-            return Tag::PerSample { batch: a.max(b) };
-        }
-        if other.rank() > self.rank() {
-            other
-        } else {
-            self
+        match (self, other) {
+            (Tag::PerSample { batch: a }, Tag::PerSample { batch: b }) => {
+                Tag::PerSample { batch: a.max(b) }
+            }
+            (Tag::Unmarked { rows: a }, Tag::Unmarked { rows: b }) => {
+                Tag::Unmarked { rows: a.max(b) }
+            }
+            (Tag::UnmarkedMixed { rows: a, op }, Tag::UnmarkedMixed { rows: b, .. }) => {
+                Tag::UnmarkedMixed {
+                    rows: if a == b { a } else { 0 },
+                    op,
+                }
+            }
+            (Tag::PerSample { batch }, um @ Tag::UnmarkedMixed { rows, .. })
+            | (um @ Tag::UnmarkedMixed { rows, .. }, Tag::PerSample { batch }) => {
+                if batch == 0 || rows == 0 || rows == batch {
+                    um
+                } else {
+                    Tag::PerSample { batch }
+                }
+            }
+            _ if other.rank() > self.rank() => other,
+            _ => self,
         }
     }
 
@@ -60,9 +118,18 @@ impl Tag {
         tags.iter().fold(Tag::Independent, |acc, t| acc.join(*t))
     }
 
-    /// Whether per-sample information is intact.
+    /// Whether per-sample gradients built from data with this tag are exact: nothing marked was
+    /// mixed and no gradient lost its rule. ([`Tag::UnmarkedMixed`] is judged at the loss, where
+    /// the batch size is known: every value a gradient is built from is an input of an op on the
+    /// loss's path, so the loss's tag holds it.)
     pub fn is_clean(self) -> bool {
-        matches!(self, Tag::Independent | Tag::PerSample { .. })
+        !matches!(self, Tag::Mixed { .. } | Tag::Lost { .. })
+    }
+
+    /// Whether a tensor with this tag is a constant for the batch: made on the device or unmarked
+    /// host data (a loaded parameter, a scale with a parameter's shape).
+    pub fn is_constant(self) -> bool {
+        matches!(self, Tag::Independent | Tag::Unmarked { .. })
     }
 
     /// The tag after an op that works along `dim`: along dimension 0 it mixes samples.
@@ -74,14 +141,104 @@ impl Tag {
         }
     }
 
-    /// The tag after an op that mixes every row of dimension 0 (a full reduction, a reshape
-    /// across dimension 0, ...).
+    /// The tag after an op that combines, reorders or moves the rows of dimension 0 (a full
+    /// reduction, a reduction or scan along 0, a reshape across dimension 0, ...). Marked data
+    /// is then mixed whatever the batch size; unmarked host data with more than one row is
+    /// [`Tag::UnmarkedMixed`] (one row cannot mix with another).
     pub fn mix(self, op: &'static str) -> Tag {
         match self {
-            Tag::PerSample { batch } if batch > 1 => Tag::Mixed { op },
+            // An empty batch has nothing to mix; inside the backward pass of one sample, a
+            // gradient reshaped across dimension 0 (`[1, 1, d]` to `[d]`) is that sample's.
+            Tag::PerSample { batch } if batch == 0 || (batch == 1 && super::in_scope()) => self,
+            Tag::PerSample { .. } => Tag::Mixed { op },
+            Tag::Unmarked { rows } if rows > 1 => Tag::UnmarkedMixed { rows, op },
             other => other,
         }
     }
+
+    /// The tag of the *shared operand* of an op (the weight of a linear, convolution or
+    /// embedding, the rank-2 right-hand side of a matmul, a scale or bias broadcast to the batch)
+    /// and of a float tensor whose dimension 0 a layout op moves (reshape, expand, transpose,
+    /// permute). Marked data there mixes samples; a float host tensor there is taken to be a model
+    /// constant (a loaded parameter: `W.transpose()`, `gamma.unsqueeze()`) and stays
+    /// [`Tag::Unmarked`] with its original rows.
+    pub fn shared(self, op: &'static str) -> Tag {
+        match self {
+            Tag::Unmarked { .. } => self,
+            other => other.mix(op),
+        }
+    }
+}
+
+/// An int, bool or quantized tensor of the inner backend with its batch [`Tag`].
+#[derive(Clone, Debug)]
+pub struct Tagged<T> {
+    /// The inner tensor.
+    pub tensor: T,
+    /// How it depends on the samples.
+    pub tag: Tag,
+}
+
+impl<T> Tagged<T> {
+    /// Wraps an inner tensor.
+    pub fn new(tensor: T, tag: Tag) -> Self {
+        Tagged { tensor, tag }
+    }
+
+    /// The inner tensor and its tag.
+    pub fn split(self) -> (T, Tag) {
+        (self.tensor, self.tag)
+    }
+}
+
+impl<T: TensorMetadata> TensorMetadata for Tagged<T> {
+    fn dtype(&self) -> DType {
+        self.tensor.dtype()
+    }
+
+    fn shape(&self) -> Shape {
+        self.tensor.shape()
+    }
+}
+
+// `acc_precision` and `propagation` keep burn's defaults: their types are not exported by
+// burn-backend 0.21.
+impl<T: QTensorPrimitive> QTensorPrimitive for Tagged<T> {
+    fn scheme(&self) -> &QuantScheme {
+        self.tensor.scheme()
+    }
+
+    fn default_scheme() -> QuantScheme {
+        T::default_scheme()
+    }
+}
+
+/// Int tensor primitive of [`PerSample`](super::PerSample).
+pub type PsInt<B> = Tagged<IntTensor<B>>;
+/// Bool tensor primitive of [`PerSample`](super::PerSample).
+pub type PsBool<B> = Tagged<BoolTensor<B>>;
+/// Quantized tensor primitive of [`PerSample`](super::PerSample).
+pub type PsQuant<B> = Tagged<QuantizedTensor<B>>;
+
+/// Unwraps an optional tagged argument.
+pub fn opt_split<T>(t: Option<Tagged<T>>) -> (Option<T>, Tag) {
+    match t {
+        Some(t) => (Some(t.tensor), t.tag),
+        None => (None, Tag::Independent),
+    }
+}
+
+/// Unwraps a list of tagged arguments.
+pub fn vec_split<T>(ts: Vec<Tagged<T>>) -> (Vec<T>, Tag) {
+    let mut tag = Tag::Independent;
+    let out = ts
+        .into_iter()
+        .map(|t| {
+            tag = tag.join(t.tag);
+            t.tensor
+        })
+        .collect();
+    (out, tag)
 }
 
 /// One side of an outer-product gradient term: `[B, T, n]` dense, or one-hot ids `[B, T]` over `n`
