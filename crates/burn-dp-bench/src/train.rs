@@ -23,6 +23,7 @@ use std::time::Instant;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
+use burn_dp::backend::transfer::TransferBytes;
 use burn_dp::profile::{self, Phase, Profile};
 use burn_dp::{
     batch, freeze, AccountantKind, ClippingFn, DpAutodiff, FreezePolicy, NoiseSource,
@@ -214,18 +215,13 @@ pub struct Config {
     pub profile: bool,
 }
 
-/// Host↔device bytes moved so far in this process, if counted.
-#[derive(Debug, Clone, Copy, Default)]
-struct TransferBytes {
-    to_device: u64,
-    to_host: u64,
-}
-
-/// The process-wide host↔device byte counters.
-// TODO(merge): read `burn_dp::backend::transfer::read()` once the backend decorator's transfer
-// counters are merged; until then the bytes are not counted and the JSON fields are `null`.
-fn transfer_bytes() -> Option<TransferBytes> {
-    None
+/// Host↔device bytes moved so far in this process through burn-dp's backend (the DP modes run
+/// on it; the plain modes run on burn's own autodiff, whose transfers are not counted: `None`).
+fn transfer_bytes(cfg: &Config) -> Option<TransferBytes> {
+    cfg.single
+        .mode
+        .is_dp()
+        .then(burn_dp::backend::transfer::read)
 }
 
 fn peak_rss_gib() -> Option<f64> {
@@ -305,10 +301,10 @@ fn measure(
     };
     let mut warm = Vec::new();
     timed(cfg.warmup, &mut warm)?;
-    let bytes_before = transfer_bytes();
+    let bytes_before = transfer_bytes(cfg);
     let mut times = Vec::new();
     timed(cfg.steps, &mut times)?;
-    let bytes_after = transfer_bytes();
+    let bytes_after = transfer_bytes(cfg);
     // The first step is the first warm-up step, or the first timed one without warm-up.
     let first_step = warm.first().or(times.first()).copied().unwrap_or(0.0);
     let first_step_end = setup_end + std::time::Duration::from_secs_f64(first_step);
