@@ -53,12 +53,13 @@ pub struct AuditArgs {
     /// Accountant of the claimed epsilon.
     #[arg(long, value_enum, default_value_t = ClaimAccountant::Prv)]
     accountant: ClaimAccountant,
-    /// DP steps per audited run (white box and one run: the observer sees every update).
-    #[arg(long, default_value_t = 1)]
-    steps: u64,
-    /// Poisson sampling rate q (1: every example in every step).
-    #[arg(long, default_value_t = 1.0)]
-    sample_rate: f64,
+    /// DP steps per audited run (default: 1, or 300 for black box; in the gradient-canary modes
+    /// the observer sees every update).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Poisson sampling rate q (default: 1, every example in every step; 0.1 for black box).
+    #[arg(long)]
+    sample_rate: Option<f64>,
     /// White box: runs of the pipeline (each observes --canaries canaries).
     #[arg(long, default_value_t = 20_000)]
     runs: usize,
@@ -175,7 +176,7 @@ impl AuditArgs {
             (Some(s), None) => Ok(s),
             (None, Some(eps)) => {
                 let schedule =
-                    Schedule::new(self.sample_rate, self.steps).map_err(DpError::from)?;
+                    Schedule::new(self.sample_rate(), self.steps()).map_err(DpError::from)?;
                 Ok(
                     PrivacyState::for_target_epsilon(eps, self.delta, schedule, self.accountant())?
                         .noise_multiplier,
@@ -185,6 +186,20 @@ impl AuditArgs {
                 "give exactly one of --target-epsilon and --noise-multiplier".into(),
             )),
         }
+    }
+
+    fn steps(&self) -> u64 {
+        self.steps.unwrap_or(match self.mode {
+            AuditMode::BlackBox => 300,
+            _ => 1,
+        })
+    }
+
+    fn sample_rate(&self) -> f64 {
+        self.sample_rate.unwrap_or(match self.mode {
+            AuditMode::BlackBox => 0.1,
+            _ => 1.0,
+        })
     }
 
     fn canaries(&self) -> usize {
@@ -199,8 +214,8 @@ impl AuditArgs {
         GradientCanaryConfig {
             clipping: self.clipping(),
             noise_multiplier: sigma,
-            sample_rate: self.sample_rate,
-            steps: self.steps,
+            sample_rate: self.sample_rate(),
+            steps: self.steps(),
             delta: self.delta,
             accountant: self.accountant(),
             canaries: self.canaries(),
@@ -230,8 +245,8 @@ impl AuditArgs {
         push("--noise-multiplier", sigma.to_string());
         push("--delta", self.delta.to_string());
         push("--accountant", accountant.into());
-        push("--steps", self.steps.to_string());
-        push("--sample-rate", self.sample_rate.to_string());
+        push("--steps", self.steps().to_string());
+        push("--sample-rate", self.sample_rate().to_string());
         push("--canaries", self.canaries().to_string());
         push("--background", self.background.unwrap_or(32).to_string());
         push("--worker-runs", runs.to_string());
@@ -340,8 +355,8 @@ pub fn run(args: AuditArgs) -> Result<String, Failure> {
         ClippingFn::Abadi { max_norm } => out.insert("max_norm".into(), json!(max_norm)),
     };
     out.insert("noise_multiplier".into(), json!(sigma));
-    out.insert("sample_rate".into(), json!(args.sample_rate));
-    out.insert("steps".into(), json!(args.steps));
+    out.insert("sample_rate".into(), json!(args.sample_rate()));
+    out.insert("steps".into(), json!(args.steps()));
     out.insert("delta".into(), json!(args.delta));
     out.insert("accountant".into(), json!(args.accountant()));
     out.insert("confidence".into(), json!(args.confidence));
@@ -384,8 +399,8 @@ pub fn run(args: AuditArgs) -> Result<String, Failure> {
                 report.claimed.epsilon,
                 args.delta,
                 report.claimed.accountant,
-                args.steps,
-                args.sample_rate,
+                args.steps(),
+                args.sample_rate(),
                 cp.epsilon_lower_bound,
                 args.confidence * 100.0,
                 a.epsilon_lower_bound_gdp,
@@ -440,8 +455,8 @@ pub fn run(args: AuditArgs) -> Result<String, Failure> {
             let config = BlackBoxConfig {
                 clipping: args.clipping(),
                 noise_multiplier: sigma,
-                sample_rate: args.sample_rate,
-                steps: args.steps,
+                sample_rate: args.sample_rate(),
+                steps: args.steps(),
                 delta: args.delta,
                 accountant: args.accountant(),
                 learning_rate: 0.5,
@@ -451,7 +466,7 @@ pub fn run(args: AuditArgs) -> Result<String, Failure> {
                 guesses_out: args.guesses.unwrap_or(canaries / 10),
                 physical_batch_size: 256,
             };
-            let progress = bar(args.steps, "training");
+            let progress = bar(args.steps(), "training");
             let o =
                 config.run::<Inner>(&Default::default(), args.confidence, |_| progress.inc(1))?;
             progress.finish();
@@ -523,8 +538,8 @@ fn one_run_text(
         "claimed epsilon = {claimed:.4} at delta = {:e} (sigma = {sigma:.4}, {} step(s), q = {})\n\
          epsilon lower bound = {:.4} ({:.0} % confidence; {} of {} guesses correct, {} canaries)",
         args.delta,
-        args.steps,
-        args.sample_rate,
+        args.steps(),
+        args.sample_rate(),
         b.epsilon_lower_bound,
         args.confidence * 100.0,
         b.correct,

@@ -268,6 +268,7 @@ impl GradientCanaryConfig {
         )?;
         let mut model = LinearProbe::<DpAutodiff<B>>::new(self.dim(), device);
         let mut scores = vec![0.0; self.canaries];
+        // ANCHOR: audited_step
         for _ in 0..self.steps {
             let before = model.weights();
             let logical = sampler.next_batch();
@@ -291,6 +292,7 @@ impl GradientCanaryConfig {
                 *s += d;
             }
         }
+        // ANCHOR_END: audited_step
         Ok(CanaryRun {
             membership: membership.to_vec(),
             scores,
