@@ -384,6 +384,9 @@ pub fn run(args: AuditArgs) -> Result<String, Failure> {
             out.insert("gdp_mu_lower_bound".into(), json!(a.gdp.gdp_mu_lower_bound));
             out.insert("gdp_mu_estimate".into(), json!(a.gdp_mu_estimate));
             out.insert("gdp_mu_expected".into(), json!(report.gdp_mu_expected));
+            // The μ → ε step assumes a Gaussian trade-off curve: true without subsampling.
+            let gaussian = args.sample_rate() >= 1.0;
+            out.insert("gdp_bound_assumption_holds".into(), json!(gaussian));
             out.insert("runs".into(), json!(args.runs));
             out.insert("jobs".into(), json!(jobs));
             out.insert("canaries_per_run".into(), json!(config.canaries));
@@ -394,7 +397,7 @@ pub fn run(args: AuditArgs) -> Result<String, Failure> {
             let text = format!(
                 "claimed epsilon = {:.4} at delta = {:e} ({}, sigma = {sigma:.4}, {} step(s), q = {})\n\
                  epsilon lower bound = {:.4} (Clopper-Pearson, {:.0} % confidence, distribution-free)\n\
-                 epsilon lower bound = {:.4} from Gaussian-DP mu >= {:.4} (assumes a Gaussian trade-off)\n\
+                 epsilon lower bound = {:.4} from Gaussian-DP mu >= {:.4} ({})\n\
                  mu estimate = {:.4}{}; {} runs x {} canaries = {} observations, {jobs} processes",
                 report.claimed.epsilon,
                 args.delta,
@@ -405,6 +408,11 @@ pub fn run(args: AuditArgs) -> Result<String, Failure> {
                 args.confidence * 100.0,
                 a.epsilon_lower_bound_gdp,
                 a.gdp.gdp_mu_lower_bound,
+                if gaussian {
+                    "assumes a Gaussian trade-off, as one unsubsampled Gaussian step has"
+                } else {
+                    "NOT a bound under Poisson subsampling: the trade-off is not Gaussian"
+                },
                 a.gdp_mu_estimate,
                 report
                     .gdp_mu_expected

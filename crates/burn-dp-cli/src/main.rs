@@ -262,7 +262,9 @@ fn run(command: Command) -> Result<String, AccountantError> {
                 ))
             }
         }
-        Command::Audit(_) => unreachable!("handled in main"),
+        Command::Audit(_) => Err(AccountantError::InvalidOption(
+            "the audit command is dispatched by main".into(),
+        )),
     }
 }
 
