@@ -3,12 +3,16 @@
 //! ```text
 //! burn-dp epsilon --sample-rate 0.01 --noise-multiplier 1.0 --steps 1000 --delta 1e-5 --accountant prv
 //! burn-dp noise --target-epsilon 3 --delta 1e-5 --dataset-size 60000 --batch-size 256 --epochs 10
+//! burn-dp audit --clipping automatic --target-epsilon 2 --delta 1e-5 --json
 //! ```
 //!
 //! Invalid input (or an unreachable target ε) exits with status 2 and a one-line reason on
 //! stderr; a computation that hits numerical limits exits with status 1.
 
 use std::process::ExitCode;
+
+mod audit;
+mod plot;
 
 use burn_dp_accountant::{
     calibrate_noise_multiplier, Accountant, AccountantError, AccountantKind, CalibrationOptions,
@@ -51,6 +55,8 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// An empirical lower bound on epsilon, measured by auditing the real DP pipeline.
+    Audit(audit::AuditArgs),
 }
 
 /// Options shared by both commands.
@@ -194,8 +200,8 @@ fn describe(eps: &Epsilon) -> String {
     s
 }
 
-fn run(cli: Cli) -> Result<String, AccountantError> {
-    match cli.command {
+fn run(command: Command) -> Result<String, AccountantError> {
+    match command {
         Command::Epsilon {
             noise_multiplier,
             common,
@@ -256,13 +262,25 @@ fn run(cli: Cli) -> Result<String, AccountantError> {
                 ))
             }
         }
+        Command::Audit(_) => Err(AccountantError::InvalidOption(
+            "the audit command is dispatched by main".into(),
+        )),
     }
 }
 
 fn main() -> ExitCode {
     // Clap reports its own usage errors with status 2.
     let cli = Cli::parse();
-    match run(cli) {
+    if let Command::Audit(args) = cli.command {
+        return match audit::run(args) {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(failure) => failure.report(),
+        };
+    }
+    match run(cli.command) {
         Ok(out) => {
             println!("{out}");
             ExitCode::SUCCESS

@@ -207,3 +207,79 @@ fn invalid_input_exits_2_with_one_line() {
     // Clap's own usage errors also exit 2.
     assert_eq!(burn_dp(&["epsilon", "--bogus"]).status.code(), Some(2));
 }
+
+#[test]
+fn audit_json_last_line_and_plot() {
+    let dir = tempfile_dir("audit");
+    let plot = dir.join("audit.svg");
+    let plot_arg = plot.to_str().unwrap();
+    for mode in ["white-box", "one-run", "black-box"] {
+        let mut args = vec![
+            "audit",
+            "--mode",
+            mode,
+            "--clipping",
+            "abadi",
+            "--max-norm",
+            "0.5",
+            "--target-epsilon",
+            "2",
+            "--delta",
+            "1e-5",
+            "--accountant",
+            "rdp",
+            "--plot",
+            plot_arg,
+            "--json",
+        ];
+        match mode {
+            "white-box" => args.extend(["--runs", "40", "--jobs", "2"]),
+            "one-run" => args.extend(["--canaries", "200", "--guesses", "20"]),
+            _ => args.extend(["--canaries", "40", "--background", "64", "--steps", "5"]),
+        }
+        let v = json_of(&burn_dp(&args));
+        let eps = v["epsilon"].as_f64().unwrap();
+        let bound = v["epsilon_lower_bound"].as_f64().unwrap();
+        assert!(eps <= 2.0 && eps > 1.8, "{v}");
+        assert!((0.0..=eps).contains(&bound), "{v}");
+        assert_eq!(v["mode"], mode);
+        let svg = std::fs::read_to_string(&plot).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{mode}"
+        );
+        std::fs::remove_file(&plot).unwrap();
+        if mode == "white-box" {
+            assert_eq!(v["observations"], 40 * 64);
+            assert!(v["epsilon_lower_bound_gdp"].as_f64().unwrap() <= eps, "{v}");
+        }
+    }
+}
+
+#[test]
+fn audit_invalid_input_exits_2() {
+    let base = ["audit", "--clipping", "automatic", "--delta", "1e-5"];
+    let cases: &[&[&str]] = &[
+        &["--noise-multiplier", "0"],
+        &["--noise-multiplier", "1", "--runs", "0"],
+        &["--noise-multiplier", "1", "--confidence", "1.5"],
+        &["--target-epsilon", "-1"],
+        &["--noise-multiplier", "1", "--sample-rate", "2"],
+        &["--noise-multiplier", "1", "--target-epsilon", "1"],
+        &[],
+    ];
+    for extra in cases {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let out = burn_dp(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+}
+
+/// A fresh directory under the system temp dir.
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("burn-dp-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

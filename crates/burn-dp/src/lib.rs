@@ -10,6 +10,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for how it works.
 
+pub mod audit;
 pub mod backend;
 pub mod clip;
 pub mod engine;
