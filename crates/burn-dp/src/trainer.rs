@@ -384,4 +384,59 @@ mod tests {
         assert!(!called);
         assert_eq!(weights(t.model()), before);
     }
+
+    #[derive(Module, Debug)]
+    struct Wide<B: Backend> {
+        up: Linear<B>,
+        down: Linear<B>,
+    }
+
+    /// Host↔device bytes of one DP step (after a first, uncounted one) of a 16 → `hidden` → 1
+    /// network, and its parameter count.
+    fn bytes_of_one_step(hidden: usize) -> (crate::backend::transfer::TransferBytes, usize) {
+        let dev = Default::default();
+        let model = Wide {
+            up: LinearConfig::new(16, hidden).init(&dev),
+            down: LinearConfig::new(hidden, 1).init(&dev),
+        };
+        let params = model.num_params();
+        let mut t = PrivateTrainer::new(
+            model,
+            SgdConfig::new().init(),
+            PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
+            PrivacyState::with_noise_multiplier(1.0, 1.0, 1e-5, AccountantKind::Rdp).unwrap(),
+            4,
+            4,
+            NoiseSource::FixedSeedForExperiments(1),
+        )
+        .unwrap();
+        let forward = |m: &Wide<Dp>, idx: &[usize]| {
+            let x: Vec<f32> = idx
+                .iter()
+                .flat_map(|&i| (0..16).map(move |j| ((i * 16 + j) as f32).cos()))
+                .collect();
+            let x = Tensor::<Dp, 2>::from_data(TensorData::new(x, [idx.len(), 16]), &dev);
+            let h = burn::tensor::activation::relu(m.up.forward(batch(x)));
+            m.down.forward(h).reshape([idx.len()])
+        };
+        t.step(0.1, forward).unwrap();
+        crate::backend::transfer::reset();
+        t.step(0.1, forward).unwrap();
+        (crate::backend::transfer::read(), params)
+    }
+
+    /// Issue 10.3: a DP step moves the data, per-sample norms and a few scalars between host and
+    /// device, never anything proportional to the parameter count (noise is drawn on the device).
+    /// Counts are process-global: this relies on the tests running on one thread.
+    #[test]
+    fn a_dp_step_moves_no_bytes_per_parameter() {
+        let (small, p_small) = bytes_of_one_step(64_000);
+        let (big, p_big) = bytes_of_one_step(640_000);
+        assert!(p_small < 2_000_000 && p_big >= 10_000_000, "{p_small} {p_big}");
+        assert_eq!(
+            small, big,
+            "host↔device bytes grew with the parameter count ({p_small} → {p_big} parameters)"
+        );
+        assert!(big.total() < 4096, "{big:?}");
+    }
 }
