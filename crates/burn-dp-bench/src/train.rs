@@ -14,7 +14,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_dp::{
     batch, freeze, AccountantKind, ClippingFn, DpAutodiff, DpOptimizer, FreezePolicy, NoiseSource,
-    PerSampleConfig, PrivacyState,
+    PerSampleConfig, PoissonSampler, PrivacyState,
 };
 use burn_dp_models::{Gpt2Config, Norm, ResNetConfig, ViTConfig};
 
@@ -104,11 +104,19 @@ pub fn run_one<Inner: Backend>(cfg: &Config, backend: &str) -> Result<serde_json
                     PrivacyState::with_noise_multiplier(1.0, 0.01, 1e-5, AccountantKind::Rdp)
                         .map_err(err)?;
                 let clipping = PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 });
+                // A fixed batch every step; the sampler only fixes q·N = batch at q = 0.01.
+                let sampler = PoissonSampler::new(
+                    cfg.batch * 100,
+                    0.01,
+                    cfg.batch,
+                    NoiseSource::FixedSeedForExperiments(0),
+                )
+                .map_err(err)?;
                 let mut optim = DpOptimizer::new(
                     $optim,
                     clipping,
                     privacy,
-                    cfg.batch as f64,
+                    &sampler,
                     NoiseSource::FixedSeedForExperiments(0),
                 )
                 .map_err(err)?;

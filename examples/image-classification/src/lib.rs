@@ -480,13 +480,7 @@ where
         PoissonSampler::new(n, schedule.sample_rate, args.physical_batch_size, noise)?;
     let clipping = common::clipping(args.clipping, args.max_norm);
     let inner = AdamWConfig::new().init::<B<I>, M>();
-    let mut optim = DpOptimizer::new(
-        inner,
-        clipping,
-        privacy,
-        sampler.expected_batch_size(),
-        noise,
-    )?;
+    let mut optim = DpOptimizer::new(inner, clipping, privacy, &sampler, noise)?;
     // ANCHOR_END: setup
     eprintln!(
         "training {} of {} parameters ({} tensors); σ = {sigma:.4} for ε = {} at δ = {} over {} steps (q = {:.4})",

@@ -129,13 +129,7 @@ fn train_private(
         PoissonSampler::new(n, schedule.sample_rate, EXPECTED_BATCH, NoiseSource::Os)?;
     let clipping = PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 });
     let inner = SgdConfig::new().init::<B, Classifier<B>>();
-    let mut optim = DpOptimizer::new(
-        inner,
-        clipping,
-        privacy,
-        sampler.expected_batch_size(),
-        NoiseSource::Os,
-    )?;
+    let mut optim = DpOptimizer::new(inner, clipping, privacy, &sampler, NoiseSource::Os)?;
 
     let mut model = Classifier::<B>::new(&device);
     bar.set_length(schedule.steps);

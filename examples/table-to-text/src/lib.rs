@@ -478,7 +478,7 @@ fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
         inner,
         common::clipping(args.clipping, args.max_norm),
         privacy,
-        sampler.expected_batch_size(),
+        &sampler,
         noise,
     )?;
     eprintln!(
