@@ -793,3 +793,49 @@ fn step_empty_uses_the_sensitivity_of_clipped_backward() {
         );
     }
 }
+
+#[derive(Module, Debug)]
+struct ConvNet<B: Backend> {
+    conv: burn::nn::conv::Conv1d<B>,
+    norm: burn::nn::LayerNorm<B>,
+}
+
+#[test]
+fn non_finite_samples_are_excluded_from_conv_and_broadcast_terms() {
+    // The convolution term caches x and the upstream gradient, LayerNorm a [B, ...] term: both
+    // must drop a non-finite sample's rows exactly, in either norm mode.
+    let dev = Default::default();
+    let model = ConvNet::<Dp> {
+        conv: burn::nn::conv::Conv1dConfig::new(2, 3, 2).init(&dev),
+        norm: burn::nn::LayerNormConfig::new(4).init(&dev),
+    };
+    let row = |r: usize| -> Vec<f32> {
+        (0..10)
+            .map(|j| ((r * 10 + j) as f32 * 0.41).sin())
+            .collect()
+    };
+    let losses = |x: Vec<f32>| {
+        let b = x.len() / 10;
+        let x = Tensor::<Dp, 3>::from_data(TensorData::new(x, [b, 2, 5]), &dev);
+        let y = model.norm.forward(model.conv.forward(batch(x)));
+        (y.clone() * y).sum_dim(2).sum_dim(1).reshape([b])
+    };
+    let ids = [
+        model.conv.weight.id,
+        model.conv.bias.as_ref().unwrap().id,
+        model.norm.gamma.id,
+        model.norm.beta.as_ref().unwrap().id,
+    ];
+    for mode in [NormMode::Ghost, NormMode::Instantiate] {
+        let config = PerSampleConfig::new(ClippingFn::AUTOMATIC).with_norm_mode(mode);
+        let want = clipped_backward(&config, &model, losses([row(0), row(2)].concat())).unwrap();
+        let mut bad = row(1);
+        bad[3] = f32::NAN;
+        let got =
+            clipped_backward(&config, &model, losses([row(0), bad, row(2)].concat())).unwrap();
+        assert_eq!(got.non_finite, vec![1]);
+        let got = sums_in_order(&got, &ids);
+        assert!(got.iter().all(|v| v.is_finite()), "{mode:?}: {got:?}");
+        close(&got, &sums_in_order(&want, &ids), 1e-6);
+    }
+}
