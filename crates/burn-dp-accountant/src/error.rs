@@ -2,6 +2,8 @@
 
 use thiserror::Error;
 
+use crate::AccountantKind;
+
 /// Why an accounting request was rejected or could not be computed.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum AccountantError {
@@ -41,6 +43,19 @@ pub enum AccountantError {
     /// tolerance) is out of range.
     #[error("invalid accountant option: {0}")]
     InvalidOption(String),
+    /// An accountant that gives an approximation of ε, not an upper bound (GDP), was asked for
+    /// something that needs a guarantee: calibrating σ for a target ε, or enforcing a budget.
+    /// An approximation that under-reports would make the run spend more than the target.
+    #[error(
+        "the {accountant} accountant approximates epsilon and can under-report it, so it cannot \
+         be used for {purpose}; use the rdp or prv accountant (both give upper bounds)"
+    )]
+    NotAnUpperBound {
+        /// The accountant that was refused.
+        accountant: AccountantKind,
+        /// What it was refused for (e.g. "noise calibration", "budget enforcement").
+        purpose: &'static str,
+    },
     /// The computation was well-posed but floating point cannot deliver a trustworthy answer
     /// (e.g. a PRV domain that would not fit in memory, or δ so small that rounding dominates).
     #[error("numerical failure: {0}")]

@@ -7,7 +7,8 @@
 //! `μ = q √(T (e^{1/σ²} - 1))`. Heterogeneous histories compose as
 //! `μ² = Σ_k T_k q_k² (e^{1/σ_k²} - 1)` (μ-GDP composes in quadrature, Dong et al., Cor. 3.3).
 //! This is Opacus's `GDPAccountant` (Poisson mode). It can UNDER-estimate ε (see the fixture rows
-//! with small q·T), so use RDP or PRV for guarantees.
+//! with small q·T), so use RDP or PRV for guarantees: noise calibration refuses GDP
+//! ([`crate::AccountantError::NotAnUpperBound`]), and burn-dp's budget enforcement too.
 
 use crate::error::{AccountantError, Result};
 use crate::history::{validate_delta, History};

@@ -7,7 +7,8 @@
 //! * [`AccountantKind::Prv`] — numerical composition of privacy random variables (Gopi, Lee &
 //!   Wutschitz 2021), ε with guaranteed `[lower, upper]` bounds; the tightest. See [`prv`].
 //! * [`AccountantKind::Gdp`] — the Gaussian-DP central-limit approximation (Bu et al. 2020);
-//!   an approximation, not a bound. See [`gdp`].
+//!   an approximation, not a bound, so it only reports: calibration refuses it
+//!   ([`AccountantError::NotAnUpperBound`]). See [`gdp`].
 //!
 //! The pure math lives in those modules; the stateful accountants implement [`Accountant`] and
 //! keep a serialisable [`History`]. [`PrivacyAccountant`] is the serde-tagged union to store in
@@ -57,6 +58,16 @@ pub enum AccountantKind {
 impl AccountantKind {
     /// All kinds, in a stable order.
     pub const ALL: [AccountantKind; 3] = [Self::Rdp, Self::Prv, Self::Gdp];
+
+    /// Whether the ε this accountant reports is an upper bound on the true ε (RDP, PRV), rather
+    /// than an approximation that can under-report it (GDP). Only upper bounds may calibrate σ
+    /// for a target ε or enforce a budget ([`AccountantError::NotAnUpperBound`]).
+    pub fn is_upper_bound(self) -> bool {
+        match self {
+            Self::Rdp | Self::Prv => true,
+            Self::Gdp => false,
+        }
+    }
 
     /// Lower-case name (`"rdp"`, `"prv"`, `"gdp"`).
     pub fn as_str(self) -> &'static str {

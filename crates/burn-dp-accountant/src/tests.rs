@@ -211,10 +211,13 @@ fn full_batch_is_the_gaussian_mechanism() {
 }
 
 #[test]
-fn calibration_achieves_target_for_every_accountant() {
+fn calibration_achieves_target_for_every_upper_bound_accountant() {
     let schedule = Schedule::from_epochs(60_000, 256, 3).unwrap();
     assert_eq!(schedule.steps, 704); // ceil(3 * 60000 / 256) = ceil(703.125)
-    for kind in AccountantKind::ALL {
+    for kind in AccountantKind::ALL
+        .into_iter()
+        .filter(|k| k.is_upper_bound())
+    {
         let cal = noise_multiplier(kind, 2.0, 1e-5, schedule).unwrap();
         assert!(
             cal.epsilon.epsilon <= 2.0 && cal.epsilon.epsilon >= 2.0 - 0.011,
@@ -226,6 +229,34 @@ fn calibration_achieves_target_for_every_accountant() {
             cal.epsilon.epsilon
         );
     }
+}
+
+#[test]
+fn calibration_refuses_gdp_because_it_can_under_report() {
+    // Issue 11, item 7: q = 0.001, T = 100, target epsilon 1 at delta 1e-5.
+    let schedule = Schedule::new(0.001, 100).unwrap();
+    for kind in [AccountantKind::Rdp, AccountantKind::Prv] {
+        assert!(kind.is_upper_bound());
+    }
+    let err = noise_multiplier(AccountantKind::Gdp, 1.0, 1e-5, schedule).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AccountantError::NotAnUpperBound {
+                accountant: AccountantKind::Gdp,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("gdp") && err.to_string().contains("rdp or prv"));
+    // Why: the sigma GDP would pick (0.39) gives GDP epsilon <= 1, but RDP bounds it by ~7.
+    let h = history(&[(0.39, 0.001, 100)]);
+    let gdp = epsilon(AccountantKind::Gdp, &h, 1e-5).unwrap().epsilon;
+    let rdp = epsilon(AccountantKind::Rdp, &h, 1e-5).unwrap().epsilon;
+    assert!(gdp <= 1.0 && rdp > 6.5, "gdp {gdp}, rdp {rdp}");
+    // GDP still reports (as an approximation): an existing history is not refused.
+    assert!(gdp > 0.0);
 }
 
 #[test]

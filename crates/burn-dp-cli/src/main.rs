@@ -8,6 +8,11 @@
 //!
 //! Invalid input (or an unreachable target ε) exits with status 2 and a one-line reason on
 //! stderr; a computation that hits numerical limits exits with status 1.
+//!
+//! `--accountant gdp` only reports ε (an approximation, marked `"upper_bound": false` in JSON):
+//! `noise` refuses it with status 2, because a σ calibrated on an approximation that can
+//! under-report ε (q = 0.001, 100 steps, ε = 1: σ ≈ 0.39, where RDP bounds ε by 7.0) would not
+//! reach the target; the library refuses it the same way.
 
 use std::process::ExitCode;
 
@@ -98,7 +103,8 @@ enum Method {
     Rdp,
     /// Privacy random variables (tightest, with error bounds).
     Prv,
-    /// Gaussian DP central-limit approximation (not a guarantee).
+    /// Gaussian DP central-limit approximation (not a guarantee: `epsilon` only, `noise`
+    /// refuses it).
     Gdp,
 }
 
@@ -169,6 +175,7 @@ impl Common {
 /// Adds the epsilon fields (`epsilon`, and PRV bounds / RDP order) to a JSON object.
 fn epsilon_fields(m: &mut Map<String, Value>, eps: &Epsilon, key: &str) {
     m.insert(key.into(), json!(eps.epsilon));
+    m.insert("upper_bound".into(), json!(eps.accountant.is_upper_bound()));
     if let Some(b) = eps.bounds {
         m.insert("epsilon_estimate".into(), json!(eps.estimate));
         m.insert("epsilon_lower".into(), json!(b.lower));

@@ -41,6 +41,7 @@ fn epsilon_json_for_each_accountant() {
         assert_eq!(v["steps"], 1000);
         assert_eq!(v["noise_multiplier"], 1.0);
         let eps = v["epsilon"].as_f64().unwrap();
+        assert_eq!(v["upper_bound"], acc != "gdp", "{v}");
         match acc {
             // Opacus RDP: 2.1014; Google PLD: 1.8282.
             "rdp" => assert!((eps - 2.10139).abs() < 1e-3, "{v}"),
@@ -282,4 +283,48 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("burn-dp-cli-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+#[test]
+fn noise_refuses_gdp_like_the_library() {
+    // Issue 11, item 7: GDP would calibrate sigma ~ 0.39 here, where RDP bounds epsilon by ~7.
+    let schedule = [
+        "--delta",
+        "1e-5",
+        "--sample-rate",
+        "0.001",
+        "--steps",
+        "100",
+    ];
+    let mut args = vec!["noise", "--target-epsilon", "1"];
+    args.extend(schedule);
+    args.extend(["--accountant", "gdp"]);
+    for json in [false, true] {
+        let mut args = args.clone();
+        if json {
+            args.push("--json");
+        }
+        let out = burn_dp(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("gdp") && err.contains("rdp or prv"), "{err}");
+    }
+    // The same schedule with an upper-bound accountant calibrates, and GDP still reports epsilon
+    // at that sigma (as an approximation).
+    let mut rdp = vec!["noise", "--target-epsilon", "1"];
+    rdp.extend(schedule);
+    rdp.extend(["--accountant", "rdp", "--json"]);
+    let v = json_of(&burn_dp(&rdp));
+    assert!(
+        v["epsilon"].as_f64().unwrap() <= 1.0 && v["upper_bound"] == true,
+        "{v}"
+    );
+    let sigma = v["noise_multiplier"].as_f64().unwrap().to_string();
+    let mut gdp = vec!["epsilon", "--noise-multiplier", sigma.as_str()];
+    gdp.extend(schedule);
+    gdp.extend(["--accountant", "gdp", "--json"]);
+    let v = json_of(&burn_dp(&gdp));
+    assert_eq!(v["upper_bound"], false, "{v}");
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{Bool, Tensor, TensorPrimitive};
 use burn_autodiff::Autodiff;
 use burn_backend::tensor::FloatTensor;
 use burn_backend::TensorMetadata;
@@ -111,6 +111,10 @@ pub struct ClippedGradients<B: Backend> {
     pub untouched: Vec<String>,
     /// L2 sensitivity of the clipped sum: `sqrt(Σ_groups R_g²)`.
     pub sensitivity: f64,
+    /// Samples whose loss or per-sample gradient norm is not finite (NaN or ±∞), in batch order.
+    /// They contribute exactly zero to `sums` (their clipping factor is 0 and their cached rows
+    /// are replaced by zeros), so a sample still moves the sum by at most its clipping bound.
+    pub non_finite: Vec<usize>,
 }
 
 impl<B: Backend> ClippedGradients<B> {
@@ -363,6 +367,11 @@ pub fn per_sample_gradients<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
 /// loop over samples. Every trainable parameter of `model` must get its gradient through a rule of
 /// [`rules::RULES`]; anything else is an error naming the parameter.
 ///
+/// A sample whose loss or gradient norm is not finite (a NaN or ±∞ anywhere in its gradient
+/// makes its norm non-finite) is clipped to zero: it contributes exactly nothing, and is listed in
+/// [`ClippedGradients::non_finite`]. The clipping function stays bounded by its `R`, so the
+/// sensitivity holds and one bad sample cannot turn every parameter into NaN.
+///
 /// # Shapes
 /// `losses`: `[B]`, one loss per sample (their sum is differentiated).
 pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
@@ -372,7 +381,8 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
 ) -> Result<ClippedGradients<B>, DpError> {
     config.clipping.validate()?;
     let backward = profile::start::<B>(Phase::Backward, &losses.device());
-    let (b, device, resolved) = per_sample_pass(model, losses)?;
+    let loss_values = lower(losses.clone().inner());
+    let (b, device, mut resolved) = per_sample_pass(model, losses)?;
     backward.end();
     let untouched = resolved
         .iter()
@@ -403,12 +413,48 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     let total = sq.iter().fold(zeros(), |acc, s| acc + s.clone());
     norms_phase.end();
 
+    // Samples with a non-finite loss or norm (a NaN or ±∞ anywhere in a gradient reaches the
+    // norm) are excluded: clipping factor 0 and their rows zeroed (NaN · 0 would still be NaN).
+    let non_finite_mask = total
+        .clone()
+        .is_finite()
+        .bool_and(loss_values.is_finite())
+        .bool_not();
+    let non_finite: Vec<usize> = if b == 0 {
+        Vec::new()
+    } else {
+        non_finite_mask
+            .clone()
+            .int()
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .map_err(|e| DpError::InvalidConfig(format!("reading the non-finite mask: {e:?}")))?
+            .iter()
+            .enumerate()
+            .filter(|(_, &bad)| bad != 0)
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let drop = (!non_finite.is_empty()).then(|| non_finite_mask.into_primitive());
+    if let Some(drop) = &drop {
+        for r in resolved.iter_mut() {
+            if let Some(d) = &r.grad {
+                r.grad = Some(rules::zero_samples(d, drop));
+            }
+        }
+        for inst in instantiated.iter_mut() {
+            if let Some(t) = inst.take() {
+                *inst = Some(rules::zero_rows::<B>(t, drop));
+            }
+        }
+    }
+
     // Per group: norms, clipping factors, sensitivity.
     let factors_phase = profile::start::<B>(Phase::Factors, &device);
     let mut groups = Vec::new();
     let mut factors = Vec::new();
     let mut group_of = vec![0usize; resolved.len()];
-    let mut sensitivity_sq = 0.0;
     for (gi, (name, members, function)) in style_groups.iter().enumerate() {
         let norms = members
             .iter()
@@ -417,11 +463,15 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
         for &i in members {
             group_of[i] = gi;
         }
-        factors.push(function.factors(norms.clone()));
+        let mut c = function.factors(norms.clone());
+        if let Some(drop) = &drop {
+            c = c.mask_fill(Tensor::<B, 1, Bool>::from_primitive(drop.clone()), 0.0);
+        }
+        factors.push(c);
         groups.push((name.clone(), norms, *function));
-        sensitivity_sq += function.sensitivity().powi(2);
     }
     factors_phase.end();
+    let sensitivity = groups_sensitivity(&style_groups);
 
     // Clipped sums (book-keeping: one weighted product per cached term).
     let sums_phase = profile::start::<B>(Phase::ClippedSums, &device);
@@ -453,7 +503,8 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
         shapes,
         params,
         untouched,
-        sensitivity: sensitivity_sq.sqrt(),
+        sensitivity,
+        non_finite,
     })
 }
 
@@ -505,13 +556,21 @@ fn resolve<B: Backend>(g: PsTensor<B>, path: &str, b: usize) -> Result<Deferred<
 
 type Groups = Vec<(String, Vec<usize>, ClippingFn)>;
 
-/// The L2 sensitivity `sqrt(Σ_groups R_g²)` of a clipped sum over these trainable parameters.
+/// The L2 sensitivity `sqrt(Σ_groups R_g²)` of a clipped sum over these trainable parameters:
+/// what [`clipped_backward`] reports for the same clipping and parameters (both go through the
+/// same grouping and [`groups_sensitivity`]), used for the noise of an empty logical batch.
 pub fn sensitivity(clipping: &Clipping, params: &[(ParamId, &str)]) -> Result<f64, DpError> {
-    Ok(groups_of(clipping, params)?
+    Ok(groups_sensitivity(&groups_of(clipping, params)?))
+}
+
+/// `sqrt(Σ_groups R_g²)`: each sample's clipped contribution has norm at most `R_g` in group `g`
+/// (a group no parameter falls in still counts, which only over-estimates).
+fn groups_sensitivity(groups: &Groups) -> f64 {
+    groups
         .iter()
         .map(|(_, _, f)| f.sensitivity().powi(2))
         .sum::<f64>()
-        .sqrt())
+        .sqrt()
 }
 
 fn groups_of(clipping: &Clipping, params: &[(ParamId, &str)]) -> Result<Groups, DpError> {

@@ -92,6 +92,20 @@ pub enum DpError {
         /// δ.
         delta: f64,
     },
+    /// The sampling rate the privacy state accounts for and the sampling that draws the batches
+    /// disagree (the sampler's q, the expected batch size `q·N` the update is divided by, or a
+    /// checkpoint's): the reported ε would not describe the run.
+    #[error("sampling mismatch: {what} is {found}, but the privacy state's sample rate q = {sample_rate} implies {expected}; build the PrivacyState, the PoissonSampler and the DpOptimizer from one q (DpOptimizer::new takes the sampler)")]
+    SamplingMismatch {
+        /// Which value disagrees (e.g. "the sampler's sample rate").
+        what: &'static str,
+        /// The privacy state's q.
+        sample_rate: f64,
+        /// The value q implies.
+        expected: f64,
+        /// The value found.
+        found: f64,
+    },
     /// An accounting error (invalid σ, q, δ, unreachable target, ...).
     #[error("privacy accounting: {0}")]
     Accounting(#[from] burn_dp_accountant::AccountantError),

@@ -26,7 +26,7 @@ use crate::error::DpError;
 use crate::noise::{NoiseSource, RngState, SecureRng};
 use crate::privacy::PrivacyState;
 use crate::profile::{self, Phase};
-use crate::sampling::{PoissonSampler, SamplerState};
+use crate::sampling::{same_rate, PoissonSampler, SamplerState};
 
 /// Clipped sums accumulated over the physical batches of one logical batch.
 struct Accumulated<B: Backend> {
@@ -42,6 +42,9 @@ pub struct BatchStats {
     pub samples: usize,
     /// Per-sample gradient norms (flat, before clipping).
     pub norms: Vec<f32>,
+    /// Samples whose loss or gradient norm was not finite (NaN or ±∞): each contributed exactly
+    /// zero to the clipped sum (see [`clipped_backward`]).
+    pub non_finite: usize,
 }
 
 /// A DP optimizer around `inner` (e.g. burn's `Sgd`, `Adam`, `AdamW` adaptors).
@@ -68,21 +71,21 @@ pub struct DpCheckpointState {
 }
 
 impl<O, B: Backend> DpOptimizer<O, B> {
-    /// Wraps `inner`. `expected_batch_size` is what the noisy sum is divided by: `q·N` under Poisson
-    /// sampling (see [`PoissonSampler::expected_batch_size`]), the logical batch size otherwise.
+    /// Wraps `inner` for batches drawn by `sampler`.
+    ///
+    /// The sampling rate has one source: the sampler's q must be the q `privacy` accounts for
+    /// ([`DpError::SamplingMismatch`] otherwise), and the noisy sum is divided by the sampler's
+    /// expected logical batch size `q·N` ([`PoissonSampler::expected_batch_size`]).
     pub fn new(
         inner: O,
         clipping: PerSampleConfig,
         privacy: PrivacyState,
-        expected_batch_size: f64,
+        sampler: &PoissonSampler,
         noise: NoiseSource,
     ) -> Result<Self, DpError> {
         clipping.clipping.validate()?;
-        if !(expected_batch_size > 0.0 && expected_batch_size.is_finite()) {
-            return Err(DpError::InvalidConfig(format!(
-                "expected batch size must be positive, got {expected_batch_size}"
-            )));
-        }
+        sampler.check_sample_rate(privacy.sample_rate)?;
+        let expected_batch_size = sampler.expected_batch_size();
         Ok(DpOptimizer {
             inner,
             clipping,
@@ -126,6 +129,7 @@ impl<O, B: Backend> DpOptimizer<O, B> {
         let clipped = clipped_backward(&self.clipping, model, losses)?;
         let stats = BatchStats {
             samples: clipped.batch_size,
+            non_finite: clipped.non_finite.len(),
             norms: clipped
                 .norms
                 .clone()
@@ -188,6 +192,51 @@ impl<O, B: Backend> DpOptimizer<O, B> {
 }
 
 impl<O, B: Backend> DpOptimizer<O, B> {
+    /// Refuses a sampler that does not draw at this optimizer's rate: its q must be the privacy
+    /// state's, and its `q·N` the expected batch size the update is divided by.
+    fn check_sampler(&self, sampler: &PoissonSampler) -> Result<(), DpError> {
+        sampler.check_sample_rate(self.privacy.sample_rate)?;
+        if !same_rate(sampler.expected_batch_size(), self.expected_batch_size) {
+            return Err(DpError::SamplingMismatch {
+                what: "the sampler's expected batch size q·N",
+                sample_rate: self.privacy.sample_rate,
+                expected: self.expected_batch_size,
+                found: sampler.expected_batch_size(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A checkpoint must describe the same sampling as this optimizer (built from its sampler):
+    /// the same q and the same expected batch size; and the sampler to restore must match too.
+    fn check_checkpoint_sampling(
+        &self,
+        state: &DpCheckpointState,
+        sampler: Option<&PoissonSampler>,
+    ) -> Result<(), DpError> {
+        let q = self.privacy.sample_rate;
+        if !same_rate(state.privacy.sample_rate, q) {
+            return Err(DpError::SamplingMismatch {
+                what: "the checkpoint's sample rate",
+                sample_rate: q,
+                expected: q,
+                found: state.privacy.sample_rate,
+            });
+        }
+        if !same_rate(state.expected_batch_size, self.expected_batch_size) {
+            return Err(DpError::SamplingMismatch {
+                what: "the checkpoint's expected batch size",
+                sample_rate: q,
+                expected: self.expected_batch_size,
+                found: state.expected_batch_size,
+            });
+        }
+        match sampler {
+            Some(sampler) => self.check_sampler(sampler),
+            None => Ok(()),
+        }
+    }
+
     /// One DP step on the accumulated logical batch: add noise, scale, inner step, account.
     pub fn step<M>(&mut self, lr: f64, model: M) -> Result<M, DpError>
     where
@@ -298,6 +347,9 @@ impl<O, B: Backend> DpOptimizer<O, B> {
                 "gradients are accumulated: save after step()".into(),
             ));
         }
+        if let Some(sampler) = sampler {
+            self.check_sampler(sampler)?;
+        }
         let io = |e: std::io::Error| DpError::Checkpoint(e.to_string());
         std::fs::create_dir_all(dir).map_err(io)?;
         let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
@@ -337,6 +389,7 @@ impl<O, B: Backend> DpOptimizer<O, B> {
         })?;
         let state: DpCheckpointState =
             serde_json::from_str(&json).map_err(|e| DpError::Checkpoint(e.to_string()))?;
+        self.check_checkpoint_sampling(&state, sampler.as_deref())?;
         let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
         let rec = |e: burn::record::RecorderError| DpError::Checkpoint(e.to_string());
         let device = model.devices().first().cloned().unwrap_or_default();

@@ -1,8 +1,8 @@
 //! The privacy state of a training run: σ, q, δ, the accountant's history and the budget.
 
 use burn_dp_accountant::{
-    calibrate_noise_multiplier, Accountant, AccountantKind, CalibrationOptions, Epsilon,
-    PrivacyAccountant, Schedule,
+    calibrate_noise_multiplier, Accountant, AccountantError, AccountantKind, CalibrationOptions,
+    Epsilon, PrivacyAccountant, Schedule,
 };
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +58,10 @@ impl PrivacyState {
 
     /// A run that must end at ε ≤ `target_epsilon`: σ is calibrated for `schedule` before training
     /// (bisection; the σ returned achieves ε ≤ target) and the budget is enforced.
+    ///
+    /// The accountant must give upper bounds (RDP or PRV): GDP, an approximation that can
+    /// under-report ε several-fold, is refused with
+    /// [`AccountantError::NotAnUpperBound`](burn_dp_accountant::AccountantError::NotAnUpperBound).
     pub fn for_target_epsilon(
         target_epsilon: f64,
         delta: f64,
@@ -98,11 +102,20 @@ impl PrivacyState {
         self.accountant.history().total_steps()
     }
 
-    /// Refuses the next step if it would exceed an enforced budget.
+    /// Refuses the next step if it would exceed an enforced budget. Enforcing needs an upper
+    /// bound on ε: with GDP (an approximation) an enforced target is refused outright.
     pub(crate) fn check_next_step(&self) -> Result<(), DpError> {
         let (Some(target), BudgetPolicy::Enforce) = (self.target_epsilon, self.budget) else {
             return Ok(());
         };
+        let kind = self.accountant.kind();
+        if !kind.is_upper_bound() {
+            return Err(AccountantError::NotAnUpperBound {
+                accountant: kind,
+                purpose: "budget enforcement",
+            }
+            .into());
+        }
         let mut next = self.accountant.clone();
         next.step(self.noise_multiplier, self.sample_rate, 1)?;
         let eps = next.epsilon(self.delta)?.epsilon;

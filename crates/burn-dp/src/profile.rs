@@ -241,7 +241,7 @@ mod tests {
     fn a_dp_step_records_every_library_phase() {
         use crate::{
             batch, AccountantKind, ClippingFn, DpAutodiff, DpOptimizer, NoiseSource,
-            PerSampleConfig, PrivacyState,
+            PerSampleConfig, PoissonSampler, PrivacyState,
         };
         use burn::nn::LinearConfig;
         use burn::optim::SgdConfig;
@@ -256,7 +256,7 @@ mod tests {
             SgdConfig::new().init(),
             PerSampleConfig::new(ClippingFn::AUTOMATIC),
             privacy,
-            4.0,
+            &PoissonSampler::new(40, 0.1, 4, NoiseSource::FixedSeedForExperiments(1)).unwrap(),
             NoiseSource::FixedSeedForExperiments(1),
         )
         .unwrap();

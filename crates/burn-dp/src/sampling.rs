@@ -77,6 +77,26 @@ impl PoissonSampler {
         self.sample_rate
     }
 
+    /// The dataset size N.
+    pub fn dataset_size(&self) -> usize {
+        self.dataset_size
+    }
+
+    /// Refuses a sampler whose q is not the privacy accounting's `sample_rate` (relative
+    /// difference above 1e-12): ε is computed for that q, so batches drawn at another rate would
+    /// make it wrong.
+    pub fn check_sample_rate(&self, sample_rate: f64) -> Result<(), DpError> {
+        if !same_rate(self.sample_rate, sample_rate) {
+            return Err(DpError::SamplingMismatch {
+                what: "the sampler's sample rate",
+                sample_rate,
+                expected: sample_rate,
+                found: self.sample_rate,
+            });
+        }
+        Ok(())
+    }
+
     /// Draws the next logical batch.
     pub fn next_batch(&mut self) -> LogicalBatch {
         let indices = (0..self.dataset_size)
@@ -101,6 +121,12 @@ impl PoissonSampler {
             self.rng = SecureRng::restore(s);
         }
     }
+}
+
+/// Whether two rates (or expected batch sizes) are equal up to a relative 1e-12 (rounding of
+/// the same value computed two ways).
+pub(crate) fn same_rate(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-12 * a.abs().max(b.abs())
 }
 
 impl LogicalBatch {

@@ -86,13 +86,7 @@ where
             physical_batch_size,
             noise,
         )?;
-        let optim = DpOptimizer::new(
-            inner,
-            clipping,
-            privacy,
-            sampler.expected_batch_size(),
-            noise,
-        )?;
+        let optim = DpOptimizer::new(inner, clipping, privacy, &sampler, noise)?;
         let device = model
             .devices()
             .into_iter()
@@ -313,7 +307,7 @@ mod tests {
             SgdConfig::new().init::<Dp, Net<Dp>>(),
             PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
             privacy(None),
-            sampler.expected_batch_size(),
+            &sampler,
             noise,
         )
         .unwrap();
@@ -432,7 +426,10 @@ mod tests {
     fn a_dp_step_moves_no_bytes_per_parameter() {
         let (small, p_small) = bytes_of_one_step(64_000);
         let (big, p_big) = bytes_of_one_step(640_000);
-        assert!(p_small < 2_000_000 && p_big >= 10_000_000, "{p_small} {p_big}");
+        assert!(
+            p_small < 2_000_000 && p_big >= 10_000_000,
+            "{p_small} {p_big}"
+        );
         assert_eq!(
             small, big,
             "host↔device bytes grew with the parameter count ({p_small} → {p_big} parameters)"

@@ -26,9 +26,8 @@ use crate::clip::ClippingFn;
 use crate::engine::{batch, DpAutodiff, PerSampleConfig};
 use crate::error::DpError;
 use crate::noise::NoiseSource;
-use crate::optim::DpOptimizer;
 use crate::privacy::PrivacyState;
-use crate::sampling::PoissonSampler;
+use crate::trainer::PrivateTrainer;
 
 use super::scores::Scores;
 
@@ -252,42 +251,38 @@ impl GradientCanaryConfig {
                 self.canaries
             )));
         }
-        let data = self.dataset(membership);
-        let mut sampler = PoissonSampler::new(
-            data.len(),
-            self.sample_rate,
-            self.physical_batch_size,
-            NoiseSource::Os,
-        )?;
-        let mut optim = DpOptimizer::new(
+        // Every canary has a row; an absent one is weighted 0, so it contributes exactly nothing
+        // to the clipped sum (as if it were not in the data set) while the data set size, and so
+        // the public divisor q·N, is the same in both worlds.
+        let data = self.dataset(&vec![true; self.canaries]);
+        let weights: Vec<f32> = (0..data.len())
+            .map(|i| match i.checked_sub(self.background) {
+                Some(j) if !membership[j] => 0.0,
+                _ => 1.0,
+            })
+            .collect();
+        let mut trainer = PrivateTrainer::new(
+            LinearProbe::<DpAutodiff<B>>::new(self.dim(), device),
             SgdConfig::new().init::<DpAutodiff<B>, LinearProbe<DpAutodiff<B>>>(),
             PerSampleConfig::new(self.clipping),
             self.privacy_state()?,
-            self.expected_batch_size(),
+            data.len(),
+            self.physical_batch_size,
             NoiseSource::Os,
         )?;
-        let mut model = LinearProbe::<DpAutodiff<B>>::new(self.dim(), device);
         let mut scores = vec![0.0; self.canaries];
         // ANCHOR: audited_step
         for _ in 0..self.steps {
-            let before = model.weights();
-            let logical = sampler.next_batch();
-            if logical.is_empty() {
-                model = optim.step_empty(AUDIT_LR, model)?;
-            } else {
-                for physical in logical.physical() {
-                    let x = self.inputs::<B>(&data, &physical.indices, device);
-                    let mask = Tensor::from_data(
-                        TensorData::new(physical.mask.clone(), [physical.mask.len()]),
-                        device,
-                    );
-                    optim.backward(&model, model.losses(x) * mask)?;
-                }
-                model = optim.step(AUDIT_LR, model)?;
-            }
+            let before = trainer.model().weights();
+            trainer.step(AUDIT_LR, |model, indices| {
+                let x = self.inputs::<B>(&data, indices, device);
+                let w: Vec<f32> = indices.iter().map(|&i| weights[i]).collect();
+                let w = Tensor::from_data(TensorData::new(w, [indices.len()]), device);
+                model.losses(x) * w
+            })?;
             for (s, d) in scores
                 .iter_mut()
-                .zip(self.score_step(&before, &model.weights()))
+                .zip(self.score_step(&before, &trainer.model().weights()))
             {
                 *s += d;
             }

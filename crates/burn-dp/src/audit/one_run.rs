@@ -22,9 +22,8 @@ use crate::clip::ClippingFn;
 use crate::engine::{batch, DpAutodiff, PerSampleConfig};
 use crate::error::DpError;
 use crate::noise::NoiseSource;
-use crate::optim::DpOptimizer;
 use crate::privacy::PrivacyState;
-use crate::sampling::PoissonSampler;
+use crate::trainer::PrivateTrainer;
 
 use super::stats::one_run_epsilon_lower_bound;
 
@@ -213,10 +212,14 @@ impl BlackBoxConfig {
             let y = ((true_label + 1 + j / CLASSES % (CLASSES - 1)) % CLASSES) as i64;
             (x, y)
         };
-        for (j, _) in membership.iter().enumerate().filter(|(_, &m)| m) {
+        // Every canary has a row; an absent one is weighted 0 (it contributes exactly nothing, as
+        // if it were not in the data set) and the data set size q·N divides by is public.
+        let mut weights = vec![1.0f32; self.examples];
+        for (j, &m) in membership.iter().enumerate() {
             let (x, y) = canary(j);
             xs.push(x);
             ys.push(y);
+            weights.push(if m { 1.0 } else { 0.0 });
         }
         let tensors = |rows: &[usize], xs: &[Vec<f32>], ys: &[i64]| {
             let flat: Vec<f32> = rows.iter().flat_map(|&i| xs[i].clone()).collect();
@@ -238,40 +241,26 @@ impl BlackBoxConfig {
             self.delta,
             self.accountant,
         )?;
-        // The divisor is public: q times the data set size with every canary in.
-        let expected = self.sample_rate * (self.examples + self.canaries) as f64;
-        let mut sampler = PoissonSampler::new(
-            xs.len(),
-            self.sample_rate,
-            self.physical_batch_size,
-            NoiseSource::Os,
-        )?;
         type Dp<B> = DpAutodiff<B>;
-        let mut optim = DpOptimizer::new(
+        let mut trainer = PrivateTrainer::new(
+            SmallClassifier::<Dp<B>>::new(FEATURES, HIDDEN, CLASSES, device),
             SgdConfig::new().init::<Dp<B>, SmallClassifier<Dp<B>>>(),
             PerSampleConfig::new(self.clipping),
             privacy,
-            expected,
+            xs.len(),
+            self.physical_batch_size,
             NoiseSource::Os,
         )?;
-        let mut model = SmallClassifier::<Dp<B>>::new(FEATURES, HIDDEN, CLASSES, device);
         for step in 0..self.steps {
-            let logical = sampler.next_batch();
-            if logical.is_empty() {
-                model = optim.step_empty(self.learning_rate, model)?;
-            } else {
-                for physical in logical.physical() {
-                    let (x, y) = tensors(&physical.indices, &xs, &ys);
-                    let mask = Tensor::from_data(
-                        TensorData::new(physical.mask.clone(), [physical.mask.len()]),
-                        device,
-                    );
-                    optim.backward(&model, model.losses(x, y) * mask)?;
-                }
-                model = optim.step(self.learning_rate, model)?;
-            }
+            trainer.step(self.learning_rate, |model, indices| {
+                let (x, y) = tensors(indices, &xs, &ys);
+                let w: Vec<f32> = indices.iter().map(|&i| weights[i]).collect();
+                let w = Tensor::from_data(TensorData::new(w, [indices.len()]), device);
+                model.losses(x, y) * w
+            })?;
             progress(step + 1);
         }
+        let model = trainer.into_model();
         // Score every canary (in or out) by minus its loss under the final model.
         let (cx, cy): (Vec<Vec<f32>>, Vec<i64>) = (0..self.canaries).map(canary).unzip();
         let rows: Vec<usize> = (0..self.canaries).collect();

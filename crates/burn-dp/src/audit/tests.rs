@@ -12,6 +12,7 @@ use crate::clip::ClippingFn;
 use crate::engine::{clipped_backward, DpAutodiff, PerSampleConfig};
 use crate::noise::NoiseSource;
 use crate::optim::DpOptimizer;
+use crate::sampling::PoissonSampler;
 
 type Inner = NdArray<f32>;
 type Dp = DpAutodiff<Inner>;
@@ -71,7 +72,14 @@ fn broken_run(c: &GradientCanaryConfig, membership: &[bool], breakage: Breakage)
         SgdConfig::new().init::<Dp, LinearProbe<Dp>>(),
         per_sample.clone(),
         c.privacy_state().unwrap(),
-        c.expected_batch_size(),
+        // The divisor q·N over every canary, as the real run has.
+        &PoissonSampler::new(
+            c.background + c.canaries,
+            c.sample_rate,
+            c.physical_batch_size,
+            NoiseSource::Os,
+        )
+        .unwrap(),
         NoiseSource::Os,
     )
     .unwrap();

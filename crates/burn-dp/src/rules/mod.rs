@@ -25,10 +25,10 @@ pub mod linear;
 pub mod outer;
 
 use burn::tensor::{Tensor, TensorPrimitive};
-use burn_backend::tensor::FloatTensor;
-use burn_backend::{Backend, Shape, TensorMetadata};
+use burn_backend::tensor::{BoolTensor, FloatTensor};
+use burn_backend::{Backend, Scalar, Shape, TensorMetadata};
 
-use crate::backend::{Deferred, Term};
+use crate::backend::{Deferred, Factor, Term};
 
 /// One row of the rule table.
 #[derive(Debug, Clone, Copy)]
@@ -196,8 +196,22 @@ fn from_instantiated<B: Backend>(inst: FloatTensor<B>) -> SqNorms<B> {
     }
 }
 
-/// Squared per-sample norms of a deferred gradient: ghost norm or instantiation per `mode`.
+/// Squared per-sample norms of a deferred gradient: ghost norm or instantiation per `mode`,
+/// negative values clamped to 0.
+///
+/// A ghost norm `Σ_{t,s} (a_t·a_s)(g_t·g_s)` is a squared norm, but in f32 the Gram products of
+/// nearly cancelling positions can sum to a slightly negative number, whose square root is NaN.
+/// The clamp is a select on `sq < 0`, so a NaN (a non-finite gradient) stays NaN and the engine
+/// can exclude that sample.
 pub(crate) fn sq_norms<B: Backend>(d: &Deferred<B>, mode: NormMode) -> SqNorms<B> {
+    let SqNorms { sq, instantiated } = sq_norms_unclamped(d, mode);
+    SqNorms {
+        sq: sq.clone().mask_fill(sq.lower_elem(0.0), 0.0),
+        instantiated,
+    }
+}
+
+fn sq_norms_unclamped<B: Backend>(d: &Deferred<B>, mode: NormMode) -> SqNorms<B> {
     if let [term] = d.terms.as_slice() {
         return match term {
             Term::Outer { left, right }
@@ -245,6 +259,61 @@ pub(crate) fn sq_norms<B: Backend>(d: &Deferred<B>, mode: NormMode) -> SqNorms<B
         }
     }
     from_instantiated(instantiate(d))
+}
+
+/// `t` `[B, ...]` with the rows of the samples marked in `drop` `[B]` replaced by exactly 0.
+///
+/// A select (`mask_fill`), not a product: `NaN · 0` is NaN, so multiplying a non-finite row by a
+/// zero clipping factor would still poison every weighted sum it enters.
+pub(crate) fn zero_rows<B: Backend>(t: FloatTensor<B>, drop: &BoolTensor<B>) -> FloatTensor<B> {
+    let shape = t.shape();
+    let mut mask_shape = vec![1; shape.num_dims()];
+    mask_shape[0] = shape[0];
+    let mask = B::bool_expand(
+        B::bool_reshape(drop.clone(), Shape::from(mask_shape)),
+        shape,
+    );
+    B::float_mask_fill(t, mask, Scalar::Float(0.0))
+}
+
+/// The deferred gradient with the samples marked in `drop` `[B]` removed: every cached per-sample
+/// tensor (dense outer factors, convolution inputs and upstream gradients, instantiated rows) has
+/// their rows set to exactly 0, so each of them contributes exactly 0 to every clipped sum.
+/// One-hot factors are token ids, finite by construction, and stay as they are.
+pub(crate) fn zero_samples<B: Backend>(d: &Deferred<B>, drop: &BoolTensor<B>) -> Deferred<B> {
+    let factor = |f: &Factor<B>| match f {
+        Factor::Dense(t) => Factor::Dense(zero_rows::<B>(t.clone(), drop)),
+        one_hot @ Factor::OneHot { .. } => one_hot.clone(),
+    };
+    let terms = d
+        .terms
+        .iter()
+        .map(|term| match term {
+            Term::Outer { left, right } => Term::Outer {
+                left: factor(left),
+                right: factor(right),
+            },
+            Term::Conv {
+                x,
+                weight,
+                grad,
+                kind,
+            } => Term::Conv {
+                x: zero_rows::<B>(x.clone(), drop),
+                weight: weight.clone(),
+                grad: zero_rows::<B>(grad.clone(), drop),
+                kind: kind.clone(),
+            },
+            Term::Batched(t) => Term::Batched(zero_rows::<B>(t.clone(), drop)),
+        })
+        .collect();
+    Deferred {
+        shape: d.shape.clone(),
+        dtype: d.dtype,
+        device: d.device.clone(),
+        terms,
+        taint: d.taint,
+    }
 }
 
 /// `Σ_i c_i G_i` from already instantiated per-sample gradients, or by [`weighted_sum`].
