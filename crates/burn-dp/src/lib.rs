@@ -32,7 +32,7 @@ pub use engine::{
 };
 pub use error::DpError;
 pub use freeze::{freeze, FreezePolicy, FreezeReport};
-pub use noise::NoiseSource;
+pub use noise::{NoiseBackend, NoiseSource};
 pub use optim::{BatchStats, DpCheckpointState, DpOptimizer};
 pub use privacy::{BudgetPolicy, PrivacyState};
 pub use rules::NormMode;
@@ -42,5 +42,7 @@ pub use sampling::{LogicalBatch, PhysicalBatch, PoissonSampler};
 #[cfg(feature = "cuda")]
 pub use burn_cuda::Cuda;
 
+#[cfg(test)]
+mod noise_tests;
 #[cfg(test)]
 mod tests;
