@@ -85,7 +85,10 @@ fn input<B: Backend>(
 }
 
 /// Runs one configuration on backend `Inner` and returns its JSON line.
-pub fn run_one<Inner: burn_dp::NoiseBackend>(cfg: &Config, backend: &str) -> Result<serde_json::Value, String> {
+pub fn run_one<Inner: burn_dp::NoiseBackend>(
+    cfg: &Config,
+    backend: &str,
+) -> Result<serde_json::Value, String> {
     let device: Inner::Device = Default::default();
     let dp = cfg.mode.starts_with("dp");
     let policy = if cfg.mode.ends_with("bitfit") {

@@ -597,3 +597,38 @@ fn ndarray_noise_backend_equals_the_host_stream() {
     let v = t.into_data().to_vec::<f32>().unwrap();
     assert_eq!(v, gaussian_vec(g.key().words(), 4, 2, 1000, 0.3));
 }
+
+/// The kernel on a CUDA GPU against the host stream, and the statistics of its output. Run where
+/// a GPU is at hand: `cargo test -p burn-dp --features cuda --lib cuda_kernel -- --ignored`.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_kernel_matches_the_host_stream() {
+    type C = burn_cuda::Cuda;
+    let dev = Default::default();
+    let key = NoiseKey::from_fixed_seed(81);
+    let cases = [
+        (0u64, 0u64, 1_000_003usize),
+        (7, (1 << 32) - 3, 1000),
+        (u64::MAX - 1, 5, 17),
+    ];
+    for (step, first, n) in cases {
+        let t = <C as NoiseBackend>::gaussian_noise(&key, step, first, n, 1.0, &dev);
+        let t = Tensor::<C, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(t));
+        let device = t.into_data().to_vec::<f32>().unwrap();
+        let host = gaussian_vec(key.words(), step, first, n, 1.0);
+        // Same words, same transform: only ln/sin/cos's last bits differ between platforms.
+        for (i, (d, h)) in device.iter().zip(&host).enumerate() {
+            assert!(
+                (d - h).abs() <= 1e-5 * h.abs().max(1.0),
+                "step {step} element {i}: {d} vs {h}"
+            );
+        }
+        if n > 100_000 {
+            let (mean, var) = moments(&device);
+            let se = 1.0 / (n as f64).sqrt();
+            assert!(mean.abs() < 5.0 * se && (var - 1.0).abs() < 5.0 * 2f64.sqrt() * se);
+            assert!(fraction_close(beyond(&device, 3.0), 2.699_796e-3, n, 5.0));
+        }
+    }
+}

@@ -342,3 +342,13 @@ where
         NdArrayTensor::from(array)
     }
 }
+
+/// burn-cuda's `Cuda` (`Fusion<CubeBackend<CudaRuntime, ..>>` with its default `fusion` feature)
+/// draws its noise with the kernel: checked at compile time.
+#[cfg(feature = "cuda")]
+#[allow(dead_code)]
+fn cuda_draws_noise_on_the_device() {
+    fn noise_backend<B: NoiseBackend>() {}
+    noise_backend::<burn_cuda::Cuda>();
+    noise_backend::<burn_cuda::Cuda<f32, i32>>();
+}
