@@ -86,7 +86,7 @@ fn blocks_agree_with_rand_chacha_including_the_counter_carry() {
 }
 
 #[test]
-fn vectorised_and_threaded_paths_equal_the_scalar_definition() {
+fn host_paths_equal_the_reference_definition() {
     let key = NoiseKey::from_fixed_seed(1);
     let k = key.words();
     let std = 1.7f32;

@@ -37,6 +37,17 @@
 //! normals at 6.66σ and cost ≈ 10⁻⁶ per step at that size, which is why two words go into `u1`.
 //! Floating-point rounding of the output (Mironov 2012) is not addressed here, as in every
 //! mainstream DP library.
+//!
+//! # Implementations
+//!
+//! [`chacha20_block`] is the reference definition (checked against RFC 8439's vectors); the
+//! cubecl kernel (`noise::cube`) is written from it word for word. The host path takes the same
+//! keystream from `rand_chacha` (SIMD, about twice as fast here; a test checks its words against
+//! [`chacha20_block`], including the carry into the high counter word) and splits long draws
+//! over threads on whole blocks, so its output does not depend on the number of threads.
+
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
 
 /// "expand 32-byte k", the ChaCha constants (RFC 8439 §2.3).
 pub const CHACHA_CONSTANTS: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574];
@@ -88,60 +99,6 @@ pub fn chacha20_block(key: &[u32; 8], words12_15: [u32; 4]) -> [u32; 16] {
     x
 }
 
-/// Blocks processed side by side by [`chacha20_blocks`] (a width the compiler vectorises).
-const LANES: usize = 8;
-
-#[inline(always)]
-fn quarter_round_lanes(x: &mut [[u32; LANES]; 16], a: usize, b: usize, c: usize, d: usize) {
-    for l in 0..LANES {
-        x[a][l] = x[a][l].wrapping_add(x[b][l]);
-        x[d][l] = (x[d][l] ^ x[a][l]).rotate_left(16);
-        x[c][l] = x[c][l].wrapping_add(x[d][l]);
-        x[b][l] = (x[b][l] ^ x[c][l]).rotate_left(12);
-        x[a][l] = x[a][l].wrapping_add(x[b][l]);
-        x[d][l] = (x[d][l] ^ x[a][l]).rotate_left(8);
-        x[c][l] = x[c][l].wrapping_add(x[d][l]);
-        x[b][l] = (x[b][l] ^ x[c][l]).rotate_left(7);
-    }
-}
-
-/// [`LANES`] consecutive blocks `first, first + 1, ...` of `step`, word-major
-/// (`out[word][lane]`): the same function as [`chacha20_block`], written so that the rounds run
-/// on all lanes at once.
-fn chacha20_blocks(key: &[u32; 8], step: u64, first: u64) -> [[u32; LANES]; 16] {
-    let mut input = [[0u32; LANES]; 16];
-    for w in 0..4 {
-        input[w] = [CHACHA_CONSTANTS[w]; LANES];
-    }
-    for w in 0..8 {
-        input[4 + w] = [key[w]; LANES];
-    }
-    for l in 0..LANES {
-        let b = first.wrapping_add(l as u64);
-        input[12][l] = b as u32;
-        input[13][l] = (b >> 32) as u32;
-    }
-    input[14] = [step as u32; LANES];
-    input[15] = [(step >> 32) as u32; LANES];
-    let mut x = input;
-    for _ in 0..10 {
-        quarter_round_lanes(&mut x, 0, 4, 8, 12);
-        quarter_round_lanes(&mut x, 1, 5, 9, 13);
-        quarter_round_lanes(&mut x, 2, 6, 10, 14);
-        quarter_round_lanes(&mut x, 3, 7, 11, 15);
-        quarter_round_lanes(&mut x, 0, 5, 10, 15);
-        quarter_round_lanes(&mut x, 1, 6, 11, 12);
-        quarter_round_lanes(&mut x, 2, 7, 8, 13);
-        quarter_round_lanes(&mut x, 3, 4, 9, 14);
-    }
-    for w in 0..16 {
-        for l in 0..LANES {
-            x[w][l] = x[w][l].wrapping_add(input[w][l]);
-        }
-    }
-    x
-}
-
 /// The block function's input words 12..15 for block `block` of noise step `step`.
 pub fn counter_words(step: u64, block: u64) -> [u32; 4] {
     [
@@ -185,8 +142,13 @@ pub fn blocks_for(n: usize) -> u64 {
     n.div_ceil(NORMALS_PER_BLOCK) as u64
 }
 
+/// Blocks drawn from `rand_chacha` at a time.
+const BLOCKS_PER_FILL: usize = 4;
+
 /// Fills `out` with `std ·` the normals of elements `10·first_block ..` of `step`, on the
-/// calling thread.
+/// calling thread. The keystream comes from `rand_chacha` (SIMD; its 64-bit counter and 64-bit
+/// stream are this module's block index and step, a test checks every word against
+/// [`chacha20_block`]), the transform from [`normals_of_block`].
 pub fn fill_gaussian_single_thread(
     key: &[u32; 8],
     step: u64,
@@ -194,14 +156,24 @@ pub fn fill_gaussian_single_thread(
     std: f32,
     out: &mut [f32],
 ) {
-    let chunk = LANES * NORMALS_PER_BLOCK;
-    for (c, dst) in out.chunks_mut(chunk).enumerate() {
-        let words = chacha20_blocks(key, step, first_block.wrapping_add((c * LANES) as u64));
-        for (l, lane_dst) in dst.chunks_mut(NORMALS_PER_BLOCK).enumerate() {
-            let block: [u32; 16] = std::array::from_fn(|w| words[w][l]);
-            let z = normals_of_block(&block);
-            for (o, v) in lane_dst.iter_mut().zip(z) {
-                *o = v * std;
+    let mut seed = [0u8; 32];
+    for (i, w) in key.iter().enumerate() {
+        seed[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    let mut rng = ChaCha20Rng::from_seed(seed);
+    rng.set_stream(step);
+    rng.set_word_pos(first_block as u128 * 16);
+    let mut bytes = [0u8; 64 * BLOCKS_PER_FILL];
+    for dst in out.chunks_mut(NORMALS_PER_BLOCK * BLOCKS_PER_FILL) {
+        let blocks = dst.len().div_ceil(NORMALS_PER_BLOCK);
+        rng.fill_bytes(&mut bytes[..64 * blocks]);
+        for (b, block_dst) in dst.chunks_mut(NORMALS_PER_BLOCK).enumerate() {
+            let words: [u32; 16] = std::array::from_fn(|w| {
+                let at = 64 * b + 4 * w;
+                u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+            });
+            for (o, z) in block_dst.iter_mut().zip(normals_of_block(&words)) {
+                *o = z * std;
             }
         }
     }
@@ -224,8 +196,8 @@ pub fn fill_gaussian(
     if threads == 1 || out.len() < PARALLEL_THRESHOLD {
         return fill_gaussian_single_thread(key, step, first_block, std, out);
     }
-    // Whole groups of LANES blocks per thread so each thread's first element starts a block.
-    let unit = LANES * NORMALS_PER_BLOCK;
+    // Whole blocks per thread, so each thread's first element starts a block.
+    let unit = NORMALS_PER_BLOCK * BLOCKS_PER_FILL;
     let per_thread = out.len().div_ceil(threads).div_ceil(unit) * unit;
     std::thread::scope(|scope| {
         for (t, dst) in out.chunks_mut(per_thread).enumerate() {
