@@ -282,7 +282,7 @@ fn optimizer(
     sigma: f64,
     source: NoiseSource,
     style: ClippingStyle,
-) -> DpOptimizer<impl burn::optim::Optimizer<Net<Dp>, Dp> + Clone, Inner> {
+) -> DpOptimizer<impl burn::optim::Optimizer<Net<Dp>, Dp>, Inner> {
     let privacy =
         PrivacyState::with_noise_multiplier(sigma, 0.01, 1e-5, AccountantKind::Rdp).unwrap();
     DpOptimizer::new(
@@ -312,7 +312,7 @@ fn zero_losses(model: &Net<Dp>, rows: usize) -> Tensor<Dp, 1> {
 /// Runs `steps` steps (`step_empty`, or `step` after a zero-loss backward) and returns, per
 /// tensor, per step, the update `θ_t − θ_{t+1}` (lr 1, plain SGD: noise / E[B]).
 fn updates(
-    o: &mut DpOptimizer<impl burn::optim::Optimizer<Net<Dp>, Dp> + Clone, Inner>,
+    o: &mut DpOptimizer<impl burn::optim::Optimizer<Net<Dp>, Dp>, Inner>,
     mut model: Net<Dp>,
     steps: usize,
     empty: bool,
@@ -545,7 +545,8 @@ fn loaded_privacy_state_is_validated() {
             .map(|_| ())
     };
     assert_eq!(load_edited(&|_| {}), Ok(()));
-    let edits: [(&str, &dyn Fn(&mut serde_json::Value)); 8] = [
+    type Edit<'a> = (&'a str, &'a dyn Fn(&mut serde_json::Value));
+    let edits: [Edit; 8] = [
         ("negative σ", &|s| {
             s["privacy"]["noise_multiplier"] = (-1.0).into()
         }),

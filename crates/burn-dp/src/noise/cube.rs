@@ -23,8 +23,9 @@ use cubecl::{calculate_cube_count_elemwise, CubeDim};
 use super::chacha::{NORMALS_PER_BLOCK, TWO_PI_TWO_POW_M24, TWO_POW_M24, TWO_POW_M32};
 use super::{NoiseBackend, NoiseKey};
 
-/// One ChaCha20 quarter round (RFC 8439 §2.1), rotations as two shifts.
+/// One ChaCha20 quarter round (RFC 8439 §2.1), rotations as two shifts (cubecl has no rotate).
 #[cube]
+#[allow(clippy::manual_rotate)]
 fn quarter_round(a: &mut u32, b: &mut u32, c: &mut u32, d: &mut u32) {
     *a += *b;
     let x = *d ^ *a;
