@@ -340,7 +340,10 @@ fn measure(
 }
 
 /// Runs one configuration on backend `Inner` and returns its JSON line.
-pub fn run_one<Inner: Backend>(cfg: &Config, backend: BackendKind) -> Result<Value, String> {
+pub fn run_one<Inner: burn_dp::NoiseBackend>(
+    cfg: &Config,
+    backend: BackendKind,
+) -> Result<Value, String> {
     let device: Inner::Device = Default::default();
     let policy = cfg.single.mode.freeze_policy();
     let err = |e: burn_dp::DpError| e.to_string();

@@ -112,4 +112,15 @@ pub enum DpError {
     /// Saving or loading a checkpoint failed.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// An optimizer (or sampler) seeded from the OS was asked to continue a fixed-seed run.
+    #[error("checkpoint {path}: the {what} comes from a fixed seed, so continuing it would make this run's randomness known to anyone with the seed; build the optimizer with NoiseSource::FixedSeedForExperiments or call load_checkpoint_adopting_fixed_seed to continue it knowingly")]
+    FixedSeedCheckpoint {
+        /// The checkpoint directory.
+        path: String,
+        /// Which generator: the noise generator or the sampler.
+        what: String,
+    },
+    /// The operating system's randomness failed, or a noise stream is used up.
+    #[error("randomness: {0}")]
+    Randomness(String),
 }

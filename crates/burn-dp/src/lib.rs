@@ -35,7 +35,7 @@ pub use engine::{
 };
 pub use error::DpError;
 pub use freeze::{freeze, FreezePolicy, FreezeReport};
-pub use noise::NoiseSource;
+pub use noise::{NoiseBackend, NoiseSource};
 pub use optim::{BatchStats, DpCheckpointState, DpOptimizer};
 pub use privacy::{BudgetPolicy, PrivacyState};
 pub use rules::NormMode;
@@ -48,5 +48,7 @@ pub use burn_cuda::Cuda;
 
 #[cfg(test)]
 mod adversarial_tests;
+#[cfg(test)]
+mod noise_tests;
 #[cfg(test)]
 mod tests;

@@ -17,13 +17,14 @@ use burn::module::{AutodiffModule, ParamId};
 use burn::optim::Optimizer;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
-use burn_dp_accountant::Epsilon;
+use burn::tensor::{DType, Tensor};
+use burn_dp_accountant::{Accountant, Epsilon};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{self, clipped_backward, ClippedGradients, DpAutodiff, PerSampleConfig};
 use crate::error::DpError;
-use crate::noise::{NoiseSource, RngState, SecureRng};
+use crate::noise::chacha::blocks_for;
+use crate::noise::{NoiseBackend, NoiseCheckpoint, NoiseGenerator, NoiseSource};
 use crate::privacy::PrivacyState;
 use crate::profile::{self, Phase};
 use crate::sampling::{same_rate, PoissonSampler, SamplerState};
@@ -53,7 +54,7 @@ pub struct DpOptimizer<O, B: Backend> {
     clipping: PerSampleConfig,
     privacy: PrivacyState,
     expected_batch_size: f64,
-    noise: SecureRng,
+    noise: NoiseGenerator,
     accumulated: Option<Accumulated<B>>,
 }
 
@@ -64,8 +65,8 @@ pub struct DpCheckpointState {
     pub privacy: PrivacyState,
     /// Expected logical batch size.
     pub expected_batch_size: f64,
-    /// Noise generator position (fixed-seed runs only).
-    pub noise_rng: Option<RngState>,
+    /// The noise generator: `Os` (its key is never written) or a fixed seed and its position.
+    pub noise: NoiseCheckpoint,
     /// Sampler state, when a sampler was saved.
     pub sampler: Option<SamplerState>,
 }
@@ -91,7 +92,7 @@ impl<O, B: Backend> DpOptimizer<O, B> {
             clipping,
             privacy,
             expected_batch_size,
-            noise: SecureRng::new(noise, 0),
+            noise: NoiseGenerator::new(noise)?,
             accumulated: None,
         })
     }
@@ -114,6 +115,11 @@ impl<O, B: Backend> DpOptimizer<O, B> {
     /// Whether the noise comes from a fixed seed (not private against the seed holder).
     pub fn is_fixed_seed(&self) -> bool {
         self.noise.is_fixed_seed()
+    }
+
+    /// The noise step the next DP step will draw (the noise stream's position).
+    pub fn next_noise_step(&self) -> u64 {
+        self.noise.next_step()
     }
 
     /// Clip and accumulate one physical batch: runs the per-sample backward pass on `losses`
@@ -236,7 +242,9 @@ impl<O, B: Backend> DpOptimizer<O, B> {
             None => Ok(()),
         }
     }
+}
 
+impl<O, B: NoiseBackend> DpOptimizer<O, B> {
     /// One DP step on the accumulated logical batch: add noise, scale, inner step, account.
     pub fn step<M>(&mut self, lr: f64, model: M) -> Result<M, DpError>
     where
@@ -302,6 +310,22 @@ impl<O, B: Backend> DpOptimizer<O, B> {
         let device = params.first().map(|p| p.device.clone()).unwrap_or_default();
         let noise_phase = profile::start::<B>(Phase::Noise, &device);
         let std = self.privacy.noise_multiplier * sensitivity;
+        let std_f32 = std as f32;
+        if !(std_f32.is_finite() && std_f32 > 0.0) {
+            self.accumulated = acc;
+            return Err(DpError::InvalidConfig(format!(
+                "the noise std σ·R = {std} is not a positive f32"
+            )));
+        }
+        // The step of the noise stream is reserved before anything is drawn: it is never reused.
+        let step = match self.noise.begin_step() {
+            Ok(step) => step,
+            Err(e) => {
+                self.accumulated = acc;
+                return Err(e);
+            }
+        };
+        let mut first_block = 0u64;
         let mut update = HashMap::with_capacity(params.len());
         for p in &params {
             let numel: usize = p.shape.iter().product();
@@ -310,11 +334,12 @@ impl<O, B: Backend> DpOptimizer<O, B> {
                 Some(s) => s.cast(DType::F32),
                 None => Tensor::<B, 1>::zeros([numel], (&p.device, DType::F32)),
             };
-            // 2. add noise N(0, σ²R²), drawn and added in f32
-            let noise = Tensor::<B, 1>::from_data(
-                TensorData::new(self.noise.gaussian(numel, std), [numel]),
-                (&p.device, DType::F32),
-            );
+            // 2. add noise N(0, σ²R²), drawn on the parameter's device and added in f32; the
+            //    parameter's elements follow the previous parameters' blocks in the stream
+            let noise = self
+                .noise
+                .gaussian::<B>(step, first_block, numel, std_f32, &p.device);
+            first_block += blocks_for(numel);
             let noisy = clipped + noise;
             // 3. scale by the expected logical batch size
             let scaled = noisy.div_scalar(self.expected_batch_size);
@@ -363,7 +388,7 @@ impl<O, B: Backend> DpOptimizer<O, B> {
         let state = DpCheckpointState {
             privacy: self.privacy.clone(),
             expected_batch_size: self.expected_batch_size,
-            noise_rng: self.noise.state(),
+            noise: self.noise.checkpoint(),
             sampler: sampler.map(PoissonSampler::state),
         };
         let json =
@@ -374,8 +399,15 @@ impl<O, B: Backend> DpOptimizer<O, B> {
     /// Restores a checkpoint written by [`DpOptimizer::save_checkpoint`] into `model`, this
     /// optimizer and `sampler`. An OS-seeded run gets fresh OS randomness (its state is never
     /// saved); a fixed-seed run continues its streams exactly.
+    ///
+    /// Refused with a typed error, before anything is loaded: a checkpoint whose σ, q, δ,
+    /// target ε, accountant or expected batch size differ from this optimizer's, or are invalid
+    /// (a corrupt or edited file); and a fixed-seed checkpoint loaded into an optimizer or sampler
+    /// seeded from the OS ([`DpError::FixedSeedCheckpoint`]; see
+    /// [`DpOptimizer::load_checkpoint_adopting_fixed_seed`]). Clipped sums accumulated before the
+    /// load belong to the old model and are dropped. The budget policy stays this optimizer's.
     pub fn load_checkpoint<M>(
-        mut self,
+        self,
         dir: &Path,
         model: M,
         sampler: Option<&mut PoissonSampler>,
@@ -384,27 +416,153 @@ impl<O, B: Backend> DpOptimizer<O, B> {
         M: AutodiffModule<DpAutodiff<B>>,
         O: Optimizer<M, DpAutodiff<B>>,
     {
-        let json = std::fs::read_to_string(dir.join("dp_state.json")).map_err(|e| {
-            DpError::Checkpoint(format!("{}: {e}", dir.join("dp_state.json").display()))
-        })?;
-        let state: DpCheckpointState =
-            serde_json::from_str(&json).map_err(|e| DpError::Checkpoint(e.to_string()))?;
+        self.load_checkpoint_with(dir, model, sampler, false)
+    }
+
+    /// [`DpOptimizer::load_checkpoint`] that also continues a fixed-seed checkpoint's noise and
+    /// sampling streams when this optimizer (or the sampler) is seeded from the OS. The rest of
+    /// the run is then as public as the seed: for reproducing an experiment, never for private
+    /// training.
+    pub fn load_checkpoint_adopting_fixed_seed<M>(
+        self,
+        dir: &Path,
+        model: M,
+        sampler: Option<&mut PoissonSampler>,
+    ) -> Result<(Self, M), DpError>
+    where
+        M: AutodiffModule<DpAutodiff<B>>,
+        O: Optimizer<M, DpAutodiff<B>>,
+    {
+        self.load_checkpoint_with(dir, model, sampler, true)
+    }
+
+    fn load_checkpoint_with<M>(
+        mut self,
+        dir: &Path,
+        model: M,
+        sampler: Option<&mut PoissonSampler>,
+        adopt_fixed_seed: bool,
+    ) -> Result<(Self, M), DpError>
+    where
+        M: AutodiffModule<DpAutodiff<B>>,
+        O: Optimizer<M, DpAutodiff<B>>,
+    {
+        let path = dir.join("dp_state.json");
+        let json = std::fs::read_to_string(&path)
+            .map_err(|e| DpError::Checkpoint(format!("{}: {e}", path.display())))?;
+        let state: DpCheckpointState = serde_json::from_str(&json)
+            .map_err(|e| DpError::Checkpoint(format!("{}: {e}", path.display())))?;
+        self.check_loaded_state(&state)?;
         self.check_checkpoint_sampling(&state, sampler.as_deref())?;
+        let refuse = |what: &str| DpError::FixedSeedCheckpoint {
+            path: dir.display().to_string(),
+            what: what.to_string(),
+        };
+        let noise = match state.noise {
+            NoiseCheckpoint::Os => None,
+            NoiseCheckpoint::FixedSeedForExperiments { seed, next_step } => {
+                if !self.noise.is_fixed_seed() && !adopt_fixed_seed {
+                    return Err(refuse("noise generator"));
+                }
+                Some(NoiseGenerator::restore_fixed_seed(seed, next_step))
+            }
+        };
+        if let (Some(sampler), Some(s)) = (sampler.as_deref(), state.sampler.as_ref()) {
+            if s.rng.is_some() && !sampler.is_fixed_seed() && !adopt_fixed_seed {
+                return Err(refuse("sampler"));
+            }
+        }
         let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
         let rec = |e: burn::record::RecorderError| DpError::Checkpoint(e.to_string());
         let device = model.devices().first().cloned().unwrap_or_default();
         let model_record = recorder.load(dir.join("model"), &device).map_err(rec)?;
-        let model = model.load_record(model_record);
         let optim_record = recorder.load(dir.join("optimizer"), &device).map_err(rec)?;
+        let model = model.load_record(model_record);
         self.inner = self.inner.load_record(optim_record);
+        let budget = self.privacy.budget;
         self.privacy = state.privacy;
+        self.privacy.budget = budget;
         self.expected_batch_size = state.expected_batch_size;
-        if let Some(rng) = state.noise_rng {
-            self.noise = SecureRng::restore(rng);
+        // An OS-seeded checkpoint leaves this optimizer's own generator (a fresh OS key, or the
+        // fixed seed it was built with) in place.
+        if let Some(noise) = noise {
+            self.noise = noise;
         }
+        self.accumulated = None;
         if let (Some(sampler), Some(s)) = (sampler, state.sampler.as_ref()) {
             sampler.restore(s);
         }
         Ok((self, model))
+    }
+
+    /// A loaded DP state must be valid and describe the run this optimizer was configured for.
+    fn check_loaded_state(&self, state: &DpCheckpointState) -> Result<(), DpError> {
+        use burn_dp_accountant::history::{
+            validate_delta, validate_noise_multiplier, validate_sample_rate,
+        };
+        let invalid = |what: &str, e: burn_dp_accountant::AccountantError| {
+            DpError::Checkpoint(format!("invalid {what} in the checkpoint: {e}"))
+        };
+        let saved = &state.privacy;
+        validate_noise_multiplier(saved.noise_multiplier).map_err(|e| invalid("σ", e))?;
+        validate_sample_rate(saved.sample_rate).map_err(|e| invalid("q", e))?;
+        validate_delta(saved.delta).map_err(|e| invalid("δ", e))?;
+        saved
+            .accountant
+            .history()
+            .validate()
+            .map_err(|e| invalid("accountant history", e))?;
+        if let Some(t) = saved.target_epsilon {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(DpError::Checkpoint(format!(
+                    "invalid target ε {t} in the checkpoint"
+                )));
+            }
+        }
+        let ebs = state.expected_batch_size;
+        if !(ebs.is_finite() && ebs > 0.0) {
+            return Err(DpError::Checkpoint(format!(
+                "invalid expected batch size {ebs} in the checkpoint"
+            )));
+        }
+        let ours = &self.privacy;
+        let differs = |what: &str, configured: String, loaded: String| {
+            DpError::Checkpoint(format!(
+                "{what}: this optimizer has {configured}, the checkpoint {loaded}; build the \
+                 optimizer with the checkpoint's settings"
+            ))
+        };
+        if saved.noise_multiplier != ours.noise_multiplier {
+            let (c, l) = (ours.noise_multiplier, saved.noise_multiplier);
+            return Err(differs("noise multiplier σ", c.to_string(), l.to_string()));
+        }
+        if saved.sample_rate != ours.sample_rate {
+            let (c, l) = (ours.sample_rate, saved.sample_rate);
+            return Err(differs("sample rate q", c.to_string(), l.to_string()));
+        }
+        if saved.delta != ours.delta {
+            return Err(differs(
+                "δ",
+                ours.delta.to_string(),
+                saved.delta.to_string(),
+            ));
+        }
+        if saved.target_epsilon != ours.target_epsilon {
+            let (c, l) = (ours.target_epsilon, saved.target_epsilon);
+            return Err(differs("target ε", format!("{c:?}"), format!("{l:?}")));
+        }
+        if saved.accountant.kind() != ours.accountant.kind() {
+            let (c, l) = (ours.accountant.kind(), saved.accountant.kind());
+            return Err(differs("accountant", format!("{c:?}"), format!("{l:?}")));
+        }
+        if (ebs - self.expected_batch_size).abs() > 1e-9 * self.expected_batch_size {
+            let c = self.expected_batch_size;
+            return Err(differs(
+                "expected batch size",
+                c.to_string(),
+                ebs.to_string(),
+            ));
+        }
+        Ok(())
     }
 }

@@ -72,6 +72,11 @@ impl PoissonSampler {
         self.sample_rate * self.dataset_size as f64
     }
 
+    /// Whether the sampler draws from a fixed seed (its batches are public to the seed holder).
+    pub fn is_fixed_seed(&self) -> bool {
+        self.rng.is_fixed_seed()
+    }
+
     /// The sampling rate q.
     pub fn sample_rate(&self) -> f64 {
         self.sample_rate

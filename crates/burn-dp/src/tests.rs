@@ -148,35 +148,8 @@ fn close(a: &[f32], b: &[f32], tol: f32) {
     }
 }
 
-#[test]
-fn gaussian_noise_has_the_stated_std() {
-    // 200k draws: the sample std's standard error is σ/√(2n) ≈ 0.16 % of σ; tolerance 1 %.
-    let mut rng = crate::noise::SecureRng::new(NoiseSource::FixedSeedForExperiments(3), 0);
-    let v = rng.gaussian(200_000, 2.5);
-    let mean = v.iter().map(|x| *x as f64).sum::<f64>() / v.len() as f64;
-    let std = (v.iter().map(|x| (*x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
-    assert!(mean.abs() < 0.02, "mean {mean}");
-    assert!((std / 2.5 - 1.0).abs() < 0.01, "std {std}");
-}
-
-#[test]
-fn optimizer_noise_std_is_sigma_times_sensitivity() {
-    // Zero loss: the update is -lr · noise / E[B]; with lr = 1 and E[B] = 4 its std is σR/4.
-    let model = net();
-    let mut o = opt(3.0, 11);
-    let before = flat_params(&model);
-    o.backward(&model, losses(&model, &[0, 1], Some(&[0.0, 0.0])))
-        .unwrap();
-    let after = flat_params(&o.step(1.0, model).unwrap());
-    let d: Vec<f64> = before
-        .iter()
-        .zip(&after)
-        .map(|(a, b)| (*a - *b) as f64)
-        .collect();
-    let std = (d.iter().map(|x| x * x).sum::<f64>() / d.len() as f64).sqrt();
-    // 67 parameters: the std estimate's standard error is ~9 %; tolerance 30 %.
-    assert!((std / 0.75 - 1.0).abs() < 0.3, "std {std}");
-}
+// The noise tests (generator, per-parameter update noise, checkpoints' generator state) are in
+// `noise_tests.rs`.
 
 #[test]
 fn accumulation_equals_one_big_batch_and_masked_rows_are_zero() {

@@ -27,7 +27,7 @@ use burn_dp_accountant::Epsilon;
 
 use crate::engine::{batch, DpAutodiff, PerSampleConfig};
 use crate::error::DpError;
-use crate::noise::NoiseSource;
+use crate::noise::{NoiseBackend, NoiseSource};
 use crate::optim::DpOptimizer;
 use crate::privacy::PrivacyState;
 use crate::sampling::PoissonSampler;
@@ -61,7 +61,7 @@ pub struct PrivateTrainer<M, O, B: Backend> {
 
 impl<M, O, B> PrivateTrainer<M, O, B>
 where
-    B: Backend,
+    B: NoiseBackend,
     M: AutodiffModule<DpAutodiff<B>>,
     O: Optimizer<M, DpAutodiff<B>>,
 {

@@ -404,7 +404,7 @@ pub fn run(args: Args) -> Result<Summary, Error> {
 }
 // ANCHOR_END: backend
 
-fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
+fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     let start = Instant::now();
     let tiny = matches!(args.model, Arch::TinyResnet | Arch::TinyVit);
     let size = args.image_size.unwrap_or(if tiny { 16 } else { 224 });
@@ -457,7 +457,7 @@ fn train_eval<I, M>(
     start: Instant,
 ) -> Result<Summary, Error>
 where
-    I: Backend,
+    I: burn_dp::NoiseBackend,
     M: AutodiffModule<DpAutodiff<I>> + Classifier<DpAutodiff<I>>,
     M::InnerModule: Classifier<PerSample<I>>,
 {

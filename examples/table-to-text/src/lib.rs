@@ -474,7 +474,7 @@ pub fn run(args: Args) -> Result<Summary, Error> {
     }
 }
 
-fn run_on<I: Backend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
+fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     type B<I> = DpAutodiff<I>;
     let start = Instant::now();
     let (train, mut test) = load(args.data.as_deref())?;

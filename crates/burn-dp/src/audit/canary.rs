@@ -25,7 +25,7 @@ use rand::Rng;
 use crate::clip::ClippingFn;
 use crate::engine::{batch, DpAutodiff, PerSampleConfig};
 use crate::error::DpError;
-use crate::noise::NoiseSource;
+use crate::noise::{NoiseBackend, NoiseSource};
 use crate::privacy::PrivacyState;
 use crate::trainer::PrivateTrainer;
 
@@ -238,7 +238,7 @@ impl GradientCanaryConfig {
     /// One run of the real pipeline: Poisson sampling over the data set, per-sample clipping by
     /// the engine, the DP optimizer's noise and SGD step, `steps` times; the observer scores
     /// every step. Noise and sampling are OS-seeded.
-    pub fn run<B: Backend>(
+    pub fn run<B: NoiseBackend>(
         &self,
         membership: &[bool],
         device: &B::Device,
@@ -314,7 +314,7 @@ impl CanaryRun {
 /// calling `progress` after each run. Runs on the calling thread: burn-autodiff 0.21 can drop
 /// another thread's graph during a concurrent backward pass (tracel-ai/burn#5573), so parallel
 /// audits use processes (the `burn-dp audit --jobs` command does).
-pub fn collect_scores<B: Backend>(
+pub fn collect_scores<B: NoiseBackend>(
     config: &GradientCanaryConfig,
     runs: usize,
     device: &B::Device,

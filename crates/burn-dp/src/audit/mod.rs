@@ -24,7 +24,6 @@ pub mod one_run;
 pub mod scores;
 pub mod stats;
 
-use burn::tensor::backend::Backend;
 use burn_dp_accountant::Epsilon;
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +67,7 @@ impl WhiteBoxReport {
 
 /// The white-box audit in one call: `runs` runs of `config` on the calling thread, then the
 /// statistics at `confidence` (e.g. 0.95).
-pub fn white_box_audit<B: Backend>(
+pub fn white_box_audit<B: crate::noise::NoiseBackend>(
     config: &GradientCanaryConfig,
     runs: usize,
     confidence: f64,

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::clip::ClippingFn;
 use crate::engine::{batch, DpAutodiff, PerSampleConfig};
 use crate::error::DpError;
-use crate::noise::NoiseSource;
+use crate::noise::{NoiseBackend, NoiseSource};
 use crate::privacy::PrivacyState;
 use crate::trainer::PrivateTrainer;
 
@@ -184,7 +184,7 @@ impl BlackBoxConfig {
 
     /// Trains once with the real pipeline and audits the canaries (`progress` after each step).
     /// Membership, noise and sampling are OS-seeded; the data are public and fixed.
-    pub fn run<B: Backend>(
+    pub fn run<B: NoiseBackend>(
         &self,
         device: &B::Device,
         confidence: f64,
