@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use burn_dp::{ClippingFn, FreezePolicy, NoiseSource, PerSampleConfig};
+use burn_dp::{
+    AccountantKind, ClippingFn, FreezePolicy, NoiseSource, PerSampleConfig, PrivacyState, Schedule,
+};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
@@ -48,6 +50,64 @@ pub fn cuda_missing(example: &str) -> Error {
          `cargo run --release -p {example} --features cuda -- ...`"
     )
     .into()
+}
+
+/// The flags both examples share (`#[command(flatten)]` into each example's `Args`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PrivateTrainingArgs {
+    /// Target ε: the noise multiplier is calibrated so the whole schedule spends at most this.
+    #[arg(long, default_value_t = 3.0)]
+    pub target_epsilon: f64,
+    /// δ.
+    #[arg(long, default_value_t = 1e-5)]
+    pub delta: f64,
+    /// Learning rate (AdamW).
+    #[arg(long, default_value_t = 5e-3)]
+    pub lr: f64,
+    /// Per-sample clipping.
+    #[arg(long, value_enum, default_value_t = ClippingKind::Automatic)]
+    pub clipping: ClippingKind,
+    /// Clipping threshold C of `--clipping abadi`.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_norm: f64,
+    /// Which parameters train: all, biases only (DP-BiTFiT), or the last layers (the classifier
+    /// head; for GPT-2 the last block, the final LayerNorm and an untied head).
+    #[arg(long, value_enum, default_value_t = FreezeKind::None)]
+    pub freeze: FreezeKind,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    pub backend: BackendKind,
+    /// Fixed seed for noise and sampling (experiments only: not private against whoever knows
+    /// it). Default: the operating system's randomness.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop after this many steps (smoke runs); ε is reported for the steps taken.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl PrivateTrainingArgs {
+    /// The schedule (`epochs` expected passes over `n` examples in logical batches of
+    /// `batch_size`) and the privacy state with σ calibrated for `--target-epsilon` at `--delta`
+    /// (RDP, an upper bound), budget enforced.
+    pub fn privacy(
+        &self,
+        n: usize,
+        batch_size: u64,
+        epochs: u64,
+    ) -> Result<(Schedule, PrivacyState), burn_dp::DpError> {
+        let schedule = Schedule::from_epochs(n as u64, batch_size.min(n as u64), epochs)?;
+        let privacy = PrivacyState::for_target_epsilon(
+            self.target_epsilon,
+            self.delta,
+            schedule,
+            AccountantKind::Rdp,
+        )?;
+        Ok((schedule, privacy))
+    }
 }
 
 // ANCHOR: clipping

@@ -10,9 +10,7 @@ use burn::nn::LinearConfig;
 use burn::optim::AdamWConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use burn_dp::{
-    batch, freeze, AccountantKind, DpAutodiff, PerSample, PrivacyState, PrivateTrainer, Schedule,
-};
+use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateTrainer};
 use burn_dp_examples_common::{
     self as common, BackendKind, ClippingKind, Curve, Error, FreezeKind,
 };
@@ -29,6 +27,9 @@ use clap::{Parser, ValueEnum};
     about = "DP training of a ResNet / ViT image classifier with burn-dp"
 )]
 pub struct Args {
+    /// Privacy, clipping, freezing, backend and run-control flags shared by the examples.
+    #[command(flatten)]
+    pub train: common::PrivateTrainingArgs,
     /// Folder of images with one subfolder per class (png / jpeg); default: the bundled digits.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -49,12 +50,6 @@ pub struct Args {
     /// Image side in pixels (default: 16 for the tiny models, 224 for the standard ones).
     #[arg(long)]
     pub image_size: Option<usize>,
-    /// Target ε: the noise multiplier is calibrated so the whole schedule spends exactly this.
-    #[arg(long, default_value_t = 3.0)]
-    pub target_epsilon: f64,
-    /// δ.
-    #[arg(long, default_value_t = 1e-5)]
-    pub delta: f64,
     /// Epochs (expected passes over the training set; sets the number of steps).
     #[arg(long, default_value_t = 20)]
     pub epochs: u64,
@@ -64,37 +59,12 @@ pub struct Args {
     /// Samples per forward/backward pass (memory); logical batches are cut into these.
     #[arg(long, default_value_t = 64)]
     pub physical_batch_size: usize,
-    /// Learning rate (AdamW).
-    #[arg(long, default_value_t = 5e-3)]
-    pub lr: f64,
-    /// Per-sample clipping.
-    #[arg(long, value_enum, default_value_t = ClippingKind::Automatic)]
-    pub clipping: ClippingKind,
-    /// Clipping threshold C of `--clipping abadi`.
-    #[arg(long, default_value_t = 1.0)]
-    pub max_norm: f64,
-    /// Which parameters train: all, biases only (DP-BiTFiT), or the classifier head.
-    #[arg(long, value_enum, default_value_t = FreezeKind::None)]
-    pub freeze: FreezeKind,
-    /// Backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
-    pub backend: BackendKind,
-    /// Fixed seed for noise and sampling (experiments only: not private against whoever knows
-    /// it). Default: the operating system's randomness.
-    #[arg(long)]
-    pub seed: Option<u64>,
     /// Output folder for metrics.json, loss.svg, epsilon.svg.
     #[arg(long, default_value = "target/examples/image-classification")]
     pub out: PathBuf,
-    /// Stop after this many steps (smoke runs); ε is reported for the steps taken.
-    #[arg(long)]
-    pub max_steps: Option<u64>,
     /// Evaluate on at most this many test images.
     #[arg(long)]
     pub max_eval: Option<usize>,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 /// `--model`.
@@ -394,7 +364,7 @@ fn vit<B: Backend>(
 // ANCHOR: backend
 /// Run the example on the backend of `--backend`: the same generic code for NdArray and CUDA.
 pub fn run(args: Args) -> Result<Summary, Error> {
-    match args.backend {
+    match args.train.backend {
         BackendKind::Ndarray => run_on::<burn::backend::NdArray<f32>>(&args, Default::default()),
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => run_on::<burn_dp::Cuda>(&args, Default::default()),
@@ -462,20 +432,14 @@ where
     M::InnerModule: Classifier<PerSample<I>>,
 {
     type B<I> = DpAutodiff<I>;
-    let noise = common::noise_source(args.seed);
+    let noise = common::noise_source(args.train.seed);
     let n = train.len();
     // ANCHOR: setup
     // DP-BiTFiT (`--freeze bias`) trains only the biases; frozen parameters cost nothing.
-    let (model, report) = freeze(model, &common::freeze_policy(args.freeze, &[head]))?;
-    let schedule = Schedule::from_epochs(n as u64, args.batch_size.min(n as u64), args.epochs)?;
-    let privacy = PrivacyState::for_target_epsilon(
-        args.target_epsilon,
-        args.delta,
-        schedule,
-        AccountantKind::Rdp,
-    )?;
+    let (model, report) = freeze(model, &common::freeze_policy(args.train.freeze, &[head]))?;
+    let (schedule, privacy) = args.train.privacy(n, args.batch_size, args.epochs)?;
     let sigma = privacy.noise_multiplier;
-    let clipping = common::clipping(args.clipping, args.max_norm);
+    let clipping = common::clipping(args.train.clipping, args.train.max_norm);
     // The trainer owns the model, the DP optimizer and the Poisson sampler (at the privacy
     // state's q); physical batches only bound memory.
     let mut trainer = PrivateTrainer::new(
@@ -490,19 +454,19 @@ where
     // ANCHOR_END: setup
     eprintln!(
         "training {} of {} parameters ({} tensors); σ = {sigma:.4} for ε = {} at δ = {} over {} steps (q = {:.4})",
-        report.trainable, report.total, report.trainable_tensors, args.target_epsilon, args.delta, schedule.steps, schedule.sample_rate
+        report.trainable, report.total, report.trainable_tensors, args.train.target_epsilon, args.train.delta, schedule.steps, schedule.sample_rate
     );
     let steps = args
         .max_steps
         .map_or(schedule.steps, |m| m.min(schedule.steps));
     let curve_images = test.subset(&(0..test.len().min(CURVE_HELD_OUT)).collect::<Vec<_>>());
-    let bar = common::progress(steps, "DP training", args.quiet);
+    let bar = common::progress(steps, "DP training", args.train.quiet);
     let (mut loss_curve, mut eps_curve) = (Curve::default(), Curve::default());
     let every = (steps / 50).max(1);
     for step in 1..=steps {
         // ANCHOR: step
         // Per-sample losses of the drawn examples; padding rows are masked by the trainer.
-        trainer.step(args.lr, |model, indices| {
+        trainer.step(args.train.lr, |model, indices| {
             let (x, y) = train.tensors::<B<I>>(indices, &dev);
             cross_entropy_per_sample(model.logits(batch(x)), y)
         })?;
@@ -533,12 +497,12 @@ where
     let metrics = serde_json::json!({
         "example": "image-classification",
         "model": format!("{:?}", args.model), "classes": class_names,
-        "freeze": format!("{:?}", args.freeze), "clipping": format!("{:?}", args.clipping),
+        "freeze": format!("{:?}", args.train.freeze), "clipping": format!("{:?}", args.train.clipping),
         "trainable_parameters": report.trainable, "total_parameters": report.total,
         "train_examples": n, "test_examples": test.len(),
         "steps": steps, "planned_steps": schedule.steps, "sample_rate": schedule.sample_rate,
-        "noise_multiplier": sigma, "epsilon": epsilon, "delta": args.delta, "target_epsilon": args.target_epsilon,
-        "fixed_seed": args.seed, "accuracy": accuracy, "seconds": seconds,
+        "noise_multiplier": sigma, "epsilon": epsilon, "delta": args.train.delta, "target_epsilon": args.train.target_epsilon,
+        "fixed_seed": args.train.seed, "accuracy": accuracy, "seconds": seconds,
     });
     let outputs = common::write_outputs(&args.out, metrics.clone(), &loss_curve, &eps_curve)?;
     Ok(Summary {

@@ -11,9 +11,7 @@ use burn::optim::AdamWConfig;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use burn_dp::{
-    batch, freeze, AccountantKind, DpAutodiff, PerSample, PrivacyState, PrivateTrainer, Schedule,
-};
+use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateTrainer};
 use burn_dp_examples_common::{
     self as common, BackendKind, ClippingKind, Curve, Error, FreezeKind,
 };
@@ -29,6 +27,9 @@ pub mod bleu;
     about = "DP fine-tuning of GPT-2 on E2E-style table-to-text with burn-dp"
 )]
 pub struct Args {
+    /// Privacy, clipping, freezing, backend and run-control flags shared by the examples.
+    #[command(flatten)]
+    pub train: common::PrivateTrainingArgs,
     /// E2E data: a CSV file with columns `mr`, `ref` (split 80/20 by meaning representation), or
     /// the E2E folder (`trainset.csv` for training, `devset.csv` held out). Default: the bundled
     /// synthetic sample `data/e2e_sample.csv`.
@@ -50,12 +51,6 @@ pub struct Args {
     /// Maximum generated tokens per sentence.
     #[arg(long, default_value_t = 40)]
     pub max_new_tokens: usize,
-    /// Target ε.
-    #[arg(long, default_value_t = 8.0)]
-    pub target_epsilon: f64,
-    /// δ.
-    #[arg(long, default_value_t = 1e-5)]
-    pub delta: f64,
     /// Epochs.
     #[arg(long, default_value_t = 30)]
     pub epochs: u64,
@@ -65,37 +60,12 @@ pub struct Args {
     /// Samples per forward/backward pass.
     #[arg(long, default_value_t = 16)]
     pub physical_batch_size: usize,
-    /// Learning rate (AdamW).
-    #[arg(long, default_value_t = 5e-3)]
-    pub lr: f64,
-    /// Per-sample clipping.
-    #[arg(long, value_enum, default_value_t = ClippingKind::Automatic)]
-    pub clipping: ClippingKind,
-    /// Clipping threshold C of `--clipping abadi`.
-    #[arg(long, default_value_t = 1.0)]
-    pub max_norm: f64,
-    /// Which parameters train: all, biases only (DP-BiTFiT), or the last block, final LayerNorm
-    /// (and untied head).
-    #[arg(long, value_enum, default_value_t = FreezeKind::None)]
-    pub freeze: FreezeKind,
-    /// Backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
-    pub backend: BackendKind,
-    /// Fixed seed for noise and sampling (experiments only). Default: OS randomness.
-    #[arg(long)]
-    pub seed: Option<u64>,
     /// Output folder (metrics.json, loss.svg, epsilon.svg, generations.tsv).
     #[arg(long, default_value = "target/examples/table-to-text")]
     pub out: PathBuf,
-    /// Stop after this many steps (smoke runs).
-    #[arg(long)]
-    pub max_steps: Option<u64>,
     /// Generate for at most this many held-out meaning representations.
     #[arg(long)]
     pub max_eval: Option<usize>,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 /// `--model`.
@@ -465,7 +435,7 @@ fn is_onnx(path: &Path) -> bool {
 
 /// Run the example.
 pub fn run(args: Args) -> Result<Summary, Error> {
-    match args.backend {
+    match args.train.backend {
         BackendKind::Ndarray => run_on::<burn::backend::NdArray<f32>>(&args, Default::default()),
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => run_on::<burn_dp::Cuda>(&args, Default::default()),
@@ -527,20 +497,14 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
     let last = format!("transformer.h.{}", config.n_layer - 1);
     let head = [last.as_str(), "transformer.ln_f", "lm_head"];
 
-    let noise = common::noise_source(args.seed);
-    let (model, report) = freeze(model, &common::freeze_policy(args.freeze, &head))?;
-    let schedule = Schedule::from_epochs(n as u64, args.batch_size.min(n as u64), args.epochs)?;
-    let privacy = PrivacyState::for_target_epsilon(
-        args.target_epsilon,
-        args.delta,
-        schedule,
-        AccountantKind::Rdp,
-    )?;
+    let noise = common::noise_source(args.train.seed);
+    let (model, report) = freeze(model, &common::freeze_policy(args.train.freeze, &head))?;
+    let (schedule, privacy) = args.train.privacy(n, args.batch_size, args.epochs)?;
     let sigma = privacy.noise_multiplier;
     let mut trainer = PrivateTrainer::new(
         model,
         AdamWConfig::new().init::<B<I>, Gpt2<B<I>>>(),
-        common::clipping(args.clipping, args.max_norm),
+        common::clipping(args.train.clipping, args.train.max_norm),
         privacy,
         n,
         args.physical_batch_size,
@@ -548,19 +512,19 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
     )?;
     eprintln!(
         "training {} of {} parameters ({} tensors); σ = {sigma:.4} for ε = {} at δ = {} over {} steps (q = {:.4})",
-        report.trainable, report.total, report.trainable_tensors, args.target_epsilon, args.delta, schedule.steps, schedule.sample_rate
+        report.trainable, report.total, report.trainable_tensors, args.train.target_epsilon, args.train.delta, schedule.steps, schedule.sample_rate
     );
 
     let steps = args
         .max_steps
         .map_or(schedule.steps, |m| m.min(schedule.steps));
-    let bar = common::progress(steps, "DP fine-tuning", args.quiet);
+    let bar = common::progress(steps, "DP fine-tuning", args.train.quiet);
     let (mut loss_curve, mut eps_curve) = (Curve::default(), Curve::default());
     let every = (steps / 50).max(1);
     let t = seqs.len;
     for step in 1..=steps {
         // Token ids need no `batch` mark: the embedding lookup marks its output.
-        trainer.step(args.lr, |model, indices| {
+        trainer.step(args.train.lr, |model, indices| {
             let b = indices.len();
             let ids: Vec<i64> = indices
                 .iter()
@@ -597,7 +561,7 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
 
     // Greedy generation on the held-out meaning representations, scored with corpus BLEU-4.
     let eval: Gpt2<PerSample<I>> = trainer.into_model().valid();
-    let bar = common::progress(test.len() as u64, "generating", args.quiet);
+    let bar = common::progress(test.len() as u64, "generating", args.train.quiet);
     let mut hypotheses = Vec::new();
     for (mr, _) in &test {
         hypotheses.push(generate(
@@ -623,12 +587,12 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
     let seconds = start.elapsed().as_secs_f64();
     let metrics = serde_json::json!({
         "example": "table-to-text", "model": format!("{:?}", args.model),
-        "freeze": format!("{:?}", args.freeze), "clipping": format!("{:?}", args.clipping),
+        "freeze": format!("{:?}", args.train.freeze), "clipping": format!("{:?}", args.train.clipping),
         "trainable_parameters": report.trainable, "total_parameters": report.total,
         "train_rows": n, "held_out_mrs": test.len(), "vocabulary": tok.vocab_size(),
         "steps": steps, "planned_steps": schedule.steps, "sample_rate": schedule.sample_rate,
-        "noise_multiplier": sigma, "epsilon": epsilon, "delta": args.delta, "target_epsilon": args.target_epsilon,
-        "fixed_seed": args.seed, "bleu": bleu, "seconds": seconds,
+        "noise_multiplier": sigma, "epsilon": epsilon, "delta": args.train.delta, "target_epsilon": args.train.target_epsilon,
+        "fixed_seed": args.train.seed, "bleu": bleu, "seconds": seconds,
         "examples": test.iter().zip(&hypotheses).take(3).map(|((mr, r), h)| serde_json::json!({"mr": mr, "generated": h, "reference": r[0]})).collect::<Vec<_>>(),
     });
     let outputs = common::write_outputs(&args.out, metrics.clone(), &loss_curve, &eps_curve)?;
