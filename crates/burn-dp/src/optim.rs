@@ -452,8 +452,9 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
             .map_err(|e| DpError::Checkpoint(format!("{}: {e}", path.display())))?;
         let state: DpCheckpointState = serde_json::from_str(&json)
             .map_err(|e| DpError::Checkpoint(format!("{}: {e}", path.display())))?;
-        self.check_loaded_state(&state)?;
+        // The sampling first: a checkpoint at another q is the more specific error.
         self.check_checkpoint_sampling(&state, sampler.as_deref())?;
+        self.check_loaded_state(&state)?;
         let refuse = |what: &str| DpError::FixedSeedCheckpoint {
             path: dir.display().to_string(),
             what: what.to_string(),
