@@ -11,9 +11,7 @@ use burn::optim::AdamWConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateTrainer};
-use burn_dp_examples_common::{
-    self as common, BackendKind, ClippingKind, Curve, Error, FreezeKind,
-};
+use burn_dp_examples_common::{self as common, BackendKind, Curve, Error};
 use burn_dp_models::{
     cross_entropy_per_sample, BlockKind, LoadOptions, Norm, PretrainedModel, ResNet, ResNetConfig,
     ViTConfig, ViTForImageClassification,
@@ -457,6 +455,7 @@ where
         report.trainable, report.total, report.trainable_tensors, args.train.target_epsilon, args.train.delta, schedule.steps, schedule.sample_rate
     );
     let steps = args
+        .train
         .max_steps
         .map_or(schedule.steps, |m| m.min(schedule.steps));
     let curve_images = test.subset(&(0..test.len().min(CURVE_HELD_OUT)).collect::<Vec<_>>());

@@ -12,9 +12,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateTrainer};
-use burn_dp_examples_common::{
-    self as common, BackendKind, ClippingKind, Curve, Error, FreezeKind,
-};
+use burn_dp_examples_common::{self as common, BackendKind, Curve, Error};
 use burn_dp_models::{Gpt2, Gpt2Config, LoadOptions, PretrainedModel};
 use clap::{Parser, ValueEnum};
 
@@ -516,6 +514,7 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
     );
 
     let steps = args
+        .train
         .max_steps
         .map_or(schedule.steps, |m| m.min(schedule.steps));
     let bar = common::progress(steps, "DP fine-tuning", args.train.quiet);
