@@ -423,10 +423,7 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     let non_finite: Vec<usize> = if b == 0 {
         Vec::new()
     } else {
-        non_finite_mask
-            .clone()
-            .int()
-            .into_data()
+        backend::transfer::download_inner(non_finite_mask.clone().int())
             .convert::<i64>()
             .to_vec::<i64>()
             .map_err(|e| DpError::InvalidConfig(format!("reading the non-finite mask: {e:?}")))?

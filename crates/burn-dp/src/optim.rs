@@ -136,10 +136,7 @@ impl<O, B: Backend> DpOptimizer<O, B> {
         let stats = BatchStats {
             samples: clipped.batch_size,
             non_finite: clipped.non_finite.len(),
-            norms: clipped
-                .norms
-                .clone()
-                .into_data()
+            norms: crate::backend::transfer::download_inner(clipped.norms.clone())
                 .convert::<f32>()
                 .to_vec::<f32>()
                 .unwrap_or_default(),

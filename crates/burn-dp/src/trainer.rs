@@ -436,4 +436,22 @@ mod tests {
         );
         assert!(big.total() < 4096, "{big:?}");
     }
+
+    /// The counters see the library's own host paths: noise drawn on the host and uploaded (what
+    /// a backend without a noise kernel does, and what every step did before device noise) is
+    /// counted, 4 bytes per parameter, so the test above would catch it.
+    #[test]
+    fn host_drawn_noise_is_counted() {
+        let key = crate::noise::NoiseKey::from_fixed_seed(3);
+        crate::backend::transfer::reset();
+        let _ = crate::noise::gaussian_noise_via_host::<NdArray<f32>>(
+            &key,
+            0,
+            0,
+            1000,
+            1.0,
+            &Default::default(),
+        );
+        assert_eq!(crate::backend::transfer::read().to_device, 4000);
+    }
 }

@@ -14,7 +14,10 @@
 //! assert_eq!(moved.to_device + moved.to_host, moved.total());
 //! ```
 //!
-//! Copies between devices (`*_to_device`) and the inner backend's own staging are not counted.
+//! The library's own reads and writes on the inner backend `B` (the per-sample norms of
+//! `BatchStats`, the non-finite mask, noise drawn on the host for a backend without a kernel) go
+//! through [`download_inner`] and [`upload_inner`], so they are counted too. Copies between devices
+//! (`*_to_device`) and the inner backend's own staging are not counted.
 
 use core::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,6 +71,27 @@ pub(crate) fn downloaded(
         TO_HOST.fetch_add(data.as_bytes().len() as u64, Ordering::SeqCst);
         Ok(data)
     }
+}
+
+/// Reads a tensor of the inner backend to the host, counted (the library's own reads).
+pub(crate) fn download_inner<B: burn::tensor::backend::Backend, const D: usize, K>(
+    tensor: burn::tensor::Tensor<B, D, K>,
+) -> TensorData
+where
+    K: burn::tensor::BasicOps<B>,
+{
+    let data = tensor.into_data();
+    TO_HOST.fetch_add(data.as_bytes().len() as u64, Ordering::SeqCst);
+    data
+}
+
+/// Uploads host data to the inner backend, counted (the library's own writes).
+pub(crate) fn upload_inner<B: burn_backend::Backend>(
+    data: TensorData,
+    device: &B::Device,
+) -> burn_backend::tensor::FloatTensor<B> {
+    TO_DEVICE.fetch_add(data.as_bytes().len() as u64, Ordering::SeqCst);
+    B::float_from_data(data, device)
 }
 
 #[cfg(test)]

@@ -314,7 +314,7 @@ pub fn gaussian_noise_via_host<B: Backend>(
     device: &B::Device,
 ) -> FloatTensor<B> {
     let values = chacha::gaussian_vec(key.words(), step, first_block, n, std);
-    B::float_from_data(
+    crate::backend::transfer::upload_inner::<B>(
         TensorData::new(values, [n]).convert_dtype(DType::F32),
         device,
     )
