@@ -699,7 +699,7 @@ fn prv_epsilon_with_tail(
         .sum();
     let moved = dropped * (domain.t_max() - domain.t_min());
     let upper_target = delta - delta_error - dropped;
-    if !(upper_target > 0.0) {
+    if upper_target.is_nan() || upper_target <= 0.0 {
         return Err(AccountantError::Numerical(format!(
             "the PRV tail mass dropped ({dropped:e}) leaves no room below delta - delta_error"
         )));

@@ -13,7 +13,7 @@ use burn::nn::{
 };
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{s, Bool, Int, Tensor, TensorData};
 
 use crate::*;
 
@@ -217,7 +217,7 @@ fn token_ids_rolled_along_the_batch_mix() {
 fn token_ids_concatenated_along_the_batch_then_sliced_mix() {
     let m = lm();
     let both = Tensor::cat(vec![ids(), ids().flip([1])], 0);
-    let second = both.slice([B..2 * B]);
+    let second = both.slice(s![B..2 * B]);
     let losses = token_losses(&m, second).sum_dim(1).reshape([B]);
     assert_unmarked_batch(train(&m, losses));
 }

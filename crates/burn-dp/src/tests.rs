@@ -93,10 +93,7 @@ fn sampler(seed: u64) -> PoissonSampler {
     PoissonSampler::new(400, 0.01, 4, NoiseSource::FixedSeedForExperiments(seed)).unwrap()
 }
 
-fn opt(
-    sigma: f64,
-    seed: u64,
-) -> DpOptimizer<impl burn::optim::Optimizer<Net<Dp>, Dp> + Clone, Inner> {
+fn opt(sigma: f64, seed: u64) -> DpOptimizer<impl burn::optim::Optimizer<Net<Dp>, Dp>, Inner> {
     let privacy =
         PrivacyState::with_noise_multiplier(sigma, 0.01, 1e-5, AccountantKind::Rdp).unwrap();
     DpOptimizer::new(

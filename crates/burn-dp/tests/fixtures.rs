@@ -5,6 +5,7 @@
 //! - property tests against a batch-of-one oracle computed with plain `Autodiff<NdArray>` on
 //!   random shapes, batch sizes 0..=5, bias on and off, ghost and instantiation;
 //! - tied parameters, frozen parameters, and the fail-closed errors.
+#![allow(clippy::type_complexity)] // (name, values) tables of the fixtures
 
 use std::path::PathBuf;
 
@@ -185,7 +186,7 @@ fn oracle_clip(
 ) -> (Vec<f32>, Vec<(String, Vec<f32>)>, Vec<(String, Vec<f32>)>) {
     let mut norms = vec![0f64; b];
     for (_, g) in grads {
-        let n = if b == 0 { 0 } else { g.len() / b };
+        let n = g.len().checked_div(b).unwrap_or(0);
         for i in 0..b {
             norms[i] += g[i * n..(i + 1) * n]
                 .iter()

@@ -63,6 +63,8 @@ pub(crate) fn uploaded(data: &TensorData) {
 }
 
 /// Records the download `read` resolves to (wraps the `*_into_data` ops' futures).
+// An `async fn` would not state the `Send` bound the backend traits require of the future.
+#[allow(clippy::manual_async_fn)]
 pub(crate) fn downloaded(
     read: impl Future<Output = Result<TensorData, ExecutionError>> + Send,
 ) -> impl Future<Output = Result<TensorData, ExecutionError>> + Send {
