@@ -14,7 +14,7 @@ use crate::noise::chacha::{
     box_muller, chacha20_block, counter_words, fill_gaussian, fill_gaussian_single_thread,
     gaussian_vec, normals_of_block, NORMALS_PER_BLOCK,
 };
-use crate::noise::{NoiseBackend, NoiseGenerator, NoiseKey};
+use crate::noise::{NoiseBackend, NoiseDraw, NoiseGenerator, NoiseKey};
 use crate::*;
 
 type Inner = NdArray<f32>;
@@ -596,7 +596,14 @@ fn loading_drops_a_stale_accumulation() {
 #[test]
 fn ndarray_noise_backend_equals_the_host_stream() {
     let g = NoiseGenerator::new(NoiseSource::FixedSeedForExperiments(71)).unwrap();
-    let t = <Inner as NoiseBackend>::gaussian_noise(g.key(), 4, 2, 1000, 0.3, &Default::default());
+    let draw = NoiseDraw {
+        key: g.key().clone(),
+        step: 4,
+        first_block: 2,
+        n: 1000,
+        std: 0.3,
+    };
+    let t = <Inner as NoiseBackend>::gaussian_noise(&draw, &Default::default());
     let t = Tensor::<Inner, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(t));
     assert_eq!(t.dims(), [1000]);
     let v = t.into_data().to_vec::<f32>().unwrap();
@@ -618,7 +625,14 @@ fn cuda_kernel_matches_the_host_stream() {
         (u64::MAX - 1, 5, 17),
     ];
     for (step, first, n) in cases {
-        let t = <C as NoiseBackend>::gaussian_noise(&key, step, first, n, 1.0, &dev);
+        let draw = NoiseDraw {
+            key: key.clone(),
+            step,
+            first_block: first,
+            n,
+            std: 1.0,
+        };
+        let t = <C as NoiseBackend>::gaussian_noise(&draw, &dev);
         let t = Tensor::<C, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(t));
         let device = t.into_data().to_vec::<f32>().unwrap();
         let host = gaussian_vec(key.words(), step, first, n, 1.0);

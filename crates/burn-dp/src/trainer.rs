@@ -444,14 +444,14 @@ mod tests {
     fn host_drawn_noise_is_counted() {
         let key = crate::noise::NoiseKey::from_fixed_seed(3);
         crate::backend::transfer::reset();
-        let _ = crate::noise::gaussian_noise_via_host::<NdArray<f32>>(
-            &key,
-            0,
-            0,
-            1000,
-            1.0,
-            &Default::default(),
-        );
+        let draw = crate::noise::NoiseDraw {
+            key,
+            step: 0,
+            first_block: 0,
+            n: 1000,
+            std: 1.0,
+        };
+        let _ = crate::noise::gaussian_noise_via_host::<NdArray<f32>>(&draw, &Default::default());
         assert_eq!(crate::backend::transfer::read().to_device, 4000);
     }
 }

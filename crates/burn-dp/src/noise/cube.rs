@@ -21,7 +21,7 @@ use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeDim};
 
 use super::chacha::{NORMALS_PER_BLOCK, TWO_PI_TWO_POW_M24, TWO_POW_M24, TWO_POW_M32};
-use super::{NoiseBackend, NoiseKey};
+use super::{NoiseBackend, NoiseDraw};
 
 /// One ChaCha20 quarter round (RFC 8439 §2.1), rotations as two shifts (cubecl has no rotate).
 #[cube]
@@ -139,13 +139,17 @@ fn chacha20_gaussian_kernel(
 
 /// Launches the kernel into a new `[n]` f32 tensor on `device`.
 pub fn gaussian_noise_cube<R: CubeRuntime>(
-    key: &NoiseKey,
-    step: u64,
-    first_block: u64,
-    n: usize,
-    std: f32,
+    draw: &NoiseDraw,
     device: &R::Device,
 ) -> burn_cubecl::tensor::CubeTensor<R> {
+    let NoiseDraw {
+        key,
+        step,
+        first_block,
+        n,
+        std,
+    } = draw;
+    let (step, first_block, n, std) = (*step, *first_block, *n, *std);
     let client = R::client(device);
     let output = empty_device_dtype(client.clone(), device.clone(), Shape::new([n]), DType::F32);
     if n == 0 {
@@ -184,15 +188,8 @@ where
     I: IntElement,
     BT: BoolElement,
 {
-    fn gaussian_noise(
-        key: &NoiseKey,
-        step: u64,
-        first_block: u64,
-        n: usize,
-        std: f32,
-        device: &Self::Device,
-    ) -> FloatTensor<Self> {
-        gaussian_noise_cube::<R>(key, step, first_block, n, std, device)
+    fn gaussian_noise(draw: &NoiseDraw, device: &Self::Device) -> FloatTensor<Self> {
+        gaussian_noise_cube::<R>(draw, device)
     }
 }
 
@@ -200,39 +197,25 @@ where
 #[derive(Debug)]
 struct GaussianNoiseOp<B: FusionBackend> {
     out: TensorIr,
-    key: NoiseKey,
-    step: u64,
-    first_block: u64,
-    n: usize,
-    std: f32,
+    draw: NoiseDraw,
     device: burn::tensor::Device<B>,
 }
 
 impl<B: FusionBackend + NoiseBackend> Operation<B::FusionRuntime> for GaussianNoiseOp<B> {
     fn execute(&self, handles: &mut HandleContainer<B::Handle>) {
-        let tensor = B::gaussian_noise(
-            &self.key,
-            self.step,
-            self.first_block,
-            self.n,
-            self.std,
-            &self.device,
-        );
+        let tensor = B::gaussian_noise(&self.draw, &self.device);
         handles.register_float_tensor::<B>(&self.out.id, tensor);
     }
 }
 
 impl<B: FusionBackend + NoiseBackend> NoiseBackend for Fusion<B> {
-    fn gaussian_noise(
-        key: &NoiseKey,
-        step: u64,
-        first_block: u64,
-        n: usize,
-        std: f32,
-        device: &Self::Device,
-    ) -> FloatTensor<Self> {
+    fn gaussian_noise(draw: &NoiseDraw, device: &Self::Device) -> FloatTensor<Self> {
         let client = get_client::<B>(device);
-        let out = TensorIr::uninit(client.create_empty_handle(), Shape::new([n]), DType::F32);
+        let out = TensorIr::uninit(
+            client.create_empty_handle(),
+            Shape::new([draw.n]),
+            DType::F32,
+        );
         let desc = CustomOpIr::new(
             "burn_dp::chacha20_gaussian",
             &[],
@@ -244,11 +227,7 @@ impl<B: FusionBackend + NoiseBackend> NoiseBackend for Fusion<B> {
                 OperationIr::Custom(desc),
                 GaussianNoiseOp::<B> {
                     out,
-                    key: key.clone(),
-                    step,
-                    first_block,
-                    n,
-                    std,
+                    draw: draw.clone(),
                     device: device.clone(),
                 },
             )

@@ -275,29 +275,57 @@ impl NoiseGenerator {
         std: f32,
         device: &B::Device,
     ) -> burn::tensor::Tensor<B, 1> {
+        let draw = NoiseDraw {
+            key: self.key.clone(),
+            step,
+            first_block,
+            n,
+            std,
+        };
         burn::tensor::Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(
-            B::gaussian_noise(&self.key, step, first_block, n, std, device),
+            B::gaussian_noise(&draw, device),
         ))
+    }
+}
+
+/// One draw of the noise stream: `n` values of `std · z`, where `z` are the standard normals of
+/// the global elements `10·first_block .. 10·first_block + n` of noise step `step` under `key`
+/// (see [`chacha`]).
+#[derive(Clone, Debug)]
+pub struct NoiseDraw {
+    /// The stream's key.
+    pub key: NoiseKey,
+    /// The DP step (the ChaCha20 nonce).
+    pub step: u64,
+    /// The first ChaCha20 block (10 normals per block).
+    pub first_block: u64,
+    /// Values to draw.
+    pub n: usize,
+    /// Their standard deviation.
+    pub std: f32,
+}
+
+impl NoiseDraw {
+    /// The draw on the host (multi-threaded).
+    pub fn host_values(&self) -> Vec<f32> {
+        chacha::gaussian_vec(
+            self.key.words(),
+            self.step,
+            self.first_block,
+            self.n,
+            self.std,
+        )
     }
 }
 
 /// A backend that can draw the DP noise stream ([`chacha`]'s layout) where its tensors live.
 pub trait NoiseBackend: Backend {
-    /// `n` values of `std · z`, where `z` are the standard normals of the global elements
-    /// `10·first_block .. 10·first_block + n` of noise step `step` under `key` (see [`chacha`]).
-    /// Implementations must produce the same ChaCha20 words as [`chacha::chacha20_block`] and
-    /// the same Box–Muller transform as [`chacha::box_muller`].
+    /// The values of `draw` on `device`. Implementations must produce the same ChaCha20 words as
+    /// [`chacha::chacha20_block`] and the same Box–Muller transform as [`chacha::box_muller`].
     ///
     /// # Shapes
-    /// Returns `[n]`, f32.
-    fn gaussian_noise(
-        key: &NoiseKey,
-        step: u64,
-        first_block: u64,
-        n: usize,
-        std: f32,
-        device: &Self::Device,
-    ) -> FloatTensor<Self>;
+    /// Returns `[draw.n]`, f32.
+    fn gaussian_noise(draw: &NoiseDraw, device: &Self::Device) -> FloatTensor<Self>;
 }
 
 /// The noise drawn on the host (multi-threaded) and uploaded with `from_data`: for backends that
@@ -305,17 +333,9 @@ pub trait NoiseBackend: Backend {
 ///
 /// # Shapes
 /// Returns `[n]`, f32.
-pub fn gaussian_noise_via_host<B: Backend>(
-    key: &NoiseKey,
-    step: u64,
-    first_block: u64,
-    n: usize,
-    std: f32,
-    device: &B::Device,
-) -> FloatTensor<B> {
-    let values = chacha::gaussian_vec(key.words(), step, first_block, n, std);
+pub fn gaussian_noise_via_host<B: Backend>(draw: &NoiseDraw, device: &B::Device) -> FloatTensor<B> {
     crate::backend::transfer::upload_inner::<B>(
-        TensorData::new(values, [n]).convert_dtype(DType::F32),
+        TensorData::new(draw.host_values(), [draw.n]).convert_dtype(DType::F32),
         device,
     )
 }
@@ -327,17 +347,9 @@ where
     NdArrayTensor: From<SharedArray<E>>,
     NdArrayTensor: From<SharedArray<I>>,
 {
-    fn gaussian_noise(
-        key: &NoiseKey,
-        step: u64,
-        first_block: u64,
-        n: usize,
-        std: f32,
-        _device: &Self::Device,
-    ) -> FloatTensor<Self> {
-        let values = chacha::gaussian_vec(key.words(), step, first_block, n, std);
+    fn gaussian_noise(draw: &NoiseDraw, _device: &Self::Device) -> FloatTensor<Self> {
         let array: SharedArray<f32> =
-            ndarray::ArcArray::from_shape_vec(ndarray::IxDyn(&[n]), values)
+            ndarray::ArcArray::from_shape_vec(ndarray::IxDyn(&[draw.n]), draw.host_values())
                 .expect("a vector of n values has shape [n]");
         NdArrayTensor::from(array)
     }
