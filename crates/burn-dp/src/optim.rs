@@ -41,7 +41,9 @@ struct Accumulated<B: Backend> {
 pub struct BatchStats {
     /// Samples in the physical batch (masked rows included).
     pub samples: usize,
-    /// Per-sample gradient norms (flat, before clipping).
+    /// Per-sample gradient norms (flat, before clipping). PRIVATE: each is computed from one
+    /// example without noise; use them for debugging on data you may see, never publish or log
+    /// them beside the model.
     pub norms: Vec<f32>,
     /// Samples whose loss or gradient norm was not finite (NaN or ±∞): each contributed exactly
     /// zero to the clipped sum (see [`clipped_backward`]).
