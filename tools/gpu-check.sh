@@ -8,12 +8,19 @@
 #   cargo build --release -p burn-dp-bench --features cuda
 #   mkdir -p gpu-check && strip -o gpu-check/bench "${CARGO_TARGET_DIR:-target}/release/bench" \
 #     && xz -T2 -6 -f gpu-check/bench                # leaves gpu-check/bench.xz
+#   # optional: the kernel's known-answer test and DP steps against NdArray on the GPU
+#   exe=$(cargo test --release -p burn-dp --features cuda --lib --no-run 2>&1 \
+#     | sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))/\1/p')
+#   strip -o gpu-check/cube_tests "$exe" && xz -T2 -6 -f gpu-check/cube_tests
 #
 # Run on the GPU machine (repository root; bash, xz, timeout, nvidia-smi):
 #
 #   OUT=/some/dir tools/gpu-check.sh gpu-check/bench.xz
 #
 # What it does:
+# - first, if gpu-check/cube_tests.xz is there: the CUDA known-answer test of the noise kernel and
+#   DP steps on `DpAutodiff<Cuda>` against NdArray (crates/burn-dp/src/cube_tests.rs), 120 s at
+#   most; output in $OUT/cube_tests.txt.
 # - one process per configuration (`bench train --single MODEL:BATCH:MODE`), each under a time
 #   limit (PER seconds, and never past the budget), in this order: GPT-2 small B=32 plain-full,
 #   dp-full (with --profile: per-phase times), dp-bitfit; then GPT-2 small B=96, GPT-2 medium B=16,
@@ -75,6 +82,15 @@ if [ $have_smi = 1 ]; then
 fi
 mem_used() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1; }
 : > "$OUT/bench.jsonl"; : > "$OUT/runs.jsonl"; : > "$OUT/memory.jsonl"
+
+CUBE_XZ=$(dirname "$BENCH_XZ")/cube_tests.xz
+case "$CUBE_XZ" in /*) ;; *) CUBE_XZ=$OLDPWD/$CUBE_XZ ;; esac
+if [ -f "$CUBE_XZ" ] && [ "$BACKEND" = cuda ]; then
+  xz -dc "$CUBE_XZ" > cube_tests && chmod +x cube_tests
+  echo "running the CUDA cube_tests (limit 120 s)" >&2
+  timeout 120 ./cube_tests --ignored --test-threads 1 cube_tests > "$OUT/cube_tests.txt" 2>&1
+  echo "{\"cfg\":\"cube_tests\",\"rc\":$?}" >> "$OUT/runs.jsonl"
+fi
 
 for spec in $CFGS; do
   cfg=${spec%+profile}

@@ -48,6 +48,8 @@ pub use burn_cuda::Cuda;
 
 #[cfg(test)]
 mod adversarial_tests;
+#[cfg(all(test, feature = "cubecl-noise"))]
+mod cube_tests;
 #[cfg(test)]
 mod noise_tests;
 #[cfg(test)]

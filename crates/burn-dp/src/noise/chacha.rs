@@ -17,7 +17,7 @@
 //!
 //! ```text
 //! u1 = ((w_a >> 8) + (w_b + 0.5)·2⁻³²) · 2⁻²⁴      ∈ [2⁻⁵⁷, 1]   (56 random bits, never 0)
-//! θ  = 2π · (w_θ >> 8) · 2⁻²⁴                       ∈ [0, 2π)
+//! θ  = 2π · ((w_θ >> 8) − 2²³) · 2⁻²⁴                 ∈ [−π, π)
 //! z₀ = √(−2 ln u1) · cos θ,   z₁ = √(−2 ln u1) · sin θ
 //! ```
 //!
@@ -60,6 +60,8 @@ pub(crate) const TWO_POW_M32: f32 = 2.328_306_4e-10;
 /// 2⁻²⁴ (exact in f32).
 pub(crate) const TWO_POW_M24: f32 = 5.960_464_5e-8;
 /// 2π · 2⁻²⁴, rounded once to f32 (the same constant on host and device).
+/// 2^23: subtracted from a 24-bit angle word to centre the angle on zero.
+pub(crate) const TWO_POW_23: f32 = 8_388_608.0;
 pub(crate) const TWO_PI_TWO_POW_M24: f32 = std::f32::consts::TAU * TWO_POW_M24;
 
 #[inline(always)]
@@ -120,7 +122,9 @@ pub fn u1_from_words(w_a: u32, w_b: u32) -> f32 {
 pub fn box_muller(w_a: u32, w_b: u32, w_theta: u32) -> (f32, f32) {
     let u1 = u1_from_words(w_a, w_b);
     let r = (-2.0 * u1.ln()).sqrt();
-    let theta = (w_theta >> 8) as f32 * TWO_PI_TWO_POW_M24;
+    // The angle is centred, θ ∈ [−π, π): the range where GPU sin/cos are specified (WGSL/Vulkan
+    // give their accuracy there only). `w >> 8` and `2^23` are exact in f32.
+    let theta = ((w_theta >> 8) as f32 - TWO_POW_23) * TWO_PI_TWO_POW_M24;
     let (s, c) = theta.sin_cos();
     (r * c, r * s)
 }

@@ -20,7 +20,9 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorI
 use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeDim};
 
-use super::chacha::{NORMALS_PER_BLOCK, TWO_PI_TWO_POW_M24, TWO_POW_M24, TWO_POW_M32};
+use super::chacha::{
+    NORMALS_PER_BLOCK, TWO_PI_TWO_POW_M24, TWO_POW_23, TWO_POW_M24, TWO_POW_M32,
+};
 use super::{NoiseBackend, NoiseDraw};
 
 /// One ChaCha20 quarter round (RFC 8439 §2.1), rotations as two shifts (cubecl has no rotate).
@@ -49,7 +51,7 @@ fn write_pair(output: &mut Array<f32>, index: usize, w_a: u32, w_b: u32, w_t: u3
     let b = f32::cast_from(w_b) + 0.5f32;
     let u1 = (a + b * TWO_POW_M32) * TWO_POW_M24;
     let r = f32::sqrt(-2.0f32 * f32::ln(u1));
-    let theta = f32::cast_from(w_t >> 8u32) * TWO_PI_TWO_POW_M24;
+    let theta = (f32::cast_from(w_t >> 8u32) - TWO_POW_23) * TWO_PI_TWO_POW_M24;
     if index < output.len() {
         output[index] = r * f32::cos(theta) * std;
     }
