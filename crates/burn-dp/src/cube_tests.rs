@@ -13,7 +13,7 @@
 //! lavapipe was seen to be wrong (`var` 0.08 instead of 1.0).
 
 use burn::backend::NdArray;
-use burn::module::{AutodiffModule, Module, Param};
+use burn::module::Param;
 use burn::nn::Linear;
 use burn::optim::SgdConfig;
 use burn::tensor::backend::Backend;
@@ -21,7 +21,7 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use crate::noise::chacha::gaussian_vec;
 use crate::noise::{NoiseBackend, NoiseDraw, NoiseKey};
-use crate::noise_tests::{beyond, fraction_close, moments};
+use crate::noise_tests::{beyond, fraction_close, moments, params, Net};
 use crate::*;
 
 /// The kernel's output for `draw`, read back to the host.
@@ -81,12 +81,6 @@ fn kernel_matches_the_host_stream<C: NoiseBackend>() {
     }
 }
 
-#[derive(Module, Debug)]
-struct Net<B: Backend> {
-    fc1: Linear<B>,
-    fc2: Linear<B>,
-}
-
 /// A linear layer with the given row-major `[d_in, d_out]` weight and bias.
 fn linear<B: Backend>(weight: &[f32], bias: &[f32], d_in: usize, d_out: usize) -> Linear<B> {
     let dev = Default::default();
@@ -103,7 +97,9 @@ fn linear<B: Backend>(weight: &[f32], bias: &[f32], d_in: usize, d_out: usize) -
 }
 
 fn values(n: usize, phase: f32) -> Vec<f32> {
-    (0..n).map(|i| ((i as f32 + phase) * 0.713).sin() * 0.4).collect()
+    (0..n)
+        .map(|i| ((i as f32 + phase) * 0.713).sin() * 0.4)
+        .collect()
 }
 
 /// The same 6-16-3 network on any backend.
@@ -112,19 +108,6 @@ fn net<B: Backend>() -> Net<B> {
         fc1: linear(&values(96, 0.0), &values(16, 1.0), 6, 16),
         fc2: linear(&values(48, 2.0), &values(3, 3.0), 16, 3),
     }
-}
-
-fn params<B: burn::tensor::backend::AutodiffBackend>(m: &Net<B>) -> Vec<f32> {
-    let v = m.valid();
-    [
-        v.fc1.weight.val().into_data(),
-        v.fc1.bias.unwrap().val().into_data(),
-        v.fc2.weight.val().into_data(),
-        v.fc2.bias.unwrap().val().into_data(),
-    ]
-    .into_iter()
-    .flat_map(|d| d.convert::<f32>().to_vec::<f32>().unwrap())
-    .collect()
 }
 
 /// Runs `steps` DP steps (fixed-seed noise, σ = 0.7, flat automatic clipping, ghost norms and
@@ -168,7 +151,7 @@ fn dp_steps<C: NoiseBackend>(mode: NormMode, steps: usize) -> Vec<Vec<f32>> {
             o.backward(&model, losses).unwrap();
             o.step(0.5, model).unwrap()
         };
-        out.push(params(&model));
+        out.push(params(&model).concat());
     }
     out
 }
@@ -183,7 +166,15 @@ fn dp_steps_match_ndarray<C: NoiseBackend>() {
         for (step, (h, d)) in host.iter().zip(&device).enumerate() {
             let moved = h
                 .iter()
-                .zip(&net::<NdArray<f32>>().fc1.weight.val().into_data().to_vec::<f32>().unwrap())
+                .zip(
+                    &net::<NdArray<f32>>()
+                        .fc1
+                        .weight
+                        .val()
+                        .into_data()
+                        .to_vec::<f32>()
+                        .unwrap(),
+                )
                 .any(|(a, b)| a != b);
             assert!(moved, "step {step}: the parameters did not move");
             for (i, (a, b)) in h.iter().zip(d).enumerate() {

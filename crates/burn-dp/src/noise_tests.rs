@@ -252,9 +252,9 @@ fn normals_are_uncorrelated_across_elements_and_steps() {
 // The DP optimizer's noise
 
 #[derive(Module, Debug)]
-struct Net<B: Backend> {
-    fc1: Linear<B>,
-    fc2: Linear<B>,
+pub(crate) struct Net<B: Backend> {
+    pub(crate) fc1: Linear<B>,
+    pub(crate) fc2: Linear<B>,
 }
 
 fn net() -> Net<Dp> {
@@ -266,7 +266,7 @@ fn net() -> Net<Dp> {
 }
 
 /// Parameters per tensor: fc1.weight, fc1.bias, fc2.weight, fc2.bias.
-fn params(m: &Net<Dp>) -> Vec<Vec<f32>> {
+pub(crate) fn params<B: burn::tensor::backend::AutodiffBackend>(m: &Net<B>) -> Vec<Vec<f32>> {
     let v = m.valid();
     [
         v.fc1.weight.val().into_data(),

@@ -20,9 +20,7 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorI
 use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeDim};
 
-use super::chacha::{
-    NORMALS_PER_BLOCK, TWO_PI_TWO_POW_M24, TWO_POW_23, TWO_POW_M24, TWO_POW_M32,
-};
+use super::chacha::{NORMALS_PER_BLOCK, TWO_PI_TWO_POW_M24, TWO_POW_23, TWO_POW_M24, TWO_POW_M32};
 use super::{NoiseBackend, NoiseDraw};
 
 /// One ChaCha20 quarter round (RFC 8439 §2.1), rotations as two shifts (cubecl has no rotate).
