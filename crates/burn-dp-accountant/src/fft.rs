@@ -42,7 +42,10 @@ pub(crate) struct RealFft {
 impl RealFft {
     /// A plan for length `n` (even, at least 2; the accountant uses powers of two).
     pub(crate) fn new(n: usize) -> Self {
-        assert!(n >= 2 && n % 2 == 0, "RealFft needs an even length >= 2");
+        assert!(
+            n >= 2 && n.is_multiple_of(2),
+            "RealFft needs an even length >= 2"
+        );
         let mut planner = RealFftPlanner::<f64>::new();
         Self {
             n,

@@ -495,7 +495,7 @@ fn compose_band_limited(parts: &[(DiscretePrv, u64)], size: usize, k_max: usize)
     let mut low = vec![Complex::new(1.0, 0.0); k_max + 1];
     for (dprv, steps) in parts {
         for (acc, c) in low.iter_mut().zip(dft_low(&dprv.pmf, size, k_max)) {
-            *acc = *acc * power(c, *steps);
+            *acc *= power(c, *steps);
         }
     }
     let k_eff = low
