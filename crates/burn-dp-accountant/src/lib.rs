@@ -26,7 +26,7 @@
 
 pub mod calibration;
 pub mod error;
-pub mod fft;
+mod fft;
 pub mod gdp;
 pub mod history;
 pub mod prv;

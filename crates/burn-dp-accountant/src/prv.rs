@@ -54,7 +54,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AccountantError, Result};
-use crate::fft::{band_fft_len, dft_low, Complex, RealFft, Spectrum};
+use crate::fft::{band_fft_len, dft_low, powu, Complex, RealFft};
 use crate::history::{validate_delta, History, HistoryEntry};
 use crate::rdp::{default_orders, rdp_epsilon};
 use crate::special::{erfc, erfcx, exp_neg_square, gauss_legendre};
@@ -381,7 +381,7 @@ fn power(c: Complex, steps: u64) -> Complex {
     if c.norm_sqr().ln() * steps as f64 * 0.5 < LOG_NEGLIGIBLE {
         Complex::default()
     } else {
-        c.powu(steps)
+        powu(c, steps)
     }
 }
 
@@ -495,7 +495,7 @@ fn compose_band_limited(parts: &[(DiscretePrv, u64)], size: usize, k_max: usize)
     let mut low = vec![Complex::new(1.0, 0.0); k_max + 1];
     for (dprv, steps) in parts {
         for (acc, c) in low.iter_mut().zip(dft_low(&dprv.pmf, size, k_max)) {
-            *acc = *acc * power(c, *steps);
+            *acc *= power(c, *steps);
         }
     }
     let k_eff = low
@@ -509,13 +509,15 @@ fn compose_band_limited(parts: &[(DiscretePrv, u64)], size: usize, k_max: usize)
 /// The circular convolution of the entries' pmfs (each `steps`-fold) by full-length real FFTs.
 fn compose_full(parts: &[(DiscretePrv, u64)], size: usize) -> Vec<f64> {
     let plan = RealFft::new(size);
-    let mut spectrum: Option<Spectrum> = None;
+    let mut spectrum: Option<Vec<Complex>> = None;
     for (dprv, steps) in parts {
-        let mut powered = plan.forward(&dprv.pmf);
-        powered.map(|c| power(c, *steps));
+        let powered = plan
+            .forward(&dprv.pmf)
+            .into_iter()
+            .map(|c| power(c, *steps));
         match spectrum.as_mut() {
-            None => spectrum = Some(powered),
-            Some(acc) => acc.mul_assign(&powered),
+            None => spectrum = Some(powered.collect()),
+            Some(acc) => acc.iter_mut().zip(powered).for_each(|(a, p)| *a *= p),
         }
     }
     match spectrum {

@@ -1,5 +1,5 @@
 //! Unit tests of the DP machinery around the engine (the oracle-parity tests of the engine are in
-//! `tests/fixtures.rs`).
+//! `tests/parity/`).
 
 use burn::backend::NdArray;
 use burn::module::{AutodiffModule, Module, Param};

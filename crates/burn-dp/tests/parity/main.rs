@@ -1,0 +1,26 @@
+//! Oracle-parity tests of the per-sample engine: one test binary with a module per topic (every
+//! extra test binary costs a link of burn on two cores).
+//!
+//! - [`layers`]: every rule against PyTorch's per-sample gradients in `layers.safetensors`.
+//! - [`oracle`]: property tests (`proptest`) against a batch-of-one oracle computed with plain
+//!   `Autodiff<NdArray>`, on random shapes, seeds, batch sizes, bias on and off, in every norm
+//!   mode; tied parameters and the empty batch.
+//! - [`frozen`]: frozen parameters get no rule call and no gradient.
+//! - [`clipping_styles`]: per-layer and group clipping, and their configuration errors.
+//! - [`fail_closed`]: the typed errors for models whose gradients mix samples.
+//! - [`support`]: fixture reading, the engine runner, the oracle and the comparisons.
+//!
+//! Fixtures are read from `$BURN_DP_FIXTURES` when set, else from the crate's `tests/fixtures`;
+//! a missing fixture is a failure. The property tests draw from a fixed proptest seed (see
+//! [`support::proptest_config`]); set `PROPTEST_RNG_SEED` to explore others.
+//!
+//! To add a topic, write `tests/parity/<topic>.rs` (`use crate::support::*;`, its `#[test]`s),
+//! add `mod <topic>;` below and a line above.
+#![allow(clippy::type_complexity)] // (name, values) tables of the fixtures
+
+mod clipping_styles;
+mod fail_closed;
+mod frozen;
+mod layers;
+mod oracle;
+mod support;
