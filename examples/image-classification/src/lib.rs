@@ -24,6 +24,9 @@ use burn_dp_models::{
 };
 use clap::{Parser, ValueEnum};
 
+/// The default learning rate of the fine-tuning (AdamW).
+pub const DEFAULT_LR: f64 = 2e-3;
+
 /// Command-line arguments.
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -64,7 +67,7 @@ pub struct Args {
     /// Share of the training split that is public (used, without privacy, for pre-training
     /// only); the rest is the private training set. Which images are public is a fixed
     /// function of their index, never of their content.
-    #[arg(long, default_value_t = 1.0 / 3.0)]
+    #[arg(long, default_value_t = 0.15)]
     pub public_fraction: f64,
     /// Epochs of non-private pre-training on the public part (0: train from scratch).
     #[arg(long, default_value_t = 40)]
@@ -88,7 +91,11 @@ pub struct Args {
     /// Target ε of the sweep.
     #[arg(long, value_delimiter = ',', default_values_t = [1.0, 3.0, 8.0])]
     pub sweep_epsilons: Vec<f64>,
-    /// Abadi clipping thresholds of the sweep (each at every ε and freezing; empty: none).
+    /// The target ε at which the sweep also runs Abadi clipping (default: every
+    /// `--sweep-epsilons`).
+    #[arg(long, value_delimiter = ',')]
+    pub sweep_abadi_epsilons: Option<Vec<f64>>,
+    /// Abadi clipping thresholds of the sweep (each at every freezing; empty: none).
     #[arg(long, value_delimiter = ',', default_values_t = [0.1, 1.0, 10.0])]
     pub sweep_max_norms: Vec<f64>,
     /// Learning rate of DP-BiTFiT in the sweep (bias-only training takes a larger step).
@@ -660,7 +667,7 @@ where
             PlainTraining {
                 epochs: args.epochs,
                 batch_size: batch,
-                lr: args.train.lr,
+                lr: args.train.lr.unwrap_or(DEFAULT_LR),
                 seed: args.train.seed.unwrap_or(0),
             },
             "NON-PRIVATE fine-tuning",
@@ -707,7 +714,7 @@ where
         for step in 1..=steps {
             // ANCHOR: step
             // Per-sample losses of the drawn examples; padding rows are masked by the trainer.
-            trainer.step(args.train.lr, |model, indices| {
+            trainer.step(args.train.lr.unwrap_or(DEFAULT_LR), |model, indices| {
                 let (x, y) = train.tensors::<B<I>>(indices, &dev);
                 cross_entropy_per_sample(model.logits(batch(x)), y)
             })?;
@@ -746,7 +753,7 @@ where
         "model": format!("{:?}", args.model), "image_size": ctx.size, "classes": ctx.class_names,
         "freeze": format!("{:?}", args.train.freeze), "clipping": format!("{:?}", args.train.clipping),
         "max_norm": (args.train.clipping == common::ClippingKind::Abadi).then_some(args.train.max_norm),
-        "lr": args.train.lr, "private": !args.non_private,
+        "lr": args.train.lr.unwrap_or(DEFAULT_LR), "private": !args.non_private,
         "trainable_parameters": report.trainable, "total_parameters": report.total,
         "public_examples": ctx.public.len(), "pretrained": pre.path.as_ref().map(|p| p.display().to_string()),
         "pretrained_accuracy": pretrained_accuracy,
@@ -774,6 +781,10 @@ where
 /// clipping at each `--sweep-max-norms`; every configuration is one ordinary run of this
 /// example. Writes `results.md` and `results.svg` to `--out`.
 pub fn sweep(args: &Args) -> Result<Vec<SweepRow>, Error> {
+    let command = std::env::args()
+        .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut rows = Vec::new();
     let row = |method: &str, clipping: String, a: &Args, s: &Summary| SweepRow {
         method: method.into(),
@@ -822,6 +833,13 @@ pub fn sweep(args: &Args) -> Result<Vec<SweepRow>, Error> {
             (FreezeKind::Head, "DP last layer"),
         ] {
             for &(clipping, c) in &clippings {
+                let abadi_here = args
+                    .sweep_abadi_epsilons
+                    .as_ref()
+                    .is_none_or(|at| at.contains(&eps));
+                if clipping == common::ClippingKind::Abadi && !abadi_here {
+                    continue;
+                }
                 let mut a = args.clone();
                 let label = match clipping {
                     common::ClippingKind::Automatic => "automatic".to_string(),
@@ -836,18 +854,16 @@ pub fn sweep(args: &Args) -> Result<Vec<SweepRow>, Error> {
                 a.train.clipping = clipping;
                 a.train.max_norm = c;
                 if freeze == FreezeKind::Bias {
-                    a.train.lr = args.sweep_bitfit_lr;
+                    a.train.lr = Some(args.sweep_bitfit_lr);
                 }
                 let s = run(a.clone())?;
                 rows.push(row(method, label, &a, &s));
+                // Written after every configuration, so an interrupted sweep keeps its rows.
+                common::write_sweep(&args.out, &rows, &command, "Test accuracy on the private test split (digits)", "accuracy")?;
                 eprintln!("{}", common::sweep_markdown(&rows[rows.len() - 1..], "accuracy"));
             }
         }
     }
-    let command = std::env::args()
-        .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
-        .collect::<Vec<_>>()
-        .join(" ");
     common::write_sweep(
         &args.out,
         &rows,
