@@ -71,7 +71,7 @@ pub struct Args {
     #[arg(long, default_value_t = 200)]
     pub test_mrs: usize,
     /// Epochs of non-private pre-training of the tiny model on the public part (0: none).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     pub pretrain_epochs: u64,
     /// Learning rate of the pre-training (AdamW, batches of 32).
     #[arg(long, default_value_t = 3e-3)]
@@ -499,10 +499,10 @@ pub const PRETRAIN_SEED: u64 = 20_240_602;
 
 /// Where the pre-trained weights of `args` are cached: `--pretrained`, or a file named after the
 /// pre-training settings.
-pub fn pretrained_path(args: &Args) -> PathBuf {
+pub fn pretrained_path(args: &Args, vocabulary: usize) -> PathBuf {
     args.pretrained.clone().unwrap_or_else(|| {
         PathBuf::from("target/examples/table-to-text/pretrained").join(format!(
-            "tiny-public{}-len{}-e{}-lr{}.safetensors",
+            "tiny-v{vocabulary}-public{}-len{}-e{}-lr{}.safetensors",
             args.public_rows, args.max_len, args.pretrain_epochs, args.pretrain_lr
         ))
     })
@@ -597,7 +597,7 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         && args.pretrain_epochs > 0
         && !public.is_empty()
     {
-        let path = pretrained_path(args);
+        let path = pretrained_path(args, tok.vocab_size());
         if !path.exists() {
             <B<I> as Backend>::seed(&dev, PRETRAIN_SEED);
             let fresh: Gpt2<B<I>> = config.init(&dev);
