@@ -590,8 +590,7 @@ pub fn load_safetensors<B: burn::tensor::backend::Backend, M: burn::module::Modu
     path: &Path,
     device: &B::Device,
 ) -> Result<M, Error> {
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let file = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut loader = LoadParams::<B> {
@@ -693,7 +692,11 @@ pub fn sweep_svg(rows: &[SweepRow], title: &str, metric_name: &str) -> String {
     if lx1 <= lx0 {
         lx1 = lx0 + 1.0;
     }
-    let values: Vec<f64> = rows.iter().map(|r| r.metric).filter(|v| v.is_finite()).collect();
+    let values: Vec<f64> = rows
+        .iter()
+        .map(|r| r.metric)
+        .filter(|v| v.is_finite())
+        .collect();
     let (mut y0, mut y1) = values
         .iter()
         .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));

@@ -10,8 +10,8 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::optim::AdamWConfig;
+use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateTrainer};
@@ -819,7 +819,10 @@ pub fn sweep(args: &Args) -> Result<Vec<SweepRow>, Error> {
         });
     }
     rows.push(row("non-private full", "-".into(), &plain, &s));
-    eprintln!("{}", common::sweep_markdown(&rows[rows.len() - 1..], "accuracy"));
+    eprintln!(
+        "{}",
+        common::sweep_markdown(&rows[rows.len() - 1..], "accuracy")
+    );
     let mut clippings = vec![(common::ClippingKind::Automatic, 0.0)];
     clippings.extend(
         args.sweep_max_norms
@@ -859,8 +862,17 @@ pub fn sweep(args: &Args) -> Result<Vec<SweepRow>, Error> {
                 let s = run(a.clone())?;
                 rows.push(row(method, label, &a, &s));
                 // Written after every configuration, so an interrupted sweep keeps its rows.
-                common::write_sweep(&args.out, &rows, &command, "Test accuracy on the private test split (digits)", "accuracy")?;
-                eprintln!("{}", common::sweep_markdown(&rows[rows.len() - 1..], "accuracy"));
+                common::write_sweep(
+                    &args.out,
+                    &rows,
+                    &command,
+                    "Test accuracy on the private test split (digits)",
+                    "accuracy",
+                )?;
+                eprintln!(
+                    "{}",
+                    common::sweep_markdown(&rows[rows.len() - 1..], "accuracy")
+                );
             }
         }
     }

@@ -44,7 +44,10 @@ fn args(extra: &[&str]) -> Args {
 #[test]
 fn smoke_cnn_pretrains_once_and_reuses_weights() {
     let first = run(args(&["--epochs", "1"])).expect("run");
-    let path = first.metrics["pretrained"].as_str().expect("pre-trained").to_string();
+    let path = first.metrics["pretrained"]
+        .as_str()
+        .expect("pre-trained")
+        .to_string();
     let bytes = std::fs::read(&path).expect("weights written");
     let second = run(args(&["--epochs", "1"])).expect("run");
     assert_eq!(second.metrics["pretrained"].as_str(), Some(path.as_str()));

@@ -42,7 +42,13 @@ const NOUNS: [&str; 10] = [
 ];
 const TYPES: [&str; 3] = ["coffee shop", "pub", "restaurant"];
 const FOODS: [&str; 7] = [
-    "French", "Italian", "Chinese", "Indian", "Japanese", "English", "fast food",
+    "French",
+    "Italian",
+    "Chinese",
+    "Indian",
+    "Japanese",
+    "English",
+    "fast food",
 ];
 const AREAS: [&str; 2] = ["riverside", "city centre"];
 const PRICES: [&str; 3] = ["cheap", "moderate", "high"];
@@ -140,10 +146,16 @@ pub fn sentence(mr: &Mr, public: bool, k: usize) -> String {
             0 => format!("{n} is {} {f} {t} {loc}", article(f)),
             1 => format!("{n} is {} {t} serving {food} {loc}", article(t)),
             2 => format!("There is {} {f} {t} called {n} {loc}", article(f)),
-            3 => format!("Located {loc}, {n} is {} {t} that serves {food}", article(t)),
+            3 => format!(
+                "Located {loc}, {n} is {} {t} that serves {food}",
+                article(t)
+            ),
             4 => format!("{n} offers {food} {loc}. It is {} {t}", article(t)),
             5 => format!("For {food} {loc}, visit {n}, {} {t}", article(t)),
-            _ => format!("{n} is a place {loc} where you can get {food}. It is {} {t}", article(t)),
+            _ => format!(
+                "{n} is a place {loc} where you can get {food}. It is {} {t}",
+                article(t)
+            ),
         }
     } else {
         match k % PRIVATE_TEMPLATES {
@@ -255,7 +267,9 @@ mod tests {
         assert_eq!(a.test, b.test);
         let public_names: Vec<String> = names(true);
         for r in &a.private_train {
-            assert!(!public_names.iter().any(|n| r.mr.contains(&format!("[{n}]"))));
+            assert!(!public_names
+                .iter()
+                .any(|n| r.mr.contains(&format!("[{n}]"))));
         }
         for (mr, refs) in &a.test {
             assert_eq!(refs.len(), PRIVATE_TEMPLATES);

@@ -56,10 +56,10 @@ pub struct Args {
     #[arg(long, default_value_t = 40)]
     pub max_new_tokens: usize,
     /// Epochs of private fine-tuning.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 8)]
     pub epochs: u64,
     /// Expected logical batch size.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     pub batch_size: u64,
     /// Rows of the generated public part (pre-training and vocabulary).
     #[arg(long, default_value_t = 3000)]
@@ -101,7 +101,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1e-2)]
     pub sweep_bitfit_lr: f64,
     /// Samples per forward/backward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     pub physical_batch_size: usize,
     /// Output folder (metrics.json, loss.svg, epsilon.svg, generations.tsv).
     #[arg(long, default_value = "target/examples/table-to-text")]
@@ -860,8 +860,17 @@ pub fn sweep(args: &Args) -> Result<Vec<SweepRow>, Error> {
                 let s = run(a.clone())?;
                 rows.push(row(method, label, &a, &s));
                 // Written after every configuration, so an interrupted sweep keeps its rows.
-                common::write_sweep(&args.out, &rows, &command, "BLEU on held-out private meaning representations", "BLEU")?;
-                eprintln!("{}", common::sweep_markdown(&rows[rows.len() - 1..], "BLEU"));
+                common::write_sweep(
+                    &args.out,
+                    &rows,
+                    &command,
+                    "BLEU on held-out private meaning representations",
+                    "BLEU",
+                )?;
+                eprintln!(
+                    "{}",
+                    common::sweep_markdown(&rows[rows.len() - 1..], "BLEU")
+                );
             }
         }
     }

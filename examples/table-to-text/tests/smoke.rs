@@ -148,7 +148,10 @@ fn published_artefacts_do_not_depend_on_one_record() {
     write(&dir.join("d_prime"), &neighbour);
     let published = |name: &str| {
         let data = dir.join(name).to_string_lossy().into_owned();
-        let out = dir.join(format!("out-{name}")).to_string_lossy().into_owned();
+        let out = dir
+            .join(format!("out-{name}"))
+            .to_string_lossy()
+            .into_owned();
         let pre = dir
             .join(format!("pre-{name}.safetensors"))
             .to_string_lossy()
