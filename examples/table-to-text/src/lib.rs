@@ -56,10 +56,10 @@ pub struct Args {
     #[arg(long, default_value_t = 40)]
     pub max_new_tokens: usize,
     /// Epochs of private fine-tuning.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     pub epochs: u64,
     /// Expected logical batch size.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 512)]
     pub batch_size: u64,
     /// Rows of the generated public part (pre-training and vocabulary).
     #[arg(long, default_value_t = 3000)]
@@ -68,7 +68,7 @@ pub struct Args {
     #[arg(long, default_value_t = 2000)]
     pub private_rows: usize,
     /// Held-out private meaning representations generated for the test (without `--data`).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     pub test_mrs: usize,
     /// Epochs of non-private pre-training of the tiny model on the public part (0: none).
     #[arg(long, default_value_t = 8)]
