@@ -61,9 +61,10 @@ pub struct PrivateTrainingArgs {
     /// δ.
     #[arg(long, default_value_t = 1e-5)]
     pub delta: f64,
-    /// Learning rate (AdamW).
-    #[arg(long, default_value_t = 5e-3)]
-    pub lr: f64,
+    /// Learning rate (AdamW) of the fine-tuning; default: the example's best private setting
+    /// (image-classification 2e-3, table-to-text 5e-3).
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Per-sample clipping.
     #[arg(long, value_enum, default_value_t = ClippingKind::Automatic)]
     pub clipping: ClippingKind,
@@ -387,4 +388,446 @@ mod tests {
         assert!(s.starts_with("<svg") && s.contains("<polyline") && s.contains("a &lt; b"));
         assert_eq!(c.points.len(), 2);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Non-private training (public pre-training; the non-private baseline of a sweep)
+// ---------------------------------------------------------------------------------------------
+
+/// Settings of [`train_non_private`].
+#[derive(Debug, Clone, Copy)]
+pub struct PlainTraining {
+    /// Passes over the data.
+    pub epochs: u64,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Learning rate (AdamW).
+    pub lr: f64,
+    /// Seed of the shuffling order (the data this loop reads is public, or the run is a
+    /// non-private baseline: no privacy is claimed for it).
+    pub seed: u64,
+}
+
+/// The one non-private training loop of the examples (public pre-training, and the non-private
+/// baseline of `--sweep`): plain minibatch AdamW on the mean of `losses(model, indices)` over
+/// `n` examples, `epochs` passes in an order shuffled from `settings.seed`. No clipping, no
+/// noise: **never call it on private data in a run that claims privacy.**
+pub fn train_non_private<B, M, F>(
+    mut model: M,
+    n: usize,
+    settings: PlainTraining,
+    label: &str,
+    quiet: bool,
+    losses: F,
+) -> M
+where
+    B: burn::tensor::backend::AutodiffBackend,
+    M: burn::module::AutodiffModule<B>,
+    F: Fn(&M, &[usize]) -> burn::tensor::Tensor<B, 1>,
+{
+    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    let batch = settings.batch_size.max(1);
+    let mut optim = AdamWConfig::new().init::<B, M>();
+    let steps = settings.epochs * n.div_ceil(batch) as u64;
+    let bar = progress(steps, label, quiet);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut state = settings.seed ^ 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..settings.epochs {
+        // Fisher–Yates with a xorshift64* stream: the same order on every machine.
+        for i in (1..order.len()).rev() {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            order.swap(i, (r % (i as u64 + 1)) as usize);
+        }
+        for chunk in order.chunks(batch) {
+            let loss = losses(&model, chunk).mean();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(settings.lr, model, grads);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    model
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights as safetensors (the cache of pre-trained weights)
+// ---------------------------------------------------------------------------------------------
+
+struct CollectParams {
+    path: Vec<String>,
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for CollectParams {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(
+        &mut self,
+        param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
+    ) {
+        let t = param.val();
+        let shape = t.dims().to_vec();
+        let data = t
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap_or_default();
+        self.tensors.push((self.path.join("."), shape, data));
+    }
+}
+
+/// Every float parameter of `module` under its module path (`conv1.weight`, `fc.bias`, …),
+/// in visiting order, as `(name, shape, values)`.
+pub fn named_params<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(
+    module: &M,
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut c = CollectParams {
+        path: Vec::new(),
+        tensors: Vec::new(),
+    };
+    module.visit(&mut c);
+    c.tensors
+}
+
+/// Save every float parameter of `module` to a safetensors file (f32, names = module paths;
+/// written to a temporary file then renamed, so a cache is never half-written).
+pub fn save_safetensors<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(
+    module: &M,
+    path: &Path,
+) -> Result<(), Error> {
+    let params = named_params::<B, M>(module);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = params
+        .into_iter()
+        .map(|(n, s, d)| (n, s, d.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("safetensors: {e}"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_extension(format!("{}.part", std::process::id()));
+    safetensors::serialize_to_file(views, &None, &tmp)
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+struct LoadParams<'a, B: burn::tensor::backend::Backend> {
+    path: Vec<String>,
+    file: &'a safetensors::SafeTensors<'a>,
+    device: B::Device,
+    errors: Vec<String>,
+}
+
+impl<B: burn::tensor::backend::Backend> burn::module::ModuleMapper<B> for LoadParams<'_, B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<burn::tensor::Tensor<B, D>>,
+    ) -> burn::module::Param<burn::tensor::Tensor<B, D>> {
+        let name = self.path.join(".");
+        let shape = param.val().dims().to_vec();
+        let view = match self.file.tensor(&name) {
+            Ok(v) => v,
+            Err(_) => {
+                self.errors.push(format!("missing weight `{name}`"));
+                return param;
+            }
+        };
+        if view.dtype() != safetensors::Dtype::F32 || view.shape() != shape.as_slice() {
+            self.errors.push(format!(
+                "weight `{name}`: {:?} {:?} in the file, f32 {shape:?} in the model",
+                view.dtype(),
+                view.shape()
+            ));
+            return param;
+        }
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let device = self.device.clone();
+        param.map(|old| {
+            let require_grad = old.is_require_grad();
+            let t = burn::tensor::Tensor::<B, D>::from_data(
+                burn::tensor::TensorData::new(values, shape),
+                &device,
+            );
+            if require_grad {
+                t.require_grad()
+            } else {
+                t
+            }
+        })
+    }
+}
+
+/// Load the float parameters of `module` from a safetensors file written by
+/// [`save_safetensors`] for the same architecture: a missing weight or another shape is an
+/// error naming it.
+pub fn load_safetensors<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(
+    module: M,
+    path: &Path,
+    device: &B::Device,
+) -> Result<M, Error> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut loader = LoadParams::<B> {
+        path: Vec::new(),
+        file: &file,
+        device: device.clone(),
+        errors: Vec::new(),
+    };
+    let module = module.map(&mut loader);
+    if !loader.errors.is_empty() {
+        return Err(format!("{}: {}", path.display(), loader.errors.join("; ")).into());
+    }
+    Ok(module)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sweeps: one row per configuration, a Markdown table and an SVG plot
+// ---------------------------------------------------------------------------------------------
+
+/// One configuration of a sweep and what it reached.
+#[derive(Debug, Clone)]
+pub struct SweepRow {
+    /// `public only`, `non-private`, `DP full`, `DP-BiTFiT`, `DP last layers`.
+    pub method: String,
+    /// `automatic`, `Abadi C=1`, or `-`.
+    pub clipping: String,
+    /// Target ε (`None`: no privacy).
+    pub target_epsilon: Option<f64>,
+    /// ε spent.
+    pub epsilon: Option<f64>,
+    /// Accuracy or BLEU.
+    pub metric: f64,
+    /// Trainable parameters.
+    pub trainable: u64,
+    /// Steps.
+    pub steps: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// The sweep as a Markdown table (`metric_name`: `accuracy` or `BLEU`).
+pub fn sweep_markdown(rows: &[SweepRow], metric_name: &str) -> String {
+    let mut s = format!(
+        "| method | clipping | target ε | ε spent | {metric_name} | trainable | steps | seconds |\n\
+         |---|---|---|---|---|---|---|---|\n"
+    );
+    let opt = |v: Option<f64>| v.map_or("∞".to_string(), |v| format!("{v:.2}"));
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.3} | {} | {} | {:.0} |",
+            r.method,
+            r.clipping,
+            opt(r.target_epsilon),
+            opt(r.epsilon),
+            r.metric,
+            r.trainable,
+            r.steps,
+            r.seconds
+        );
+    }
+    s
+}
+
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+];
+
+/// The sweep as an SVG plot: the metric against target ε (log scale), one line per
+/// (method, clipping); configurations without privacy are drawn as dashed horizontal lines.
+pub fn sweep_svg(rows: &[SweepRow], title: &str, metric_name: &str) -> String {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let mut flat: Vec<(String, f64)> = Vec::new();
+    for r in rows {
+        let name = if r.clipping == "-" {
+            r.method.clone()
+        } else {
+            format!("{}, {}", r.method, r.clipping)
+        };
+        match r.target_epsilon {
+            Some(e) => match series.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, pts)) => pts.push((e, r.metric)),
+                None => series.push((name, vec![(e, r.metric)])),
+            },
+            None => flat.push((name, r.metric)),
+        }
+    }
+    let eps: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.0))
+        .collect();
+    let (mut x0, mut x1) = eps
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &e| (a.min(e), b.max(e)));
+    if eps.is_empty() {
+        (x0, x1) = (1.0, 8.0);
+    }
+    let (lx0, mut lx1) = (x0.ln(), x1.ln());
+    if lx1 <= lx0 {
+        lx1 = lx0 + 1.0;
+    }
+    let values: Vec<f64> = rows
+        .iter()
+        .map(|r| r.metric)
+        .filter(|v| v.is_finite())
+        .collect();
+    let (mut y0, mut y1) = values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    if values.is_empty() {
+        (y0, y1) = (0.0, 1.0);
+    }
+    let pad = ((y1 - y0) * 0.05).max(1e-3);
+    (y0, y1) = (y0 - pad, y1 + pad);
+    let (w, h, left, right, top, bottom) = (760.0, 440.0, 70.0, 250.0, 40.0, 50.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let sx = |x: f64| left + (x.ln() - lx0) / (lx1 - lx0) * pw;
+    let sy = |y: f64| top + ph - (y - y0) / (y1 - y0) * ph;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">
+<rect width="{w}" height="{h}" fill="white"/>
+<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>
+<line x1="{left}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/>
+<line x1="{left}" y1="{top}" x2="{left}" y2="{b}" stroke="black"/>"#,
+        left + pw / 2.0,
+        escape(title),
+        b = top + ph,
+        r = left + pw,
+    );
+    let mut xt: Vec<f64> = eps.clone();
+    xt.sort_by(|a, b| a.total_cmp(b));
+    xt.dedup();
+    for t in xt {
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x:.1}" y1="{y:.1}" x2="{x:.1}" y2="{y2:.1}" stroke="black"/><text x="{x:.1}" y="{ty:.1}" text-anchor="middle">{}</text>"#,
+            label(t),
+            x = sx(t),
+            y = top + ph,
+            y2 = top + ph + 5.0,
+            ty = top + ph + 18.0
+        );
+    }
+    for t in ticks(y0, y1) {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{y:.1}" x2="{x2:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{tx:.1}" y="{ty:.1}" text-anchor="end">{}</text>"##,
+            label(t),
+            x2 = left + pw,
+            y = sy(t),
+            tx = left - 6.0,
+            ty = sy(t) + 4.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">target ε (log scale)</text>
+<text x="16" y="{c}" text-anchor="middle" transform="rotate(-90 16 {c})">{}</text>"#,
+        left + pw / 2.0,
+        h - 12.0,
+        escape(metric_name),
+        c = top + ph / 2.0,
+    );
+    let legend = |s: &mut String, i: usize, name: &str, color: &str, dash: &str| {
+        let y = top + 10.0 + 18.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{a}" y1="{y}" x2="{b}" y2="{y}" stroke="{color}" stroke-width="2"{dash}/><text x="{t}" y="{ty}">{}</text>"#,
+            escape(name),
+            a = left + pw + 12.0,
+            b = left + pw + 36.0,
+            t = left + pw + 42.0,
+            ty = y + 4.0
+        );
+    };
+    let mut k = 0;
+    for (name, v) in &flat {
+        let color = COLORS[k % COLORS.len()];
+        let dash = r#" stroke-dasharray="6 4""#;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{left}" y1="{y:.1}" x2="{x2:.1}" y2="{y:.1}" stroke="{color}" stroke-width="2"{dash}/>"#,
+            x2 = left + pw,
+            y = sy(*v)
+        );
+        legend(&mut s, k, name, color, dash);
+        k += 1;
+    }
+    for (name, pts) in &mut series {
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let color = COLORS[k % COLORS.len()];
+        let p: Vec<String> = pts
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            p.join(" ")
+        );
+        for &(x, y) in pts.iter() {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
+                sx(x),
+                sy(y)
+            );
+        }
+        legend(&mut s, k, name, color, "");
+        k += 1;
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Write `results.md` (the table, with the command that produced it) and `results.svg` to `out`.
+pub fn write_sweep(
+    out: &Path,
+    rows: &[SweepRow],
+    command: &str,
+    title: &str,
+    metric_name: &str,
+) -> Result<(PathBuf, PathBuf), Error> {
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let md = out.join("results.md");
+    let svg_path = out.join("results.svg");
+    std::fs::write(
+        &md,
+        format!(
+            "Produced by `{command}`.\n\n{}",
+            sweep_markdown(rows, metric_name)
+        ),
+    )?;
+    std::fs::write(&svg_path, sweep_svg(rows, title, metric_name))?;
+    eprintln!("sweep table:  {}", md.display());
+    eprintln!("sweep plot:   {}", svg_path.display());
+    Ok((md, svg_path))
 }

@@ -6,17 +6,26 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::nn::LinearConfig;
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::optim::AdamWConfig;
+use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateTrainer};
-use burn_dp_examples_common::{self as common, BackendKind, Curve, Error};
+use burn_dp_examples_common::{
+    self as common, BackendKind, Curve, Error, FreezeKind, PlainTraining, SweepRow,
+};
 use burn_dp_models::{
     cross_entropy_per_sample, BlockKind, LoadOptions, Norm, PretrainedModel, ResNet, ResNetConfig,
     ViTConfig, ViTForImageClassification,
 };
 use clap::{Parser, ValueEnum};
+
+/// The default learning rate of the fine-tuning (AdamW).
+pub const DEFAULT_LR: f64 = 2e-3;
 
 /// Command-line arguments.
 #[derive(Parser, Debug, Clone)]
@@ -32,7 +41,7 @@ pub struct Args {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Architecture.
-    #[arg(long, value_enum, default_value_t = Arch::TinyVit)]
+    #[arg(long, value_enum, default_value_t = Arch::Cnn)]
     pub model: Arch,
     /// Pretrained weights to start from: `.onnx` (PyTorch export) or `.safetensors`
     /// (torchvision ResNet / HF ViT). The classifier head is replaced for the data's classes.
@@ -48,12 +57,50 @@ pub struct Args {
     /// Image side in pixels (default: 16 for the tiny models, 224 for the standard ones).
     #[arg(long)]
     pub image_size: Option<usize>,
-    /// Epochs (expected passes over the training set; sets the number of steps).
+    /// Epochs of private fine-tuning (expected passes over the private training set; sets the
+    /// number of steps).
     #[arg(long, default_value_t = 20)]
     pub epochs: u64,
-    /// Expected logical batch size (Poisson sampling rate = batch size / training examples).
+    /// Expected logical batch size (Poisson sampling rate = batch size / private examples).
     #[arg(long, default_value_t = 64)]
     pub batch_size: u64,
+    /// Share of the training split that is public (used, without privacy, for pre-training
+    /// only); the rest is the private training set. Which images are public is a fixed
+    /// function of their index, never of their content.
+    #[arg(long, default_value_t = 0.15)]
+    pub public_fraction: f64,
+    /// Epochs of non-private pre-training on the public part (0: train from scratch).
+    #[arg(long, default_value_t = 40)]
+    pub pretrain_epochs: u64,
+    /// Learning rate of the non-private pre-training (AdamW, batches of 32).
+    #[arg(long, default_value_t = 3e-3)]
+    pub pretrain_lr: f64,
+    /// The pre-trained weights (safetensors): read when the file exists, else written after
+    /// pre-training on the public part. Default: a file named after the model and the
+    /// pre-training settings under `target/examples/image-classification/pretrained/`.
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// Fine-tune WITHOUT privacy (plain AdamW on the private part: the baseline of a sweep).
+    #[arg(long)]
+    pub non_private: bool,
+    /// Run the results sweep (public only, non-private, DP full / DP-BiTFiT / DP last layers at
+    /// each `--sweep-epsilons`, automatic clipping and Abadi at each `--sweep-max-norms`) and
+    /// write `results.md` and `results.svg` to `--out`.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Target ε of the sweep.
+    #[arg(long, value_delimiter = ',', default_values_t = [1.0, 3.0, 8.0])]
+    pub sweep_epsilons: Vec<f64>,
+    /// The target ε at which the sweep also runs Abadi clipping (default: every
+    /// `--sweep-epsilons`).
+    #[arg(long, value_delimiter = ',')]
+    pub sweep_abadi_epsilons: Option<Vec<f64>>,
+    /// Abadi clipping thresholds of the sweep (each at every freezing; empty: none).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.1, 1.0, 10.0])]
+    pub sweep_max_norms: Vec<f64>,
+    /// Learning rate of DP-BiTFiT in the sweep (bias-only training takes a larger step).
+    #[arg(long, default_value_t = 1e-2)]
+    pub sweep_bitfit_lr: f64,
     /// Samples per forward/backward pass (memory); logical batches are cut into these.
     #[arg(long, default_value_t = 64)]
     pub physical_batch_size: usize,
@@ -68,6 +115,9 @@ pub struct Args {
 /// `--model`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Arch {
+    /// A small CNN: two 3×3 convolutions (16, 32 channels) with GroupNorm, pooled to 4×4, and
+    /// a linear head (10k parameters; the default, 8×8 images).
+    Cnn,
     /// A two-stage ResNet (widths 16, 32; GroupNorm). Per-sample convolution gradients are
     /// slow on the CPU (seconds per step): prefer `tiny-vit` there.
     TinyResnet,
@@ -77,7 +127,7 @@ pub enum Arch {
     Resnet34,
     /// torchvision ResNet-50.
     Resnet50,
-    /// A two-layer ViT (width 64, patch 4), for the CPU (the default).
+    /// A two-layer ViT (width 64, patch 4).
     TinyVit,
     /// ViT-B/16 (`google/vit-base-patch16-224`).
     VitB16,
@@ -113,6 +163,8 @@ pub struct Summary {
     pub outputs: common::Outputs,
     /// Everything in `metrics.json` but the curves.
     pub metrics: serde_json::Value,
+    /// Test accuracy of the public pre-trained model before fine-tuning (`None`: none).
+    pub pretrained_accuracy: Option<f64>,
 }
 
 /// Images `[N, 3, S, S]` (normalised, flattened) and labels.
@@ -263,10 +315,68 @@ pub fn split(data: &Images) -> (Images, Images) {
     (data.subset(&order[test..]), data.subset(&order[..test]))
 }
 
-/// An image classifier the loop can train: ResNet and ViT.
+/// The public / private / test split of a data set: 20 % test (as [`split`]), and of the
+/// training split a fixed share `public_fraction` public (pre-training only), the rest private.
+/// Membership is a fixed function of the image's index, never of its content.
+pub fn splits(data: &Images, public_fraction: f64) -> (Images, Images, Images) {
+    let (train, test) = split(data);
+    let n = train.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|i| (*i as u64 ^ 0x5DEE_CE66).wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 8);
+    let public = ((n as f64 * public_fraction.clamp(0.0, 1.0)).round() as usize).min(n);
+    let (mut pubi, mut privi) = (order[..public].to_vec(), order[public..].to_vec());
+    pubi.sort_unstable();
+    privi.sort_unstable();
+    (train.subset(&pubi), train.subset(&privi), test)
+}
+
+/// The default model: a small CNN with GroupNorm (DP-compatible, unlike BatchNorm).
+///
+/// # Shapes
+/// - images `[B, 3, H, W]` -> logits `[B, classes]`
+#[derive(Module, Debug)]
+pub struct SmallCnn<B: Backend> {
+    conv1: Conv2d<B>,
+    norm1: GroupNorm<B>,
+    conv2: Conv2d<B>,
+    norm2: GroupNorm<B>,
+    pool: AdaptiveAvgPool2d,
+    fc: Linear<B>,
+}
+
+impl<B: Backend> SmallCnn<B> {
+    /// A fresh model for `classes` classes.
+    pub fn new(classes: usize, dev: &B::Device) -> Self {
+        Self {
+            conv1: Conv2dConfig::new([3, 16], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(dev),
+            norm1: GroupNormConfig::new(4, 16).init(dev),
+            conv2: Conv2dConfig::new([16, 32], [3, 3])
+                .with_stride([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(dev),
+            norm2: GroupNormConfig::new(4, 32).init(dev),
+            pool: AdaptiveAvgPool2dConfig::new([4, 4]).init(),
+            fc: LinearConfig::new(32 * 16, classes).init(dev),
+        }
+    }
+}
+
+/// An image classifier the loop can train: the small CNN, ResNet and ViT.
 pub trait Classifier<B: Backend> {
     /// Logits `[B, classes]`.
     fn logits(&self, images: Tensor<B, 4>) -> Tensor<B, 2>;
+}
+
+impl<B: Backend> Classifier<B> for SmallCnn<B> {
+    fn logits(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        let x = relu(self.norm1.forward(self.conv1.forward(images)));
+        let x = relu(self.norm2.forward(self.conv2.forward(x)));
+        let x = self.pool.forward(x);
+        let [b, c, h, w] = x.dims();
+        self.fc.forward(x.reshape([b, c * h * w]))
+    }
 }
 
 impl<B: Backend> Classifier<B> for ResNet<B> {
@@ -372,57 +482,162 @@ pub fn run(args: Args) -> Result<Summary, Error> {
 }
 // ANCHOR_END: backend
 
+/// Seed of the weight initialisation before pre-training (public: the pre-trained weights are a
+/// function of the public part and this seed only).
+pub const PRETRAIN_SEED: u64 = 20_240_601;
+
+/// Where the pre-trained weights of `args` are cached: `--pretrained`, or a file named after
+/// the model and the pre-training settings.
+pub fn pretrained_path(args: &Args, size: usize) -> PathBuf {
+    args.pretrained.clone().unwrap_or_else(|| {
+        PathBuf::from("target/examples/image-classification/pretrained").join(format!(
+            "{:?}-{}px-public{:.3}-e{}-lr{}.safetensors",
+            args.model, size, args.public_fraction, args.pretrain_epochs, args.pretrain_lr
+        ))
+    })
+}
+
+/// What the public pre-training did.
+#[derive(Debug, Clone)]
+pub struct Pretraining {
+    /// The weights file (read or written), `None` when there was no pre-training.
+    pub path: Option<PathBuf>,
+    /// Whether the file was written by this run (else read).
+    pub trained_now: bool,
+}
+
+/// The model to fine-tune: `--init` weights as they are; else the public pre-trained weights
+/// (read from the cache, or pre-trained without privacy on the public part, saved, and read
+/// back); else `build()` from scratch (`--pretrain-epochs 0` or no public part).
+fn prepare<I, M>(
+    args: &Args,
+    size: usize,
+    public: &Images,
+    build: impl Fn() -> Result<M, Error>,
+    dev: &I::Device,
+) -> Result<(M, Pretraining), Error>
+where
+    I: burn_dp::NoiseBackend,
+    M: AutodiffModule<DpAutodiff<I>> + Classifier<DpAutodiff<I>>,
+{
+    let none = Pretraining {
+        path: None,
+        trained_now: false,
+    };
+    if args.init.is_some() || args.pretrain_epochs == 0 || public.len() == 0 {
+        return Ok((build()?, none));
+    }
+    let path = pretrained_path(args, size);
+    let trained_now = !path.exists();
+    if trained_now {
+        // ANCHOR: pretrain
+        // Non-private pre-training on the public part only (a plain burn loop, shared by both
+        // examples); the weights are saved as safetensors and reused by later runs.
+        <DpAutodiff<I> as Backend>::seed(dev, PRETRAIN_SEED);
+        let model = common::train_non_private(
+            build()?,
+            public.len(),
+            PlainTraining {
+                epochs: args.pretrain_epochs,
+                batch_size: 32,
+                lr: args.pretrain_lr,
+                seed: PRETRAIN_SEED,
+            },
+            "public pre-training",
+            args.train.quiet,
+            |model: &M, idx| {
+                let (x, y) = public.tensors::<DpAutodiff<I>>(idx, dev);
+                cross_entropy_per_sample(model.logits(x), y)
+            },
+        );
+        common::save_safetensors::<DpAutodiff<I>, M>(&model, &path)?;
+        // ANCHOR_END: pretrain
+        eprintln!("pre-trained weights written: {}", path.display());
+    } else {
+        eprintln!("pre-trained weights read: {}", path.display());
+    }
+    // Always start from the file, so a cached and a fresh run fine-tune the same weights.
+    let model = common::load_safetensors::<DpAutodiff<I>, M>(build()?, &path, dev)?;
+    Ok((
+        model,
+        Pretraining {
+            path: Some(path),
+            trained_now,
+        },
+    ))
+}
+
 fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     let start = Instant::now();
-    let tiny = matches!(args.model, Arch::TinyResnet | Arch::TinyVit);
-    let size = args.image_size.unwrap_or(if tiny { 16 } else { 224 });
+    let size = args.image_size.unwrap_or(match args.model {
+        Arch::Cnn => 8,
+        Arch::TinyResnet | Arch::TinyVit => 16,
+        _ => 224,
+    });
     let (data, class_names) = match &args.data {
         Some(dir) => image_folder(dir, size)?,
         None => digits(size),
     };
     let classes = class_names.len();
-    let (train, mut test) = split(&data);
+    let (public, private, mut test) = splits(&data, args.public_fraction);
     if let Some(m) = args.max_eval {
         test = test.subset(&(0..m.min(test.len())).collect::<Vec<_>>());
     }
     eprintln!(
-        "data: {} ({} classes), {} train / {} test images of {size}×{size}",
+        "data: {} ({} classes), {} public (pre-training) / {} private (DP fine-tuning) / {} test images of {size}×{size}",
         args.data
             .as_ref()
             .map_or("bundled digits".into(), |d| d.display().to_string()),
         classes,
-        train.len(),
+        public.len(),
+        private.len(),
         test.len()
     );
     type B<I> = DpAutodiff<I>;
+    let ctx = Context {
+        args,
+        public: &public,
+        train: &private,
+        test: &test,
+        class_names: &class_names,
+        size,
+        start,
+    };
     match args.model {
+        Arch::Cnn => {
+            let build = || Ok(SmallCnn::<B<I>>::new(classes, &dev));
+            let (model, pre) = prepare::<I, _>(args, size, &public, build, &dev)?;
+            train_eval::<I, _>(&ctx, model, pre, "fc", dev)
+        }
         Arch::TinyVit | Arch::VitB16 => {
-            let model = vit::<B<I>>(args, classes, size, &dev)?;
-            train_eval::<I, _>(
-                args,
-                model,
-                &train,
-                &test,
-                ("classifier", &class_names),
-                dev,
-                start,
-            )
+            let build = || vit::<B<I>>(args, classes, size, &dev);
+            let (model, pre) = prepare::<I, _>(args, size, &public, build, &dev)?;
+            train_eval::<I, _>(&ctx, model, pre, "classifier", dev)
         }
         _ => {
-            let model = resnet::<B<I>>(args, classes, &dev)?;
-            train_eval::<I, _>(args, model, &train, &test, ("fc", &class_names), dev, start)
+            let build = || resnet::<B<I>>(args, classes, &dev);
+            let (model, pre) = prepare::<I, _>(args, size, &public, build, &dev)?;
+            train_eval::<I, _>(&ctx, model, pre, "fc", dev)
         }
     }
 }
 
-fn train_eval<I, M>(
-    args: &Args,
-    model: M,
-    train: &Images,
-    test: &Images,
-    (head, class_names): (&str, &[String]),
-    dev: I::Device,
+struct Context<'a> {
+    args: &'a Args,
+    public: &'a Images,
+    train: &'a Images,
+    test: &'a Images,
+    class_names: &'a [String],
+    size: usize,
     start: Instant,
+}
+
+fn train_eval<I, M>(
+    ctx: &Context<'_>,
+    model: M,
+    pre: Pretraining,
+    head: &str,
+    dev: I::Device,
 ) -> Result<Summary, Error>
 where
     I: burn_dp::NoiseBackend,
@@ -430,76 +645,120 @@ where
     M::InnerModule: Classifier<PerSample<I>>,
 {
     type B<I> = DpAutodiff<I>;
-    let noise = common::noise_source(args.train.seed);
+    let (args, train, test) = (ctx.args, ctx.train, ctx.test);
     let n = train.len();
-    // ANCHOR: setup
-    // DP-BiTFiT (`--freeze bias`) trains only the biases; frozen parameters cost nothing.
-    let (model, report) = freeze(model, &common::freeze_policy(args.train.freeze, &[head]))?;
-    let (schedule, privacy) = args.train.privacy(n, args.batch_size, args.epochs)?;
-    let sigma = privacy.noise_multiplier;
-    let clipping = common::clipping(args.train.clipping, args.train.max_norm);
-    // The trainer owns the model, the DP optimizer and the Poisson sampler (at the privacy
-    // state's q); physical batches only bound memory.
-    let mut trainer = PrivateTrainer::new(
-        model,
-        AdamWConfig::new().init::<B<I>, M>(),
-        clipping,
-        privacy,
-        n,
-        args.physical_batch_size,
-        noise,
-    )?;
-    // ANCHOR_END: setup
-    eprintln!(
-        "training {} of {} parameters ({} tensors); σ = {sigma:.4} for ε = {} at δ = {} over {} steps (q = {:.4})",
-        report.trainable, report.total, report.trainable_tensors, args.train.target_epsilon, args.train.delta, schedule.steps, schedule.sample_rate
-    );
-    let steps = args
-        .train
-        .max_steps
-        .map_or(schedule.steps, |m| m.min(schedule.steps));
-    let curve_images = test.subset(&(0..test.len().min(CURVE_HELD_OUT)).collect::<Vec<_>>());
-    let bar = common::progress(steps, "DP training", args.train.quiet);
-    let (mut loss_curve, mut eps_curve) = (Curve::default(), Curve::default());
-    let every = (steps / 50).max(1);
-    for step in 1..=steps {
-        // ANCHOR: step
-        // Per-sample losses of the drawn examples; padding rows are masked by the trainer.
-        trainer.step(args.train.lr, |model, indices| {
-            let (x, y) = train.tensors::<B<I>>(indices, &dev);
-            cross_entropy_per_sample(model.logits(batch(x)), y)
-        })?;
-        // ANCHOR_END: step
-        if step % every == 0 || step == steps {
-            eps_curve.push(step, trainer.epsilon()?.epsilon);
-            // The published curve: the noised model's loss on held-out images, never the loss
-            // of a private batch.
-            let loss = held_out_loss(
-                &trainer.model().valid(),
-                &curve_images,
-                args.physical_batch_size,
-                &dev,
-            );
-            loss_curve.push(step, loss);
-        }
-        bar.inc(1);
+    let pretrained_accuracy = pre
+        .path
+        .as_ref()
+        .map(|_| accuracy(&model.valid(), test, args.physical_batch_size, &dev));
+    if let Some(a) = pretrained_accuracy {
+        eprintln!("test accuracy of the public pre-trained model: {a:.4}");
     }
-    bar.finish_and_clear();
-    let epsilon = trainer.epsilon()?.epsilon;
-    let accuracy = accuracy(
-        &trainer.model().valid(),
-        test,
-        args.physical_batch_size,
-        &dev,
-    );
-    let seconds = start.elapsed().as_secs_f64();
+    let curve_images = test.subset(&(0..test.len().min(CURVE_HELD_OUT)).collect::<Vec<_>>());
+    let (mut loss_curve, mut eps_curve) = (Curve::default(), Curve::default());
+    let (model, report, steps, planned, q, sigma, epsilon) = if args.non_private {
+        // The non-private baseline: the same shared plain loop as the pre-training, on the
+        // private part (no privacy: only for comparison).
+        let (model, report) = freeze(model, &common::freeze_policy(args.train.freeze, &[head]))?;
+        let batch = (args.batch_size as usize).max(1);
+        let model = common::train_non_private(
+            model,
+            n,
+            PlainTraining {
+                epochs: args.epochs,
+                batch_size: batch,
+                lr: args.train.lr.unwrap_or(DEFAULT_LR),
+                seed: args.train.seed.unwrap_or(0),
+            },
+            "NON-PRIVATE fine-tuning",
+            args.train.quiet,
+            |model: &M, idx| {
+                let (x, y) = train.tensors::<B<I>>(idx, &dev);
+                cross_entropy_per_sample(model.logits(x), y)
+            },
+        );
+        let steps = args.epochs * n.div_ceil(batch) as u64;
+        let inner = model.valid();
+        (inner, report, steps, steps, 0.0, 0.0, f64::INFINITY)
+    } else {
+        let noise = common::noise_source(args.train.seed);
+        // ANCHOR: setup
+        // DP-BiTFiT (`--freeze bias`) trains only the biases; frozen parameters cost nothing.
+        let (model, report) = freeze(model, &common::freeze_policy(args.train.freeze, &[head]))?;
+        let (schedule, privacy) = args.train.privacy(n, args.batch_size, args.epochs)?;
+        let sigma = privacy.noise_multiplier;
+        let clipping = common::clipping(args.train.clipping, args.train.max_norm);
+        // The trainer owns the model, the DP optimizer and the Poisson sampler (at the privacy
+        // state's q); physical batches only bound memory.
+        let mut trainer = PrivateTrainer::new(
+            model,
+            AdamWConfig::new().init::<B<I>, M>(),
+            clipping,
+            privacy,
+            n,
+            args.physical_batch_size,
+            noise,
+        )?;
+        // ANCHOR_END: setup
+        eprintln!(
+            "training {} of {} parameters ({} tensors); σ = {sigma:.4} for ε = {} at δ = {} over {} steps (q = {:.4})",
+            report.trainable, report.total, report.trainable_tensors, args.train.target_epsilon, args.train.delta, schedule.steps, schedule.sample_rate
+        );
+        common::announce_first_step(args.train.backend, args.train.quiet);
+        let steps = args
+            .train
+            .max_steps
+            .map_or(schedule.steps, |m| m.min(schedule.steps));
+        let bar = common::progress(steps, "DP fine-tuning", args.train.quiet);
+        let every = (steps / 50).max(1);
+        for step in 1..=steps {
+            // ANCHOR: step
+            // Per-sample losses of the drawn examples; padding rows are masked by the trainer.
+            trainer.step(args.train.lr.unwrap_or(DEFAULT_LR), |model, indices| {
+                let (x, y) = train.tensors::<B<I>>(indices, &dev);
+                cross_entropy_per_sample(model.logits(batch(x)), y)
+            })?;
+            // ANCHOR_END: step
+            if step % every == 0 || step == steps {
+                eps_curve.push(step, trainer.epsilon()?.epsilon);
+                // The published curve: the noised model's loss on held-out images, never the
+                // loss of a private batch.
+                let loss = held_out_loss(
+                    &trainer.model().valid(),
+                    &curve_images,
+                    args.physical_batch_size,
+                    &dev,
+                );
+                loss_curve.push(step, loss);
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let epsilon = trainer.epsilon()?.epsilon;
+        let inner = trainer.into_model().valid();
+        (
+            inner,
+            report,
+            steps,
+            schedule.steps,
+            schedule.sample_rate,
+            sigma,
+            epsilon,
+        )
+    };
+    let accuracy = accuracy(&model, test, args.physical_batch_size, &dev);
+    let seconds = ctx.start.elapsed().as_secs_f64();
     let metrics = serde_json::json!({
         "example": "image-classification",
-        "model": format!("{:?}", args.model), "classes": class_names,
+        "model": format!("{:?}", args.model), "image_size": ctx.size, "classes": ctx.class_names,
         "freeze": format!("{:?}", args.train.freeze), "clipping": format!("{:?}", args.train.clipping),
+        "max_norm": (args.train.clipping == common::ClippingKind::Abadi).then_some(args.train.max_norm),
+        "lr": args.train.lr.unwrap_or(DEFAULT_LR), "private": !args.non_private,
         "trainable_parameters": report.trainable, "total_parameters": report.total,
+        "public_examples": ctx.public.len(), "pretrained": pre.path.as_ref().map(|p| p.display().to_string()),
+        "pretrained_accuracy": pretrained_accuracy,
         "train_examples": n, "test_examples": test.len(),
-        "steps": steps, "planned_steps": schedule.steps, "sample_rate": schedule.sample_rate,
+        "steps": steps, "planned_steps": planned, "sample_rate": q,
         "noise_multiplier": sigma, "epsilon": epsilon, "delta": args.train.delta, "target_epsilon": args.train.target_epsilon,
         "fixed_seed": args.train.seed, "accuracy": accuracy, "seconds": seconds,
     });
@@ -512,8 +771,121 @@ where
         seconds,
         outputs,
         metrics,
+        pretrained_accuracy,
     })
 }
+
+// ANCHOR: sweep
+/// `--sweep`: the public pre-trained model alone, non-private fine-tuning, then DP full,
+/// DP-BiTFiT and DP last layers at each `--sweep-epsilons`, with automatic clipping and Abadi
+/// clipping at each `--sweep-max-norms`; every configuration is one ordinary run of this
+/// example. Writes `results.md` and `results.svg` to `--out`.
+pub fn sweep(args: &Args) -> Result<Vec<SweepRow>, Error> {
+    let command = std::env::args()
+        .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut rows = Vec::new();
+    let row = |method: &str, clipping: String, a: &Args, s: &Summary| SweepRow {
+        method: method.into(),
+        clipping,
+        target_epsilon: (!a.non_private).then_some(a.train.target_epsilon),
+        epsilon: (!a.non_private).then_some(s.epsilon),
+        metric: s.accuracy,
+        trainable: s.metrics["trainable_parameters"].as_u64().unwrap_or(0),
+        steps: s.steps,
+        seconds: s.seconds,
+    };
+    let base = |a: &mut Args, name: &str| {
+        a.sweep = false;
+        a.train.quiet = true;
+        a.out = args.out.join("runs").join(name);
+    };
+    let mut plain = args.clone();
+    base(&mut plain, "non-private");
+    plain.non_private = true;
+    plain.train.freeze = FreezeKind::None;
+    let s = run(plain.clone())?;
+    if let Some(a) = s.pretrained_accuracy {
+        rows.push(SweepRow {
+            method: "public pre-training only".into(),
+            clipping: "-".into(),
+            target_epsilon: None,
+            epsilon: Some(0.0),
+            metric: a,
+            trainable: 0,
+            steps: 0,
+            seconds: 0.0,
+        });
+    }
+    rows.push(row("non-private full", "-".into(), &plain, &s));
+    eprintln!(
+        "{}",
+        common::sweep_markdown(&rows[rows.len() - 1..], "accuracy")
+    );
+    let mut clippings = vec![(common::ClippingKind::Automatic, 0.0)];
+    clippings.extend(
+        args.sweep_max_norms
+            .iter()
+            .map(|&c| (common::ClippingKind::Abadi, c)),
+    );
+    for &eps in &args.sweep_epsilons {
+        for (freeze, method) in [
+            (FreezeKind::None, "DP full"),
+            (FreezeKind::Bias, "DP-BiTFiT"),
+            (FreezeKind::Head, "DP last layer"),
+        ] {
+            for &(clipping, c) in &clippings {
+                let abadi_here = args
+                    .sweep_abadi_epsilons
+                    .as_ref()
+                    .is_none_or(|at| at.contains(&eps));
+                if clipping == common::ClippingKind::Abadi && !abadi_here {
+                    continue;
+                }
+                let mut a = args.clone();
+                let label = match clipping {
+                    common::ClippingKind::Automatic => "automatic".to_string(),
+                    common::ClippingKind::Abadi => format!("Abadi C={c}"),
+                };
+                base(
+                    &mut a,
+                    &format!("{method}-{label}-eps{eps}").replace([' ', '='], "_"),
+                );
+                a.train.target_epsilon = eps;
+                a.train.freeze = freeze;
+                a.train.clipping = clipping;
+                a.train.max_norm = c;
+                if freeze == FreezeKind::Bias {
+                    a.train.lr = Some(args.sweep_bitfit_lr);
+                }
+                let s = run(a.clone())?;
+                rows.push(row(method, label, &a, &s));
+                // Written after every configuration, so an interrupted sweep keeps its rows.
+                common::write_sweep(
+                    &args.out,
+                    &rows,
+                    &command,
+                    "Test accuracy on the private test split (digits)",
+                    "accuracy",
+                )?;
+                eprintln!(
+                    "{}",
+                    common::sweep_markdown(&rows[rows.len() - 1..], "accuracy")
+                );
+            }
+        }
+    }
+    common::write_sweep(
+        &args.out,
+        &rows,
+        &command,
+        "Test accuracy on the private test split (digits)",
+        "accuracy",
+    )?;
+    Ok(rows)
+}
+// ANCHOR_END: sweep
 
 /// Held-out images whose loss is published as the training curve.
 pub const CURVE_HELD_OUT: usize = 64;

@@ -1,4 +1,5 @@
-//! CI-sized runs of the example (two DP steps of the tiny models on the bundled digits), and the
+//! CI-sized runs of the example (a short public pre-training, two DP steps of the small models on
+//! the bundled digits), and the
 //! book's `{{#include}}` check (`book` test; see book/README.md).
 
 use burn_dp_image_classification::{run, Args};
@@ -10,8 +11,16 @@ fn args(extra: &[&str]) -> Args {
         std::process::id(),
         extra.join("_").replace('-', "")
     ));
+    let pretrained = out.join("pretrained.safetensors");
+    let pretrained = pretrained.to_string_lossy().into_owned();
     let mut argv = vec![
         "image-classification",
+        "--public-fraction",
+        "0.05",
+        "--pretrain-epochs",
+        "1",
+        "--pretrained",
+        &pretrained,
         "--max-steps",
         "2",
         "--batch-size",
@@ -31,9 +40,28 @@ fn args(extra: &[&str]) -> Args {
     Args::parse_from(argv)
 }
 
+/// The default model: public pre-training writes the weights, a second run reads them back.
+#[test]
+fn smoke_cnn_pretrains_once_and_reuses_weights() {
+    let first = run(args(&["--epochs", "1"])).expect("run");
+    let path = first.metrics["pretrained"]
+        .as_str()
+        .expect("pre-trained")
+        .to_string();
+    let bytes = std::fs::read(&path).expect("weights written");
+    let second = run(args(&["--epochs", "1"])).expect("run");
+    assert_eq!(second.metrics["pretrained"].as_str(), Some(path.as_str()));
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "read, not rewritten");
+    assert_eq!(first.pretrained_accuracy, second.pretrained_accuracy);
+    assert_eq!(first.metrics["model"], "Cnn");
+    // The non-private baseline runs through the same shared loop.
+    let plain = run(args(&["--epochs", "1", "--non-private"])).expect("run");
+    assert!(plain.metrics["epsilon"].is_null() && (0.0..=1.0).contains(&plain.accuracy));
+}
+
 #[test]
 fn smoke_full_vit() {
-    let s = run(args(&[])).expect("run");
+    let s = run(args(&["--model", "tiny-vit"])).expect("run");
     assert_eq!(s.steps, 2);
     assert!(s.epsilon > 0.0 && s.epsilon < 3.0, "{}", s.epsilon);
     assert!((0.0..=1.0).contains(&s.accuracy));
@@ -100,12 +128,12 @@ fn image_folder_loads_pngs() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// Published artefacts (metrics.json, the class names and counts, the curves' steps) must not
-/// depend on one private record: two image folders that differ in one training image give the
-/// same files apart from what the noised model computes.
+/// Published artefacts (metrics.json, the class names and counts, the curves' steps, the
+/// pre-trained weights) must not depend on one private record: two image folders that differ in
+/// one private training image give the same files apart from what the noised model computes.
 #[test]
 fn published_artefacts_do_not_depend_on_one_record() {
-    use burn_dp_image_classification::{image_folder, split};
+    use burn_dp_image_classification::{image_folder, splits};
     let root = std::env::temp_dir().join(format!("burn-dp-ic-neighbours-{}", std::process::id()));
     let write = |dir: &std::path::Path, odd: Option<u8>| {
         for (class, shade) in [("cats", 40u8), ("dogs", 200u8)] {
@@ -128,10 +156,10 @@ fn published_artefacts_do_not_depend_on_one_record() {
             write(&root.join("d_prime"), Some(i));
             let (a, _) = image_folder(&root.join("d"), 8).unwrap();
             let (b, _) = image_folder(&root.join("d_prime"), 8).unwrap();
-            let ((ta, ea), (tb, eb)) = (split(&a), split(&b));
-            ta.pixels != tb.pixels && ea.pixels == eb.pixels
+            let ((pa, ta, ea), (pb, tb, eb)) = (splits(&a, 0.5), splits(&b, 0.5));
+            ta.pixels != tb.pixels && ea.pixels == eb.pixels && pa.pixels == pb.pixels
         })
-        .expect("an image in the training split");
+        .expect("an image in the private training split");
     write(&root.join("d_prime"), Some(odd));
     let published = |name: &str| {
         let data = root.join(name).to_string_lossy().into_owned();
@@ -139,12 +167,20 @@ fn published_artefacts_do_not_depend_on_one_record() {
             .join(format!("out-{name}"))
             .to_string_lossy()
             .into_owned();
+        let pretrained = root
+            .join(format!("pre-{name}.safetensors"))
+            .to_string_lossy()
+            .into_owned();
         let s = run(Args::parse_from([
             "image-classification",
             "--data",
             data.as_str(),
-            "--model",
-            "tiny-resnet",
+            "--public-fraction",
+            "0.5",
+            "--pretrain-epochs",
+            "2",
+            "--pretrained",
+            pretrained.as_str(),
             "--image-size",
             "8",
             "--max-steps",
@@ -167,7 +203,11 @@ fn published_artefacts_do_not_depend_on_one_record() {
             m.as_object_mut().unwrap().remove(key);
         }
         m["curves"].as_object_mut().unwrap().remove("held_out_loss");
-        m
+        // The pre-trained weights (published, reused by later runs) come from the public part
+        // only: byte for byte the same.
+        let path = m.as_object_mut().unwrap().remove("pretrained").unwrap();
+        let weights = std::fs::read(path.as_str().unwrap()).unwrap();
+        (m, weights)
     };
     assert_eq!(published("d"), published("d_prime"));
     std::fs::remove_dir_all(&root).ok();

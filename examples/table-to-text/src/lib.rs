@@ -12,11 +12,17 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateTrainer};
-use burn_dp_examples_common::{self as common, BackendKind, Curve, Error};
+use burn_dp_examples_common::{
+    self as common, BackendKind, Curve, Error, FreezeKind, PlainTraining, SweepRow,
+};
 use burn_dp_models::{Gpt2, Gpt2Config, LoadOptions, PretrainedModel};
 use clap::{Parser, ValueEnum};
 
 pub mod bleu;
+pub mod corpus;
+
+/// The default learning rate of the fine-tuning (AdamW).
+pub const DEFAULT_LR: f64 = 5e-3;
 
 /// Command-line arguments.
 #[derive(Parser, Debug, Clone)]
@@ -28,13 +34,13 @@ pub struct Args {
     /// Privacy, clipping, freezing, backend and run-control flags shared by the examples.
     #[command(flatten)]
     pub train: common::PrivateTrainingArgs,
-    /// E2E data: a CSV file with columns `mr`, `ref` (split 80/20 by meaning representation), or
-    /// the E2E folder (`trainset.csv` for training, `devset.csv` held out). Default: the bundled
-    /// synthetic sample `data/e2e_sample.csv`.
+    /// Private E2E data: a CSV file with columns `mr`, `ref` (split 80/20 by meaning
+    /// representation), or the E2E folder (`trainset.csv` for training, `devset.csv` held out).
+    /// Default: the private part of the bundled generated corpus (`src/corpus.rs`).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Architecture (`tiny`: 2 layers, width 64, a vocabulary cut down to the tokens of the public
-    /// vocabulary text `data/public_vocabulary.txt`).
+    /// vocabulary text `data/public_vocabulary.txt` and of the public part of the corpus).
     #[arg(long, value_enum, default_value_t = Size::Tiny)]
     pub model: Size,
     /// Pretrained GPT-2 weights: `.onnx` (PyTorch export) or `.safetensors` (HF). Requires a
@@ -44,19 +50,58 @@ pub struct Args {
     /// Tokens per training sequence (prompt + sentence): every sequence is padded or cut to
     /// exactly this length, a fixed setting (a length taken from the data would publish the
     /// longest private record's length).
-    #[arg(long, default_value_t = 56)]
+    #[arg(long, default_value_t = 64)]
     pub max_len: usize,
     /// Maximum generated tokens per sentence.
     #[arg(long, default_value_t = 40)]
     pub max_new_tokens: usize,
-    /// Epochs.
-    #[arg(long, default_value_t = 30)]
+    /// Epochs of private fine-tuning.
+    #[arg(long, default_value_t = 16)]
     pub epochs: u64,
     /// Expected logical batch size.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 512)]
     pub batch_size: u64,
+    /// Rows of the generated public part (pre-training and vocabulary).
+    #[arg(long, default_value_t = 3000)]
+    pub public_rows: usize,
+    /// Rows of the generated private training part (without `--data`).
+    #[arg(long, default_value_t = 2000)]
+    pub private_rows: usize,
+    /// Held-out private meaning representations generated for the test (without `--data`).
+    #[arg(long, default_value_t = 100)]
+    pub test_mrs: usize,
+    /// Epochs of non-private pre-training of the tiny model on the public part (0: none).
+    #[arg(long, default_value_t = 8)]
+    pub pretrain_epochs: u64,
+    /// Learning rate of the pre-training (AdamW, batches of 32).
+    #[arg(long, default_value_t = 3e-3)]
+    pub pretrain_lr: f64,
+    /// The pre-trained weights (safetensors): read when the file exists, else written after
+    /// pre-training. Default: a file named after the settings under
+    /// `target/examples/table-to-text/pretrained/`.
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// Fine-tune WITHOUT privacy (plain AdamW on the private part: the baseline of a sweep).
+    #[arg(long)]
+    pub non_private: bool,
+    /// Run the results sweep (see the README) and write `results.md` and `results.svg`.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Target ε of the sweep.
+    #[arg(long, value_delimiter = ',', default_values_t = [1.0, 3.0, 8.0])]
+    pub sweep_epsilons: Vec<f64>,
+    /// The target ε at which the sweep also runs Abadi clipping (default: every
+    /// `--sweep-epsilons`).
+    #[arg(long, value_delimiter = ',')]
+    pub sweep_abadi_epsilons: Option<Vec<f64>>,
+    /// Abadi clipping thresholds of the sweep (each at every freezing; empty: none).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.1, 1.0, 10.0])]
+    pub sweep_max_norms: Vec<f64>,
+    /// Learning rate of DP-BiTFiT in the sweep.
+    #[arg(long, default_value_t = 1e-2)]
+    pub sweep_bitfit_lr: f64,
     /// Samples per forward/backward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     pub physical_batch_size: usize,
     /// Output folder (metrics.json, loss.svg, epsilon.svg, generations.tsv).
     #[arg(long, default_value = "target/examples/table-to-text")]
@@ -103,10 +148,10 @@ pub struct Summary {
     pub outputs: common::Outputs,
     /// Everything in `metrics.json` but the curves.
     pub metrics: serde_json::Value,
+    /// BLEU of the public pre-trained model before fine-tuning (`None`: none).
+    pub pretrained_bleu: Option<f64>,
 }
 
-/// The bundled synthetic sample (written from templates by `data/make_sample.py`).
-pub const SAMPLE: &str = include_str!("../data/e2e_sample.csv");
 /// Public text of the E2E domain (slot names and values, template sentences), fixed before any
 /// private data is seen: the tiny model's vocabulary is built from it, never from training data.
 pub const PUBLIC_VOCABULARY: &str = include_str!("../data/public_vocabulary.txt");
@@ -154,9 +199,14 @@ fn read_file(path: &Path) -> Result<Vec<Row>, Error> {
 /// A held-out meaning representation and its references.
 pub type HeldOut = (String, Vec<String>);
 
-/// Train rows and held-out `(mr, references)`: a folder gives `trainset.csv` / `devset.csv`, a
-/// file (or the bundled sample) is split by meaning representation, every fifth held out.
-pub fn load(data: Option<&Path>) -> Result<(Vec<Row>, Vec<HeldOut>), Error> {
+/// Private train rows and held-out `(mr, references)`: the private part of the generated corpus
+/// (`private` rows, `test` held-out meaning representations) without `data`; a folder gives
+/// `trainset.csv` / `devset.csv`, a file is split by meaning representation, every fifth held out.
+pub fn load(
+    data: Option<&Path>,
+    private: usize,
+    test: usize,
+) -> Result<(Vec<Row>, Vec<HeldOut>), Error> {
     let group = |rows: Vec<Row>| {
         let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for r in rows {
@@ -170,11 +220,12 @@ pub fn load(data: Option<&Path>) -> Result<(Vec<Row>, Vec<HeldOut>), Error> {
             let dev = group(read_file(&dir.join("devset.csv"))?);
             Ok((train, dev.into_iter().collect()))
         }
-        _ => {
-            let rows = match data {
-                Some(file) => read_file(file)?,
-                None => read_csv(SAMPLE)?,
-            };
+        None => {
+            let c = corpus::generate(0, private, test);
+            Ok((c.private_train, c.test))
+        }
+        Some(file) => {
+            let rows = read_file(file)?;
             let (mut train, mut test) = (Vec::new(), Vec::new());
             for (i, (mr, refs)) in group(rows).into_iter().enumerate() {
                 if i % 5 == 4 {
@@ -234,20 +285,21 @@ impl Tokenizer {
     }
 
     /// The tiny model's vocabulary: the tokens of [`PUBLIC_VOCABULARY`] (each line as it is and
-    /// after a space, as sentences and prompts tokenise), never of the training data.
-    pub fn public_compact() -> Result<Self, Error> {
+    /// after a space, as sentences and prompts tokenise) and of the public rows (prompt and
+    /// sentence as [`sequences`] tokenises them), never of the private data.
+    pub fn public_compact(public: &[Row]) -> Result<Self, Error> {
         let lines: Vec<&str> = PUBLIC_VOCABULARY
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .collect();
-        let spaced: Vec<String> = lines.iter().map(|l| format!(" {l}")).collect();
-        Self::compact(
-            lines
-                .iter()
-                .copied()
-                .chain(spaced.iter().map(String::as_str)),
-        )
+        let mut texts: Vec<String> = lines.iter().map(|l| format!(" {l}")).collect();
+        texts.extend(lines.iter().map(|l| l.to_string()));
+        for r in public {
+            texts.push(prompt(&r.mr));
+            texts.push(format!(" {}", r.reference));
+        }
+        Self::compact(texts.iter().map(String::as_str))
     }
 
     /// Vocabulary size of the model.
@@ -442,16 +494,82 @@ pub fn run(args: Args) -> Result<Summary, Error> {
     }
 }
 
+/// Seed of the weight initialisation before pre-training (public).
+pub const PRETRAIN_SEED: u64 = 20_240_602;
+
+/// Where the pre-trained weights of `args` are cached: `--pretrained`, or a file named after the
+/// pre-training settings.
+pub fn pretrained_path(args: &Args, vocabulary: usize) -> PathBuf {
+    args.pretrained.clone().unwrap_or_else(|| {
+        PathBuf::from("target/examples/table-to-text/pretrained").join(format!(
+            "tiny-v{vocabulary}-public{}-len{}-e{}-lr{}.safetensors",
+            args.public_rows, args.max_len, args.pretrain_epochs, args.pretrain_lr
+        ))
+    })
+}
+
+/// `[ids, mask]` tensors of rows `idx` of `seqs`.
+fn batch_tensors<B: Backend>(
+    seqs: &Sequences,
+    idx: &[usize],
+    dev: &B::Device,
+) -> (Tensor<B, 2, Int>, Tensor<B, 2>) {
+    let (b, t) = (idx.len(), seqs.len);
+    let ids: Vec<i64> = idx
+        .iter()
+        .flat_map(|&i| seqs.ids[i * t..(i + 1) * t].iter().copied())
+        .collect();
+    let mask: Vec<f32> = idx
+        .iter()
+        .flat_map(|&i| seqs.mask[i * (t - 1)..(i + 1) * (t - 1)].iter().copied())
+        .collect();
+    (
+        Tensor::from_data(TensorData::new(ids, [b, t]), dev),
+        Tensor::from_data(TensorData::new(mask, [b, t - 1]), dev),
+    )
+}
+
+/// Greedy generations for `test` and their corpus BLEU.
+fn evaluate<B: Backend>(
+    model: &Gpt2<B>,
+    tok: &Tokenizer,
+    test: &[HeldOut],
+    args: &Args,
+    n_positions: usize,
+    dev: &B::Device,
+) -> (Vec<String>, f64) {
+    let bar = common::progress(test.len() as u64, "generating", args.train.quiet);
+    let mut hypotheses = Vec::new();
+    for (mr, _) in test {
+        hypotheses.push(generate(
+            model,
+            tok,
+            &prompt(mr),
+            args.max_new_tokens,
+            n_positions,
+            dev,
+        ));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let references: Vec<Vec<String>> = test.iter().map(|(_, r)| r.clone()).collect();
+    let bleu = bleu::corpus_bleu(&hypotheses, &references);
+    (hypotheses, bleu)
+}
+
 fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     type B<I> = DpAutodiff<I>;
     let start = Instant::now();
-    let (train, mut test) = load(args.data.as_deref())?;
+    // The public part: generated, never read from `--data`.
+    let public = corpus::generate(args.public_rows, 0, 0).public;
+    let (train, mut test) = load(args.data.as_deref(), args.private_rows, args.test_mrs)?;
     if let Some(m) = args.max_eval {
         test.truncate(m);
     }
-    // The vocabulary comes from public text (tiny model) or is GPT-2's own: never from the data.
+    // The vocabulary comes from public text (tiny model) or is GPT-2's own: never from the
+    // private data.
     let tok = match args.model {
-        Size::Tiny => Tokenizer::public_compact()?,
+        Size::Tiny => Tokenizer::public_compact(&public)?,
         _ => Tokenizer::gpt2()?,
     };
     let config = match args.model {
@@ -460,6 +578,7 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         Size::Medium => Gpt2Config::medium(),
         Size::Large => Gpt2Config::large(),
     };
+    let max_len = args.max_len.min(config.n_positions);
     // ANCHOR: import_gpt2
     let model: Gpt2<B<I>> = match &args.init {
         None => config.init(&dev),
@@ -472,7 +591,52 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         Some(path) => Gpt2::from_safetensors(&config, path, &dev, LoadOptions::with_progress())?,
     };
     // ANCHOR_END: import_gpt2
-    let seqs = sequences(&train, &tok, args.max_len.min(config.n_positions));
+    // Public pre-training of the tiny model (without privacy, on the public part only), cached.
+    let pretrained = if args.init.is_none()
+        && args.model == Size::Tiny
+        && args.pretrain_epochs > 0
+        && !public.is_empty()
+    {
+        let path = pretrained_path(args, tok.vocab_size());
+        if !path.exists() {
+            <B<I> as Backend>::seed(&dev, PRETRAIN_SEED);
+            let fresh: Gpt2<B<I>> = config.init(&dev);
+            let public_seqs = sequences(&public, &tok, max_len);
+            let model = common::train_non_private(
+                fresh,
+                public.len(),
+                PlainTraining {
+                    epochs: args.pretrain_epochs,
+                    batch_size: 32,
+                    lr: args.pretrain_lr,
+                    seed: PRETRAIN_SEED,
+                },
+                "public pre-training",
+                args.train.quiet,
+                |model: &Gpt2<B<I>>, idx| {
+                    let (ids, mask) = batch_tensors::<B<I>>(&public_seqs, idx, &dev);
+                    sentence_loss(model, ids, mask)
+                },
+            );
+            common::save_safetensors::<B<I>, _>(&model, &path)?;
+            eprintln!("pre-trained weights written: {}", path.display());
+        } else {
+            eprintln!("pre-trained weights read: {}", path.display());
+        }
+        Some(path)
+    } else {
+        None
+    };
+    let model = match &pretrained {
+        Some(path) => common::load_safetensors::<B<I>, _>(model, path, &dev)?,
+        None => model,
+    };
+    let pretrained_bleu = pretrained.as_ref().map(|_| {
+        let (_, b) = evaluate(&model.valid(), &tok, &test, args, config.n_positions, &dev);
+        eprintln!("BLEU of the public pre-trained model: {b:.2}");
+        b
+    });
+    let seqs = sequences(&train, &tok, max_len);
     // The published loss curve is measured on held-out rows (one reference each), not on the
     // private batches: a batch's exact loss is one person's loss when the batch holds one example.
     let curve_rows: Vec<Row> = test
@@ -486,7 +650,8 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
     let curve_seqs = sequences(&curve_rows, &tok, seqs.len);
     let n = train.len();
     eprintln!(
-        "data: {} train rows, {} held-out meaning representations; sequences cut or padded to {} tokens (--max-len); vocabulary {} (fixed before training)",
+        "data: {} public rows (pre-training), {} private train rows, {} held-out meaning representations; sequences cut or padded to {} tokens (--max-len); vocabulary {} (fixed before training)",
+        public.len(),
         n,
         test.len(),
         seqs.len,
@@ -494,88 +659,89 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
     );
     let last = format!("transformer.h.{}", config.n_layer - 1);
     let head = [last.as_str(), "transformer.ln_f", "lm_head"];
-
-    let noise = common::noise_source(args.train.seed);
     let (model, report) = freeze(model, &common::freeze_policy(args.train.freeze, &head))?;
-    let (schedule, privacy) = args.train.privacy(n, args.batch_size, args.epochs)?;
-    let sigma = privacy.noise_multiplier;
-    let mut trainer = PrivateTrainer::new(
-        model,
-        AdamWConfig::new().init::<B<I>, Gpt2<B<I>>>(),
-        common::clipping(args.train.clipping, args.train.max_norm),
-        privacy,
-        n,
-        args.physical_batch_size,
-        noise,
-    )?;
-    eprintln!(
-        "training {} of {} parameters ({} tensors); σ = {sigma:.4} for ε = {} at δ = {} over {} steps (q = {:.4})",
-        report.trainable, report.total, report.trainable_tensors, args.train.target_epsilon, args.train.delta, schedule.steps, schedule.sample_rate
-    );
-
-    let steps = args
-        .train
-        .max_steps
-        .map_or(schedule.steps, |m| m.min(schedule.steps));
-    let bar = common::progress(steps, "DP fine-tuning", args.train.quiet);
     let (mut loss_curve, mut eps_curve) = (Curve::default(), Curve::default());
-    let every = (steps / 50).max(1);
-    let t = seqs.len;
-    for step in 1..=steps {
-        // Token ids need no `batch` mark: the embedding lookup marks its output.
-        trainer.step(args.train.lr, |model, indices| {
-            let b = indices.len();
-            let ids: Vec<i64> = indices
-                .iter()
-                .flat_map(|&i| seqs.ids[i * t..(i + 1) * t].iter().copied())
-                .collect();
-            let mask: Vec<f32> = indices
-                .iter()
-                .flat_map(|&i| seqs.mask[i * (t - 1)..(i + 1) * (t - 1)].iter().copied())
-                .collect();
-            let ids = Tensor::<B<I>, 2, Int>::from_data(TensorData::new(ids, [b, t]), &dev);
-            // The token mask is per-sample data: marked as the batch like the inputs.
-            let mask = batch(Tensor::<B<I>, 2>::from_data(
-                TensorData::new(mask, [b, t - 1]),
-                &dev,
+    let (eval, steps, planned, q, sigma, epsilon) = if args.non_private {
+        let batch = (args.batch_size as usize).max(1);
+        let model = common::train_non_private(
+            model,
+            n,
+            PlainTraining {
+                epochs: args.epochs,
+                batch_size: batch,
+                lr: args.train.lr.unwrap_or(DEFAULT_LR),
+                seed: args.train.seed.unwrap_or(0),
+            },
+            "NON-PRIVATE fine-tuning",
+            args.train.quiet,
+            |model: &Gpt2<B<I>>, idx| {
+                let (ids, mask) = batch_tensors::<B<I>>(&seqs, idx, &dev);
+                sentence_loss(model, ids, mask)
+            },
+        );
+        let steps = args.epochs * n.div_ceil(batch) as u64;
+        let eval: Gpt2<PerSample<I>> = model.valid();
+        (eval, steps, steps, 0.0, 0.0, f64::INFINITY)
+    } else {
+        let noise = common::noise_source(args.train.seed);
+        let (schedule, privacy) = args.train.privacy(n, args.batch_size, args.epochs)?;
+        let sigma = privacy.noise_multiplier;
+        let mut trainer = PrivateTrainer::new(
+            model,
+            AdamWConfig::new().init::<B<I>, Gpt2<B<I>>>(),
+            common::clipping(args.train.clipping, args.train.max_norm),
+            privacy,
+            n,
+            args.physical_batch_size,
+            noise,
+        )?;
+        eprintln!(
+            "training {} of {} parameters ({} tensors); σ = {sigma:.4} for ε = {} at δ = {} over {} steps (q = {:.4})",
+            report.trainable, report.total, report.trainable_tensors, args.train.target_epsilon, args.train.delta, schedule.steps, schedule.sample_rate
+        );
+        common::announce_first_step(args.train.backend, args.train.quiet);
+        let steps = args
+            .train
+            .max_steps
+            .map_or(schedule.steps, |m| m.min(schedule.steps));
+        let bar = common::progress(steps, "DP fine-tuning", args.train.quiet);
+        let every = (steps / 50).max(1);
+        for step in 1..=steps {
+            // Token ids need no `batch` mark: the embedding lookup marks its output.
+            trainer.step(args.train.lr.unwrap_or(DEFAULT_LR), |model, indices| {
+                let (ids, mask) = batch_tensors::<B<I>>(&seqs, indices, &dev);
+                // The token mask is per-sample data: marked as the batch like the inputs.
+                sentence_loss(model, ids, batch(mask))
+            })?;
+            if step % every == 0 || step == steps {
+                eps_curve.push(step, trainer.epsilon()?.epsilon);
+                let eval: Gpt2<PerSample<I>> = trainer.model().valid();
+                loss_curve.push(
+                    step,
+                    held_out_loss(&eval, &curve_seqs, args.physical_batch_size, &dev),
+                );
+            }
+            bar.set_message(format!(
+                "held-out loss {:.3}",
+                loss_curve.points.last().map_or(f64::NAN, |p| p.1)
             ));
-            sentence_loss(model, ids, mask)
-        })?;
-        if step % every == 0 || step == steps {
-            eps_curve.push(step, trainer.epsilon()?.epsilon);
-            let eval: Gpt2<PerSample<I>> = trainer.model().valid();
-            loss_curve.push(
-                step,
-                held_out_loss(&eval, &curve_seqs, args.physical_batch_size, &dev),
-            );
+            bar.inc(1);
         }
-        bar.set_message(format!(
-            "held-out loss {:.3}",
-            loss_curve.points.last().map_or(f64::NAN, |p| p.1)
-        ));
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let epsilon = trainer.epsilon()?.epsilon;
+        bar.finish_and_clear();
+        let epsilon = trainer.epsilon()?.epsilon;
+        let eval: Gpt2<PerSample<I>> = trainer.into_model().valid();
+        (
+            eval,
+            steps,
+            schedule.steps,
+            schedule.sample_rate,
+            sigma,
+            epsilon,
+        )
+    };
 
     // Greedy generation on the held-out meaning representations, scored with corpus BLEU-4.
-    let eval: Gpt2<PerSample<I>> = trainer.into_model().valid();
-    let bar = common::progress(test.len() as u64, "generating", args.train.quiet);
-    let mut hypotheses = Vec::new();
-    for (mr, _) in &test {
-        hypotheses.push(generate(
-            &eval,
-            &tok,
-            &prompt(mr),
-            args.max_new_tokens,
-            config.n_positions,
-            &dev,
-        ));
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let references: Vec<Vec<String>> = test.iter().map(|(_, r)| r.clone()).collect();
-    let bleu = bleu::corpus_bleu(&hypotheses, &references);
+    let (hypotheses, bleu) = evaluate(&eval, &tok, &test, args, config.n_positions, &dev);
     std::fs::create_dir_all(&args.out)?;
     let generations = args.out.join("generations.tsv");
     let mut tsv = String::from("mr\tgenerated\treference\n");
@@ -587,9 +753,13 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
     let metrics = serde_json::json!({
         "example": "table-to-text", "model": format!("{:?}", args.model),
         "freeze": format!("{:?}", args.train.freeze), "clipping": format!("{:?}", args.train.clipping),
+        "max_norm": (args.train.clipping == common::ClippingKind::Abadi).then_some(args.train.max_norm),
+        "lr": args.train.lr.unwrap_or(DEFAULT_LR), "private": !args.non_private,
         "trainable_parameters": report.trainable, "total_parameters": report.total,
-        "train_rows": n, "held_out_mrs": test.len(), "vocabulary": tok.vocab_size(),
-        "steps": steps, "planned_steps": schedule.steps, "sample_rate": schedule.sample_rate,
+        "public_rows": public.len(), "pretrained": pretrained.as_ref().map(|p| p.display().to_string()),
+        "pretrained_bleu": pretrained_bleu,
+        "train_rows": n, "held_out_mrs": test.len(), "vocabulary": tok.vocab_size(), "max_len": max_len,
+        "steps": steps, "planned_steps": planned, "sample_rate": q,
         "noise_multiplier": sigma, "epsilon": epsilon, "delta": args.train.delta, "target_epsilon": args.train.target_epsilon,
         "fixed_seed": args.train.seed, "bleu": bleu, "seconds": seconds,
         "examples": test.iter().zip(&hypotheses).take(3).map(|((mr, r), h)| serde_json::json!({"mr": mr, "generated": h, "reference": r[0]})).collect::<Vec<_>>(),
@@ -603,5 +773,113 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         seconds,
         outputs,
         metrics,
+        pretrained_bleu,
     })
+}
+
+/// `--sweep`: the public pre-trained model alone, non-private fine-tuning, then DP full,
+/// DP-BiTFiT and DP last layers at each `--sweep-epsilons`, with automatic clipping and Abadi
+/// clipping at each `--sweep-max-norms`; every configuration is one ordinary run. Writes
+/// `results.md` and `results.svg` to `--out`.
+pub fn sweep(args: &Args) -> Result<Vec<SweepRow>, Error> {
+    let command = std::env::args()
+        .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut rows = Vec::new();
+    let row = |method: &str, clipping: String, a: &Args, s: &Summary| SweepRow {
+        method: method.into(),
+        clipping,
+        target_epsilon: (!a.non_private).then_some(a.train.target_epsilon),
+        epsilon: (!a.non_private).then_some(s.epsilon),
+        metric: s.bleu,
+        trainable: s.metrics["trainable_parameters"].as_u64().unwrap_or(0),
+        steps: s.steps,
+        seconds: s.seconds,
+    };
+    let base = |a: &mut Args, name: &str| {
+        a.sweep = false;
+        a.train.quiet = true;
+        a.out = args.out.join("runs").join(name);
+    };
+    let mut plain = args.clone();
+    base(&mut plain, "non-private");
+    plain.non_private = true;
+    plain.train.freeze = FreezeKind::None;
+    let s = run(plain.clone())?;
+    if let Some(b) = s.pretrained_bleu {
+        rows.push(SweepRow {
+            method: "public pre-training only".into(),
+            clipping: "-".into(),
+            target_epsilon: None,
+            epsilon: Some(0.0),
+            metric: b,
+            trainable: 0,
+            steps: 0,
+            seconds: 0.0,
+        });
+    }
+    rows.push(row("non-private full", "-".into(), &plain, &s));
+    eprintln!("{}", common::sweep_markdown(&rows, "BLEU"));
+    let mut clippings = vec![(common::ClippingKind::Automatic, 0.0)];
+    clippings.extend(
+        args.sweep_max_norms
+            .iter()
+            .map(|&c| (common::ClippingKind::Abadi, c)),
+    );
+    for &eps in &args.sweep_epsilons {
+        for (freeze, method) in [
+            (FreezeKind::None, "DP full"),
+            (FreezeKind::Bias, "DP-BiTFiT"),
+            (FreezeKind::Head, "DP last layers"),
+        ] {
+            for &(clipping, c) in &clippings {
+                let abadi_here = args
+                    .sweep_abadi_epsilons
+                    .as_ref()
+                    .is_none_or(|at| at.contains(&eps));
+                if clipping == common::ClippingKind::Abadi && !abadi_here {
+                    continue;
+                }
+                let mut a = args.clone();
+                let label = match clipping {
+                    common::ClippingKind::Automatic => "automatic".to_string(),
+                    common::ClippingKind::Abadi => format!("Abadi C={c}"),
+                };
+                base(
+                    &mut a,
+                    &format!("{method}-{label}-eps{eps}").replace([' ', '='], "_"),
+                );
+                a.train.target_epsilon = eps;
+                a.train.freeze = freeze;
+                a.train.clipping = clipping;
+                a.train.max_norm = c;
+                if freeze == FreezeKind::Bias {
+                    a.train.lr = Some(args.sweep_bitfit_lr);
+                }
+                let s = run(a.clone())?;
+                rows.push(row(method, label, &a, &s));
+                // Written after every configuration, so an interrupted sweep keeps its rows.
+                common::write_sweep(
+                    &args.out,
+                    &rows,
+                    &command,
+                    "BLEU on held-out private meaning representations",
+                    "BLEU",
+                )?;
+                eprintln!(
+                    "{}",
+                    common::sweep_markdown(&rows[rows.len() - 1..], "BLEU")
+                );
+            }
+        }
+    }
+    common::write_sweep(
+        &args.out,
+        &rows,
+        &command,
+        "BLEU on held-out private meaning representations",
+        "BLEU",
+    )?;
+    Ok(rows)
 }

@@ -1,9 +1,20 @@
-//! `table-to-text`: DP fine-tuning of GPT-2 on E2E-style data (see README.md).
+//! `table-to-text`: public pre-training, then DP fine-tuning of GPT-2 on E2E-style data
+//! (see README.md).
 
 use clap::Parser;
 
 fn main() {
     let args = burn_dp_table_to_text::Args::parse();
+    if args.sweep {
+        match burn_dp_table_to_text::sweep(&args) {
+            Ok(rows) => println!("{{\"sweep_rows\":{}}}", rows.len()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     match burn_dp_table_to_text::run(args) {
         Ok(summary) => println!("{}", summary.metrics),
         Err(e) => {

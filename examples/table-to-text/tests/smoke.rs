@@ -1,7 +1,8 @@
-//! CI-sized runs of the example: two DP steps of the tiny GPT-2 on the bundled sample, with
+//! CI-sized runs of the example: a short public pre-training and two DP steps of the tiny GPT-2
+//! on a small generated corpus, with
 //! generation and BLEU on a few held-out meaning representations.
 
-use burn_dp_table_to_text::{load, read_csv, run, sequences, Args, Tokenizer, SAMPLE};
+use burn_dp_table_to_text::{corpus, load, read_csv, run, sequences, Args, Row, Tokenizer};
 use clap::Parser;
 
 fn args(extra: &[&str]) -> Args {
@@ -10,9 +11,25 @@ fn args(extra: &[&str]) -> Args {
         std::process::id(),
         extra.join("_").replace('-', "")
     ));
-    let out = out.to_string_lossy().into_owned();
+    let pretrained = out.join("pretrained.safetensors");
+    let (out, pretrained) = (
+        out.to_string_lossy().into_owned(),
+        pretrained.to_string_lossy().into_owned(),
+    );
     let mut argv = vec![
         "table-to-text",
+        "--public-rows",
+        "48",
+        "--private-rows",
+        "32",
+        "--test-mrs",
+        "4",
+        "--pretrain-epochs",
+        "1",
+        "--max-len",
+        "48",
+        "--pretrained",
+        &pretrained,
         "--max-steps",
         "2",
         "--batch-size",
@@ -46,13 +63,16 @@ fn smoke_full_and_bitfit() {
                 && s.outputs.epsilon_svg.exists()
         );
         assert!(s.outputs.metrics.with_file_name("generations.tsv").exists());
+        assert!(s.pretrained_bleu.is_some());
     }
+    let plain = run(args(&["--non-private", "--epochs", "1"])).expect("run");
+    assert!(plain.metrics["epsilon"].is_null());
 }
 
 #[test]
 fn bundled_sample_and_tokenizer_offline() {
-    let (train, test) = load(None).unwrap();
-    assert!(train.len() >= 50 && !test.is_empty());
+    let (train, test) = load(None, 60, 5).unwrap();
+    assert_eq!((train.len(), test.len()), (60, 5));
     // GPT-2's BPE from the crate's bundled vocabulary (no network).
     let tok = Tokenizer::gpt2().unwrap();
     assert_eq!(tok.encode("Hello world"), [15496, 995]);
@@ -97,48 +117,57 @@ fn cuda_without_feature_is_a_clear_error() {
     assert!(e.contains("--features cuda"), "{e}");
 }
 
-/// Published artefacts (metrics.json, generations.tsv's held-out columns, the vocabulary and the
-/// sequence length) must not depend on one private record: two training sets that differ in one
-/// row give the same files apart from what the noised model computes.
+/// Published artefacts (metrics.json, generations.tsv's held-out columns, the vocabulary, the
+/// sequence length and the pre-trained weights) must not depend on one private record: two
+/// training sets that differ in one row give the same files apart from what the noised model
+/// computes.
 #[test]
 fn published_artefacts_do_not_depend_on_one_record() {
-    let (train, _) = load(None).unwrap();
-    let target = &train[0];
-    let mut changed = false;
-    let mut neighbour = String::new();
-    for (i, line) in SAMPLE.lines().enumerate() {
-        let row = read_csv(&format!("mr,ref\n{line}\n"))
-            .ok()
-            .and_then(|r| r.into_iter().next());
-        match row {
-            Some(r)
-                if i > 0 && !changed && r.mr == target.mr && r.reference == target.reference =>
-            {
-                // Rare words and a much longer sentence: a vocabulary or length taken from the
-                // data would change.
-                let long = "Zyzzyva quokka xylophone ".repeat(12);
-                neighbour.push_str(&format!("\"{}\",{}\n", r.mr, long.trim()));
-                changed = true;
-            }
-            _ => {
-                neighbour.push_str(line);
-                neighbour.push('\n');
-            }
+    let c = corpus::generate(0, 24, 3);
+    let write = |dir: &std::path::Path, rows: &[Row]| {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut w = csv::Writer::from_path(dir.join("trainset.csv")).unwrap();
+        w.write_record(["mr", "ref"]).unwrap();
+        for r in rows {
+            w.write_record([&r.mr, &r.reference]).unwrap();
         }
-    }
-    assert!(changed);
+        w.flush().unwrap();
+        let mut w = csv::Writer::from_path(dir.join("devset.csv")).unwrap();
+        w.write_record(["mr", "ref"]).unwrap();
+        for (mr, refs) in &c.test {
+            w.write_record([mr, &refs[0]]).unwrap();
+        }
+        w.flush().unwrap();
+    };
     let dir = std::env::temp_dir().join(format!("burn-dp-t2t-neighbours-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (d, d_prime) = (dir.join("d.csv"), dir.join("d_prime.csv"));
-    std::fs::write(&d, SAMPLE).unwrap();
-    std::fs::write(&d_prime, &neighbour).unwrap();
-    let published = |data: &std::path::Path, out: &str| {
-        let data = data.to_string_lossy().into_owned();
-        let out = dir.join(out).to_string_lossy().into_owned();
+    write(&dir.join("d"), &c.private_train);
+    // The neighbour: one private row replaced by rare words and a much longer sentence (a
+    // vocabulary or length taken from the data would change).
+    let mut neighbour = c.private_train.clone();
+    neighbour[0].reference = "Zyzzyva quokka xylophone ".repeat(12).trim().to_string();
+    write(&dir.join("d_prime"), &neighbour);
+    let published = |name: &str| {
+        let data = dir.join(name).to_string_lossy().into_owned();
+        let out = dir
+            .join(format!("out-{name}"))
+            .to_string_lossy()
+            .into_owned();
+        let pre = dir
+            .join(format!("pre-{name}.safetensors"))
+            .to_string_lossy()
+            .into_owned();
         let s = run(Args::parse_from([
             "table-to-text",
             "--data",
             data.as_str(),
+            "--public-rows",
+            "48",
+            "--pretrain-epochs",
+            "1",
+            "--pretrained",
+            pre.as_str(),
+            "--max-len",
+            "48",
             "--max-steps",
             "2",
             "--batch-size",
@@ -166,6 +195,9 @@ fn published_artefacts_do_not_depend_on_one_record() {
         for e in m["examples"].as_array_mut().unwrap() {
             e.as_object_mut().unwrap().remove("generated");
         }
+        // The pre-trained weights come from the public part only: byte for byte the same.
+        let path = m.as_object_mut().unwrap().remove("pretrained").unwrap();
+        let weights = std::fs::read(path.as_str().unwrap()).unwrap();
         let tsv =
             std::fs::read_to_string(s.outputs.metrics.with_file_name("generations.tsv")).unwrap();
         let held_out: Vec<String> = tsv
@@ -175,9 +207,9 @@ fn published_artefacts_do_not_depend_on_one_record() {
                 format!("{}\t{}", c[0], c[2])
             })
             .collect();
-        (m, held_out)
+        (m, held_out, weights)
     };
-    let (a, b) = (published(&d, "d"), published(&d_prime, "d_prime"));
+    let (a, b) = (published("d"), published("d_prime"));
     assert_eq!(a, b);
     std::fs::remove_dir_all(&dir).ok();
 }
