@@ -22,7 +22,9 @@ use crate::session::{Phase, Shared};
 /// Its record (what the Learner's checkpointer saves as `optim-N`) is the inner optimizer's
 /// record and the session's DP state ([`DpCheckpointState`] as JSON: σ, q, δ, target ε, the
 /// accountant history, the noise stream's position for a fixed seed, the sampler's state), so
-/// resuming the Learner from a checkpoint continues ε, the noise stream and the sampler.
+/// resuming the Learner from a checkpoint continues ε, the noise stream and the sampler. A
+/// record is restored only into a session that has not drawn yet (burn-train restores before
+/// training); a refused restore stops the session.
 pub struct LearnerDpOptimizer<O, B: NoiseBackend> {
     pub(crate) shared: Arc<Shared<O, B>>,
 }
@@ -111,6 +113,14 @@ impl<O, B: NoiseBackend> LearnerDpOptimizer<O, B> {
         };
         let mut guard = self.shared.lock()?;
         let state = &mut *guard;
+        // Rolling a running session back would drop steps it has released from the accountant.
+        if state.draws > 0 {
+            return Err(DpTrainError::Checkpoint(format!(
+                "{ORIGIN} can only be restored before the session draws its first batch (it has \
+                 drawn {})",
+                state.draws
+            )));
+        }
         state
             .dp
             .restore_checkpoint_state(dp_state, Some(&mut state.sampler), false, ORIGIN)?;

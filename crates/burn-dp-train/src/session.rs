@@ -80,6 +80,8 @@ pub(crate) struct State<O, B: Backend> {
     pub(crate) dp: DpOptimizer<O, B>,
     pub(crate) sampler: PoissonSampler,
     pub(crate) phase: Phase,
+    /// Logical batches drawn by this session (a checkpoint is restored only before the first).
+    pub(crate) draws: u64,
     end: Option<End>,
 }
 
@@ -147,6 +149,7 @@ where
                     dp,
                     sampler,
                     phase: Phase::Idle,
+                    draws: 0,
                     end: None,
                 }),
                 interrupter: Interrupter::new(),
@@ -332,6 +335,7 @@ impl<O: Send, B: NoiseBackend> Link<B> for Shared<O, B> {
         }
         let step = state.dp.privacy().steps();
         let logical = state.sampler.next_batch();
+        state.draws += 1;
         state.phase = Phase::Drawn { step };
         Some((step, logical))
     }

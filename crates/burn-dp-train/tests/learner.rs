@@ -566,3 +566,19 @@ fn a_data_set_of_another_size_is_refused() {
         }
     );
 }
+
+/// A session that has drawn refuses to load a checkpoint: rolling back would drop released
+/// steps from the accountant.
+#[test]
+fn a_running_session_refuses_a_rollback() {
+    use burn::optim::Optimizer;
+    let dir = tempfile::tempdir().unwrap();
+    let s = session(privacy(None, 0.25), 40, 3, 1);
+    learn(&s, Net::new(), 40, Run::new(dir.path(), 1, 2));
+    let optimizer = s.optimizer();
+    let record = Optimizer::<Net<Dp>, Dp>::to_record(&optimizer);
+    let _ = Optimizer::<Net<Dp>, Dp>::load_record(optimizer, record);
+    let err = s.status().unwrap_err();
+    assert!(matches!(err, DpTrainError::Checkpoint(_)), "{err}");
+    assert_eq!(s.steps().unwrap(), 2);
+}
