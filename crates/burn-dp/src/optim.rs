@@ -124,6 +124,18 @@ impl<O, B: Backend> DpOptimizer<O, B> {
         self.noise.next_step()
     }
 
+    /// The wrapped optimizer (for its record, when checkpoints are written by other means than
+    /// [`DpOptimizer::save_checkpoint`], e.g. burn-train's `Learner` through `burn-dp-train`).
+    pub fn inner(&self) -> &O {
+        &self.inner
+    }
+
+    /// Replaces the wrapped optimizer (to restore its state from a record). σ, q, δ, the
+    /// accountant, the noise stream and any accumulated clipped sums are unchanged.
+    pub fn set_inner(&mut self, inner: O) {
+        self.inner = inner;
+    }
+
     /// Clip and accumulate one physical batch: runs the per-sample backward pass on `losses`
     /// (multiply padded rows by their mask first) and adds `Σ_i c_i g_i` to the logical batch.
     ///
@@ -366,14 +378,7 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
         M: AutodiffModule<DpAutodiff<B>>,
         O: Optimizer<M, DpAutodiff<B>>,
     {
-        if self.accumulated.is_some() {
-            return Err(DpError::Checkpoint(
-                "gradients are accumulated: save after step()".into(),
-            ));
-        }
-        if let Some(sampler) = sampler {
-            self.check_sampler(sampler)?;
-        }
+        let state = self.checkpoint_state(sampler)?;
         let io = |e: std::io::Error| DpError::Checkpoint(e.to_string());
         std::fs::create_dir_all(dir).map_err(io)?;
         let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
@@ -384,12 +389,6 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
         recorder
             .record(self.inner.to_record(), dir.join("optimizer"))
             .map_err(rec)?;
-        let state = DpCheckpointState {
-            privacy: self.privacy.clone(),
-            expected_batch_size: self.expected_batch_size,
-            noise: self.noise.checkpoint(),
-            sampler: sampler.map(PoissonSampler::state),
-        };
         let json =
             serde_json::to_string_pretty(&state).map_err(|e| DpError::Checkpoint(e.to_string()))?;
         std::fs::write(dir.join("dp_state.json"), json).map_err(io)
@@ -451,11 +450,77 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
             .map_err(|e| DpError::Checkpoint(format!("{}: {e}", path.display())))?;
         let state: DpCheckpointState = serde_json::from_str(&json)
             .map_err(|e| DpError::Checkpoint(format!("{}: {e}", path.display())))?;
+        let origin = dir.display().to_string();
+        let noise =
+            self.validate_checkpoint_state(&state, sampler.as_deref(), adopt_fixed_seed, &origin)?;
+        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        let rec = |e: burn::record::RecorderError| DpError::Checkpoint(e.to_string());
+        let device = model.devices().first().cloned().unwrap_or_default();
+        let model_record = recorder.load(dir.join("model"), &device).map_err(rec)?;
+        let optim_record = recorder.load(dir.join("optimizer"), &device).map_err(rec)?;
+        let model = model.load_record(model_record);
+        self.inner = self.inner.load_record(optim_record);
+        self.apply_checkpoint_state(state, noise, sampler);
+        Ok((self, model))
+    }
+
+    /// The DP state [`DpOptimizer::save_checkpoint`] writes to `dp_state.json`: σ, q, δ, target
+    /// ε, the accountant history, the noise stream (its position for a fixed seed; an OS key is
+    /// never written) and the sampler's state. For checkpoints written by other means (burn-train's
+    /// `Learner` through `burn-dp-train`). Refused while clipped sums are accumulated (a state is
+    /// taken between logical steps only) and with a sampler that does not draw at this rate.
+    pub fn checkpoint_state(
+        &self,
+        sampler: Option<&PoissonSampler>,
+    ) -> Result<DpCheckpointState, DpError> {
+        if self.accumulated.is_some() {
+            return Err(DpError::Checkpoint(
+                "gradients are accumulated: save after step()".into(),
+            ));
+        }
+        if let Some(sampler) = sampler {
+            self.check_sampler(sampler)?;
+        }
+        Ok(DpCheckpointState {
+            privacy: self.privacy.clone(),
+            expected_batch_size: self.expected_batch_size,
+            noise: self.noise.checkpoint(),
+            sampler: sampler.map(PoissonSampler::state),
+        })
+    }
+
+    /// Restores a state taken by [`DpOptimizer::checkpoint_state`] into this optimizer and
+    /// `sampler`, validated exactly as [`DpOptimizer::load_checkpoint`] validates `dp_state.json`
+    /// (`origin` names where the state came from in errors; `adopt_fixed_seed` as
+    /// [`DpOptimizer::load_checkpoint_adopting_fixed_seed`]). On error nothing changes. The inner
+    /// optimizer's state is restored separately ([`DpOptimizer::set_inner`]).
+    pub fn restore_checkpoint_state(
+        &mut self,
+        state: DpCheckpointState,
+        sampler: Option<&mut PoissonSampler>,
+        adopt_fixed_seed: bool,
+        origin: &str,
+    ) -> Result<(), DpError> {
+        let noise =
+            self.validate_checkpoint_state(&state, sampler.as_deref(), adopt_fixed_seed, origin)?;
+        self.apply_checkpoint_state(state, noise, sampler);
+        Ok(())
+    }
+
+    /// Every check of a loaded state, before anything changes; returns the fixed-seed noise
+    /// generator to continue, if the checkpoint has one.
+    fn validate_checkpoint_state(
+        &self,
+        state: &DpCheckpointState,
+        sampler: Option<&PoissonSampler>,
+        adopt_fixed_seed: bool,
+        origin: &str,
+    ) -> Result<Option<NoiseGenerator>, DpError> {
         // The sampling first: a checkpoint at another q is the more specific error.
-        self.check_checkpoint_sampling(&state, sampler.as_deref())?;
-        self.check_loaded_state(&state)?;
+        self.check_checkpoint_sampling(state, sampler)?;
+        self.check_loaded_state(state)?;
         let refuse = |what: &str| DpError::FixedSeedCheckpoint {
-            path: dir.display().to_string(),
+            path: origin.to_string(),
             what: what.to_string(),
         };
         let noise = match state.noise {
@@ -467,18 +532,21 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
                 Some(NoiseGenerator::restore_fixed_seed(seed, next_step))
             }
         };
-        if let (Some(sampler), Some(s)) = (sampler.as_deref(), state.sampler.as_ref()) {
+        if let (Some(sampler), Some(s)) = (sampler, state.sampler.as_ref()) {
             if s.rng.is_some() && !sampler.is_fixed_seed() && !adopt_fixed_seed {
                 return Err(refuse("sampler"));
             }
         }
-        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-        let rec = |e: burn::record::RecorderError| DpError::Checkpoint(e.to_string());
-        let device = model.devices().first().cloned().unwrap_or_default();
-        let model_record = recorder.load(dir.join("model"), &device).map_err(rec)?;
-        let optim_record = recorder.load(dir.join("optimizer"), &device).map_err(rec)?;
-        let model = model.load_record(model_record);
-        self.inner = self.inner.load_record(optim_record);
+        Ok(noise)
+    }
+
+    /// Installs a validated state (see [`Self::validate_checkpoint_state`]).
+    fn apply_checkpoint_state(
+        &mut self,
+        state: DpCheckpointState,
+        noise: Option<NoiseGenerator>,
+        sampler: Option<&mut PoissonSampler>,
+    ) {
         let budget = self.privacy.budget;
         self.privacy = state.privacy;
         self.privacy.budget = budget;
@@ -492,7 +560,6 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
         if let (Some(sampler), Some(s)) = (sampler, state.sampler.as_ref()) {
             sampler.restore(s);
         }
-        Ok((self, model))
     }
 
     /// A loaded DP state must be valid and describe the run this optimizer was configured for.

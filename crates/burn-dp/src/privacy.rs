@@ -102,9 +102,12 @@ impl PrivacyState {
         self.accountant.history().total_steps()
     }
 
-    /// Refuses the next step if it would exceed an enforced budget. Enforcing needs an upper
-    /// bound on ε: with GDP (an approximation) an enforced target is refused outright.
-    pub(crate) fn check_next_step(&self) -> Result<(), DpError> {
+    /// Refuses the next step if it would exceed an enforced budget
+    /// ([`DpError::BudgetExceeded`]). Enforcing needs an upper bound on ε: with GDP (an
+    /// approximation) an enforced target is refused outright. Public so that a loop outside this
+    /// crate (`burn-dp-train`'s data loader) can refuse before it draws a batch; the DP step
+    /// checks again.
+    pub fn check_next_step(&self) -> Result<(), DpError> {
         let (Some(target), BudgetPolicy::Enforce) = (self.target_epsilon, self.budget) else {
             return Ok(());
         };

@@ -1,0 +1,34 @@
+//! # burn-dp-train
+//!
+//! Differentially private training with burn-train's `Learner`: the usual `SupervisedTraining`
+//! loop, dashboard, metrics and checkpoints, with every update a DP step of [burn_dp].
+//!
+//! ```text
+//! PrivateTraining (one session: DpOptimizer, PoissonSampler, PrivacyState)
+//!  ├─ data_loader()  → the Learner's train loader: one item = one Poisson logical batch
+//!  │                   (budget checked before each draw; refused → the Learner is interrupted)
+//!  ├─ TrainStep::step(PrivateBatch) → PrivateBatch::train(model, per-sample losses):
+//!  │                   each fixed-shape physical batch: losses · mask → clip → accumulate
+//!  ├─ optimizer()    → the Learner's optimizer: noise once, scale by q·N, inner step, account
+//!  │                   (gradients from anywhere else are refused); its record holds the DP state
+//!  └─ register()     → ε and σ training metrics, the interrupter
+//! ```
+//!
+//! The update is computed by the same [`burn_dp::DpOptimizer`] and [`burn_dp::PoissonSampler`]
+//! as [`burn_dp::PrivateTrainer`], built the same way, so a Learner run equals a
+//! `PrivateTrainer` run with the same fixed seed to the bit.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod loader;
+pub mod metric;
+pub mod optimizer;
+pub mod session;
+
+pub use error::DpTrainError;
+pub use loader::{PoissonDataLoader, PrivateBatch, PrivateTrainLoader};
+pub use metric::{
+    EpsilonMetric, NoiseMultiplierMetric, PrivacySpent, PrivateStepOutput, PrivateStepReport,
+};
+pub use optimizer::LearnerDpOptimizer;
+pub use session::{PrivateTraining, SessionStatus};
