@@ -130,7 +130,7 @@ where
         F: FnMut(&M, &[usize]) -> Tensor<DpAutodiff<B>, 1>,
     {
         let step = self.steps;
-        let check = step % self.check_every == 0;
+        let check = step.is_multiple_of(self.check_every);
         let (rank, world) = (self.group.rank() as usize, self.group.world() as usize);
         let mut slots = vec![0f32; HASH_SLOTS * world];
         if check {
@@ -165,7 +165,7 @@ where
             if check {
                 let hashes = reduced
                     .clone()
-                    .slice([len..len + HASH_SLOTS * world])
+                    .narrow(0, len, HASH_SLOTS * world)
                     .into_data()
                     .convert::<f32>()
                     .to_vec::<f32>()
@@ -185,7 +185,7 @@ where
                     return Err(DpError::AllReduce(msg));
                 }
             }
-            Ok(reduced.slice([0..len]))
+            Ok(reduced.narrow(0, 0, len))
         });
         match result {
             Ok(report) => {

@@ -387,7 +387,7 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
         let mut update = HashMap::with_capacity(params.len());
         let mut offset = 0;
         for (p, numel) in params.iter().zip(numels) {
-            update.insert(p.id, scaled.clone().slice([offset..offset + numel]));
+            update.insert(p.id, scaled.clone().narrow(0, offset, numel));
             offset += numel;
         }
         let grads = engine::register_gradients(update, &model);

@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one peer.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Start `--peers` peers of `train` on this machine (127.0.0.1) and wait for them; the
     /// arguments after `--` go to every peer (`{rank}` in `--out` becomes the peer's rank).
     Launch {
@@ -311,7 +311,7 @@ fn run<G: AllReduce<B>>(
             });
         }
         if let (Some(dir), Some(every)) = (args.checkpoint_dir.as_ref(), args.checkpoint_every) {
-            if (step + 1) % every == 0 {
+            if (step + 1).is_multiple_of(every) {
                 trainer.save_checkpoint(dir)?;
             }
         }
@@ -384,7 +384,7 @@ fn launch(peers: u32, port: u16, rest: &[String]) -> Result<(), DistributedError
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Train(args) => train(args),
+        Cmd::Train(args) => train(*args),
         Cmd::Launch { peers, port, rest } => launch(peers, port, &rest),
         Cmd::Probe {
             rank,
