@@ -44,6 +44,11 @@ fn io_error(
             seconds: timeout.as_secs_f64(),
             step,
         },
+        ErrorKind::InvalidData => DistributedError::Collective {
+            op,
+            rank,
+            detail: format!("{e} (the peers' models do not train the same parameters)"),
+        },
         _ => DistributedError::Collective {
             op,
             rank,

@@ -376,3 +376,69 @@ fn two_peer_processes_survive_500_steps() {
     assert_eq!(floats(&p0["params"]), floats(&p1["params"]));
     assert_eq!(p0["steps"].as_u64(), Some(500));
 }
+
+/// Replicas that start from different models are refused at the first step with a typed error on
+/// every peer.
+#[test]
+fn diverged_replicas_are_a_typed_error() {
+    let args = strings(&[
+        "--steps",
+        "3",
+        "--noise-multiplier",
+        "1.0",
+        "--sample-rate",
+        "0.1",
+        "--dataset-size",
+        "32",
+    ]);
+    let extra = |rank| {
+        if rank == 1 {
+            strings(&["--perturb-initial-model"])
+        } else {
+            vec![]
+        }
+    };
+    let outputs = run_peers(2, &args, &extra, Duration::from_secs(120));
+    for (rank, o) in outputs.iter().enumerate() {
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "peer {rank}: {stderr}");
+        assert!(
+            stderr.contains("replicas diverged before step 0"),
+            "peer {rank}: {stderr}"
+        );
+    }
+}
+
+/// The peers' shards are disjoint and cover the data set (their union is one Poisson sample).
+#[test]
+fn shards_partition_the_data_set() {
+    for (n, k) in [(48, 2), (49, 3), (5, 4), (0, 2)] {
+        let mut seen = vec![0; n];
+        for r in 0..k {
+            for i in burn_dp_distributed::shard_range(n, r, k) {
+                seen[i] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&c| c == 1), "{n} examples on {k} peers");
+    }
+}
+
+/// A peer whose group never forms stops with a timeout, not a hang.
+#[test]
+fn joining_an_absent_group_times_out() {
+    let port = free_port();
+    let err = burn_dp_distributed::TcpGroup::join(
+        1,
+        2,
+        &format!("127.0.0.1:{port}"),
+        Duration::from_millis(300),
+    )
+    .expect_err("nobody listens");
+    assert!(
+        matches!(
+            err,
+            burn_dp_distributed::DistributedError::Timeout { op: "join", .. }
+        ),
+        "{err}"
+    );
+}

@@ -193,6 +193,10 @@ struct TrainArgs {
     /// Testing faults: exit abruptly (code 3) before this step.
     #[arg(long)]
     die_at_step: Option<u64>,
+    /// Testing faults: start from a model that differs from the other peers' (by 1e-3 in one
+    /// bias), which the replica check must refuse.
+    #[arg(long)]
+    perturb_initial_model: bool,
 }
 
 /// What one step drew and produced (with --record).
@@ -267,8 +271,20 @@ fn run<G: AllReduce<B>>(
         args.delta,
         AccountantKind::Rdp,
     )?;
+    let mut model = DemoNet::deterministic(&device);
+    if args.perturb_initial_model {
+        let bias = demo::flat_parameters(&model)
+            [demo::FEATURES * demo::HIDDEN + demo::HIDDEN + demo::HIDDEN];
+        model.fc2.bias = Some(burn::module::Param::from_tensor(
+            burn::tensor::Tensor::from_data(
+                burn::tensor::TensorData::new(vec![bias + 1e-3], [1]),
+                &device,
+            ),
+        ));
+    }
+    // ANCHOR: trainer
     let mut trainer = DistributedTrainer::new(
-        DemoNet::deterministic(&device),
+        model,
         SgdConfig::new().init(),
         PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
         privacy,
@@ -285,6 +301,7 @@ fn run<G: AllReduce<B>>(
             .ok_or_else(|| DistributedError::Config("--resume needs --checkpoint-dir".into()))?;
         trainer = trainer.resume(dir)?;
     }
+    // ANCHOR_END: trainer
     let mut records = Vec::new();
     let mut examples = 0;
     let start = Instant::now();
@@ -297,10 +314,12 @@ fn run<G: AllReduce<B>>(
             std::process::exit(3);
         }
         let mut drawn = Vec::new();
+        // ANCHOR: step
         let report = trainer.step(args.lr, |m, idx| {
             drawn.extend_from_slice(idx);
             demo::losses::<B>(m, idx)
         })?;
+        // ANCHOR_END: step
         examples += report.samples;
         if args.record {
             drawn.truncate(report.samples);
