@@ -16,6 +16,12 @@
 //! - a collective call that does not complete in time is [`DistributedError::Timeout`] (a peer
 //!   died), not a hang; the last checkpoint resumes the run with the same ε.
 //!
+//! The all-reduce is the [`AllReduce`] trait: [`TcpGroup`] (a star over TCP through peer 0, the
+//! default of `burn-dp-peer`) or [`PeerGroup`] (burn-collective's cross-node path, which in 0.21.0
+//! completes one all-reduce per registration and then waits forever: its node barrier never clears
+//! its list of synced nodes and its transfer ids repeat, tracel-ai/burn#4549; the timeout turns
+//! that into [`DistributedError::Timeout`], `burn-dp-peer probe` shows it).
+//!
 //! Launch `K` peers on one machine with `burn-dp-peer launch --peers K ...`, or start
 //! `burn-dp-peer train --rank r --world K --orchestrator host:port --host <this host>` on each
 //! machine (see the book's chapter "Data-parallel training").
