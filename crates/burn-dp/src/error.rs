@@ -123,4 +123,9 @@ pub enum DpError {
     /// The operating system's randomness failed, or a noise stream is used up.
     #[error("randomness: {0}")]
     Randomness(String),
+    /// The all-reduce of a data-parallel step failed (see
+    /// [`DpOptimizer::step_all_reduced`](crate::DpOptimizer::step_all_reduced)); the step is
+    /// accounted, the model is unchanged.
+    #[error("all-reduce of the clipped sums failed: {0}")]
+    AllReduce(String),
 }

@@ -42,7 +42,7 @@ pub use engine::{
 pub use error::DpError;
 pub use freeze::{freeze, FreezePolicy, FreezeReport};
 pub use noise::{NoiseBackend, NoiseSource};
-pub use optim::{BatchStats, DpCheckpointState, DpOptimizer};
+pub use optim::{BatchStats, DpCheckpointState, DpOptimizer, NoiseShare};
 pub use privacy::{BudgetPolicy, PrivacyState};
 pub use rules::NormMode;
 pub use sampling::{LogicalBatch, PhysicalBatch, PoissonSampler};

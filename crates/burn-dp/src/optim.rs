@@ -255,6 +255,160 @@ impl<O, B: Backend> DpOptimizer<O, B> {
     }
 }
 
+/// Which trainable parameters one peer of a data-parallel step adds noise to (see
+/// [`DpOptimizer::step_all_reduced`]): parameter `k` (in the model's visiting order) is noised by
+/// the peer whose `shard` is `k % shards`, so over all `shards` peers every parameter gets its
+/// noise exactly once. The values are those a single process would draw for the same key and step
+/// (parameter `k` keeps its blocks of the stream), so a fixed-seed run on `K` peers adds the same
+/// noise as on one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoiseShare {
+    /// This peer's index, `0..shards`.
+    pub shard: usize,
+    /// Number of peers that share the noise.
+    pub shards: usize,
+}
+
+impl NoiseShare {
+    /// All the noise on this process (a single process, or "noise on peer 0" with
+    /// [`NoiseShare::none`] on the others).
+    pub fn all() -> Self {
+        NoiseShare {
+            shard: 0,
+            shards: 1,
+        }
+    }
+
+    /// Whether this share noises parameter `k`.
+    pub fn noises(&self, k: usize) -> bool {
+        self.shards > 0 && k % self.shards == self.shard
+    }
+
+    fn validate(&self) -> Result<(), DpError> {
+        if self.shards == 0 || self.shard >= self.shards {
+            return Err(DpError::InvalidConfig(format!(
+                "noise share {} of {} does not exist",
+                self.shard, self.shards
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<O, B: NoiseBackend> DpOptimizer<O, B> {
+    /// The DP step of one peer of a data-parallel run, on its accumulated local batch (none: an
+    /// empty local batch still joins). In the model's visiting order, the clipped sum of every
+    /// trainable parameter (zeros if none was accumulated) plus this peer's share of the noise
+    /// (parameters `share` names, `N(0, σ²R²)`) is concatenated into one flat buffer
+    /// `[Σ_k numel_k]` (f32), which `all_reduce` sums over the peers; the reduced buffer is divided
+    /// by the global expected batch size `q·N`, cut back into the parameters, and the inner
+    /// optimizer steps. Every peer passes the same `lr`, the shares of all peers cover every
+    /// parameter once, and the reduce gives every peer the same buffer, so the replicas take the
+    /// same step.
+    ///
+    /// The step is accounted before `all_reduce` is called (the noisy buffer leaves the process
+    /// there): if it fails ([`DpError::AllReduce`]), ε counts the step, the model is unchanged and
+    /// the local batch is dropped. Peers see each other's partial sums: they must trust each other
+    /// as they trust this process.
+    ///
+    /// # Shapes
+    /// `all_reduce` takes and returns `[Σ_k numel_k]`.
+    pub fn step_all_reduced<M, F>(
+        &mut self,
+        lr: f64,
+        model: M,
+        share: NoiseShare,
+        all_reduce: F,
+    ) -> Result<M, DpError>
+    where
+        M: AutodiffModule<DpAutodiff<B>>,
+        O: Optimizer<M, DpAutodiff<B>>,
+        F: FnOnce(Tensor<B, 1>) -> Result<Tensor<B, 1>, DpError>,
+    {
+        share.validate()?;
+        let mut acc = self.accumulated.take();
+        if let Err(e) = self.privacy.check_next_step() {
+            self.accumulated = acc;
+            return Err(e);
+        }
+        let params = engine::trainable::<B, M>(&model);
+        if params.is_empty() {
+            return Err(DpError::InvalidConfig(
+                "the model trains no parameter".into(),
+            ));
+        }
+        let ids: Vec<(ParamId, &str)> = params.iter().map(|p| (p.id, p.path.as_str())).collect();
+        let sensitivity = match &acc {
+            Some(a) => a.sensitivity,
+            None => engine::sensitivity(&self.clipping.clipping, &ids)?,
+        };
+        if let Some(a) = &acc {
+            let missing = params.iter().find(|p| !a.sums.contains_key(&p.id));
+            if missing.is_some() || a.sums.len() != params.len() {
+                self.accumulated = acc;
+                return Err(DpError::ParamMismatch(
+                    "the accumulated gradients are not the model's trainable parameters".into(),
+                ));
+            }
+        }
+        let std = self.privacy.noise_multiplier * sensitivity;
+        let std_f32 = std as f32;
+        if !(std_f32.is_finite() && std_f32 > 0.0) {
+            return Err(DpError::InvalidConfig(format!(
+                "the noise std σ·R = {std} is not a positive f32"
+            )));
+        }
+        let device = params[0].device.clone();
+        let noise_phase = profile::start::<B>(Phase::Noise, &device);
+        let step = self.noise.begin_step()?;
+        let mut first_block = 0u64;
+        let mut parts = Vec::with_capacity(params.len());
+        let mut numels = Vec::with_capacity(params.len());
+        for (k, p) in params.iter().enumerate() {
+            let numel: usize = p.shape.iter().product();
+            let clipped = match acc.as_mut().and_then(|a| a.sums.remove(&p.id)) {
+                Some(s) => s.cast(DType::F32),
+                None => Tensor::<B, 1>::zeros([numel], (&p.device, DType::F32)),
+            };
+            // The same blocks of the stream as `step` gives parameter k.
+            let part = if share.noises(k) {
+                clipped
+                    + self
+                        .noise
+                        .gaussian::<B>(step, first_block, numel, std_f32, &p.device)
+            } else {
+                clipped
+            };
+            first_block += blocks_for(numel);
+            parts.push(part);
+            numels.push(numel);
+        }
+        let flat = Tensor::cat(parts, 0);
+        noise_phase.end();
+        let len: usize = numels.iter().sum();
+        self.privacy.record_step()?;
+        let reduced = all_reduce(flat)?;
+        if reduced.dims() != [len] {
+            return Err(DpError::AllReduce(format!(
+                "the reduced buffer has shape {:?}, expected [{len}]",
+                reduced.dims()
+            )));
+        }
+        let step_phase = profile::start::<B>(Phase::OptimizerStep, &device);
+        let scaled = reduced.div_scalar(self.expected_batch_size);
+        let mut update = HashMap::with_capacity(params.len());
+        let mut offset = 0;
+        for (p, numel) in params.iter().zip(numels) {
+            update.insert(p.id, scaled.clone().narrow(0, offset, numel));
+            offset += numel;
+        }
+        let grads = engine::register_gradients(update, &model);
+        let model = self.inner.step(lr, model, grads);
+        step_phase.end();
+        Ok(model)
+    }
+}
+
 impl<O, B: NoiseBackend> DpOptimizer<O, B> {
     /// One DP step on the accumulated logical batch: add noise, scale, inner step, account.
     pub fn step<M>(&mut self, lr: f64, model: M) -> Result<M, DpError>

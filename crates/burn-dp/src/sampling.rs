@@ -1,6 +1,8 @@
 //! Poisson sampling (each example joins a logical batch with probability q, independently), as the
 //! privacy accountants assume, cut into fixed-shape physical batches with a mask.
 
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::DpError;
@@ -10,6 +12,7 @@ use crate::noise::{NoiseSource, RngState, SecureRng};
 #[derive(Debug, Clone)]
 pub struct PoissonSampler {
     dataset_size: usize,
+    shard: Range<usize>,
     sample_rate: f64,
     physical_batch_size: usize,
     rng: SecureRng,
@@ -61,10 +64,46 @@ impl PoissonSampler {
         // Stream 1: independent of the noise generator (stream 0) even with the same seed.
         Ok(PoissonSampler {
             dataset_size,
+            shard: 0..dataset_size,
             sample_rate,
             physical_batch_size,
             rng: SecureRng::new(source, 1),
         })
+    }
+
+    /// A sampler for one peer of a data-parallel run: it draws only the examples of `shard` (a
+    /// range of global indices) and returns global indices, each example with probability q
+    /// independently, while its expected batch size stays the global `q·N` (`N` =
+    /// `dataset_size`), the divisor of every peer's DP step. The shards of the peers must be
+    /// disjoint and cover `0..N`: then the union of their draws is one Poisson sample of the whole
+    /// data set at rate q, which is what the accountant assumes.
+    ///
+    /// `shard_index` separates the peers' generators: shard 0 draws the stream of
+    /// [`PoissonSampler::new`]; with a fixed seed every shard gets its own stream, so peers
+    /// sharing a seed still draw independently.
+    pub fn for_shard(
+        dataset_size: usize,
+        shard: Range<usize>,
+        shard_index: u32,
+        sample_rate: f64,
+        physical_batch_size: usize,
+        source: NoiseSource,
+    ) -> Result<Self, DpError> {
+        if shard.start > shard.end || shard.end > dataset_size {
+            return Err(DpError::InvalidConfig(format!(
+                "shard {shard:?} is not a range of the {dataset_size} examples"
+            )));
+        }
+        let mut sampler = Self::new(dataset_size, sample_rate, physical_batch_size, source)?;
+        sampler.rng = SecureRng::new(source, 1 + ((shard_index as u64) << 32));
+        sampler.shard = shard;
+        Ok(sampler)
+    }
+
+    /// The global indices this sampler draws from (`0..N` unless built by
+    /// [`PoissonSampler::for_shard`]).
+    pub fn shard(&self) -> Range<usize> {
+        self.shard.clone()
     }
 
     /// Expected logical batch size `q·N` (what the DP step divides by).
@@ -104,7 +143,9 @@ impl PoissonSampler {
 
     /// Draws the next logical batch.
     pub fn next_batch(&mut self) -> LogicalBatch {
-        let indices = (0..self.dataset_size)
+        let indices = self
+            .shard
+            .clone()
             .filter(|_| self.rng.bernoulli(self.sample_rate))
             .collect();
         LogicalBatch {

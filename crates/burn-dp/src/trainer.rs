@@ -28,7 +28,7 @@ use burn_dp_accountant::Epsilon;
 use crate::engine::{batch, DpAutodiff, PerSampleConfig};
 use crate::error::DpError;
 use crate::noise::{NoiseBackend, NoiseSource};
-use crate::optim::DpOptimizer;
+use crate::optim::{DpOptimizer, NoiseShare};
 use crate::privacy::PrivacyState;
 use crate::sampling::PoissonSampler;
 
@@ -86,6 +86,20 @@ where
             physical_batch_size,
             noise,
         )?;
+        Self::with_sampler(model, inner, clipping, privacy, sampler, noise)
+    }
+
+    /// A trainer that draws its batches with `sampler` (e.g. one peer's shard,
+    /// [`PoissonSampler::for_shard`]); its q must be `privacy`'s, and the DP step divides by its
+    /// expected batch size ([`DpOptimizer::new`]).
+    pub fn with_sampler(
+        model: M,
+        inner: O,
+        clipping: PerSampleConfig,
+        privacy: PrivacyState,
+        sampler: PoissonSampler,
+        noise: NoiseSource,
+    ) -> Result<Self, DpError> {
         let optim = DpOptimizer::new(inner, clipping, privacy, &sampler, noise)?;
         let device = model
             .devices()
@@ -110,16 +124,52 @@ where
     ///
     /// # Shapes
     /// `losses` returns `[P]`, one loss per row of `indices`.
-    pub fn step<F>(&mut self, lr: f64, mut losses: F) -> Result<StepReport, DpError>
+    pub fn step<F>(&mut self, lr: f64, losses: F) -> Result<StepReport, DpError>
     where
         F: FnMut(&M, &[usize]) -> Tensor<DpAutodiff<B>, 1>,
+    {
+        self.step_finished_by(losses, |optim, model, empty| {
+            if empty {
+                optim.step_empty(lr, model)
+            } else {
+                optim.step(lr, model)
+            }
+        })
+    }
+
+    /// One step of a data-parallel run on this peer's shard: like [`PrivateTrainer::step`], but
+    /// the clipped sums of the local batch (an empty one too) and this peer's `share` of the noise
+    /// go through `all_reduce` before the update (see [`DpOptimizer::step_all_reduced`]).
+    ///
+    /// # Shapes
+    /// `losses` returns `[P]`; `all_reduce` takes and returns the flat `[Σ_k numel_k]`.
+    pub fn step_all_reduced<F, R>(
+        &mut self,
+        lr: f64,
+        losses: F,
+        share: NoiseShare,
+        all_reduce: R,
+    ) -> Result<StepReport, DpError>
+    where
+        F: FnMut(&M, &[usize]) -> Tensor<DpAutodiff<B>, 1>,
+        R: FnOnce(Tensor<B, 1>) -> Result<Tensor<B, 1>, DpError>,
+    {
+        self.step_finished_by(losses, |optim, model, _empty| {
+            optim.step_all_reduced(lr, model, share, all_reduce)
+        })
+    }
+
+    fn step_finished_by<F, S>(&mut self, mut losses: F, finish: S) -> Result<StepReport, DpError>
+    where
+        F: FnMut(&M, &[usize]) -> Tensor<DpAutodiff<B>, 1>,
+        S: FnOnce(&mut DpOptimizer<O, B>, M, bool) -> Result<M, DpError>,
     {
         self.optim.privacy().check_next_step()?;
         let logical = self.sampler.next_batch();
         let physical = logical.physical();
         let model = self.model.clone();
         let next = if logical.is_empty() {
-            self.optim.step_empty(lr, model)
+            finish(&mut self.optim, model, true)
         } else {
             let mut accumulate = || -> Result<(), DpError> {
                 for batch_rows in &physical {
@@ -140,7 +190,7 @@ where
                 Ok(())
             };
             match accumulate() {
-                Ok(()) => self.optim.step(lr, model),
+                Ok(()) => finish(&mut self.optim, model, false),
                 Err(e) => {
                     self.optim.discard_accumulated();
                     return Err(e);

@@ -1,0 +1,51 @@
+//! Errors of data-parallel DP training.
+
+use thiserror::Error;
+
+/// Everything that can stop a data-parallel run; every peer stops on the first one.
+#[derive(Debug, Error)]
+pub enum DistributedError {
+    /// The DP machinery refused or failed (budget, clipping, checkpoint, ...).
+    #[error(transparent)]
+    Dp(#[from] burn_dp::DpError),
+    /// A collective operation of burn-collective returned an error (a peer lost, an orchestrator
+    /// that cannot be reached, tensors of different shapes, ...).
+    #[error("collective {op} failed on peer {rank}: {detail}")]
+    Collective {
+        /// The operation (`register`, `all-reduce`).
+        op: &'static str,
+        /// This peer's rank.
+        rank: u32,
+        /// burn-collective's error.
+        detail: String,
+    },
+    /// A collective operation did not complete in time: a peer died, hangs, or never joined.
+    /// The collective state of this process is unusable afterwards; resume from the last
+    /// checkpoint in a new run.
+    #[error("collective {op} on peer {rank} did not complete within {seconds} s (step {step}): a peer died, hangs or never joined; restart the run from its last checkpoint")]
+    Timeout {
+        /// The operation (`register`, `all-reduce`).
+        op: &'static str,
+        /// This peer's rank.
+        rank: u32,
+        /// The timeout.
+        seconds: f64,
+        /// The DP step (steps taken before it).
+        step: u64,
+    },
+    /// The replicas' parameters differ (they started from different models, or a peer computed
+    /// another update).
+    #[error("replicas diverged before step {step}: parameter hashes per peer {hashes:x?}")]
+    ReplicasDiverged {
+        /// The DP step (steps taken before it).
+        step: u64,
+        /// Each peer's parameter hash, by rank.
+        hashes: Vec<u64>,
+    },
+    /// An invalid setting (rank outside the world, no peers, a bad address).
+    #[error("invalid data-parallel configuration: {0}")]
+    Config(String),
+    /// Starting or waiting for peer processes failed.
+    #[error("launching peers: {0}")]
+    Launch(String),
+}

@@ -1,0 +1,256 @@
+//! One peer of a data-parallel DP run: [`DistributedTrainer`].
+//!
+//! ```text
+//! each step, on every peer r of K (same lr, same step count):
+//!     draw the local batch: Poisson at rate q over shard r of the data set
+//!     clip and accumulate its physical batches            (no noise; empty batch: zeros)
+//!     flat = [Σ c_i g_i of every parameter, visit order]  + N(0, σ²R²) on the parameters k ≡ r (mod K)
+//!     flat = all-reduce(flat ‖ parameter hash slots)     (burn-collective, one buffer)
+//!     check the hashes (every `check_every` steps): the replicas are identical
+//!     θ = inner.step(lr, θ, flat / (q·N))                 (global expected batch size)
+//!     account one step at the global q
+//! ```
+
+use std::path::Path;
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::optim::Optimizer;
+use burn::tensor::{Tensor, TensorData};
+use burn_dp::{
+    DpAutodiff, DpError, NoiseBackend, NoiseShare, NoiseSource, PerSampleConfig, PoissonSampler,
+    PrivacyState, PrivateTrainer, StepReport,
+};
+
+use crate::error::DistributedError;
+use crate::group::AllReduce;
+
+/// Bits of the parameter hash per f32 slot (exact: below 2^24).
+const HASH_CHUNK_BITS: u32 = 22;
+/// Slots per peer for a 64-bit hash.
+const HASH_SLOTS: usize = 3;
+
+/// The examples of peer `rank` of `world`: a contiguous range; the ranges of all peers are
+/// disjoint and cover `0..dataset_size`.
+pub fn shard_range(dataset_size: usize, rank: u32, world: u32) -> std::ops::Range<usize> {
+    let (r, k) = (rank as usize, world.max(1) as usize);
+    (r * dataset_size / k)..((r + 1) * dataset_size / k)
+}
+
+/// FNV-1a over the bytes of every float parameter of `model` (visit order): equal models give
+/// equal hashes on every peer.
+pub fn parameter_hash<B: burn::tensor::backend::Backend, M: AutodiffModule<DpAutodiff<B>>>(
+    model: &M,
+) -> u64 {
+    struct Hasher(u64);
+    impl<B: burn::tensor::backend::Backend> ModuleVisitor<DpAutodiff<B>> for Hasher {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<DpAutodiff<B>, D>>) {
+            let data = param.val().into_data();
+            for &b in data.as_bytes() {
+                self.0 ^= b as u64;
+                self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    let mut h = Hasher(0xcbf2_9ce4_8422_2325);
+    model.visit::<Hasher>(&mut h);
+    h.0
+}
+
+/// DP training of one replica in a group of peers (one process each): owns a [`PrivateTrainer`]
+/// over this peer's shard and the group `G` (burn-collective's [`PeerGroup`](crate::PeerGroup) or
+/// [`TcpGroup`](crate::TcpGroup)).
+pub struct DistributedTrainer<M, O, B: NoiseBackend, G> {
+    trainer: PrivateTrainer<M, O, B>,
+    group: G,
+    check_every: u64,
+    steps: u64,
+}
+
+impl<M, O, B, G> DistributedTrainer<M, O, B, G>
+where
+    B: NoiseBackend,
+    G: AllReduce<B>,
+    M: AutodiffModule<DpAutodiff<B>>,
+    O: Optimizer<M, DpAutodiff<B>>,
+{
+    /// The trainer of peer `group.rank()`: `model` must be the same on every peer (built from
+    /// the same seed or checkpoint; the first step checks it). `privacy` holds the *global* q
+    /// (each example of the whole `dataset_size` examples joins a step with probability q), the
+    /// sampler draws from this peer's [`shard_range`], and every step divides by `q·dataset_size`.
+    /// The replicas' parameter hashes are compared every `check_every` steps (≥ 1), and at the
+    /// first step.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: M,
+        inner: O,
+        clipping: PerSampleConfig,
+        privacy: PrivacyState,
+        dataset_size: usize,
+        physical_batch_size: usize,
+        noise: NoiseSource,
+        group: G,
+        check_every: u64,
+    ) -> Result<Self, DistributedError> {
+        if check_every == 0 {
+            return Err(DistributedError::Config(
+                "check_every must be at least 1".into(),
+            ));
+        }
+        let shard = shard_range(dataset_size, group.rank(), group.world());
+        let sampler = PoissonSampler::for_shard(
+            dataset_size,
+            shard,
+            group.rank(),
+            privacy.sample_rate,
+            physical_batch_size,
+            noise,
+        )?;
+        let trainer =
+            PrivateTrainer::with_sampler(model, inner, clipping, privacy, sampler, noise)?;
+        Ok(DistributedTrainer {
+            trainer,
+            group,
+            check_every,
+            steps: 0,
+        })
+    }
+
+    /// One DP step of the group with learning rate `lr` (every peer calls it with the same `lr`).
+    /// `losses(model, indices)` returns the per-sample losses of the global example `indices`
+    /// (of this peer's shard), as for [`PrivateTrainer::step`].
+    ///
+    /// A peer that does not join within the group's timeout is [`DistributedError::Timeout`];
+    /// replicas that differ are [`DistributedError::ReplicasDiverged`]. After either, stop and
+    /// resume every peer from the last checkpoint.
+    ///
+    /// # Shapes
+    /// `losses` returns `[P]`, one loss per row of `indices`.
+    pub fn step<F>(&mut self, lr: f64, losses: F) -> Result<StepReport, DistributedError>
+    where
+        F: FnMut(&M, &[usize]) -> Tensor<DpAutodiff<B>, 1>,
+    {
+        let step = self.steps;
+        let check = step.is_multiple_of(self.check_every);
+        let (rank, world) = (self.group.rank() as usize, self.group.world() as usize);
+        let mut slots = vec![0f32; HASH_SLOTS * world];
+        if check {
+            let hash = parameter_hash::<B, M>(self.trainer.model());
+            for (j, slot) in slots[rank * HASH_SLOTS..(rank + 1) * HASH_SLOTS]
+                .iter_mut()
+                .enumerate()
+            {
+                *slot =
+                    ((hash >> (HASH_CHUNK_BITS * j as u32)) & ((1 << HASH_CHUNK_BITS) - 1)) as f32;
+            }
+        }
+        let share = NoiseShare {
+            shard: rank,
+            shards: world,
+        };
+        let group = &mut self.group;
+        let mut failure: Option<DistributedError> = None;
+        let result = self.trainer.step_all_reduced(lr, losses, share, |flat| {
+            let len = flat.dims()[0];
+            let device = flat.device();
+            let slots =
+                Tensor::<B, 1>::from_data(TensorData::new(slots, [HASH_SLOTS * world]), &device);
+            let reduced = match group.all_reduce_sum(Tensor::cat(vec![flat, slots], 0), step) {
+                Ok(r) => r,
+                Err(e) => {
+                    let msg = e.to_string();
+                    failure = Some(e);
+                    return Err(DpError::AllReduce(msg));
+                }
+            };
+            if check {
+                let hashes = reduced
+                    .clone()
+                    .narrow(0, len, HASH_SLOTS * world)
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .unwrap_or_default();
+                let hashes: Vec<u64> = hashes
+                    .chunks(HASH_SLOTS)
+                    .map(|c| {
+                        c.iter().enumerate().fold(0u64, |h, (j, &v)| {
+                            h | ((v as u64) << (HASH_CHUNK_BITS * j as u32))
+                        })
+                    })
+                    .collect();
+                if hashes.len() != world || hashes.iter().any(|&h| h != hashes[0]) {
+                    let e = DistributedError::ReplicasDiverged { step, hashes };
+                    let msg = e.to_string();
+                    failure = Some(e);
+                    return Err(DpError::AllReduce(msg));
+                }
+            }
+            Ok(reduced.narrow(0, 0, len))
+        });
+        match result {
+            Ok(report) => {
+                self.steps += 1;
+                Ok(report)
+            }
+            Err(e) => Err(failure.take().unwrap_or(DistributedError::Dp(e))),
+        }
+    }
+
+    /// The replica as trained so far.
+    pub fn model(&self) -> &M {
+        self.trainer.model()
+    }
+
+    /// The underlying single-peer trainer (ε, the optimizer, the sampler's shard).
+    pub fn trainer(&self) -> &PrivateTrainer<M, O, B> {
+        &self.trainer
+    }
+
+    /// The group.
+    pub fn group(&self) -> &G {
+        &self.group
+    }
+
+    /// Steps taken by this trainer since it was built or resumed.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// ε spent so far (the global q and the number of steps; the same on every peer).
+    pub fn epsilon(&self) -> Result<f64, DistributedError> {
+        Ok(self.trainer.epsilon()?.epsilon)
+    }
+
+    /// Each peer saves its checkpoint in `dir/peer-<rank>` (the model and optimizer, identical on
+    /// every peer, and this peer's sampler and privacy history). Call between steps, on every
+    /// peer.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<(), DistributedError> {
+        Ok(self
+            .trainer
+            .save_checkpoint(&dir.join(format!("peer-{}", self.group.rank())))?)
+    }
+
+    /// Resumes every peer from `dir/peer-<rank>` (written by
+    /// [`DistributedTrainer::save_checkpoint`]): the model, the optimizer, the privacy history (ε
+    /// continues where it was) and the sampler.
+    pub fn resume(self, dir: &Path) -> Result<Self, DistributedError> {
+        let DistributedTrainer {
+            trainer,
+            group,
+            check_every,
+            steps,
+        } = self;
+        let trainer = trainer.resume(&dir.join(format!("peer-{}", group.rank())))?;
+        Ok(DistributedTrainer {
+            trainer,
+            group,
+            check_every,
+            steps,
+        })
+    }
+
+    /// The trained replica and the group (to leave it, e.g. [`PeerGroup::finish`](crate::PeerGroup::finish)).
+    pub fn into_parts(self) -> (M, G) {
+        (self.trainer.into_model(), self.group)
+    }
+}
