@@ -8,9 +8,15 @@ to the inner backend, with batch-tag propagation, one file per backend op trait 
 
 The trait sources are burn-backend's own, found through `cargo metadata` (the manifest path of the
 `burn-backend` package the workspace resolves); the output is formatted with rustfmt and the
-repository's rustfmt.toml, so a fresh generation is byte-identical to the committed files. Ops
-listed in MANUAL are forwarded to hand-written functions in `backend/intercept.rs`; everything else
-is generated here.
+repository's rustfmt.toml, so a fresh generation is byte-identical to the committed files.
+
+Ops listed in HAND_WRITTEN are forwarded to hand-written functions in `backend/intercept.rs`;
+everything else is generated here. The ops a per-sample rule may intercept (HOOKED: the `op:` rows
+of the rule table `crates/burn-dp/src/rules/table.rs`, read from its source, and every parameter
+gradient op `*_weight_backward` / `*_bias_backward` of `ModuleOps`) get a hook that offers the call
+to the rules (`rules::dispatch`) before forwarding it; their list is written to `ops/mod.rs` as
+`HOOKED_OPS`. So the set of ops that are not plain forwarding (HAND_WRITTEN and HOOKED) is
+derived from the rule table: a new rule row cannot miss its hook.
 """
 import argparse
 import difflib
@@ -35,14 +41,13 @@ TRAITS = [
     ('TransactionOps', 'transaction.rs', 'transaction.rs'),
 ]
 
+RULE_TABLE = os.path.join('crates', 'burn-dp', 'src', 'rules', 'table.rs')
+
 # Ops implemented by hand in backend/intercept.rs (same signature, `Self` as backend).
-MANUAL = {
-    # per-sample rules (backward)
-    'linear_weight_backward', 'linear_bias_backward', 'conv1d_weight_backward', 'conv1d_bias_backward',
-    'conv2d_weight_backward', 'conv2d_bias_backward', 'embedding_backward',
+HAND_WRITTEN = {
     # forward: data enters the model
     'embedding',
-    # deferred-aware structural ops
+    # deferred-aware structural ops (`float_sum_dim` also offers `sum_dim(., 0)` to the rules)
     'float_add', 'float_sub', 'float_sum_dim', 'float_reshape', 'float_swap_dims', 'float_permute',
     'float_transpose', 'float_mul', 'float_div', 'float_neg', 'float_mul_scalar', 'float_div_scalar',
     'float_expand', 'float_slice', 'float_slice_assign', 'float_flip',
@@ -54,6 +59,30 @@ MANUAL = {
     'max_pool1d_with_indices', 'max_pool1d_with_indices_backward', 'max_pool2d_with_indices',
     'max_pool2d_with_indices_backward', 'deform_conv2d_backward', 'quantize',
 }
+# Hand-written ops that call `rules::dispatch` themselves.
+HAND_WRITTEN_HOOKS = {'float_sum_dim'}
+
+
+def rule_table_ops():
+    """The ops of the rule table, read from its Rust source (`op: "name"` in `rule_table!`)."""
+    with open(os.path.join(ROOT, RULE_TABLE)) as f:
+        src = f.read()
+    body = src[src.index('rule_table! {'):]
+    ops = re.findall(r'\bop:\s*"(\w+)"', body)
+    if not ops:
+        raise SystemExit(f'no `op:` rows in {RULE_TABLE}')
+    return set(ops)
+
+
+def is_parameter_gradient_op(trait, name):
+    """A `ModuleOps` op that returns a parameter's gradient: open to rules from other crates."""
+    return trait == 'ModuleOps' and (name.endswith('_weight_backward')
+                                     or name.endswith('_bias_backward'))
+
+
+RULE_OPS = rule_table_ops()
+HOOKED = set()  # filled by generate(): RULE_OPS and the parameter gradient ops
+
 # Traits whose provided (default) methods are kept as burn-backend wrote them (they call the
 # other ops of the trait, which are tagged).
 SKIP_TRAITS_DEFAULTS = {'QTensorOps', 'TransactionOps'}
@@ -145,7 +174,7 @@ def wrap_ret(ty, expr, tag):
 def gen_method(trait, s):
     name, args, ret = parse(s['sig'])
     sig_txt = selfify(s['sig'])
-    if name in MANUAL:
+    if name in HAND_WRITTEN:
         call = ', '.join(n for n, _ in args)
         return f'    {sig_txt} {{\n        intercept::{name}::<B>({call})\n    }}\n'
     if trait in SKIP_TRAITS_DEFAULTS and s['default']:
@@ -156,6 +185,7 @@ def gen_method(trait, s):
     lines = []
     tensors = {}  # argument name -> its tag variable
     call_args = []
+    hook = []  # the rule call's arguments, for hooked ops
     for n, t in args:
         v = 't_' + n.lstrip('_')
         inner = re.fullmatch(r'(Option|Vec)<(.*)>', t)
@@ -166,13 +196,17 @@ def gen_method(trait, s):
             if n not in PLAIN_ARGS and n not in DIMENSION_ARGS:
                 raise SystemExit(f'argument `{n}: {t}` of {name} has no tag rule')
             call_args.append(n)
+            hook.append(f'("{n}", OpArg::Value(&{n}))')
             continue
         float = TENSOR_TYPES[base] == 'float'
         if t.startswith('&'):
             if float:
-                raise SystemExit(f'{name} borrows a float tensor: write it by hand (MANUAL)')
+                raise SystemExit(f'{name} borrows a float tensor: write it by hand (HAND_WRITTEN)')
             call_args.append(f'&{n}.tensor')
             continue
+        if name in HOOKED and (inner or t.startswith('&')):
+            raise SystemExit(f'hooked op {name}: argument `{n}: {t}` cannot be offered to rules')
+        hook.append(f'("{n}", OpArg::{"Float" if float else "Int"}(&{n}, {v}))')
         if inner:
             helper = {('Option', True): 'opt_dense', ('Vec', True): 'vec_dense',
                       ('Option', False): 'opt_split', ('Vec', False): 'vec_split'}[
@@ -187,6 +221,11 @@ def gen_method(trait, s):
         call_args.append(n)
     call = f'B::{name}({", ".join(call_args)})'
     names = {n for n, _ in args}
+    if name in HOOKED:
+        if ret != 'FloatTensor<B>':
+            raise SystemExit(f'hooked op {name} returns {ret}, not a float tensor')
+        lines.append(f'let call = OpCall::new("{name}", vec![{", ".join(hook)}]);')
+        lines.append('if let Some(out) = rules::dispatch::<B>(&call) { return out; }')
 
     # data movement between host and device
     if st == 'from_data':
@@ -363,6 +402,7 @@ IMPORTS = [
     '#![allow(unused_imports, unused_variables, clippy::too_many_arguments)]',
     'use crate::backend::primitive::{opt_dense, opt_split, vec_dense, vec_split, PsTensor, Tag, Tagged};',
     'use crate::backend::{intercept, layout, transfer};',
+    'use crate::rules::{self, OpArg, OpCall};',
     'use crate::backend::PerSample;',
     'use burn_backend::ops::*;',
     'use burn_backend::tensor::*;',
@@ -381,9 +421,23 @@ def generate():
     ops_dir = burn_backend_ops_dir()
     files = {}
     mods = []
-    for trait, src_file, out_file in TRAITS:
+    sources = {}
+    for trait, src_file, _ in TRAITS:
         with open(os.path.join(ops_dir, src_file)) as f:
-            sigs = extract(f.read(), trait)
+            sources[trait] = extract(f.read(), trait)
+    every_op = {s['name'] for sigs in sources.values() for s in sigs}
+    unknown = RULE_OPS - every_op
+    if unknown:
+        raise SystemExit(f'{RULE_TABLE} names ops burn-backend does not have: {sorted(unknown)}')
+    hand_rules = RULE_OPS & HAND_WRITTEN - HAND_WRITTEN_HOOKS
+    if hand_rules:
+        raise SystemExit(f'rule ops written by hand without a rule hook: {sorted(hand_rules)}')
+    HOOKED.clear()
+    HOOKED.update(RULE_OPS)
+    HOOKED.update(s['name'] for trait, sigs in sources.items() for s in sigs
+                  if is_parameter_gradient_op(trait, s['name']))
+    for trait, src_file, out_file in TRAITS:
+        sigs = sources[trait]
         out = [HEADER,
                f'//! `{trait}` of [`PerSample`]: every op forwarded to the inner backend, with tag '
                'propagation.',
@@ -400,7 +454,12 @@ def generate():
            '//! Forwarding of every backend op of [`PerSample`](super::PerSample) to the inner '
            'backend, with',
            '//! tag propagation: one file per backend op trait, as in burn-autodiff\'s `ops/`.',
-           *[f'mod {m};' for m in sorted(mods)], '']
+           *[f'mod {m};' for m in sorted(mods)], '',
+           '/// The backend ops a per-sample rule may intercept: the rule table\'s ops and every '
+           'parameter',
+           '/// gradient op of `ModuleOps`.',
+           'pub(crate) const HOOKED_OPS: &[&str] = &[',
+           *[f'    "{op}",' for op in sorted(HOOKED)], '];', '']
     files[os.path.join(OUT_DIR, 'mod.rs')] = '\n'.join(mod)
     return files
 

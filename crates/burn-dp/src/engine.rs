@@ -15,7 +15,7 @@ use burn_autodiff::Autodiff;
 use burn_backend::tensor::FloatTensor;
 use burn_backend::TensorMetadata;
 
-use crate::backend::{self, Deferred, PerSample, PsTensor, Tag, Term};
+use crate::backend::{self, Deferred, PerSample, PsTensor, Tag};
 use crate::clip::{Clipping, ClippingFn, ClippingStyle};
 use crate::error::DpError;
 use crate::profile::{self, Phase};
@@ -39,7 +39,7 @@ pub fn batch_inner<B: Backend, const D: usize>(
     let ps = match x.into_primitive() {
         TensorPrimitive::Float(PsTensor::Dense { tensor, tag }) => {
             let batch = tensor.shape().as_slice().first().copied().unwrap_or(0);
-            PsTensor::dense(tensor, tag.join(Tag::PerSample { batch }))
+            PsTensor::dense(tensor, tag.join(Tag::PerSample { batch: Some(batch) }))
         }
         TensorPrimitive::Float(other) => other,
         TensorPrimitive::QFloat(_) => unreachable!("model inputs are not quantized"),
@@ -47,8 +47,9 @@ pub fn batch_inner<B: Backend, const D: usize>(
     Tensor::from_primitive(TensorPrimitive::Float(ps))
 }
 
-/// Wraps an inner-backend tensor as a tensor of `PerSample<B>`.
-pub fn lift<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<PerSample<B>, D> {
+/// Wraps an inner-backend tensor as a batch-independent tensor of `PerSample<B>` (a constant,
+/// a parameter value; tagged [`Tag::Independent`]). The inverse of [`lower`].
+pub fn wrap_independent<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<PerSample<B>, D> {
     Tensor::from_primitive(TensorPrimitive::Float(PsTensor::dense(
         x.into_primitive().tensor(),
         Tag::Independent,
@@ -149,7 +150,7 @@ impl<B: Backend> ModuleVisitor<DpAutodiff<B>> for Register<'_, B> {
         if let Some(sum) = self.sums.remove(&param.id) {
             let dims: [usize; D] = param.val().dims();
             self.out
-                .register::<PerSample<B>, D>(param.id, lift(sum.reshape(dims)));
+                .register::<PerSample<B>, D>(param.id, wrap_independent(sum.reshape(dims)));
         }
     }
 }
@@ -536,13 +537,13 @@ fn resolve<B: Backend>(g: PsTensor<B>, path: &str, b: usize) -> Result<Deferred<
             let shape = tensor.shape();
             let (dtype, device) = (tensor.dtype(), B::float_device(&tensor));
             let per_sample = B::float_reshape(tensor, rules::batched_shape(1, &shape));
-            Ok(Deferred { shape, dtype, device, terms: vec![Term::Batched(per_sample)], taint: Tag::Independent })
+            Ok(Deferred { shape, dtype, device, terms: vec![rules::batched::BatchedTerm::new_ref(per_sample)], taint: Tag::Independent })
         }
         PsTensor::Dense { tensor, .. } if b == 0 => {
             let shape = tensor.shape();
             let (dtype, device) = (tensor.dtype(), B::float_device(&tensor));
             let per_sample = B::float_zeros(rules::batched_shape(0, &shape), &device, dtype.into());
-            Ok(Deferred { shape, dtype, device, terms: vec![Term::Batched(per_sample)], taint: Tag::Independent })
+            Ok(Deferred { shape, dtype, device, terms: vec![rules::batched::BatchedTerm::new_ref(per_sample)], taint: Tag::Independent })
         }
         PsTensor::Dense { .. } => Err(DpError::NoPerSampleRule {
             param: path.to_string(),

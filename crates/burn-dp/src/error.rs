@@ -13,6 +13,13 @@ pub enum DpError {
         /// What happened to its gradient.
         reason: String,
     },
+    /// A rule was registered for a backend op that has no rule hook
+    /// ([`crate::rules::hooked_ops`]).
+    #[error("no per-sample rule can intercept backend op `{op}`: rules hook only the ops listed by burn_dp::rules::hooked_ops()")]
+    NoRuleHook {
+        /// The op the rule named.
+        op: String,
+    },
     /// A trainable parameter's gradient depends on several samples at once.
     #[error("parameter `{param}`: its gradient mixes samples of the batch (op `{op}` reduces, reorders or reshapes the batch dimension 0, e.g. BatchNorm in training mode); per-sample gradients would be wrong")]
     MixedSamples {

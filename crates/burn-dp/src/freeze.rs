@@ -17,9 +17,10 @@ pub enum FreezePolicy {
     /// foundation models"): only bias terms train — every parameter whose name is `bias`, and
     /// burn's norm-layer bias `beta`.
     BiasOnly,
-    /// Only parameters under these module paths train (e.g. `["head", "blocks.11"]` for the head
-    /// and the last block).
-    LastLayers(Vec<String>),
+    /// Only parameters under these module path prefixes train, wherever they are in the model
+    /// (e.g. `["head", "blocks.11"]` for the head and the last block; a prefix matches a whole
+    /// path component).
+    Prefixes(Vec<String>),
     /// Exactly the selected parameters train.
     Select(ParamSelector),
 }
@@ -35,7 +36,7 @@ impl FreezePolicy {
                 ParamSelector::PathExact("bias".into()),
                 ParamSelector::PathExact("beta".into()),
             ]),
-            FreezePolicy::LastLayers(prefixes) => ParamSelector::AnyOf(
+            FreezePolicy::Prefixes(prefixes) => ParamSelector::AnyOf(
                 prefixes
                     .iter()
                     .flat_map(|p| {

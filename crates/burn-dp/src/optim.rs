@@ -53,7 +53,7 @@ pub struct BatchStats {
 /// A DP optimizer around `inner` (e.g. burn's `Sgd`, `Adam`, `AdamW` adaptors).
 pub struct DpOptimizer<O, B: Backend> {
     inner: O,
-    clipping: PerSampleConfig,
+    per_sample: PerSampleConfig,
     privacy: PrivacyState,
     expected_batch_size: f64,
     noise: NoiseGenerator,
@@ -81,17 +81,17 @@ impl<O, B: Backend> DpOptimizer<O, B> {
     /// expected logical batch size `q·N` ([`PoissonSampler::expected_batch_size`]).
     pub fn new(
         inner: O,
-        clipping: PerSampleConfig,
+        per_sample: PerSampleConfig,
         privacy: PrivacyState,
         sampler: &PoissonSampler,
         noise: NoiseSource,
     ) -> Result<Self, DpError> {
-        clipping.clipping.validate()?;
+        per_sample.clipping.validate()?;
         sampler.check_sample_rate(privacy.sample_rate)?;
         let expected_batch_size = sampler.expected_batch_size();
         Ok(DpOptimizer {
             inner,
-            clipping,
+            per_sample,
             privacy,
             expected_batch_size,
             noise: NoiseGenerator::new(noise)?,
@@ -109,9 +109,9 @@ impl<O, B: Backend> DpOptimizer<O, B> {
         self.privacy.epsilon()
     }
 
-    /// Clipping settings.
-    pub fn clipping(&self) -> &PerSampleConfig {
-        &self.clipping
+    /// The per-sample settings: clipping function and style, norm mode.
+    pub fn per_sample_config(&self) -> &PerSampleConfig {
+        &self.per_sample
     }
 
     /// Whether the noise comes from a fixed seed (not private against the seed holder).
@@ -146,7 +146,7 @@ impl<O, B: Backend> DpOptimizer<O, B> {
         model: &M,
         losses: Tensor<DpAutodiff<B>, 1>,
     ) -> Result<BatchStats, DpError> {
-        let clipped = clipped_backward(&self.clipping, model, losses)?;
+        let clipped = clipped_backward(&self.per_sample, model, losses)?;
         let stats = BatchStats {
             samples: clipped.batch_size,
             non_finite: clipped.non_finite.len(),
@@ -453,7 +453,7 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
         let ids: Vec<(ParamId, &str)> = params.iter().map(|p| (p.id, p.path.as_str())).collect();
         let sensitivity = match &acc {
             Some(a) => a.sensitivity,
-            None => engine::sensitivity(&self.clipping.clipping, &ids)?,
+            None => engine::sensitivity(&self.per_sample.clipping, &ids)?,
         };
         if let Some(a) = &acc {
             if let Some(p) = params.iter().find(|p| !a.sums.contains_key(&p.id)) {

@@ -243,7 +243,7 @@ fn bitfit_counts_and_frozen_training() {
         before,
         "frozen weights do not move"
     );
-    let (_, head) = freeze(net(), &FreezePolicy::LastLayers(vec!["fc2".into()])).unwrap();
+    let (_, head) = freeze(net(), &FreezePolicy::Prefixes(vec!["fc2".into()])).unwrap();
     assert_eq!(head.trainable, 8 * 3 + 3);
     assert!(freeze(
         net(),
@@ -734,7 +734,7 @@ fn step_empty_uses_the_sensitivity_of_clipped_backward() {
         (
             PerSampleConfig::new(ClippingFn::Abadi { max_norm: 1.5 })
                 .with_style(ClippingStyle::PerLayer),
-            FreezePolicy::LastLayers(vec!["fc2".into()]),
+            FreezePolicy::Prefixes(vec!["fc2".into()]),
             1.5,
         ),
         (

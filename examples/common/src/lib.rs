@@ -126,7 +126,7 @@ pub fn freeze_policy(kind: FreezeKind, head: &[&str]) -> FreezePolicy {
     match kind {
         FreezeKind::None => FreezePolicy::None,
         FreezeKind::Bias => FreezePolicy::BiasOnly,
-        FreezeKind::Head => FreezePolicy::LastLayers(head.iter().map(|s| s.to_string()).collect()),
+        FreezeKind::Head => FreezePolicy::Prefixes(head.iter().map(|s| s.to_string()).collect()),
     }
 }
 

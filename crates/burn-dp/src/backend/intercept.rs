@@ -1,9 +1,9 @@
-//! The ops `PerSample` implements by hand: the explicit list of intercepted ops (`MANUAL` in
-//! `tools/gen_backend.py`). Everything not here is forwarded by the generated `ops/`.
+//! The ops `PerSample` implements by hand (`HAND_WRITTEN` in `tools/gen_backend.py`; the rule
+//! ops of `rules/table.rs` are hooked by the generated `ops/`). Everything not here is forwarded
+//! by the generated `ops/`.
 //!
-//! - Per-sample rules (inside the backward scope): `linear_weight_backward`,
-//!   `linear_bias_backward`, `conv{1,2}d_{weight,bias}_backward`, `embedding_backward`, and
-//!   `float_sum_dim(·, 0)` (parameters broadcast over the batch). See [`crate::rules`].
+//! - `float_sum_dim` offers `sum_dim(·, 0)` of a dense gradient to the rules (parameters broadcast
+//!   over the batch, [`crate::rules::batched::SumOverBatch`]) like the generated hooks do.
 //! - Ops that keep a deferred gradient deferred: `float_add`/`float_sub` (gradient accumulation,
 //!   tied parameters), `float_sum_dim`, `float_reshape`, `float_swap_dims`, `float_permute`,
 //!   `float_transpose`, `float_expand`, `float_slice`, `float_slice_assign`, `float_flip`,
@@ -22,38 +22,22 @@
 use core::future::Future;
 
 use burn_backend::ops::{
-    ConvOptions, DeformConv2dBackward, DeformConvOptions, MaxPool1dBackward, MaxPool1dWithIndices,
+    DeformConv2dBackward, DeformConvOptions, MaxPool1dBackward, MaxPool1dWithIndices,
     MaxPool2dBackward, MaxPool2dWithIndices,
 };
 use burn_backend::quantization::{QuantScheme, QuantizationParametersPrimitive};
 use burn_backend::tensor::FloatTensor;
 use burn_backend::{Backend, ExecutionError, Scalar, Shape, Slice, TensorData, TensorMetadata};
 
-use super::primitive::{
-    opt_dense, ConvKind, Deferred, Factor, PsInt, PsQuant, PsTensor, Tag, Tagged, Term,
-};
-use super::{in_scope, layout, transfer, PerSample};
-use crate::rules::{self, batched_shape, broadcast::map_batched};
+use super::primitive::{opt_dense, Deferred, PsInt, PsQuant, PsTensor, Tag, Tagged};
+use super::{layout, transfer, PerSample};
+use crate::rules::batched::{map_batched, BatchedTerm};
+use crate::rules::{self, batched_shape, OpArg, OpCall, TermRef};
 
 type Ps<B> = PsTensor<B>;
 
 fn wrap<B: Backend>(d: Deferred<B>) -> Ps<B> {
     PsTensor::Deferred(Box::new(d))
-}
-
-/// A term freshly cached by a rule.
-fn cached<B: Backend>(d: Deferred<B>) -> Ps<B> {
-    super::count_rule_call();
-    wrap(d)
-}
-
-/// The taint a rule records: nothing when the inputs are clean.
-fn taint(tag: Tag) -> Tag {
-    if tag.is_clean() {
-        Tag::Independent
-    } else {
-        tag
-    }
 }
 
 fn full() -> Slice {
@@ -64,14 +48,15 @@ fn full() -> Slice {
     }
 }
 
-/// `[1, ...shape]`: a batch-independent tensor seen by a per-sample `[B, ...]` form.
-fn lift<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+/// `[1, ...shape]`: a batch-independent tensor given a batch axis of size 1, to broadcast against
+/// a per-sample `[B, ...]` form.
+fn with_batch_axis<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     let shape = x.shape();
     B::float_reshape(x, batched_shape(1, &shape))
 }
 
 fn samples<B: Backend>(d: &Deferred<B>) -> usize {
-    d.terms.first().map(|t| t.samples()).unwrap_or(0)
+    d.samples()
 }
 
 /// A deferred gradient combined with a dense tensor (tagged `other`) by an op without a per-sample
@@ -85,104 +70,14 @@ fn lost<B: Backend>(
 ) -> Ps<B> {
     let why = match other {
         Tag::Mixed { .. } => other,
-        Tag::PerSample { batch } if batch > 1 => Tag::Mixed { op },
+        Tag::PerSample { batch: Some(batch) } if batch > 1 => Tag::Mixed { op },
         _ => Tag::Lost { op },
     };
     let tag = d.taint.join(why);
     PsTensor::dense(f(rules::batch_sum(d)), tag)
 }
 
-// ---------------------------------------------------------------- rules (backward scope)
-
-pub fn linear_weight_backward<B: Backend>(x: Ps<B>, g: Ps<B>) -> Ps<B> {
-    let (x, tx) = x.into_dense("linear_weight_backward");
-    let (g, tg) = g.into_dense("linear_weight_backward");
-    if in_scope() {
-        cached(rules::linear::weight(x, g, taint(tx.join(tg))))
-    } else {
-        PsTensor::dense(B::linear_weight_backward(x, g), tx.join(tg))
-    }
-}
-
-pub fn linear_bias_backward<B: Backend>(g: Ps<B>) -> Ps<B> {
-    let (g, tg) = g.into_dense("linear_bias_backward");
-    if in_scope() {
-        cached(rules::linear::bias(g, taint(tg)))
-    } else {
-        PsTensor::dense(B::linear_bias_backward(g), tg.mix("linear_bias_backward"))
-    }
-}
-
-pub fn conv1d_weight_backward<B: Backend>(
-    x: Ps<B>,
-    weight: Ps<B>,
-    g: Ps<B>,
-    options: ConvOptions<1>,
-) -> Ps<B> {
-    let (x, tx) = x.into_dense("conv1d_weight_backward");
-    let (w, tw) = weight.into_dense("conv1d_weight_backward");
-    let (g, tg) = g.into_dense("conv1d_weight_backward");
-    let tag = tx.join(tw).join(tg);
-    if in_scope() {
-        cached(rules::conv::weight(
-            x,
-            w,
-            g,
-            ConvKind::D1(options),
-            taint(tag),
-        ))
-    } else {
-        PsTensor::dense(B::conv1d_weight_backward(x, w, g, options), tag)
-    }
-}
-
-pub fn conv2d_weight_backward<B: Backend>(
-    x: Ps<B>,
-    weight: Ps<B>,
-    g: Ps<B>,
-    options: ConvOptions<2>,
-) -> Ps<B> {
-    let (x, tx) = x.into_dense("conv2d_weight_backward");
-    let (w, tw) = weight.into_dense("conv2d_weight_backward");
-    let (g, tg) = g.into_dense("conv2d_weight_backward");
-    let tag = tx.join(tw).join(tg);
-    if in_scope() {
-        cached(rules::conv::weight(
-            x,
-            w,
-            g,
-            ConvKind::D2(options),
-            taint(tag),
-        ))
-    } else {
-        PsTensor::dense(B::conv2d_weight_backward(x, w, g, options), tag)
-    }
-}
-
-fn conv_bias_backward<B: Backend>(
-    x: Ps<B>,
-    bias: Ps<B>,
-    g: Ps<B>,
-    op: &'static str,
-    inner: impl FnOnce(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
-) -> Ps<B> {
-    let (x, tx) = x.into_dense(op);
-    let (b, tb) = bias.into_dense(op);
-    let (g, tg) = g.into_dense(op);
-    if in_scope() {
-        cached(rules::conv::bias(g, taint(tg.join(tb))))
-    } else {
-        PsTensor::dense(inner(x, b, g), tx.join(tb).join(tg))
-    }
-}
-
-pub fn conv1d_bias_backward<B: Backend>(x: Ps<B>, bias: Ps<B>, g: Ps<B>) -> Ps<B> {
-    conv_bias_backward(x, bias, g, "conv1d_bias_backward", B::conv1d_bias_backward)
-}
-
-pub fn conv2d_bias_backward<B: Backend>(x: Ps<B>, bias: Ps<B>, g: Ps<B>) -> Ps<B> {
-    conv_bias_backward(x, bias, g, "conv2d_bias_backward", B::conv2d_bias_backward)
-}
+// ---------------------------------------------------------------- forward
 
 /// Token ids are the batch entering the model: the output is [`Tag::PerSample`], joined with the
 /// ids' own tag (ids reordered across the batch stay mixed) and the table's as a shared operand.
@@ -190,26 +85,10 @@ pub fn embedding<B: Backend>(weights: Ps<B>, indices: PsInt<B>) -> Ps<B> {
     let (w, tw) = weights.into_dense("embedding");
     let (indices, ti) = indices.split();
     let batch = indices.shape().as_slice().first().copied().unwrap_or(0);
-    let tag = Tag::PerSample { batch }
+    let tag = Tag::PerSample { batch: Some(batch) }
         .join(ti)
         .join(tw.shared("embedding"));
     PsTensor::dense(B::embedding(w, indices), tag)
-}
-
-pub fn embedding_backward<B: Backend>(weights: Ps<B>, g: Ps<B>, indices: PsInt<B>) -> Ps<B> {
-    let (indices, ti) = indices.split();
-    let (w, tw) = weights.into_dense("embedding_backward");
-    let (g, tg) = g.into_dense("embedding_backward");
-    if in_scope() {
-        cached(rules::embedding::weight(
-            &w,
-            g,
-            indices,
-            taint(tg.join(tw).join(ti)),
-        ))
-    } else {
-        PsTensor::dense(B::embedding_backward(w, g, indices), tw.join(tg).join(ti))
-    }
 }
 
 // ---------------------------------------------------------------- deferred-aware ops
@@ -241,7 +120,7 @@ fn add_deferred<B: Backend>(mut a: Deferred<B>, b: Deferred<B>) -> Ps<B> {
 fn add_dense<B: Backend>(d: Deferred<B>, x: FloatTensor<B>, tx: Tag) -> Ps<B> {
     if samples(&d) == 1 && tx.is_clean() && x.shape() == d.shape {
         let mut d = d;
-        d.terms.push(Term::Batched(lift::<B>(x)));
+        d.terms.push(BatchedTerm::new_ref(with_batch_axis::<B>(x)));
         return wrap(d);
     }
     lost(
@@ -272,44 +151,19 @@ pub fn float_sub<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
     }
 }
 
-/// Applies a linear map to one dense component of every term (scaling by a scalar).
+/// Applies a linear map (negation, scaling by a scalar) to every term: to one of its factors when
+/// the term can ([`rules::PerSampleTerm::map_linear`]), else to its instantiated form.
 fn scale<B: Backend>(mut d: Deferred<B>, f: impl Fn(FloatTensor<B>) -> FloatTensor<B>) -> Ps<B> {
-    let mut terms = Vec::with_capacity(d.terms.len());
-    for term in d.terms.drain(..) {
-        terms.push(match term {
-            Term::Outer {
-                left: Factor::Dense(a),
-                right,
-            } => Term::Outer {
-                left: Factor::Dense(f(a)),
-                right,
-            },
-            Term::Outer {
-                left,
-                right: Factor::Dense(g),
-            } => Term::Outer {
-                left,
-                right: Factor::Dense(f(g)),
-            },
-            t @ Term::Outer { .. } => {
-                let shape = d.shape.clone();
-                Term::Batched(f(rules::instantiate_term(&t, &shape)))
-            }
-            Term::Conv {
-                x,
-                weight,
-                grad,
-                kind,
-            } => Term::Conv {
-                x,
-                weight,
-                grad: f(grad),
-                kind,
-            },
-            Term::Batched(t) => Term::Batched(f(t)),
-        });
-    }
-    d.terms = terms;
+    let shape = d.shape.clone();
+    d.terms = d
+        .terms
+        .iter()
+        .map(|t| {
+            t.map_linear(&f).unwrap_or_else(|| {
+                BatchedTerm::new_ref(f(rules::instantiate_term(t.as_ref(), &shape)))
+            })
+        })
+        .collect();
     wrap(d)
 }
 
@@ -344,8 +198,8 @@ fn elementwise<B: Backend>(
     op: impl Fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
 ) -> Ps<B> {
     if tx.is_constant() && x.shape().num_dims() == d.shape.num_dims() {
-        let lifted = lift::<B>(x);
-        wrap(map_batched(d, |ps| op(ps, lifted)))
+        let shifted = with_batch_axis::<B>(x);
+        wrap(map_batched(d, |ps| op(ps, shifted)))
     } else {
         lost(d, tx, name, |s| op(s, x))
     }
@@ -388,13 +242,22 @@ pub fn float_div<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
 
 pub fn float_sum_dim<B: Backend>(t: Ps<B>, dim: usize) -> Ps<B> {
     match t {
-        PsTensor::Dense { tensor, tag } if dim == 0 && in_scope() => {
-            cached(rules::broadcast::sum_over_batch(tensor, taint(tag)))
+        PsTensor::Dense { tensor, tag } => {
+            let call = OpCall::new(
+                "float_sum_dim",
+                vec![
+                    ("tensor", OpArg::Float(&tensor, tag)),
+                    ("dim", OpArg::Value(&dim)),
+                ],
+            );
+            if let Some(out) = rules::dispatch::<B>(&call) {
+                return out;
+            }
+            PsTensor::dense(
+                B::float_sum_dim(tensor, dim),
+                tag.along_dim(dim, "float_sum_dim"),
+            )
         }
-        PsTensor::Dense { tensor, tag } => PsTensor::dense(
-            B::float_sum_dim(tensor, dim),
-            tag.along_dim(dim, "float_sum_dim"),
-        ),
         PsTensor::Deferred(d) => wrap(map_batched(*d, |ps| B::float_sum_dim(ps, dim + 1))),
     }
 }
@@ -415,25 +278,24 @@ pub fn float_reshape<B: Backend>(t: Ps<B>, shape: Shape) -> Ps<B> {
     }
 }
 
-/// Transposes a 2-D deferred gradient made of outer terms by swapping their factors.
-fn transpose_outer<B: Backend>(mut d: Deferred<B>) -> Deferred<B> {
-    d.terms = d
+/// A 2-D deferred gradient transposed by transposing its terms
+/// ([`rules::PerSampleTerm::transposed`]), or `None` when a term cannot.
+fn transpose_terms<B: Backend>(d: &Deferred<B>) -> Option<Deferred<B>> {
+    if d.shape.num_dims() != 2 {
+        return None;
+    }
+    let terms = d
         .terms
-        .into_iter()
-        .map(|t| match t {
-            Term::Outer { left, right } => Term::Outer {
-                left: right,
-                right: left,
-            },
-            other => other,
-        })
-        .collect();
-    d.shape = Shape::new([d.shape[1], d.shape[0]]);
-    d
-}
-
-fn all_outer<B: Backend>(d: &Deferred<B>) -> bool {
-    d.shape.num_dims() == 2 && d.terms.iter().all(|t| matches!(t, Term::Outer { .. }))
+        .iter()
+        .map(|t| t.transposed())
+        .collect::<Option<Vec<TermRef<B>>>>()?;
+    Some(Deferred {
+        shape: Shape::new([d.shape[1], d.shape[0]]),
+        dtype: d.dtype,
+        device: d.device.clone(),
+        terms,
+        taint: d.taint,
+    })
 }
 
 pub fn float_swap_dims<B: Backend>(t: Ps<B>, dim1: usize, dim2: usize) -> Ps<B> {
@@ -442,10 +304,12 @@ pub fn float_swap_dims<B: Backend>(t: Ps<B>, dim1: usize, dim2: usize) -> Ps<B> 
             let tag = layout::swap_dims(dim1, dim2, tag, true, "float_swap_dims");
             PsTensor::dense(B::float_swap_dims(tensor, dim1, dim2), tag)
         }
-        PsTensor::Deferred(d) if all_outer(&d) && dim1 != dim2 => wrap(transpose_outer(*d)),
-        PsTensor::Deferred(d) => wrap(map_batched(*d, |ps| {
-            B::float_swap_dims(ps, dim1 + 1, dim2 + 1)
-        })),
+        PsTensor::Deferred(d) => match transpose_terms(&d).filter(|_| dim1 != dim2) {
+            Some(t) => wrap(t),
+            None => wrap(map_batched(*d, |ps| {
+                B::float_swap_dims(ps, dim1 + 1, dim2 + 1)
+            })),
+        },
     }
 }
 
@@ -460,12 +324,14 @@ pub fn float_permute<B: Backend>(t: Ps<B>, axes: &[usize]) -> Ps<B> {
             let tag = layout::permute(axes, tag, true, "float_permute");
             PsTensor::dense(B::float_permute(tensor, axes), tag)
         }
-        PsTensor::Deferred(d) if all_outer(&d) && axes == [1, 0] => wrap(transpose_outer(*d)),
-        PsTensor::Deferred(d) => {
-            let mut lifted = vec![0];
-            lifted.extend(axes.iter().map(|a| a + 1));
-            wrap(map_batched(*d, |ps| B::float_permute(ps, &lifted)))
-        }
+        PsTensor::Deferred(d) => match transpose_terms(&d).filter(|_| axes == [1, 0]) {
+            Some(t) => wrap(t),
+            None => {
+                let mut shifted = vec![0];
+                shifted.extend(axes.iter().map(|a| a + 1));
+                wrap(map_batched(*d, |ps| B::float_permute(ps, &shifted)))
+            }
+        },
     }
 }
 
@@ -476,8 +342,8 @@ pub fn float_flip<B: Backend>(t: Ps<B>, axes: &[usize]) -> Ps<B> {
             PsTensor::dense(B::float_flip(tensor, axes), tag)
         }
         PsTensor::Deferred(d) => {
-            let lifted: Vec<usize> = axes.iter().map(|a| a + 1).collect();
-            wrap(map_batched(*d, |ps| B::float_flip(ps, &lifted)))
+            let shifted: Vec<usize> = axes.iter().map(|a| a + 1).collect();
+            wrap(map_batched(*d, |ps| B::float_flip(ps, &shifted)))
         }
     }
 }
@@ -497,7 +363,7 @@ pub fn float_expand<B: Backend>(t: Ps<B>, shape: Shape) -> Ps<B> {
     }
 }
 
-fn lifted_slices(slices: &[Slice]) -> Vec<Slice> {
+fn shifted_slices(slices: &[Slice]) -> Vec<Slice> {
     let mut out = vec![full()];
     out.extend_from_slice(slices);
     out
@@ -510,8 +376,8 @@ pub fn float_slice<B: Backend>(t: Ps<B>, slices: &[Slice]) -> Ps<B> {
             PsTensor::dense(B::float_slice(tensor, slices), tag)
         }
         PsTensor::Deferred(d) => {
-            let lifted = lifted_slices(slices);
-            wrap(map_batched(*d, |ps| B::float_slice(ps, &lifted)))
+            let shifted = shifted_slices(slices);
+            wrap(map_batched(*d, |ps| B::float_slice(ps, &shifted)))
         }
     }
 }
@@ -520,7 +386,7 @@ pub fn float_slice<B: Backend>(t: Ps<B>, slices: &[Slice]) -> Ps<B> {
 /// `slice`) or to zero a slice of a gradient (the backward of `slice_assign`). A batch-independent
 /// dense side is taken to be that zero tensor.
 pub fn float_slice_assign<B: Backend>(t: Ps<B>, slices: &[Slice], value: Ps<B>) -> Ps<B> {
-    let lifted = lifted_slices(slices);
+    let shifted = shifted_slices(slices);
     match (t, value) {
         (PsTensor::Dense { tensor, tag }, PsTensor::Dense { tensor: v, tag: tv }) => {
             let tag = layout::slice_assign(&tensor.shape(), slices, tag, tv, "float_slice_assign");
@@ -532,23 +398,23 @@ pub fn float_slice_assign<B: Backend>(t: Ps<B>, slices: &[Slice], value: Ps<B>) 
             let (dtype, device) = (tensor.dtype(), B::float_device(&tensor));
             let pv = rules::instantiate(&v);
             let base = B::float_zeros(shape.clone(), &device, dtype.into());
-            let ps = B::float_slice_assign(base, &lifted, pv);
+            let ps = B::float_slice_assign(base, &shifted, pv);
             wrap(Deferred {
                 shape: tensor.shape(),
-                terms: vec![Term::Batched(ps)],
+                terms: vec![BatchedTerm::new_ref(ps)],
                 ..*v
             })
         }
         (PsTensor::Deferred(d), PsTensor::Dense { tensor: v, tag }) if tag.is_constant() => {
             let b = samples(&d);
             let vshape = batched_shape(b, &v.shape());
-            let v = B::float_expand(lift::<B>(v), vshape);
-            wrap(map_batched(*d, |ps| B::float_slice_assign(ps, &lifted, v)))
+            let v = B::float_expand(with_batch_axis::<B>(v), vshape);
+            wrap(map_batched(*d, |ps| B::float_slice_assign(ps, &shifted, v)))
         }
         (PsTensor::Deferred(d), PsTensor::Deferred(v)) if samples(&d) == samples(&v) => {
             let pv = rules::instantiate(&v);
             let taint = d.taint.join(v.taint);
-            let mut out = map_batched(*d, |ps| B::float_slice_assign(ps, &lifted, pv));
+            let mut out = map_batched(*d, |ps| B::float_slice_assign(ps, &shifted, pv));
             out.taint = taint;
             wrap(out)
         }

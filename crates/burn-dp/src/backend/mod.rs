@@ -4,11 +4,12 @@
 //! [`DpAutodiff`](crate::DpAutodiff)). Autodiff computes every parameter gradient by calling ops
 //! of its inner backend (`linear_weight_backward(x, g)`, `conv2d_weight_backward`,
 //! `embedding_backward`, and `float_sum_dim(·, 0)` for parameters broadcast over the batch).
-//! Inside a per-sample backward scope (see [`crate::engine`]) those calls return a deferred
-//! per-sample gradient ([`PsTensor::Deferred`]) that caches what the rule needs (activations and
-//! output gradients) instead of summing over the batch. Everything else is forwarded to `B`
-//! (`ops/`, generated, one file per op trait) with a batch [`Tag`] that records whether
-//! per-sample structure is intact; the ops intercepted by hand are listed in `intercept.rs`.
+//! Inside a per-sample backward scope (see [`crate::engine`]) those calls are offered to the
+//! rules ([`crate::rules`]) and return a deferred per-sample gradient ([`PsTensor::Deferred`])
+//! that caches what the rule needs (activations and output gradients) instead of summing over the
+//! batch. Everything else is forwarded to `B` (`ops/`, generated, one file per op trait, with a
+//! hook for every op a rule may intercept) with a batch [`Tag`] that records whether per-sample
+//! structure is intact; the ops written by hand are listed in `intercept.rs`.
 
 pub(crate) mod intercept;
 pub mod layout;
@@ -23,7 +24,8 @@ use burn_backend::backend::{Backend, BackendTypes, ExecutionError};
 use burn_backend::DType;
 use burn_backend::DTypeUsageSet;
 
-pub use primitive::{Deferred, Factor, PsBool, PsInt, PsQuant, PsTensor, Tag, Tagged, Term};
+pub(crate) use ops::HOOKED_OPS;
+pub use primitive::{Deferred, PsBool, PsInt, PsQuant, PsTensor, Tag, Tagged};
 
 /// Backend decorator computing per-sample gradients inside burn's autodiff.
 ///

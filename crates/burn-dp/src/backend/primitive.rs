@@ -2,10 +2,11 @@
 //! with a batch tag or a deferred per-sample gradient; int, bool and quantized tensors are the
 //! inner backend's with a batch tag ([`Tagged`]).
 
-use burn_backend::ops::ConvOptions;
 use burn_backend::quantization::QuantScheme;
 use burn_backend::tensor::{BoolTensor, FloatTensor, IntTensor, QuantizedTensor};
 use burn_backend::{Backend, DType, QTensorPrimitive, Shape, TensorMetadata};
+
+use crate::rules::TermRef;
 
 /// What the engine knows about how a tensor depends on the samples of the batch.
 ///
@@ -35,11 +36,11 @@ pub enum Tag {
         /// Size of dimension 0 (0 for a scalar).
         rows: usize,
     },
-    /// Row `i` of dimension 0 depends on sample `i` only, in a batch of `batch` samples (0: not
-    /// known, a deferred gradient's own tag).
+    /// Row `i` of dimension 0 depends on sample `i` only, in a batch of `batch` samples.
     PerSample {
-        /// Number of samples in the marked batch.
-        batch: usize,
+        /// Number of samples in the marked batch; `None` when not known (the tag of a deferred
+        /// per-sample gradient, whose terms know their own sample count).
+        batch: Option<usize>,
     },
     /// Unmarked host data whose `rows` rows were combined along dimension 0 by `op`.
     UnmarkedMixed {
@@ -88,9 +89,12 @@ impl Tag {
     /// constant of another size (a loaded parameter), and the result is per sample.
     pub fn join(self, other: Tag) -> Tag {
         match (self, other) {
-            (Tag::PerSample { batch: a }, Tag::PerSample { batch: b }) => {
-                Tag::PerSample { batch: a.max(b) }
-            }
+            (Tag::PerSample { batch: a }, Tag::PerSample { batch: b }) => Tag::PerSample {
+                batch: match (a, b) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                },
+            },
             (Tag::Unmarked { rows: a }, Tag::Unmarked { rows: b }) => {
                 Tag::Unmarked { rows: a.max(b) }
             }
@@ -102,7 +106,7 @@ impl Tag {
             }
             (Tag::PerSample { batch }, um @ Tag::UnmarkedMixed { rows, .. })
             | (um @ Tag::UnmarkedMixed { rows, .. }, Tag::PerSample { batch }) => {
-                if batch == 0 || rows == 0 || rows == batch {
+                if rows == 0 || batch.is_none_or(|b| b == 0 || b == rows) {
                     um
                 } else {
                     Tag::PerSample { batch }
@@ -149,7 +153,10 @@ impl Tag {
         match self {
             // An empty batch has nothing to mix; inside the backward pass of one sample, a
             // gradient reshaped across dimension 0 (`[1, 1, d]` to `[d]`) is that sample's.
-            Tag::PerSample { batch } if batch == 0 || (batch == 1 && super::in_scope()) => self,
+            Tag::PerSample {
+                batch: None | Some(0),
+            } => self,
+            Tag::PerSample { batch: Some(1) } if super::in_scope() => self,
             Tag::PerSample { .. } => Tag::Mixed { op },
             Tag::Unmarked { rows } if rows > 1 => Tag::UnmarkedMixed { rows, op },
             other => other,
@@ -220,16 +227,16 @@ pub type PsBool<B> = Tagged<BoolTensor<B>>;
 /// Quantized tensor primitive of [`PerSample`](super::PerSample).
 pub type PsQuant<B> = Tagged<QuantizedTensor<B>>;
 
-/// Unwraps an optional tagged argument.
-pub fn opt_split<T>(t: Option<Tagged<T>>) -> (Option<T>, Tag) {
+/// Unwraps an optional tagged argument (generated ops).
+pub(crate) fn opt_split<T>(t: Option<Tagged<T>>) -> (Option<T>, Tag) {
     match t {
         Some(t) => (Some(t.tensor), t.tag),
         None => (None, Tag::Independent),
     }
 }
 
-/// Unwraps a list of tagged arguments.
-pub fn vec_split<T>(ts: Vec<Tagged<T>>) -> (Vec<T>, Tag) {
+/// Unwraps a list of tagged arguments (generated ops).
+pub(crate) fn vec_split<T>(ts: Vec<Tagged<T>>) -> (Vec<T>, Tag) {
     let mut tag = Tag::Independent;
     let out = ts
         .into_iter()
@@ -239,91 +246,6 @@ pub fn vec_split<T>(ts: Vec<Tagged<T>>) -> (Vec<T>, Tag) {
         })
         .collect();
     (out, tag)
-}
-
-/// One side of an outer-product gradient term: `[B, T, n]` dense, or one-hot ids `[B, T]` over `n`
-/// classes (an embedding), never materialised.
-#[derive(Clone, Debug)]
-pub enum Factor<B: Backend> {
-    /// Dense factor `[B, T, n]`.
-    Dense(FloatTensor<B>),
-    /// One-hot factor given by ids `[B, T]` over `n` classes.
-    OneHot {
-        /// Token ids `[B, T]`.
-        ids: IntTensor<B>,
-        /// Number of classes (embedding rows).
-        n: usize,
-    },
-}
-
-impl<B: Backend> Factor<B> {
-    /// Number of samples `B`.
-    pub fn samples(&self) -> usize {
-        match self {
-            Factor::Dense(t) => t.shape()[0],
-            Factor::OneHot { ids, .. } => ids.shape()[0],
-        }
-    }
-    /// Width `n` of the factor.
-    pub fn width(&self) -> usize {
-        match self {
-            Factor::Dense(t) => t.shape()[2],
-            Factor::OneHot { n, .. } => *n,
-        }
-    }
-    /// Positions `T` per sample.
-    pub fn positions(&self) -> usize {
-        match self {
-            Factor::Dense(t) => t.shape()[1],
-            Factor::OneHot { ids, .. } => ids.shape()[1],
-        }
-    }
-}
-
-/// Which convolution a [`Term::Conv`] came from.
-#[derive(Clone, Debug)]
-pub enum ConvKind {
-    /// `conv1d`, options kept as given.
-    D1(ConvOptions<1>),
-    /// `conv2d`.
-    D2(ConvOptions<2>),
-}
-
-/// One contribution to a parameter's per-sample gradient, cached by a rule during backward.
-#[derive(Clone, Debug)]
-pub enum Term<B: Backend> {
-    /// `G_i = Σ_t left_itᵀ right_it`, a `[p, q]` matrix per sample (Linear, Embedding, and their
-    /// transposes).
-    Outer {
-        /// `[B, T, p]` (or one-hot).
-        left: Factor<B>,
-        /// `[B, T, q]` (or one-hot).
-        right: Factor<B>,
-    },
-    /// The weight gradient of a convolution: input `x`, upstream `grad`, and the weight (for shape).
-    Conv {
-        /// Layer input `[B, C_in, ...]`.
-        x: FloatTensor<B>,
-        /// Weight `[C_out, C_in / groups, k...]`.
-        weight: FloatTensor<B>,
-        /// Upstream gradient `[B, C_out, ...]`.
-        grad: FloatTensor<B>,
-        /// Convolution options.
-        kind: ConvKind,
-    },
-    /// Per-sample gradients already instantiated: `[B, ...shape]`.
-    Batched(FloatTensor<B>),
-}
-
-impl<B: Backend> Term<B> {
-    /// Number of samples `B` the term holds.
-    pub fn samples(&self) -> usize {
-        match self {
-            Term::Outer { left, .. } => left.samples(),
-            Term::Conv { x, .. } => x.shape()[0],
-            Term::Batched(t) => t.shape()[0],
-        }
-    }
 }
 
 /// A parameter gradient kept per sample, as the terms the rules cached.
@@ -336,9 +258,28 @@ pub struct Deferred<B: Backend> {
     /// Device the terms live on.
     pub device: B::Device,
     /// The terms whose per-sample sum is the gradient.
-    pub terms: Vec<Term<B>>,
+    pub terms: Vec<TermRef<B>>,
     /// Why the per-sample values cannot be trusted, if they cannot.
     pub taint: Tag,
+}
+
+impl<B: Backend> Deferred<B> {
+    /// A deferred gradient of batch-summed shape `shape` (the parameter's) made of one `term`,
+    /// with the dtype and device of `like` (a tensor of the call, e.g. the upstream gradient).
+    pub fn from_term(shape: Shape, like: &FloatTensor<B>, term: TermRef<B>, taint: Tag) -> Self {
+        Deferred {
+            shape,
+            dtype: like.dtype(),
+            device: B::float_device(like),
+            terms: vec![term],
+            taint,
+        }
+    }
+
+    /// Number of samples of the terms (0 without terms).
+    pub fn samples(&self) -> usize {
+        self.terms.first().map(|t| t.samples()).unwrap_or(0)
+    }
 }
 
 /// Float tensor primitive of the [`PerSample`](super::PerSample) backend.
@@ -365,7 +306,7 @@ impl<B: Backend> PsTensor<B> {
     pub fn tag(&self) -> Tag {
         match self {
             PsTensor::Dense { tag, .. } => *tag,
-            PsTensor::Deferred(d) => d.taint.join(Tag::PerSample { batch: 0 }),
+            PsTensor::Deferred(d) => d.taint.join(Tag::PerSample { batch: None }),
         }
     }
 
@@ -407,8 +348,8 @@ impl<B: Backend> TensorMetadata for PsTensor<B> {
     }
 }
 
-/// Unwraps an optional float argument.
-pub fn opt_dense<B: Backend>(
+/// Unwraps an optional float argument (generated ops).
+pub(crate) fn opt_dense<B: Backend>(
     t: Option<PsTensor<B>>,
     op: &'static str,
 ) -> (Option<FloatTensor<B>>, Tag) {
@@ -421,8 +362,11 @@ pub fn opt_dense<B: Backend>(
     }
 }
 
-/// Unwraps a list of float arguments.
-pub fn vec_dense<B: Backend>(ts: Vec<PsTensor<B>>, op: &'static str) -> (Vec<FloatTensor<B>>, Tag) {
+/// Unwraps a list of float arguments (generated ops).
+pub(crate) fn vec_dense<B: Backend>(
+    ts: Vec<PsTensor<B>>,
+    op: &'static str,
+) -> (Vec<FloatTensor<B>>, Tag) {
     let mut tag = Tag::Independent;
     let out = ts
         .into_iter()

@@ -1,105 +1,41 @@
 //! Per-sample gradient rules: what each parametric op caches during backward, and how a cached
 //! term gives per-sample norms (ghost norm or instantiation) and clipped sums (book-keeping).
 //!
-//! # The rule table
-//!
-//! [`RULES`] is the one explicit list. Each rule intercepts one op that burn's autodiff calls on
-//! its inner backend to build a parameter gradient, and caches a [`Term`]:
-//!
-//! | layer / parameter | intercepted op | term | file |
-//! |---|---|---|---|
-//! | `Linear` weight (2-D and `[B, T, d]` inputs) | `linear_weight_backward` | `Outer(x, g)` | `linear.rs` |
-//! | `Linear` bias | `linear_bias_backward` | `Batched` | `linear.rs` |
-//! | `Conv1d` / `Conv2d` weight (stride, padding, dilation, groups) | `conv{1,2}d_weight_backward` | `Conv` | `conv.rs` |
-//! | `Conv1d` / `Conv2d` bias | `conv{1,2}d_bias_backward` | `Batched` | `conv.rs` |
-//! | `Embedding` weight | `embedding_backward` | `Outer(one-hot ids, g)` | `embedding.rs` |
-//! | `LayerNorm`, `GroupNorm`, `RmsNorm` gamma / beta, raw `Param`s broadcast over the batch | `float_sum_dim(·, 0)` | `Batched` | `broadcast.rs` |
+//! A rule is an implementation of [`PerSampleRule`] (which backend op it intercepts, a predicate
+//! on the call, what it caches) and of [`PerSampleTerm`] for what it caches. The built-in rules are
+//! one file each, listed in the table [`RULES`] (`table.rs`), from which the backend hooks
+//! (`tools/gen_backend.py` reads the table's ops), the dispatch and the documentation are made.
+//! Rules from other crates are added with [`register_rule`] for one of the hooked ops
+//! ([`hooked_ops`]). A call no rule accepts is forwarded to the inner backend; its batch-summed
+//! result is rejected for a trainable parameter (fail closed).
 //!
 //! Tied parameters: autodiff adds the gradients of every use with `float_add`; the terms are
-//! kept side by side and the norm of their sum includes the cross terms (`outer.rs`).
+//! kept side by side and the norm of their sum includes the cross terms
+//! ([`PerSampleTerm::cross_inner`]).
 
-pub mod broadcast;
+pub mod batched;
 pub mod conv;
+pub mod conv3d;
 pub mod embedding;
 pub mod linear;
 pub mod outer;
+mod registry;
+mod table;
+mod term;
 
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::Tensor;
 use burn_backend::tensor::{BoolTensor, FloatTensor};
 use burn_backend::{Backend, Scalar, Shape, TensorMetadata};
 
-use crate::backend::{Deferred, Factor, Term};
+use crate::backend::Deferred;
 
-/// One row of the rule table.
-#[derive(Debug, Clone, Copy)]
-pub struct Rule {
-    /// The burn layer or parameter kind.
-    pub layer: &'static str,
-    /// The inner-backend op the rule intercepts.
-    pub op: &'static str,
-    /// What it caches.
-    pub term: &'static str,
-}
-
-/// Every per-sample rule. A trainable parameter whose gradient is not built by one of these is an
-/// error ([`crate::DpError::NoPerSampleRule`]).
-pub const RULES: &[Rule] = &[
-    Rule {
-        layer: "Linear.weight",
-        op: "linear_weight_backward",
-        term: "Outer(x, g)",
-    },
-    Rule {
-        layer: "Linear.bias",
-        op: "linear_bias_backward",
-        term: "Batched",
-    },
-    Rule {
-        layer: "Conv1d.weight",
-        op: "conv1d_weight_backward",
-        term: "Conv",
-    },
-    Rule {
-        layer: "Conv1d.bias",
-        op: "conv1d_bias_backward",
-        term: "Batched",
-    },
-    Rule {
-        layer: "Conv2d.weight",
-        op: "conv2d_weight_backward",
-        term: "Conv",
-    },
-    Rule {
-        layer: "Conv2d.bias",
-        op: "conv2d_bias_backward",
-        term: "Batched",
-    },
-    Rule {
-        layer: "Embedding.weight",
-        op: "embedding_backward",
-        term: "Outer(one-hot, g)",
-    },
-    Rule {
-        layer: "LayerNorm.gamma/beta",
-        op: "float_sum_dim(0)",
-        term: "Batched",
-    },
-    Rule {
-        layer: "GroupNorm.gamma/beta",
-        op: "float_sum_dim(0)",
-        term: "Batched",
-    },
-    Rule {
-        layer: "RmsNorm.gamma",
-        op: "float_sum_dim(0)",
-        term: "Batched",
-    },
-    Rule {
-        layer: "Param broadcast over the batch",
-        op: "float_sum_dim(0)",
-        term: "Batched",
-    },
-];
+pub(crate) use registry::dispatch;
+pub use registry::{hooked_ops, register_rule, unregister_rule, RuleId};
+pub use table::{Rule, RULES};
+pub use term::{
+    float_primitive, float_tensor, samples_of, NormCost, OpArg, OpCall, PerSampleRule,
+    PerSampleTerm, TermRef,
+};
 
 /// How per-sample norms are computed for layers that offer a choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -114,32 +50,35 @@ pub enum NormMode {
 }
 
 impl NormMode {
-    /// Whether to use the ghost norm for a term with `t` positions and a `p × q` gradient.
-    pub(crate) fn ghost(self, t: usize, p: usize, q: usize) -> bool {
-        match self {
-            NormMode::Ghost => true,
-            NormMode::Instantiate => false,
-            NormMode::Auto => 2 * t * t <= p * q,
+    /// Whether to use the ghost norm for a term of this cost (never without a ghost form).
+    pub fn use_ghost(self, cost: NormCost) -> bool {
+        match (self, cost.ghost) {
+            (_, None) | (NormMode::Instantiate, _) => false,
+            (NormMode::Ghost, Some(_)) => true,
+            (NormMode::Auto, Some(g)) => g <= cost.instantiate,
         }
     }
 }
 
 pub(crate) fn tensor<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
+    float_tensor(t)
 }
 
 pub(crate) fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
+    float_primitive(t)
 }
 
 /// `[B, ...shape]` with `shape` prefixed by the batch size.
-pub(crate) fn batched_shape(b: usize, shape: &Shape) -> Shape {
+pub fn batched_shape(b: usize, shape: &Shape) -> Shape {
     let mut dims = vec![b];
     dims.extend_from_slice(shape.as_slice());
     Shape::from(dims)
 }
 
 /// Flattens a per-sample tensor `[B, ...]` to `[B, n]`.
+///
+/// # Shapes
+/// `t`: `[B, ...]`; result: `[B, n]` with `n` the elements per sample.
 pub fn flat<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 2> {
     let shape = t.shape();
     let b = shape[0];
@@ -151,32 +90,27 @@ pub fn flat<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 2> {
 }
 
 /// A term's per-sample gradients, `[B, ...shape]`.
-pub(crate) fn instantiate_term<B: Backend>(term: &Term<B>, shape: &Shape) -> FloatTensor<B> {
-    let b = term.samples();
-    let t = match term {
-        Term::Outer { left, right } => outer::instantiate::<B>(left, right),
-        Term::Conv {
-            x,
-            weight,
-            grad,
-            kind,
-        } => conv::instantiate::<B>(x, weight, grad, kind),
-        Term::Batched(t) => t.clone(),
-    };
-    B::float_reshape(t, batched_shape(b, shape))
+pub(crate) fn instantiate_term<B: Backend>(
+    term: &dyn PerSampleTerm<B>,
+    shape: &Shape,
+) -> FloatTensor<B> {
+    B::float_reshape(term.instantiate(), batched_shape(term.samples(), shape))
 }
 
-/// Per-sample gradients of a deferred gradient, `[B, ...shape]`.
+/// Per-sample gradients of a deferred gradient.
+///
+/// # Shapes
+/// Result: `[B, ...d.shape]`.
 pub fn instantiate<B: Backend>(d: &Deferred<B>) -> FloatTensor<B> {
     let mut out: Option<FloatTensor<B>> = None;
     for term in &d.terms {
-        let t = instantiate_term(term, &d.shape);
+        let t = instantiate_term(term.as_ref(), &d.shape);
         out = Some(match out {
             Some(o) => B::float_add(o, t),
             None => t,
         });
     }
-    out.expect("a deferred gradient has at least one term")
+    out.unwrap_or_else(|| B::float_zeros(batched_shape(0, &d.shape), &d.device, d.dtype.into()))
 }
 
 /// Squared per-sample norms `[B]` of a deferred gradient, and the per-sample gradients when the
@@ -191,7 +125,7 @@ pub(crate) struct SqNorms<B: Backend> {
 
 fn from_instantiated<B: Backend>(inst: FloatTensor<B>) -> SqNorms<B> {
     SqNorms {
-        sq: broadcast::sq_norm::<B>(inst.clone()),
+        sq: batched::sq_norm::<B>(inst.clone()),
         instantiated: Some(inst),
     }
 }
@@ -211,49 +145,48 @@ pub(crate) fn sq_norms<B: Backend>(d: &Deferred<B>, mode: NormMode) -> SqNorms<B
     }
 }
 
-fn sq_norms_unclamped<B: Backend>(d: &Deferred<B>, mode: NormMode) -> SqNorms<B> {
-    if let [term] = d.terms.as_slice() {
-        return match term {
-            Term::Outer { left, right }
-                if mode.ghost(left.positions(), left.width(), right.width()) =>
-            {
-                SqNorms {
-                    sq: outer::ghost_sq_norm::<B>(left, right),
-                    instantiated: None,
-                }
-            }
-            Term::Outer { left, right } => from_instantiated(outer::instantiate::<B>(left, right)),
-            Term::Conv {
-                x,
-                weight,
-                grad,
-                kind,
-            } => match conv::ghost_sq_norm::<B>(x, weight, grad, kind, mode) {
-                Some(sq) => SqNorms {
-                    sq,
-                    instantiated: None,
-                },
-                None => from_instantiated(conv::instantiate::<B>(x, weight, grad, kind)),
-            },
-            Term::Batched(t) => SqNorms {
-                sq: broadcast::sq_norm::<B>(t.clone()),
-                instantiated: None,
-            },
-        };
+/// The cost of the ghost norm of a sum of terms (the Gram products of every pair): for Gram
+/// costs `2T_k²`, `2(Σ_k T_k)²`; instantiation costs the same as for one term.
+fn sum_cost<B: Backend>(terms: &[TermRef<B>]) -> NormCost {
+    let mut positions = 0.0;
+    let mut ghost = true;
+    let mut instantiate: f64 = 0.0;
+    for t in terms {
+        let c = t.norm_cost();
+        instantiate = instantiate.max(c.instantiate);
+        match c.ghost {
+            Some(g) => positions += (g / 2.0).sqrt(),
+            None => ghost = false,
+        }
     }
-    let all_outer = d.terms.iter().all(|t| matches!(t, Term::Outer { .. }));
-    if all_outer && d.shape.num_dims() == 2 {
-        let t_total: usize = d
-            .terms
-            .iter()
-            .map(|t| match t {
-                Term::Outer { left, .. } => left.positions(),
-                _ => 0,
-            })
-            .sum();
-        if mode.ghost(t_total, d.shape[0], d.shape[1]) {
+    NormCost {
+        ghost: ghost.then_some(2.0 * positions * positions),
+        instantiate,
+    }
+}
+
+/// `Σ_k ‖G_k‖² + 2 Σ_{k<l} ⟨G_k, G_l⟩` per sample from ghost norms and cross terms, or `None` when
+/// a term has no ghost form or a pair no cross term.
+fn ghost_sum<B: Backend>(terms: &[TermRef<B>]) -> Option<Tensor<B, 1>> {
+    let mut total: Option<Tensor<B, 1>> = None;
+    for (k, tk) in terms.iter().enumerate() {
+        let mut v = tk.ghost_sq_norm()?;
+        for tl in &terms[k + 1..] {
+            v = v + tk.cross_inner(tl.as_ref())?.mul_scalar(2.0);
+        }
+        total = Some(match total {
+            Some(t) => t + v,
+            None => v,
+        });
+    }
+    total
+}
+
+fn sq_norms_unclamped<B: Backend>(d: &Deferred<B>, mode: NormMode) -> SqNorms<B> {
+    if mode.use_ghost(sum_cost(&d.terms)) {
+        if let Some(sq) = ghost_sum(&d.terms) {
             return SqNorms {
-                sq: outer::sq_norm_sum::<B>(&d.terms),
+                sq,
                 instantiated: None,
             };
         }
@@ -265,7 +198,10 @@ fn sq_norms_unclamped<B: Backend>(d: &Deferred<B>, mode: NormMode) -> SqNorms<B>
 ///
 /// A select (`mask_fill`), not a product: `NaN · 0` is NaN, so multiplying a non-finite row by a
 /// zero clipping factor would still poison every weighted sum it enters.
-pub(crate) fn zero_rows<B: Backend>(t: FloatTensor<B>, drop: &BoolTensor<B>) -> FloatTensor<B> {
+///
+/// # Shapes
+/// `t`: `[B, ...]`; `drop`: `[B]`; result: as `t`.
+pub fn zero_rows<B: Backend>(t: FloatTensor<B>, drop: &BoolTensor<B>) -> FloatTensor<B> {
     let shape = t.shape();
     let mut mask_shape = vec![1; shape.num_dims()];
     mask_shape[0] = shape[0];
@@ -277,41 +213,14 @@ pub(crate) fn zero_rows<B: Backend>(t: FloatTensor<B>, drop: &BoolTensor<B>) -> 
 }
 
 /// The deferred gradient with the samples marked in `drop` `[B]` removed: every cached per-sample
-/// tensor (dense outer factors, convolution inputs and upstream gradients, instantiated rows) has
-/// their rows set to exactly 0, so each of them contributes exactly 0 to every clipped sum.
-/// One-hot factors are token ids, finite by construction, and stay as they are.
+/// tensor of every term has their rows set to exactly 0 ([`PerSampleTerm::zero_samples`]), so
+/// each of them contributes exactly 0 to every clipped sum.
 pub(crate) fn zero_samples<B: Backend>(d: &Deferred<B>, drop: &BoolTensor<B>) -> Deferred<B> {
-    let factor = |f: &Factor<B>| match f {
-        Factor::Dense(t) => Factor::Dense(zero_rows::<B>(t.clone(), drop)),
-        one_hot @ Factor::OneHot { .. } => one_hot.clone(),
-    };
-    let terms = d
-        .terms
-        .iter()
-        .map(|term| match term {
-            Term::Outer { left, right } => Term::Outer {
-                left: factor(left),
-                right: factor(right),
-            },
-            Term::Conv {
-                x,
-                weight,
-                grad,
-                kind,
-            } => Term::Conv {
-                x: zero_rows::<B>(x.clone(), drop),
-                weight: weight.clone(),
-                grad: zero_rows::<B>(grad.clone(), drop),
-                kind: kind.clone(),
-            },
-            Term::Batched(t) => Term::Batched(zero_rows::<B>(t.clone(), drop)),
-        })
-        .collect();
     Deferred {
         shape: d.shape.clone(),
         dtype: d.dtype,
         device: d.device.clone(),
-        terms,
+        terms: d.terms.iter().map(|t| t.zero_samples(drop)).collect(),
         taint: d.taint,
     }
 }
@@ -323,10 +232,9 @@ pub(crate) fn clipped_sum<B: Backend>(
     instantiated: Option<FloatTensor<B>>,
 ) -> FloatTensor<B> {
     match instantiated {
-        Some(inst) => B::float_reshape(
-            broadcast::weighted_sum::<B>(inst, c.clone()),
-            d.shape.clone(),
-        ),
+        Some(inst) => {
+            B::float_reshape(batched::weighted_sum::<B>(inst, c.clone()), d.shape.clone())
+        }
         None => weighted_sum(d, c),
     }
 }
@@ -336,28 +244,17 @@ pub(crate) fn clipped_sum<B: Backend>(
 pub(crate) fn weighted_sum<B: Backend>(d: &Deferred<B>, c: &Tensor<B, 1>) -> FloatTensor<B> {
     let mut out: Option<FloatTensor<B>> = None;
     for term in &d.terms {
-        let t = match term {
-            Term::Outer { left, right } => outer::weighted_sum::<B>(left, right, c.clone()),
-            Term::Conv {
-                x,
-                weight,
-                grad,
-                kind,
-            } => conv::weighted_sum::<B>(x, weight, grad, kind, c.clone()),
-            Term::Batched(t) => broadcast::weighted_sum::<B>(t.clone(), c.clone()),
-        };
-        let t = B::float_reshape(t, d.shape.clone());
+        let t = B::float_reshape(term.weighted_sum(c), d.shape.clone());
         out = Some(match out {
             Some(o) => B::float_add(o, t),
             None => t,
         });
     }
-    out.expect("a deferred gradient has at least one term")
+    out.unwrap_or_else(|| B::float_zeros(d.shape.clone(), &d.device, d.dtype.into()))
 }
 
 /// The ordinary (batch-summed) gradient.
 pub(crate) fn batch_sum<B: Backend>(d: Deferred<B>) -> FloatTensor<B> {
-    let b = d.terms.first().map(|t| t.samples()).unwrap_or(0);
-    let ones = Tensor::<B, 1>::ones([b], &d.device);
+    let ones = Tensor::<B, 1>::ones([d.samples()], &d.device);
     weighted_sum(&d, &ones)
 }

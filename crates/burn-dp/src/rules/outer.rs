@@ -7,12 +7,136 @@
 //! `⟨A1ᵀG1, A2ᵀG2⟩ = Σ_{t,s} (a1_t·a2_s)(g1_t·g2_s)`. A one-hot factor (embedding ids) enters
 //! the Gram products as an id comparison or a gather: the `[B, T, vocab]` one-hot is never built.
 
+use core::any::Any;
+use std::sync::Arc;
+
 use burn::tensor::{Int, Tensor};
-use burn_backend::tensor::IndexingUpdateOp;
+use burn_backend::tensor::{BoolTensor, FloatTensor, IndexingUpdateOp, IntTensor};
 use burn_backend::{Backend, TensorMetadata};
 
-use super::{prim, tensor};
-use crate::backend::{Factor, Term};
+use super::term::{NormCost, PerSampleTerm, TermRef};
+use super::{prim, tensor, zero_rows};
+
+/// One side of an outer-product gradient term: `[B, T, n]` dense, or one-hot ids `[B, T]` over `n`
+/// classes (an embedding), never materialised.
+#[derive(Clone, Debug)]
+pub enum Factor<B: Backend> {
+    /// Dense factor `[B, T, n]`.
+    Dense(FloatTensor<B>),
+    /// One-hot factor given by ids `[B, T]` over `n` classes.
+    OneHot {
+        /// Token ids `[B, T]`.
+        ids: IntTensor<B>,
+        /// Number of classes (embedding rows).
+        n: usize,
+    },
+}
+
+impl<B: Backend> Factor<B> {
+    /// Number of samples `B`.
+    pub fn samples(&self) -> usize {
+        match self {
+            Factor::Dense(t) => t.shape()[0],
+            Factor::OneHot { ids, .. } => ids.shape()[0],
+        }
+    }
+    /// Width `n` of the factor.
+    pub fn width(&self) -> usize {
+        match self {
+            Factor::Dense(t) => t.shape()[2],
+            Factor::OneHot { n, .. } => *n,
+        }
+    }
+    /// Positions `T` per sample.
+    pub fn positions(&self) -> usize {
+        match self {
+            Factor::Dense(t) => t.shape()[1],
+            Factor::OneHot { ids, .. } => ids.shape()[1],
+        }
+    }
+
+    fn zero_samples(&self, drop: &BoolTensor<B>) -> Self {
+        match self {
+            Factor::Dense(t) => Factor::Dense(zero_rows::<B>(t.clone(), drop)),
+            // Token ids are finite by construction.
+            one_hot @ Factor::OneHot { .. } => one_hot.clone(),
+        }
+    }
+}
+
+/// `G_i = Σ_t left_itᵀ right_it`, a `[p, q]` matrix per sample (Linear, Embedding, and their
+/// transposes).
+///
+/// # Shapes
+/// `left`: `[B, T, p]` (or one-hot ids `[B, T]` over `p`), `right`: `[B, T, q]` (or one-hot).
+#[derive(Clone, Debug)]
+pub struct OuterTerm<B: Backend> {
+    /// `[B, T, p]` (or one-hot).
+    pub left: Factor<B>,
+    /// `[B, T, q]` (or one-hot).
+    pub right: Factor<B>,
+}
+
+impl<B: Backend> OuterTerm<B> {
+    /// The term `Σ_t left_tᵀ right_t`, shared.
+    pub fn new_ref(left: Factor<B>, right: Factor<B>) -> TermRef<B> {
+        Arc::new(OuterTerm { left, right })
+    }
+}
+
+impl<B: Backend> PerSampleTerm<B> for OuterTerm<B> {
+    fn samples(&self) -> usize {
+        self.left.samples()
+    }
+
+    fn norm_cost(&self) -> NormCost {
+        NormCost::gram(self.left.positions(), self.left.width(), self.right.width())
+    }
+
+    fn ghost_sq_norm(&self) -> Option<Tensor<B, 1>> {
+        Some(ghost_sq_norm::<B>(&self.left, &self.right))
+    }
+
+    fn instantiate(&self) -> FloatTensor<B> {
+        instantiate::<B>(&self.left, &self.right)
+    }
+
+    fn weighted_sum(&self, c: &Tensor<B, 1>) -> FloatTensor<B> {
+        weighted_sum::<B>(&self.left, &self.right, c.clone())
+    }
+
+    /// `⟨A1ᵀG1, A2ᵀG2⟩ = Σ_{t,s} (a1_t·a2_s)(g1_t·g2_s)` with another outer term.
+    fn cross_inner(&self, other: &dyn PerSampleTerm<B>) -> Option<Tensor<B, 1>> {
+        let o = other.as_any().downcast_ref::<OuterTerm<B>>()?;
+        Some(sum_bts(
+            gram(&self.left, &o.left) * gram(&self.right, &o.right),
+        ))
+    }
+
+    fn zero_samples(&self, drop: &BoolTensor<B>) -> TermRef<B> {
+        Self::new_ref(self.left.zero_samples(drop), self.right.zero_samples(drop))
+    }
+
+    fn map_linear(&self, f: &dyn Fn(FloatTensor<B>) -> FloatTensor<B>) -> Option<TermRef<B>> {
+        match (&self.left, &self.right) {
+            (Factor::Dense(a), right) => {
+                Some(Self::new_ref(Factor::Dense(f(a.clone())), right.clone()))
+            }
+            (left, Factor::Dense(g)) => {
+                Some(Self::new_ref(left.clone(), Factor::Dense(f(g.clone()))))
+            }
+            _ => None,
+        }
+    }
+
+    fn transposed(&self) -> Option<TermRef<B>> {
+        Some(Self::new_ref(self.right.clone(), self.left.clone()))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
 
 fn ids_tensor<B: Backend>(ids: &burn_backend::tensor::IntTensor<B>) -> Tensor<B, 2, Int> {
     Tensor::from_primitive(ids.clone())
@@ -48,7 +172,7 @@ fn pick<B: Backend>(
 }
 
 /// Gram matrices `[B, T1, T2]`: `out[b, t, s] = ⟨f1[b, t], f2[b, s]⟩`.
-pub(crate) fn gram<B: Backend>(f1: &Factor<B>, f2: &Factor<B>) -> Tensor<B, 3> {
+fn gram<B: Backend>(f1: &Factor<B>, f2: &Factor<B>) -> Tensor<B, 3> {
     match (f1, f2) {
         (Factor::Dense(a), Factor::Dense(b)) => {
             tensor::<B, 3>(a.clone()).matmul(tensor::<B, 3>(b.clone()).swap_dims(1, 2))
@@ -75,33 +199,8 @@ fn sum_bts<B: Backend>(t: Tensor<B, 3>) -> Tensor<B, 1> {
 }
 
 /// Ghost norms `[B]` of one outer term: `Σ_{t,s} (a_t·a_s)(g_t·g_s)`.
-pub(crate) fn ghost_sq_norm<B: Backend>(left: &Factor<B>, right: &Factor<B>) -> Tensor<B, 1> {
+fn ghost_sq_norm<B: Backend>(left: &Factor<B>, right: &Factor<B>) -> Tensor<B, 1> {
     sum_bts(gram(left, left) * gram(right, right))
-}
-
-/// Squared per-sample norms `[B]` of a sum of outer terms, cross terms included (tied weights).
-pub(crate) fn sq_norm_sum<B: Backend>(terms: &[Term<B>]) -> Tensor<B, 1> {
-    let pairs: Vec<(&Factor<B>, &Factor<B>)> = terms
-        .iter()
-        .filter_map(|t| match t {
-            Term::Outer { left, right } => Some((left, right)),
-            _ => None,
-        })
-        .collect();
-    let mut total: Option<Tensor<B, 1>> = None;
-    for (k, (lk, rk)) in pairs.iter().enumerate() {
-        for (l, (ll, rl)) in pairs.iter().enumerate().skip(k) {
-            let mut v = sum_bts(gram(lk, ll) * gram(rk, rl));
-            if l != k {
-                v = v.mul_scalar(2.0);
-            }
-            total = Some(match total {
-                Some(t) => t + v,
-                None => v,
-            });
-        }
-    }
-    total.expect("at least one outer term")
 }
 
 /// Scatters rows `values` `[B, T, q]` into `[B, n, q]` at `ids` `[B, T]`, per sample.
@@ -124,7 +223,7 @@ fn scatter_per_sample<B: Backend>(
 }
 
 /// Per-sample gradients `[B, p, q]` of one outer term.
-pub(crate) fn instantiate<B: Backend>(
+fn instantiate<B: Backend>(
     left: &Factor<B>,
     right: &Factor<B>,
 ) -> burn_backend::tensor::FloatTensor<B> {
@@ -150,7 +249,7 @@ pub(crate) fn instantiate<B: Backend>(
 }
 
 /// `Σ_i c_i G_i` `[p, q]` for one outer term (one weighted product).
-pub(crate) fn weighted_sum<B: Backend>(
+fn weighted_sum<B: Backend>(
     left: &Factor<B>,
     right: &Factor<B>,
     c: Tensor<B, 1>,
@@ -198,8 +297,9 @@ fn scatter_sum<B: Backend>(
     )
 }
 
-/// Reshapes an activation `[B, ..., n]` to `[B, T, n]`.
-pub(crate) fn as_btn<B: Backend>(
+/// Reshapes an activation `[B, ..., n]` to `[B, T, n]` (`T`: the product of the middle
+/// dimensions, 1 for `[B, n]`).
+pub fn as_btn<B: Backend>(
     t: burn_backend::tensor::FloatTensor<B>,
 ) -> burn_backend::tensor::FloatTensor<B> {
     let shape = t.shape();

@@ -6,6 +6,7 @@ use crate::backend::primitive::{
 };
 use crate::backend::PerSample;
 use crate::backend::{intercept, layout, transfer};
+use crate::rules::{self, OpArg, OpCall};
 use burn_backend::ops::*;
 use burn_backend::quantization::QuantScheme;
 use burn_backend::quantization::QuantizationParametersPrimitive;

@@ -8,3 +8,24 @@ mod module;
 mod qtensor;
 mod tensor;
 mod transaction;
+
+/// The backend ops a per-sample rule may intercept: the rule table's ops and every parameter
+/// gradient op of `ModuleOps`.
+pub(crate) const HOOKED_OPS: &[&str] = &[
+    "conv1d_bias_backward",
+    "conv1d_weight_backward",
+    "conv2d_bias_backward",
+    "conv2d_weight_backward",
+    "conv3d_bias_backward",
+    "conv3d_weight_backward",
+    "conv_transpose1d_bias_backward",
+    "conv_transpose1d_weight_backward",
+    "conv_transpose2d_bias_backward",
+    "conv_transpose2d_weight_backward",
+    "conv_transpose3d_bias_backward",
+    "conv_transpose3d_weight_backward",
+    "embedding_backward",
+    "float_sum_dim",
+    "linear_bias_backward",
+    "linear_weight_backward",
+];

@@ -6,6 +6,7 @@ use crate::backend::primitive::{
 };
 use crate::backend::PerSample;
 use crate::backend::{intercept, layout, transfer};
+use crate::rules::{self, OpArg, OpCall};
 use burn_backend::ops::*;
 use burn_backend::quantization::QuantScheme;
 use burn_backend::quantization::QuantizationParametersPrimitive;
@@ -26,7 +27,26 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         output_grad: FloatTensor<Self>,
         indices: IntTensor<Self>,
     ) -> FloatTensor<Self> {
-        intercept::embedding_backward::<B>(weights, output_grad, indices)
+        let (weights, t_weights) = weights.into_dense("embedding_backward");
+        let (output_grad, t_output_grad) = output_grad.into_dense("embedding_backward");
+        let (indices, t_indices) = indices.split();
+        let call = OpCall::new(
+            "embedding_backward",
+            vec![
+                ("weights", OpArg::Float(&weights, t_weights)),
+                ("output_grad", OpArg::Float(&output_grad, t_output_grad)),
+                ("indices", OpArg::Int(&indices, t_indices)),
+            ],
+        );
+        if let Some(out) = rules::dispatch::<B>(&call) {
+            return out;
+        }
+        let tag = Tag::join_all(&[
+            t_weights.shared("embedding_backward"),
+            t_output_grad,
+            t_indices,
+        ]);
+        PsTensor::dense(B::embedding_backward(weights, output_grad, indices), tag)
     }
 
     fn linear(
@@ -55,11 +75,35 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         x: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        intercept::linear_weight_backward::<B>(x, output_grad)
+        let (x, t_x) = x.into_dense("linear_weight_backward");
+        let (output_grad, t_output_grad) = output_grad.into_dense("linear_weight_backward");
+        let call = OpCall::new(
+            "linear_weight_backward",
+            vec![
+                ("x", OpArg::Float(&x, t_x)),
+                ("output_grad", OpArg::Float(&output_grad, t_output_grad)),
+            ],
+        );
+        if let Some(out) = rules::dispatch::<B>(&call) {
+            return out;
+        }
+        let tag = Tag::join_all(&[t_x, t_output_grad]);
+        let tag = tag.mix("linear_weight_backward");
+        PsTensor::dense(B::linear_weight_backward(x, output_grad), tag)
     }
 
     fn linear_bias_backward(output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        intercept::linear_bias_backward::<B>(output_grad)
+        let (output_grad, t_output_grad) = output_grad.into_dense("linear_bias_backward");
+        let call = OpCall::new(
+            "linear_bias_backward",
+            vec![("output_grad", OpArg::Float(&output_grad, t_output_grad))],
+        );
+        if let Some(out) = rules::dispatch::<B>(&call) {
+            return out;
+        }
+        let tag = Tag::join_all(&[t_output_grad]);
+        let tag = tag.mix("linear_bias_backward");
+        PsTensor::dense(B::linear_bias_backward(output_grad), tag)
     }
 
     fn conv1d(
@@ -94,7 +138,31 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         output_grad: FloatTensor<Self>,
         options: ConvOptions<1>,
     ) -> FloatTensor<Self> {
-        intercept::conv1d_weight_backward::<B>(x, weight, output_grad, options)
+        let (x, t_x) = x.into_dense("conv1d_weight_backward");
+        let (weight, t_weight) = weight.into_dense("conv1d_weight_backward");
+        let (output_grad, t_output_grad) = output_grad.into_dense("conv1d_weight_backward");
+        let call = OpCall::new(
+            "conv1d_weight_backward",
+            vec![
+                ("x", OpArg::Float(&x, t_x)),
+                ("weight", OpArg::Float(&weight, t_weight)),
+                ("output_grad", OpArg::Float(&output_grad, t_output_grad)),
+                ("options", OpArg::Value(&options)),
+            ],
+        );
+        if let Some(out) = rules::dispatch::<B>(&call) {
+            return out;
+        }
+        let tag = Tag::join_all(&[
+            t_x,
+            t_weight.shared("conv1d_weight_backward"),
+            t_output_grad,
+        ]);
+        let tag = tag.mix("conv1d_weight_backward");
+        PsTensor::dense(
+            B::conv1d_weight_backward(x, weight, output_grad, options),
+            tag,
+        )
     }
 
     fn conv1d_bias_backward(
@@ -102,7 +170,23 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         bias: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        intercept::conv1d_bias_backward::<B>(x, bias, output_grad)
+        let (x, t_x) = x.into_dense("conv1d_bias_backward");
+        let (bias, t_bias) = bias.into_dense("conv1d_bias_backward");
+        let (output_grad, t_output_grad) = output_grad.into_dense("conv1d_bias_backward");
+        let call = OpCall::new(
+            "conv1d_bias_backward",
+            vec![
+                ("x", OpArg::Float(&x, t_x)),
+                ("bias", OpArg::Float(&bias, t_bias)),
+                ("output_grad", OpArg::Float(&output_grad, t_output_grad)),
+            ],
+        );
+        if let Some(out) = rules::dispatch::<B>(&call) {
+            return out;
+        }
+        let tag = Tag::join_all(&[t_x, t_bias.shared("conv1d_bias_backward"), t_output_grad]);
+        let tag = tag.mix("conv1d_bias_backward");
+        PsTensor::dense(B::conv1d_bias_backward(x, bias, output_grad), tag)
     }
 
     fn conv2d(
@@ -137,7 +221,31 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        intercept::conv2d_weight_backward::<B>(x, weight, output_grad, options)
+        let (x, t_x) = x.into_dense("conv2d_weight_backward");
+        let (weight, t_weight) = weight.into_dense("conv2d_weight_backward");
+        let (output_grad, t_output_grad) = output_grad.into_dense("conv2d_weight_backward");
+        let call = OpCall::new(
+            "conv2d_weight_backward",
+            vec![
+                ("x", OpArg::Float(&x, t_x)),
+                ("weight", OpArg::Float(&weight, t_weight)),
+                ("output_grad", OpArg::Float(&output_grad, t_output_grad)),
+                ("options", OpArg::Value(&options)),
+            ],
+        );
+        if let Some(out) = rules::dispatch::<B>(&call) {
+            return out;
+        }
+        let tag = Tag::join_all(&[
+            t_x,
+            t_weight.shared("conv2d_weight_backward"),
+            t_output_grad,
+        ]);
+        let tag = tag.mix("conv2d_weight_backward");
+        PsTensor::dense(
+            B::conv2d_weight_backward(x, weight, output_grad, options),
+            tag,
+        )
     }
 
     fn conv2d_bias_backward(
@@ -145,7 +253,23 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         bias: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        intercept::conv2d_bias_backward::<B>(x, bias, output_grad)
+        let (x, t_x) = x.into_dense("conv2d_bias_backward");
+        let (bias, t_bias) = bias.into_dense("conv2d_bias_backward");
+        let (output_grad, t_output_grad) = output_grad.into_dense("conv2d_bias_backward");
+        let call = OpCall::new(
+            "conv2d_bias_backward",
+            vec![
+                ("x", OpArg::Float(&x, t_x)),
+                ("bias", OpArg::Float(&bias, t_bias)),
+                ("output_grad", OpArg::Float(&output_grad, t_output_grad)),
+            ],
+        );
+        if let Some(out) = rules::dispatch::<B>(&call) {
+            return out;
+        }
+        let tag = Tag::join_all(&[t_x, t_bias.shared("conv2d_bias_backward"), t_output_grad]);
+        let tag = tag.mix("conv2d_bias_backward");
+        PsTensor::dense(B::conv2d_bias_backward(x, bias, output_grad), tag)
     }
 
     fn deform_conv2d(
@@ -221,6 +345,18 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         let (x, t_x) = x.into_dense("conv3d_weight_backward");
         let (weight, t_weight) = weight.into_dense("conv3d_weight_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv3d_weight_backward");
+        let call = OpCall::new(
+            "conv3d_weight_backward",
+            vec![
+                ("x", OpArg::Float(&x, t_x)),
+                ("weight", OpArg::Float(&weight, t_weight)),
+                ("output_grad", OpArg::Float(&output_grad, t_output_grad)),
+                ("options", OpArg::Value(&options)),
+            ],
+        );
+        if let Some(out) = rules::dispatch::<B>(&call) {
+            return out;
+        }
         let tag = Tag::join_all(&[
             t_x,
             t_weight.shared("conv3d_weight_backward"),
@@ -241,6 +377,17 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         let (x, t_x) = x.into_dense("conv3d_bias_backward");
         let (bias, t_bias) = bias.into_dense("conv3d_bias_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv3d_bias_backward");
+        let call = OpCall::new(
+            "conv3d_bias_backward",
+            vec![
+                ("x", OpArg::Float(&x, t_x)),
+                ("bias", OpArg::Float(&bias, t_bias)),
+                ("output_grad", OpArg::Float(&output_grad, t_output_grad)),
+            ],
+        );
+        if let Some(out) = rules::dispatch::<B>(&call) {
+            return out;
+        }
         let tag = Tag::join_all(&[t_x, t_bias.shared("conv3d_bias_backward"), t_output_grad]);
         let tag = tag.mix("conv3d_bias_backward");
         PsTensor::dense(B::conv3d_bias_backward(x, bias, output_grad), tag)
@@ -290,6 +437,18 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         let (weight, t_weight) = weight.into_dense("conv_transpose1d_weight_backward");
         let (output_grad, t_output_grad) =
             output_grad.into_dense("conv_transpose1d_weight_backward");
+        let call = OpCall::new(
+            "conv_transpose1d_weight_backward",
+            vec![
+                ("x", OpArg::Float(&x, t_x)),
+                ("weight", OpArg::Float(&weight, t_weight)),
+                ("output_grad", OpArg::Float(&output_grad, t_output_grad)),
+                ("options", OpArg::Value(&options)),
+            ],
+        );
+        if let Some(out) = rules::dispatch::<B>(&call) {
+            return out;
+        }
         let tag = Tag::join_all(&[
             t_x,
             t_weight.shared("conv_transpose1d_weight_backward"),
@@ -310,6 +469,17 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         let (x, t_x) = x.into_dense("conv_transpose1d_bias_backward");
         let (bias, t_bias) = bias.into_dense("conv_transpose1d_bias_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv_transpose1d_bias_backward");
+        let call = OpCall::new(
+            "conv_transpose1d_bias_backward",
+            vec![
+                ("x", OpArg::Float(&x, t_x)),
+                ("bias", OpArg::Float(&bias, t_bias)),
+                ("output_grad", OpArg::Float(&output_grad, t_output_grad)),
+            ],
+        );
+        if let Some(out) = rules::dispatch::<B>(&call) {
+            return out;
+        }
         let tag = Tag::join_all(&[
             t_x,
             t_bias.shared("conv_transpose1d_bias_backward"),
@@ -363,6 +533,18 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         let (weight, t_weight) = weight.into_dense("conv_transpose2d_weight_backward");
         let (output_grad, t_output_grad) =
             output_grad.into_dense("conv_transpose2d_weight_backward");
+        let call = OpCall::new(
+            "conv_transpose2d_weight_backward",
+            vec![
+                ("x", OpArg::Float(&x, t_x)),
+                ("weight", OpArg::Float(&weight, t_weight)),
+                ("output_grad", OpArg::Float(&output_grad, t_output_grad)),
+                ("options", OpArg::Value(&options)),
+            ],
+        );
+        if let Some(out) = rules::dispatch::<B>(&call) {
+            return out;
+        }
         let tag = Tag::join_all(&[
             t_x,
             t_weight.shared("conv_transpose2d_weight_backward"),
@@ -383,6 +565,17 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         let (x, t_x) = x.into_dense("conv_transpose2d_bias_backward");
         let (bias, t_bias) = bias.into_dense("conv_transpose2d_bias_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv_transpose2d_bias_backward");
+        let call = OpCall::new(
+            "conv_transpose2d_bias_backward",
+            vec![
+                ("x", OpArg::Float(&x, t_x)),
+                ("bias", OpArg::Float(&bias, t_bias)),
+                ("output_grad", OpArg::Float(&output_grad, t_output_grad)),
+            ],
+        );
+        if let Some(out) = rules::dispatch::<B>(&call) {
+            return out;
+        }
         let tag = Tag::join_all(&[
             t_x,
             t_bias.shared("conv_transpose2d_bias_backward"),
@@ -436,6 +629,18 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         let (weight, t_weight) = weight.into_dense("conv_transpose3d_weight_backward");
         let (output_grad, t_output_grad) =
             output_grad.into_dense("conv_transpose3d_weight_backward");
+        let call = OpCall::new(
+            "conv_transpose3d_weight_backward",
+            vec![
+                ("x", OpArg::Float(&x, t_x)),
+                ("weight", OpArg::Float(&weight, t_weight)),
+                ("output_grad", OpArg::Float(&output_grad, t_output_grad)),
+                ("options", OpArg::Value(&options)),
+            ],
+        );
+        if let Some(out) = rules::dispatch::<B>(&call) {
+            return out;
+        }
         let tag = Tag::join_all(&[
             t_x,
             t_weight.shared("conv_transpose3d_weight_backward"),
@@ -456,6 +661,17 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         let (x, t_x) = x.into_dense("conv_transpose3d_bias_backward");
         let (bias, t_bias) = bias.into_dense("conv_transpose3d_bias_backward");
         let (output_grad, t_output_grad) = output_grad.into_dense("conv_transpose3d_bias_backward");
+        let call = OpCall::new(
+            "conv_transpose3d_bias_backward",
+            vec![
+                ("x", OpArg::Float(&x, t_x)),
+                ("bias", OpArg::Float(&bias, t_bias)),
+                ("output_grad", OpArg::Float(&output_grad, t_output_grad)),
+            ],
+        );
+        if let Some(out) = rules::dispatch::<B>(&call) {
+            return out;
+        }
         let tag = Tag::join_all(&[
             t_x,
             t_bias.shared("conv_transpose3d_bias_backward"),
