@@ -348,7 +348,7 @@ impl<O: Send, B: NoiseBackend> Link<B> for Shared<O, B> {
         match state.phase {
             Phase::Drawn { step: drawn } if drawn == step => {
                 state.phase = Phase::Collecting { step };
-                Ok(state.dp.clipping().clone())
+                Ok(state.dp.per_sample_config().clone())
             }
             Phase::Drawn { step: drawn }
             | Phase::Collecting { step: drawn }

@@ -13,8 +13,6 @@
 #![warn(missing_docs)]
 
 pub mod audit;
-// TODO(coordinator): remove once rules/backend are documented
-#[allow(missing_docs)]
 pub mod backend;
 pub mod clip;
 pub mod engine;
@@ -24,8 +22,6 @@ pub mod noise;
 pub mod optim;
 pub mod privacy;
 pub mod profile;
-// TODO(coordinator): remove once rules/backend are documented
-#[allow(missing_docs)]
 pub mod rules;
 pub mod sampling;
 pub mod trainer;

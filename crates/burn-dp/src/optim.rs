@@ -340,7 +340,7 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
         let ids: Vec<(ParamId, &str)> = params.iter().map(|p| (p.id, p.path.as_str())).collect();
         let sensitivity = match &acc {
             Some(a) => a.sensitivity,
-            None => engine::sensitivity(&self.clipping.clipping, &ids)?,
+            None => engine::sensitivity(&self.per_sample.clipping, &ids)?,
         };
         if let Some(a) = &acc {
             let missing = params.iter().find(|p| !a.sums.contains_key(&p.id));
