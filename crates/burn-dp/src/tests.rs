@@ -809,3 +809,54 @@ fn non_finite_samples_are_excluded_from_conv_and_broadcast_terms() {
         close(&got, &sums_in_order(&want, &ids), 1e-6);
     }
 }
+
+/// burn-backend 0.21's grouped `conv1d_weight_backward` panics when the stride leaves input
+/// positions unused; the conv rule's clipped sum goes through conv2d instead. The clipped sum
+/// equals `Σ_i c_i g_i` of the instantiated per-sample gradients (which use unfold).
+#[test]
+fn grouped_strided_conv1d_clipped_sum_does_not_panic() {
+    use burn::nn::conv::{Conv1d, Conv1dConfig};
+    let dev = Default::default();
+    // Length 12, kernel 3, stride 2: (12 − 3) mod 2 = 1 input position unused; groups 2.
+    let conv: Conv1d<Dp> = Conv1dConfig::new(4, 6, 3)
+        .with_stride(2)
+        .with_groups(2)
+        .init(&dev);
+    let (b, len) = (3, 12);
+    let x = Tensor::<Dp, 3>::from_data(
+        TensorData::new(
+            (0..b * 4 * len)
+                .map(|i| ((i as f32) * 0.37).sin())
+                .collect(),
+            [b, 4, len],
+        ),
+        &dev,
+    );
+    let losses = || {
+        let y = conv.forward(batch(x.clone()));
+        let w = y.clone().sin().detach();
+        (y * w).sum_dim(2).sum_dim(1).reshape([b])
+    };
+    let config = PerSampleConfig::new(ClippingFn::Abadi { max_norm: 0.5 });
+    let clipped = clipped_backward(&config, &conv, losses()).unwrap();
+    let per_sample = per_sample_gradients(&conv, losses()).unwrap();
+    let norms: Vec<f32> = clipped.norms.clone().into_data().to_vec().unwrap();
+    for (id, name, g) in per_sample {
+        let g: Vec<f32> = g.into_data().to_vec().unwrap();
+        let numel = g.len() / b;
+        let want: Vec<f32> = (0..numel)
+            .map(|j| {
+                (0..b)
+                    .map(|i| g[i * numel + j] * (0.5 / (norms[i] + 1e-6)).min(1.0))
+                    .sum()
+            })
+            .collect();
+        let got: Vec<f32> = clipped.sums[&id].clone().into_data().to_vec().unwrap();
+        for (k, (a, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (a - w).abs() <= 1e-4 * w.abs().max(1e-2),
+                "{name}[{k}]: {a} vs {w}"
+            );
+        }
+    }
+}

@@ -283,6 +283,26 @@ fn weighted_sum<B: Backend>(
 ) -> FloatTensor<B> {
     let b = c.dims()[0];
     match kind {
+        ConvKind::D1(o) if o.groups > 1 => {
+            // burn-backend 0.21's grouped `conv1d_weight_backward` panics when the stride leaves
+            // input positions unused (its conv2d twin trims the kernel, tracel-ai/burn#1891):
+            // the same product as a conv2d of height 1.
+            let g = tensor::<B, 3>(grad.clone()) * c.reshape([b, 1, 1]);
+            let [n, c_out, l_out] = g.dims();
+            let g = g.reshape([n, c_out, 1, l_out]);
+            let x = tensor::<B, 3>(x.clone()).unsqueeze_dim::<4>(2);
+            let w = tensor::<B, 3>(weight.clone());
+            let [o_out, c_per_group, k] = w.dims();
+            let w = w.reshape([o_out, c_per_group, 1, k]);
+            let options = ConvOptions::new(
+                [1, o.stride[0]],
+                [0, o.padding[0]],
+                [1, o.dilation[0]],
+                o.groups,
+            );
+            let sum = B::conv2d_weight_backward(prim(x), prim(w), prim(g), options);
+            prim(tensor::<B, 4>(sum).reshape([o_out, c_per_group, k]))
+        }
         ConvKind::D1(o) => {
             let g = tensor::<B, 3>(grad.clone()) * c.reshape([b, 1, 1]);
             B::conv1d_weight_backward(x.clone(), weight.clone(), prim(g), o.clone())

@@ -5,6 +5,7 @@
 //! - [`oracle`]: property tests (`proptest`) against a batch-of-one oracle computed with plain
 //!   `Autodiff<NdArray>`, on random shapes, seeds, batch sizes, bias on and off, in every norm
 //!   mode; tied parameters and the empty batch.
+//! - [`conv3d`]: Conv3d against PyTorch (`layers-conv3d.safetensors`) and a batch-of-one oracle.
 //! - [`frozen`]: frozen parameters get no rule call and no gradient.
 //! - [`clipping_styles`]: per-layer and group clipping, and their configuration errors.
 //! - [`fail_closed`]: the typed errors for models whose gradients mix samples.
@@ -19,6 +20,7 @@
 #![allow(clippy::type_complexity)] // (name, values) tables of the fixtures
 
 mod clipping_styles;
+mod conv3d;
 mod fail_closed;
 mod frozen;
 mod layers;
