@@ -808,6 +808,165 @@ pub fn sweep_svg(rows: &[SweepRow], title: &str, metric_name: &str) -> String {
     s
 }
 
+/// One configuration of a results sweep, for the example to run as an ordinary run.
+#[derive(Clone, Debug)]
+pub struct SweepConfig {
+    /// A folder-safe name (`runs/<name>` under the sweep's output folder).
+    pub name: String,
+    /// Fine-tune without privacy (the baseline); the privacy fields below are then unused.
+    pub non_private: bool,
+    /// Target ε of a private run (unused by the non-private one).
+    pub target_epsilon: f64,
+    /// What trains.
+    pub freeze: FreezeKind,
+    /// The clipping function.
+    pub clipping: ClippingKind,
+    /// Abadi's threshold C (unused by automatic clipping).
+    pub max_norm: f64,
+    /// A learning rate for this configuration, or the example's default.
+    pub lr: Option<f64>,
+}
+
+impl SweepConfig {
+    /// Applies the configuration to the shared training flags (quiet: the sweep prints rows).
+    pub fn apply(&self, train: &mut PrivateTrainingArgs) {
+        train.quiet = true;
+        train.freeze = self.freeze;
+        if !self.non_private {
+            train.target_epsilon = self.target_epsilon;
+            train.clipping = self.clipping;
+            train.max_norm = self.max_norm;
+        }
+        if self.lr.is_some() {
+            train.lr = self.lr;
+        }
+    }
+}
+
+/// What one run of a sweep reports.
+#[derive(Clone, Debug)]
+pub struct SweepOutcome {
+    /// ε spent (ignored for the non-private run).
+    pub epsilon: f64,
+    /// Test accuracy or BLEU.
+    pub metric: f64,
+    /// The metric of the public pre-trained model alone, where the run measured it.
+    pub pretrained_metric: Option<f64>,
+    /// Trainable parameters.
+    pub trainable: u64,
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// The grid of a sweep (the examples' `--sweep-*` flags).
+#[derive(Clone, Debug)]
+pub struct SweepGrid {
+    /// Target ε values.
+    pub epsilons: Vec<f64>,
+    /// The ε values at which Abadi clipping also runs (`None`: every one).
+    pub abadi_epsilons: Option<Vec<f64>>,
+    /// Abadi thresholds C.
+    pub max_norms: Vec<f64>,
+    /// The learning rate of DP-BiTFiT.
+    pub bitfit_lr: f64,
+}
+
+/// A results sweep: non-private fine-tuning (and the public pre-trained model alone), then DP
+/// full, DP-BiTFiT and DP last layers at each target ε, with automatic clipping and Abadi
+/// clipping at each threshold. `run` runs one configuration as an ordinary run of the example.
+/// `results.md` and `results.svg` are written to `out` after every configuration, so an
+/// interrupted sweep keeps its rows.
+pub fn run_sweep(
+    grid: &SweepGrid,
+    out: &Path,
+    title: &str,
+    metric_name: &str,
+    mut run: impl FnMut(&SweepConfig) -> Result<SweepOutcome, Error>,
+) -> Result<Vec<SweepRow>, Error> {
+    let command = std::env::args()
+        .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut rows = Vec::new();
+    let record = |rows: &mut Vec<SweepRow>, row: SweepRow| -> Result<(), Error> {
+        rows.push(row);
+        write_sweep(out, rows, &command, title, metric_name)?;
+        eprintln!("{}", sweep_markdown(&rows[rows.len() - 1..], metric_name));
+        Ok(())
+    };
+    let plain = SweepConfig {
+        name: "non-private".into(),
+        non_private: true,
+        target_epsilon: f64::INFINITY,
+        freeze: FreezeKind::None,
+        clipping: ClippingKind::Automatic,
+        max_norm: 0.0,
+        lr: None,
+    };
+    let s = run(&plain)?;
+    if let Some(metric) = s.pretrained_metric {
+        let row = SweepRow {
+            method: "public pre-training only".into(),
+            clipping: "-".into(),
+            target_epsilon: None,
+            epsilon: Some(0.0),
+            metric,
+            trainable: 0,
+            steps: 0,
+            seconds: 0.0,
+        };
+        record(&mut rows, row)?;
+    }
+    let row = |method: &str, clipping: String, c: &SweepConfig, s: &SweepOutcome| SweepRow {
+        method: method.into(),
+        clipping,
+        target_epsilon: (!c.non_private).then_some(c.target_epsilon),
+        epsilon: (!c.non_private).then_some(s.epsilon),
+        metric: s.metric,
+        trainable: s.trainable,
+        steps: s.steps,
+        seconds: s.seconds,
+    };
+    record(&mut rows, row("non-private full", "-".into(), &plain, &s))?;
+    let mut clippings = vec![(ClippingKind::Automatic, 0.0)];
+    clippings.extend(grid.max_norms.iter().map(|&c| (ClippingKind::Abadi, c)));
+    for &eps in &grid.epsilons {
+        for (freeze, method) in [
+            (FreezeKind::None, "DP full"),
+            (FreezeKind::Bias, "DP-BiTFiT"),
+            (FreezeKind::Head, "DP last layer"),
+        ] {
+            for &(clipping, max_norm) in &clippings {
+                let abadi_here = grid
+                    .abadi_epsilons
+                    .as_ref()
+                    .is_none_or(|at| at.contains(&eps));
+                if clipping == ClippingKind::Abadi && !abadi_here {
+                    continue;
+                }
+                let label = match clipping {
+                    ClippingKind::Automatic => "automatic".to_string(),
+                    ClippingKind::Abadi => format!("Abadi C={max_norm}"),
+                };
+                let config = SweepConfig {
+                    name: format!("{method}-{label}-eps{eps}").replace([' ', '='], "_"),
+                    non_private: false,
+                    target_epsilon: eps,
+                    freeze,
+                    clipping,
+                    max_norm,
+                    lr: (freeze == FreezeKind::Bias).then_some(grid.bitfit_lr),
+                };
+                let s = run(&config)?;
+                record(&mut rows, row(method, label, &config, &s))?;
+            }
+        }
+    }
+    Ok(rows)
+}
+
 /// Write `results.md` (the table, with the command that produced it) and `results.svg` to `out`.
 pub fn write_sweep(
     out: &Path,

@@ -215,3 +215,41 @@ fn published_artefacts_do_not_depend_on_one_record() {
 
 #[path = "book_check.rs"]
 mod book;
+
+/// `--sweep` on a one-ε grid with one Abadi threshold: the public-only and non-private rows, then
+/// DP full, DP-BiTFiT and DP last layer with automatic and Abadi clipping; the table and plot are
+/// written.
+#[test]
+fn smoke_sweep_writes_its_table() {
+    let a = args(&[
+        "--epochs",
+        "1",
+        "--sweep",
+        "--sweep-epsilons",
+        "3",
+        "--sweep-max-norms",
+        "1",
+    ]);
+    let rows = burn_dp_image_classification::sweep(&a).expect("sweep");
+    let methods: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.method.as_str(), r.clipping.as_str()))
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            ("public pre-training only", "-"),
+            ("non-private full", "-"),
+            ("DP full", "automatic"),
+            ("DP full", "Abadi C=1"),
+            ("DP-BiTFiT", "automatic"),
+            ("DP-BiTFiT", "Abadi C=1"),
+            ("DP last layer", "automatic"),
+            ("DP last layer", "Abadi C=1"),
+        ]
+    );
+    assert!(rows[1].epsilon.is_none() && rows[2].target_epsilon == Some(3.0));
+    assert!(rows[4].trainable < rows[2].trainable);
+    let table = std::fs::read_to_string(a.out.join("results.md")).expect("results.md");
+    assert!(table.contains("DP-BiTFiT") && a.out.join("results.svg").exists());
+}

@@ -12,9 +12,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateTrainer};
-use burn_dp_examples_common::{
-    self as common, BackendKind, Curve, Error, FreezeKind, PlainTraining, SweepRow,
-};
+use burn_dp_examples_common::{self as common, BackendKind, Curve, Error, PlainTraining, SweepRow};
 use burn_dp_models::{Gpt2, Gpt2Config, LoadOptions, PretrainedModel};
 use clap::{Parser, ValueEnum};
 
@@ -782,104 +780,27 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
 /// clipping at each `--sweep-max-norms`; every configuration is one ordinary run. Writes
 /// `results.md` and `results.svg` to `--out`.
 pub fn sweep(args: &Args) -> Result<Vec<SweepRow>, Error> {
-    let command = std::env::args()
-        .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut rows = Vec::new();
-    let row = |method: &str, clipping: String, a: &Args, s: &Summary| SweepRow {
-        method: method.into(),
-        clipping,
-        target_epsilon: (!a.non_private).then_some(a.train.target_epsilon),
-        epsilon: (!a.non_private).then_some(s.epsilon),
-        metric: s.bleu,
-        trainable: s.metrics["trainable_parameters"].as_u64().unwrap_or(0),
-        steps: s.steps,
-        seconds: s.seconds,
+    let grid = common::SweepGrid {
+        epsilons: args.sweep_epsilons.clone(),
+        abadi_epsilons: args.sweep_abadi_epsilons.clone(),
+        max_norms: args.sweep_max_norms.clone(),
+        bitfit_lr: args.sweep_bitfit_lr,
     };
-    let base = |a: &mut Args, name: &str| {
+    let title = "BLEU on held-out private meaning representations";
+    common::run_sweep(&grid, &args.out, title, "BLEU", |config| {
+        let mut a = args.clone();
         a.sweep = false;
-        a.train.quiet = true;
-        a.out = args.out.join("runs").join(name);
-    };
-    let mut plain = args.clone();
-    base(&mut plain, "non-private");
-    plain.non_private = true;
-    plain.train.freeze = FreezeKind::None;
-    let s = run(plain.clone())?;
-    if let Some(b) = s.pretrained_bleu {
-        rows.push(SweepRow {
-            method: "public pre-training only".into(),
-            clipping: "-".into(),
-            target_epsilon: None,
-            epsilon: Some(0.0),
-            metric: b,
-            trainable: 0,
-            steps: 0,
-            seconds: 0.0,
-        });
-    }
-    rows.push(row("non-private full", "-".into(), &plain, &s));
-    eprintln!("{}", common::sweep_markdown(&rows, "BLEU"));
-    let mut clippings = vec![(common::ClippingKind::Automatic, 0.0)];
-    clippings.extend(
-        args.sweep_max_norms
-            .iter()
-            .map(|&c| (common::ClippingKind::Abadi, c)),
-    );
-    for &eps in &args.sweep_epsilons {
-        for (freeze, method) in [
-            (FreezeKind::None, "DP full"),
-            (FreezeKind::Bias, "DP-BiTFiT"),
-            (FreezeKind::Head, "DP last layers"),
-        ] {
-            for &(clipping, c) in &clippings {
-                let abadi_here = args
-                    .sweep_abadi_epsilons
-                    .as_ref()
-                    .is_none_or(|at| at.contains(&eps));
-                if clipping == common::ClippingKind::Abadi && !abadi_here {
-                    continue;
-                }
-                let mut a = args.clone();
-                let label = match clipping {
-                    common::ClippingKind::Automatic => "automatic".to_string(),
-                    common::ClippingKind::Abadi => format!("Abadi C={c}"),
-                };
-                base(
-                    &mut a,
-                    &format!("{method}-{label}-eps{eps}").replace([' ', '='], "_"),
-                );
-                a.train.target_epsilon = eps;
-                a.train.freeze = freeze;
-                a.train.clipping = clipping;
-                a.train.max_norm = c;
-                if freeze == FreezeKind::Bias {
-                    a.train.lr = Some(args.sweep_bitfit_lr);
-                }
-                let s = run(a.clone())?;
-                rows.push(row(method, label, &a, &s));
-                // Written after every configuration, so an interrupted sweep keeps its rows.
-                common::write_sweep(
-                    &args.out,
-                    &rows,
-                    &command,
-                    "BLEU on held-out private meaning representations",
-                    "BLEU",
-                )?;
-                eprintln!(
-                    "{}",
-                    common::sweep_markdown(&rows[rows.len() - 1..], "BLEU")
-                );
-            }
-        }
-    }
-    common::write_sweep(
-        &args.out,
-        &rows,
-        &command,
-        "BLEU on held-out private meaning representations",
-        "BLEU",
-    )?;
-    Ok(rows)
+        a.out = args.out.join("runs").join(&config.name);
+        a.non_private = config.non_private;
+        config.apply(&mut a.train);
+        let s = run(a)?;
+        Ok(common::SweepOutcome {
+            epsilon: s.epsilon,
+            metric: s.bleu,
+            pretrained_metric: s.pretrained_bleu,
+            trainable: s.metrics["trainable_parameters"].as_u64().unwrap_or(0),
+            steps: s.steps,
+            seconds: s.seconds,
+        })
+    })
 }
