@@ -5,70 +5,17 @@
 //! `BURN_DP_FIXTURES` folder without `layers-conv3d.safetensors` (a copy of the shared fixture set
 //! made before Conv3d had a rule) falls back to the repository's copy under `tests/fixtures/`.
 
-use std::path::PathBuf;
-
-use burn::backend::{Autodiff, NdArray};
+use crate::support::{assert_close, tensor, to_vec, Dp, Fixture, Inner, Plain};
 use burn::module::Param;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::PaddingConfig3d;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{Distribution, Tensor};
 use burn_dp::{
-    batch, clipped_backward, per_sample_gradients, ClippingFn, DpAutodiff, NormMode,
-    PerSampleConfig,
+    batch, clipped_backward, per_sample_gradients, ClippingFn, NormMode, PerSampleConfig,
 };
 
-type Inner = NdArray<f32>;
-type Dp = DpAutodiff<Inner>;
-type Plain = Autodiff<Inner>;
-
 const FILE: &str = "layers-conv3d.safetensors";
-
-fn fixture_path() -> PathBuf {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    match std::env::var("BURN_DP_FIXTURES") {
-        // Fall back to the repository's copy when the folder predates this file.
-        Ok(dir) if PathBuf::from(&dir).join(FILE).exists() => PathBuf::from(dir).join(FILE),
-        _ => repo.join(FILE),
-    }
-}
-
-fn f32s(st: &safetensors::SafeTensors<'_>, name: &str) -> (Vec<f32>, Vec<usize>) {
-    let t = st
-        .tensor(name)
-        .unwrap_or_else(|_| panic!("fixture tensor {name}"));
-    let v = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (v, t.shape().to_vec())
-}
-
-fn tensor<B: Backend, const D: usize>(v: &[f32], shape: &[usize]) -> Tensor<B, D> {
-    Tensor::from_data(
-        TensorData::new(v.to_vec(), shape.to_vec()),
-        &Default::default(),
-    )
-}
-
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
-}
-
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
-    let err = got
-        .iter()
-        .zip(want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(
-        err / scale <= tol,
-        "{what}: relative error {} > {tol}",
-        err / scale
-    );
-}
 
 fn losses<B: Backend>(layer: &Conv3d<B>, x: Tensor<B, 5>, r: Tensor<B, 5>) -> Tensor<B, 1> {
     let b = x.dims()[0];
@@ -96,20 +43,17 @@ fn config(
 
 #[test]
 fn conv3d_matches_pytorch() {
-    let bytes = std::fs::read(fixture_path()).expect("conv3d fixture");
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let meta = meta.metadata().clone().unwrap();
+    let fixture = Fixture::open_or_repo_copy(FILE);
     for case in ["conv3d", "conv3d_groups"] {
-        let m: serde_json::Value = serde_json::from_str(&meta[case]).unwrap();
+        let m = fixture.meta(case);
         let u = |k: &str| m[k].as_u64().unwrap() as usize;
-        let (w, ws) = f32s(&st, &format!("{case}.param.weight"));
-        let (bias, bs) = f32s(&st, &format!("{case}.param.bias"));
-        let (x, xs) = f32s(&st, &format!("{case}.input"));
-        let (r, rs) = f32s(&st, &format!("{case}.upstream"));
-        let (gw, _) = f32s(&st, &format!("{case}.per_sample_grad.weight"));
-        let (gb, _) = f32s(&st, &format!("{case}.per_sample_grad.bias"));
-        let (norms, _) = f32s(&st, &format!("{case}.per_sample_norm"));
+        let (w, ws) = fixture.f32(&format!("{case}.param.weight"));
+        let (bias, bs) = fixture.f32(&format!("{case}.param.bias"));
+        let (x, xs) = fixture.f32(&format!("{case}.input"));
+        let (r, rs) = fixture.f32(&format!("{case}.upstream"));
+        let (gw, _) = fixture.f32(&format!("{case}.per_sample_grad.weight"));
+        let (gb, _) = fixture.f32(&format!("{case}.per_sample_grad.bias"));
+        let (norms, _) = fixture.f32(&format!("{case}.per_sample_norm"));
         let cfg = config(
             u("in"),
             u("out"),
