@@ -860,16 +860,26 @@ pub struct SweepOutcome {
     pub seconds: f64,
 }
 
-/// The grid of a sweep (the examples' `--sweep-*` flags).
-#[derive(Clone, Debug)]
-pub struct SweepGrid {
-    /// Target ε values.
+/// The results sweep's flags, shared by the examples (`#[command(flatten)]`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SweepArgs {
+    /// Run the results sweep (public only, non-private, DP full / DP-BiTFiT / DP last layers at
+    /// each `--sweep-epsilons`, automatic clipping and Abadi at each `--sweep-max-norms`) and
+    /// write `results.md` and `results.svg` to `--out`.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Target ε of the sweep.
+    #[arg(long = "sweep-epsilons", value_delimiter = ',', default_values_t = [1.0, 3.0, 8.0])]
     pub epsilons: Vec<f64>,
-    /// The ε values at which Abadi clipping also runs (`None`: every one).
+    /// The target ε at which the sweep also runs Abadi clipping (default: every
+    /// `--sweep-epsilons`).
+    #[arg(long = "sweep-abadi-epsilons", value_delimiter = ',')]
     pub abadi_epsilons: Option<Vec<f64>>,
-    /// Abadi thresholds C.
+    /// Abadi clipping thresholds of the sweep (each at every freezing; empty: none).
+    #[arg(long = "sweep-max-norms", value_delimiter = ',', default_values_t = [0.1, 1.0, 10.0])]
     pub max_norms: Vec<f64>,
-    /// The learning rate of DP-BiTFiT.
+    /// Learning rate of DP-BiTFiT in the sweep (bias-only training takes a larger step).
+    #[arg(long = "sweep-bitfit-lr", default_value_t = 1e-2)]
     pub bitfit_lr: f64,
 }
 
@@ -879,7 +889,7 @@ pub struct SweepGrid {
 /// `results.md` and `results.svg` are written to `out` after every configuration, so an
 /// interrupted sweep keeps its rows.
 pub fn run_sweep(
-    grid: &SweepGrid,
+    grid: &SweepArgs,
     out: &Path,
     title: &str,
     metric_name: &str,

@@ -5,7 +5,7 @@ use clap::Parser;
 
 fn main() {
     let args = burn_dp_image_classification::Args::parse();
-    if args.sweep {
+    if args.results.sweep {
         match burn_dp_image_classification::sweep(&args) {
             Ok(rows) => println!("{{\"sweep_rows\":{}}}", rows.len()),
             Err(e) => {

@@ -82,22 +82,9 @@ pub struct Args {
     /// Fine-tune WITHOUT privacy (plain AdamW on the private part: the baseline of a sweep).
     #[arg(long)]
     pub non_private: bool,
-    /// Run the results sweep (see the README) and write `results.md` and `results.svg`.
-    #[arg(long)]
-    pub sweep: bool,
-    /// Target ε of the sweep.
-    #[arg(long, value_delimiter = ',', default_values_t = [1.0, 3.0, 8.0])]
-    pub sweep_epsilons: Vec<f64>,
-    /// The target ε at which the sweep also runs Abadi clipping (default: every
-    /// `--sweep-epsilons`).
-    #[arg(long, value_delimiter = ',')]
-    pub sweep_abadi_epsilons: Option<Vec<f64>>,
-    /// Abadi clipping thresholds of the sweep (each at every freezing; empty: none).
-    #[arg(long, value_delimiter = ',', default_values_t = [0.1, 1.0, 10.0])]
-    pub sweep_max_norms: Vec<f64>,
-    /// Learning rate of DP-BiTFiT in the sweep.
-    #[arg(long, default_value_t = 1e-2)]
-    pub sweep_bitfit_lr: f64,
+    /// The results sweep (`--sweep` and its grid).
+    #[command(flatten)]
+    pub results: common::SweepArgs,
     /// Samples per forward/backward pass.
     #[arg(long, default_value_t = 64)]
     pub physical_batch_size: usize,
@@ -780,16 +767,10 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
 /// clipping at each `--sweep-max-norms`; every configuration is one ordinary run. Writes
 /// `results.md` and `results.svg` to `--out`.
 pub fn sweep(args: &Args) -> Result<Vec<SweepRow>, Error> {
-    let grid = common::SweepGrid {
-        epsilons: args.sweep_epsilons.clone(),
-        abadi_epsilons: args.sweep_abadi_epsilons.clone(),
-        max_norms: args.sweep_max_norms.clone(),
-        bitfit_lr: args.sweep_bitfit_lr,
-    };
     let title = "BLEU on held-out private meaning representations";
-    common::run_sweep(&grid, &args.out, title, "BLEU", |config| {
+    common::run_sweep(&args.results, &args.out, title, "BLEU", |config| {
         let mut a = args.clone();
-        a.sweep = false;
+        a.results.sweep = false;
         a.out = args.out.join("runs").join(&config.name);
         a.non_private = config.non_private;
         config.apply(&mut a.train);

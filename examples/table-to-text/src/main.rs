@@ -5,7 +5,7 @@ use clap::Parser;
 
 fn main() {
     let args = burn_dp_table_to_text::Args::parse();
-    if args.sweep {
+    if args.results.sweep {
         match burn_dp_table_to_text::sweep(&args) {
             Ok(rows) => println!("{{\"sweep_rows\":{}}}", rows.len()),
             Err(e) => {
