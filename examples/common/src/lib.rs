@@ -224,6 +224,78 @@ fn label(v: f64) -> String {
     }
 }
 
+/// The plot area of a chart: image size `w`×`h`, plot origin (`left`, `top`), plot size
+/// `pw`×`ph`.
+struct Frame {
+    w: f64,
+    h: f64,
+    left: f64,
+    top: f64,
+    pw: f64,
+    ph: f64,
+}
+
+/// Writes an SVG document's header, title, axes, ticks (x ticks at `xt`, y ticks at `yt`, placed
+/// by `sx`/`sy`) and axis labels; the caller adds the data and closes the document.
+#[allow(clippy::too_many_arguments)]
+fn svg_axes(
+    s: &mut String,
+    f: &Frame,
+    title: &str,
+    xt: &[f64],
+    sx: &dyn Fn(f64) -> f64,
+    yt: &[f64],
+    sy: &dyn Fn(f64) -> f64,
+    x_label: &str,
+    y_label: &str,
+) {
+    let (w, h, left, top, pw, ph) = (f.w, f.h, f.left, f.top, f.pw, f.ph);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">
+<rect width="{w}" height="{h}" fill="white"/>
+<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>
+<line x1="{left}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/>
+<line x1="{left}" y1="{top}" x2="{left}" y2="{b}" stroke="black"/>"#,
+        left + pw / 2.0,
+        escape(title),
+        b = top + ph,
+        r = left + pw,
+    );
+    for &t in xt {
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x:.1}" y1="{y:.1}" x2="{x:.1}" y2="{y2:.1}" stroke="black"/><text x="{x:.1}" y="{ty:.1}" text-anchor="middle">{}</text>"#,
+            label(t),
+            x = sx(t),
+            y = top + ph,
+            y2 = top + ph + 5.0,
+            ty = top + ph + 18.0
+        );
+    }
+    for &t in yt {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{y:.1}" x2="{x2:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{tx:.1}" y="{ty:.1}" text-anchor="end">{}</text>"##,
+            label(t),
+            x2 = left + pw,
+            y = sy(t),
+            tx = left - 6.0,
+            ty = sy(t) + 4.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>
+<text x="16" y="{c}" text-anchor="middle" transform="rotate(-90 16 {c})">{}</text>"#,
+        left + pw / 2.0,
+        h - 12.0,
+        escape(x_label),
+        escape(y_label),
+        c = top + ph / 2.0,
+    );
+}
+
 /// A line chart of `curve` as a standalone SVG document (hand-written polyline with axes).
 pub fn svg(curve: &Curve, title: &str, x_label: &str, y_label: &str) -> String {
     let (w, h, left, right, top, bottom) = (640.0, 400.0, 70.0, 20.0, 40.0, 50.0);
@@ -249,58 +321,16 @@ pub fn svg(curve: &Curve, title: &str, x_label: &str, y_label: &str) -> String {
     let sx = |x: f64| left + (x - x0) / (x1 - x0) * pw;
     let sy = |y: f64| top + ph - (y - y0) / (y1 - y0) * ph;
     let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">
-<rect width="{w}" height="{h}" fill="white"/>
-<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>
-<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>
-<line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>
-"#,
-        w / 2.0,
-        escape(title),
-        top + ph,
-        left + pw,
-        top + ph,
-        top + ph
-    );
-    for t in ticks(x0, x1) {
-        let _ = writeln!(
-            s,
-            r#"<line x1="{x:.1}" y1="{y:.1}" x2="{x:.1}" y2="{y2:.1}" stroke="black"/><text x="{x:.1}" y="{ty:.1}" text-anchor="middle">{}</text>"#,
-            label(t),
-            x = sx(t),
-            y = top + ph,
-            y2 = top + ph + 5.0,
-            ty = top + ph + 18.0
-        );
-    }
-    for t in ticks(y0, y1) {
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x1:.1}" y1="{y:.1}" x2="{x2:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{tx:.1}" y="{ty:.1}" text-anchor="end">{}</text>"##,
-            label(t),
-            x1 = left,
-            x2 = left + pw,
-            y = sy(t),
-            tx = left - 6.0,
-            ty = sy(t) + 4.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-        left + pw / 2.0,
-        h - 12.0,
-        escape(x_label)
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
-        top + ph / 2.0,
-        top + ph / 2.0,
-        escape(y_label)
-    );
+    let frame = Frame {
+        w,
+        h,
+        left,
+        top,
+        pw,
+        ph,
+    };
+    let (xt, yt) = (ticks(x0, x1), ticks(y0, y1));
+    svg_axes(&mut s, &frame, title, &xt, &sx, &yt, &sy, x_label, y_label);
     let pts: Vec<String> = curve
         .points
         .iter()
@@ -710,51 +740,29 @@ pub fn sweep_svg(rows: &[SweepRow], title: &str, metric_name: &str) -> String {
     let sx = |x: f64| left + (x.ln() - lx0) / (lx1 - lx0) * pw;
     let sy = |y: f64| top + ph - (y - y0) / (y1 - y0) * ph;
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">
-<rect width="{w}" height="{h}" fill="white"/>
-<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>
-<line x1="{left}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/>
-<line x1="{left}" y1="{top}" x2="{left}" y2="{b}" stroke="black"/>"#,
-        left + pw / 2.0,
-        escape(title),
-        b = top + ph,
-        r = left + pw,
-    );
+    let frame = Frame {
+        w,
+        h,
+        left,
+        top,
+        pw,
+        ph,
+    };
     let mut xt: Vec<f64> = eps.clone();
     xt.sort_by(|a, b| a.total_cmp(b));
     xt.dedup();
-    for t in xt {
-        let _ = writeln!(
-            s,
-            r#"<line x1="{x:.1}" y1="{y:.1}" x2="{x:.1}" y2="{y2:.1}" stroke="black"/><text x="{x:.1}" y="{ty:.1}" text-anchor="middle">{}</text>"#,
-            label(t),
-            x = sx(t),
-            y = top + ph,
-            y2 = top + ph + 5.0,
-            ty = top + ph + 18.0
-        );
-    }
-    for t in ticks(y0, y1) {
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" y1="{y:.1}" x2="{x2:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{tx:.1}" y="{ty:.1}" text-anchor="end">{}</text>"##,
-            label(t),
-            x2 = left + pw,
-            y = sy(t),
-            tx = left - 6.0,
-            ty = sy(t) + 4.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">target ε (log scale)</text>
-<text x="16" y="{c}" text-anchor="middle" transform="rotate(-90 16 {c})">{}</text>"#,
-        left + pw / 2.0,
-        h - 12.0,
-        escape(metric_name),
-        c = top + ph / 2.0,
+    let yt = ticks(y0, y1);
+    let x_label = "target ε (log scale)";
+    svg_axes(
+        &mut s,
+        &frame,
+        title,
+        &xt,
+        &sx,
+        &yt,
+        &sy,
+        x_label,
+        metric_name,
     );
     let legend = |s: &mut String, i: usize, name: &str, color: &str, dash: &str| {
         let y = top + 10.0 + 18.0 * i as f64;
