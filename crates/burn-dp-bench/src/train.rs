@@ -27,7 +27,7 @@ use burn_dp::backend::transfer::TransferBytes;
 use burn_dp::profile::{self, Phase, Profile};
 use burn_dp::{
     batch, freeze, AccountantKind, ClippingFn, DpAutodiff, FreezePolicy, NoiseSource,
-    PerSampleConfig, PrivacyState, PrivateTrainer,
+    PerSampleConfig, PrivacyState, PrivateSetup, PrivateTrainer,
 };
 use burn_dp_models::{Gpt2Config, Norm, PretrainedModel, ResNetConfig, ViTConfig};
 use clap::ValueEnum;
@@ -364,11 +364,13 @@ pub fn run_one<Inner: burn_dp::NoiseBackend>(
                 let mut trainer = PrivateTrainer::new(
                     model,
                     $optim,
-                    clipping,
-                    privacy,
-                    cfg.single.batch,
-                    cfg.single.batch,
-                    NoiseSource::FixedSeedForExperiments(0),
+                    PrivateSetup {
+                        per_sample: clipping,
+                        privacy,
+                        dataset_size: cfg.single.batch,
+                        physical_batch_size: cfg.single.batch,
+                        noise: NoiseSource::FixedSeedForExperiments(0),
+                    },
                 )
                 .map_err(err)?;
                 let inp = input::<B<Inner>>(cfg, vocab, &device, batch);

@@ -33,7 +33,8 @@ pub mod tcp;
 pub mod trainer;
 
 pub use burn_collective::AllReduceStrategy;
+pub use burn_dp::shard_range;
 pub use error::DistributedError;
 pub use group::{AllReduce, NodeConfig, PeerGroup};
 pub use tcp::TcpGroup;
-pub use trainer::{parameter_hash, shard_range, DistributedTrainer};
+pub use trainer::{parameter_hash, DistributedTrainer};

@@ -17,8 +17,7 @@ use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::Optimizer;
 use burn::tensor::{Tensor, TensorData};
 use burn_dp::{
-    DpAutodiff, DpError, NoiseBackend, NoiseShare, NoiseSource, PerSampleConfig, PoissonSampler,
-    PrivacyState, PrivateTrainer, StepReport,
+    DpAutodiff, DpError, NoiseBackend, NoiseShare, PrivateSetup, PrivateTrainer, StepReport,
 };
 
 use crate::error::DistributedError;
@@ -28,13 +27,6 @@ use crate::group::AllReduce;
 const HASH_CHUNK_BITS: u32 = 22;
 /// Slots per peer for a 64-bit hash.
 const HASH_SLOTS: usize = 3;
-
-/// The examples of peer `rank` of `world`: a contiguous range; the ranges of all peers are
-/// disjoint and cover `0..dataset_size`.
-pub fn shard_range(dataset_size: usize, rank: u32, world: u32) -> std::ops::Range<usize> {
-    let (r, k) = (rank as usize, world.max(1) as usize);
-    (r * dataset_size / k)..((r + 1) * dataset_size / k)
-}
 
 /// FNV-1a over the bytes of every float parameter of `model` (visit order): equal models give
 /// equal hashes on every peer.
@@ -74,20 +66,15 @@ where
     O: Optimizer<M, DpAutodiff<B>>,
 {
     /// The trainer of peer `group.rank()`: `model` must be the same on every peer (built from
-    /// the same seed or checkpoint; the first step checks it). `privacy` holds the *global* q
-    /// (each example of the whole `dataset_size` examples joins a step with probability q), the
-    /// sampler draws from this peer's [`shard_range`], and every step divides by `q·dataset_size`.
-    /// The replicas' parameter hashes are compared every `check_every` steps (≥ 1), and at the
-    /// first step.
-    #[allow(clippy::too_many_arguments)]
+    /// the same seed or checkpoint; the first step checks it). `setup.privacy` holds the *global*
+    /// q (each of the whole `setup.dataset_size` examples joins a step with probability q), the
+    /// sampler draws from this peer's [`shard_range`](burn_dp::shard_range), and every step
+    /// divides by `q·dataset_size`. The replicas' parameter hashes are compared every
+    /// `check_every` steps (≥ 1), and at the first step.
     pub fn new(
         model: M,
         inner: O,
-        clipping: PerSampleConfig,
-        privacy: PrivacyState,
-        dataset_size: usize,
-        physical_batch_size: usize,
-        noise: NoiseSource,
+        setup: PrivateSetup,
         group: G,
         check_every: u64,
     ) -> Result<Self, DistributedError> {
@@ -96,17 +83,7 @@ where
                 "check_every must be at least 1".into(),
             ));
         }
-        let shard = shard_range(dataset_size, group.rank(), group.world());
-        let sampler = PoissonSampler::for_shard(
-            dataset_size,
-            shard,
-            group.rank(),
-            privacy.sample_rate,
-            physical_batch_size,
-            noise,
-        )?;
-        let trainer =
-            PrivateTrainer::with_sampler(model, inner, clipping, privacy, sampler, noise)?;
+        let trainer = PrivateTrainer::for_peer(model, inner, setup, group.rank(), group.world())?;
         Ok(DistributedTrainer {
             trainer,
             group,

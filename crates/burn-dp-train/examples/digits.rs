@@ -24,7 +24,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_dp::{
     AccountantKind, ClippingFn, DpAutodiff, NoiseSource, PerSample, PerSampleConfig, PrivacyState,
-    Schedule,
+    PrivateSetup, Schedule,
 };
 use burn_dp_train::{PrivateBatch, PrivateStepOutput, PrivateTraining, SessionStatus};
 use burn_train::metric::{AccuracyMetric, LossMetric};
@@ -205,11 +205,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // One session: the DP optimizer (around SGD), the Poisson sampler, the accountant.
     let session: PrivateTraining<InnerSgd, Inner> = PrivateTraining::new(
         SgdConfig::new().init(),
-        PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
-        privacy,
-        n,
-        args.physical_batch_size,
-        noise,
+        PrivateSetup {
+            per_sample: PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
+            privacy,
+            dataset_size: n,
+            physical_batch_size: args.physical_batch_size,
+            noise,
+        },
     )?;
     // The training loader draws Poisson logical batches; validation is an ordinary loader.
     let train_loader = session.data_loader(

@@ -24,8 +24,8 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::Device;
 use burn_dp::{
-    ClippedGradients, DpAutodiff, DpError, DpOptimizer, LogicalBatch, NoiseBackend, NoiseSource,
-    PerSampleConfig, PoissonSampler, PrivacyState,
+    ClippedGradients, DpAutodiff, DpError, DpOptimizer, LogicalBatch, NoiseBackend,
+    PerSampleConfig, PoissonSampler, PrivacyState, PrivateSetup,
 };
 use burn_train::metric::ItemLazy;
 use burn_train::{
@@ -119,30 +119,18 @@ where
     O: Send + 'static,
     B: NoiseBackend,
 {
-    /// A session over a private data set of `dataset_size` examples, drawn by Poisson sampling
-    /// at `privacy.sample_rate` and cut into physical batches of `physical_batch_size` rows (the
-    /// memory knob), noised from `noise` ([`NoiseSource::Os`] unless the run is an experiment
-    /// that need not be private against whoever knows the seed). `inner` is the optimizer the DP
-    /// step hands the noised gradient to (burn's SGD, Adam, ...).
+    /// A session over the private data set that `setup` describes: batches drawn by Poisson
+    /// sampling at `setup.privacy.sample_rate` and cut into physical batches of
+    /// `setup.physical_batch_size` rows. `inner` is the optimizer the DP step hands the noised
+    /// gradient to (burn's SGD, Adam, ...).
     ///
-    /// The sampler and the optimizer are built exactly as [`burn_dp::PrivateTrainer::new`]
-    /// builds them, so a Learner run and a `PrivateTrainer` run with the same fixed seed draw the
-    /// same batches and the same noise.
-    pub fn new(
-        inner: O,
-        clipping: PerSampleConfig,
-        privacy: PrivacyState,
-        dataset_size: usize,
-        physical_batch_size: usize,
-        noise: NoiseSource,
-    ) -> Result<Self, DpTrainError> {
-        let sampler = PoissonSampler::new(
-            dataset_size,
-            privacy.sample_rate,
-            physical_batch_size,
-            noise,
-        )?;
-        let dp = DpOptimizer::new(inner, clipping, privacy, &sampler, noise)?;
+    /// The sampler and the optimizer are built from `setup` exactly as
+    /// [`burn_dp::PrivateTrainer::new`] builds them, so a Learner run and a `PrivateTrainer` run
+    /// with the same fixed seed draw the same batches and the same noise.
+    pub fn new(inner: O, setup: PrivateSetup) -> Result<Self, DpTrainError> {
+        let dataset_size = setup.dataset_size;
+        let sampler = setup.sampler()?;
+        let dp = setup.optimizer(inner, &sampler)?;
         Ok(PrivateTraining {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {

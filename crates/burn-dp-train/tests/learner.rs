@@ -20,7 +20,7 @@ use burn::tensor::{Tensor, TensorData};
 use burn_dp::accounting::{Accountant, PrivacyAccountant};
 use burn_dp::{
     batch, AccountantKind, ClippingFn, DpAutodiff, NoiseSource, PerSample, PerSampleConfig,
-    PrivacyState, PrivateTrainer, Schedule,
+    PrivacyState, PrivateSetup, PrivateTrainer, Schedule,
 };
 use burn_dp_train::{
     DpTrainError, EpsilonMetric, NoiseMultiplierMetric, PrivateBatch, PrivateStepOutput,
@@ -191,11 +191,13 @@ fn session<M: AutodiffModule<Dp> + 'static>(
 ) -> PrivateTraining<SgdFor<M>, Inner> {
     PrivateTraining::new(
         SgdConfig::new().init(),
-        clipping(),
-        privacy,
-        n,
-        physical,
-        NoiseSource::FixedSeedForExperiments(seed),
+        PrivateSetup {
+            per_sample: clipping(),
+            privacy,
+            dataset_size: n,
+            physical_batch_size: physical,
+            noise: NoiseSource::FixedSeedForExperiments(seed),
+        },
     )
     .unwrap()
 }
@@ -340,11 +342,13 @@ fn private_trainer(
     let mut trainer = PrivateTrainer::new(
         model,
         SgdConfig::new().init(),
-        clipping(),
-        privacy,
-        n,
-        physical,
-        NoiseSource::FixedSeedForExperiments(seed),
+        PrivateSetup {
+            per_sample: clipping(),
+            privacy,
+            dataset_size: n,
+            physical_batch_size: physical,
+            noise: NoiseSource::FixedSeedForExperiments(seed),
+        },
     )
     .unwrap();
     for _ in 0..steps {

@@ -24,6 +24,7 @@ pub mod privacy;
 pub mod profile;
 pub mod rules;
 pub mod sampling;
+pub mod setup;
 pub mod trainer;
 
 pub use backend::PerSample;
@@ -42,6 +43,7 @@ pub use optim::{BatchStats, DpCheckpointState, DpOptimizer, NoiseShare};
 pub use privacy::{BudgetPolicy, PrivacyState};
 pub use rules::NormMode;
 pub use sampling::{LogicalBatch, PhysicalBatch, PoissonSampler};
+pub use setup::{shard_range, PrivateSetup};
 pub use trainer::{PrivateTrainer, StepReport};
 
 /// The CUDA backend (feature `cuda`): train with `DpAutodiff<Cuda>`.

@@ -14,7 +14,7 @@
 //!             add noise → scale by q·N → inner step → account
 //! ```
 //!
-//! The sampling rate q comes from the [`PrivacyState`] alone: the sampler draws at that rate and
+//! The sampling rate q comes from the [`PrivacyState`](crate::PrivacyState) alone: the sampler draws at that rate and
 //! the optimizer divides by the expected batch size `q·N`, so the three cannot disagree.
 
 use std::path::Path;
@@ -25,12 +25,12 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use burn_dp_accountant::Epsilon;
 
-use crate::engine::{batch, DpAutodiff, PerSampleConfig};
+use crate::engine::{batch, DpAutodiff};
 use crate::error::DpError;
-use crate::noise::{NoiseBackend, NoiseSource};
+use crate::noise::NoiseBackend;
 use crate::optim::{DpOptimizer, NoiseShare};
-use crate::privacy::PrivacyState;
 use crate::sampling::PoissonSampler;
+use crate::setup::PrivateSetup;
 
 /// What one DP step of a [`PrivateTrainer`] did.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,42 +65,35 @@ where
     M: AutodiffModule<DpAutodiff<B>>,
     O: Optimizer<M, DpAutodiff<B>>,
 {
-    /// A trainer for `model` over a private data set of `dataset_size` examples, drawn by Poisson
-    /// sampling at `privacy.sample_rate` and cut into physical batches of `physical_batch_size`
-    /// rows (the memory knob; it does not change the privacy guarantee).
-    ///
-    /// `noise` seeds both the Gaussian noise and the sampler ([`NoiseSource::Os`] unless the run
-    /// is an experiment that need not be private against whoever knows the seed).
-    pub fn new(
-        model: M,
-        inner: O,
-        clipping: PerSampleConfig,
-        privacy: PrivacyState,
-        dataset_size: usize,
-        physical_batch_size: usize,
-        noise: NoiseSource,
-    ) -> Result<Self, DpError> {
-        let sampler = PoissonSampler::new(
-            dataset_size,
-            privacy.sample_rate,
-            physical_batch_size,
-            noise,
-        )?;
-        Self::with_sampler(model, inner, clipping, privacy, sampler, noise)
+    /// A trainer for `model` over the private data set that `setup` describes: batches drawn by
+    /// Poisson sampling at `setup.privacy.sample_rate` and cut into physical batches of
+    /// `setup.physical_batch_size` rows.
+    pub fn new(model: M, inner: O, setup: PrivateSetup) -> Result<Self, DpError> {
+        let sampler = setup.sampler()?;
+        Self::with_sampler(model, inner, setup, sampler)
     }
 
-    /// A trainer that draws its batches with `sampler` (e.g. one peer's shard,
-    /// [`PoissonSampler::for_shard`]); its q must be `privacy`'s, and the DP step divides by its
-    /// expected batch size ([`DpOptimizer::new`]).
-    pub fn with_sampler(
+    /// The trainer of peer `rank` of `world` in a data-parallel run: it draws its batches from
+    /// the peer's shard ([`PrivateSetup::peer_sampler`]) and divides every step by the global
+    /// `q·N`. Step it with [`PrivateTrainer::step_all_reduced`].
+    pub fn for_peer(
         model: M,
         inner: O,
-        clipping: PerSampleConfig,
-        privacy: PrivacyState,
-        sampler: PoissonSampler,
-        noise: NoiseSource,
+        setup: PrivateSetup,
+        rank: u32,
+        world: u32,
     ) -> Result<Self, DpError> {
-        let optim = DpOptimizer::new(inner, clipping, privacy, &sampler, noise)?;
+        let sampler = setup.peer_sampler(rank, world)?;
+        Self::with_sampler(model, inner, setup, sampler)
+    }
+
+    fn with_sampler(
+        model: M,
+        inner: O,
+        setup: PrivateSetup,
+        sampler: PoissonSampler,
+    ) -> Result<Self, DpError> {
+        let optim = setup.optimizer(inner, &sampler)?;
         let device = model
             .devices()
             .into_iter()
@@ -329,11 +322,13 @@ mod tests {
         PrivateTrainer::new(
             model,
             SgdConfig::new().init(),
-            PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
-            privacy(target),
-            N,
-            3,
-            NoiseSource::FixedSeedForExperiments(seed),
+            PrivateSetup {
+                per_sample: PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
+                privacy: privacy(target),
+                dataset_size: N,
+                physical_batch_size: 3,
+                noise: NoiseSource::FixedSeedForExperiments(seed),
+            },
         )
         .unwrap()
     }
@@ -447,11 +442,14 @@ mod tests {
         let mut t = PrivateTrainer::new(
             model,
             SgdConfig::new().init(),
-            PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
-            PrivacyState::with_noise_multiplier(1.0, 1.0, 1e-5, AccountantKind::Rdp).unwrap(),
-            4,
-            4,
-            NoiseSource::FixedSeedForExperiments(1),
+            PrivateSetup {
+                per_sample: PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
+                privacy: PrivacyState::with_noise_multiplier(1.0, 1.0, 1e-5, AccountantKind::Rdp)
+                    .unwrap(),
+                dataset_size: 4,
+                physical_batch_size: 4,
+                noise: NoiseSource::FixedSeedForExperiments(1),
+            },
         )
         .unwrap();
         let forward = |m: &Wide<Dp>, idx: &[usize]| {

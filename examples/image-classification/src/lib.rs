@@ -14,7 +14,7 @@ use burn::optim::AdamWConfig;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateTrainer};
+use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateSetup, PrivateTrainer};
 use burn_dp_examples_common::{self as common, BackendKind, Curve, Error, PlainTraining, SweepRow};
 use burn_dp_models::{
     cross_entropy_per_sample, BlockKind, LoadOptions, Norm, PretrainedModel, ResNet, ResNetConfig,
@@ -676,11 +676,13 @@ where
         let mut trainer = PrivateTrainer::new(
             model,
             AdamWConfig::new().init::<B<I>, M>(),
-            clipping,
-            privacy,
-            n,
-            args.physical_batch_size,
-            noise,
+            PrivateSetup {
+                per_sample: clipping,
+                privacy,
+                dataset_size: n,
+                physical_batch_size: args.physical_batch_size,
+                noise,
+            },
         )?;
         // ANCHOR_END: setup
         eprintln!(

@@ -15,7 +15,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_dp::{
     batch, AccountantKind, ClippingFn, DpAutodiff, NoiseSource, PerSample, PerSampleConfig,
-    PrivacyState, PrivateTrainer, Schedule,
+    PrivacyState, PrivateSetup, PrivateTrainer, Schedule,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -128,11 +128,13 @@ fn train_private(
     let mut trainer = PrivateTrainer::new(
         Classifier::<B>::new(&device),
         SgdConfig::new().init(),
-        PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
-        privacy,
-        n,
-        EXPECTED_BATCH, // rows per forward pass (memory); the privacy comes from q and σ
-        NoiseSource::Os,
+        PrivateSetup {
+            per_sample: PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
+            privacy,
+            dataset_size: n,
+            physical_batch_size: EXPECTED_BATCH, // rows per forward: memory, not privacy
+            noise: NoiseSource::Os,
+        },
     )?;
     bar.set_length(schedule.steps);
     for _ in 0..schedule.steps {

@@ -11,7 +11,7 @@ use burn::optim::AdamWConfig;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateTrainer};
+use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateSetup, PrivateTrainer};
 use burn_dp_examples_common::{self as common, BackendKind, Curve, Error, PlainTraining, SweepRow};
 use burn_dp_models::{Gpt2, Gpt2Config, LoadOptions, PretrainedModel};
 use clap::{Parser, ValueEnum};
@@ -674,11 +674,13 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         let mut trainer = PrivateTrainer::new(
             model,
             AdamWConfig::new().init::<B<I>, Gpt2<B<I>>>(),
-            common::clipping(args.train.clipping, args.train.max_norm),
-            privacy,
-            n,
-            args.physical_batch_size,
-            noise,
+            PrivateSetup {
+                per_sample: common::clipping(args.train.clipping, args.train.max_norm),
+                privacy,
+                dataset_size: n,
+                physical_batch_size: args.physical_batch_size,
+                noise,
+            },
         )?;
         eprintln!(
             "training {} of {} parameters ({} tensors); σ = {sigma:.4} for ε = {} at δ = {} over {} steps (q = {:.4})",

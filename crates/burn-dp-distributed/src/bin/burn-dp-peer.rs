@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use burn::backend::NdArray;
 use burn::optim::SgdConfig;
-use burn_dp::{AccountantKind, ClippingFn, NoiseSource, PerSampleConfig, PrivacyState};
+use burn_dp::{
+    AccountantKind, ClippingFn, NoiseSource, PerSampleConfig, PrivacyState, PrivateSetup,
+};
 use burn_dp_distributed::demo::{self, DemoNet};
 use burn_dp_distributed::{
     AllReduce, AllReduceStrategy, DistributedError, DistributedTrainer, NodeConfig, PeerGroup,
@@ -286,11 +288,13 @@ fn run<G: AllReduce<B>>(
     let mut trainer = DistributedTrainer::new(
         model,
         SgdConfig::new().init(),
-        PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
-        privacy,
-        args.dataset_size,
-        args.physical_batch_size,
-        noise,
+        PrivateSetup {
+            per_sample: PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
+            privacy,
+            dataset_size: args.dataset_size,
+            physical_batch_size: args.physical_batch_size,
+            noise,
+        },
         group,
         args.check_every,
     )?;

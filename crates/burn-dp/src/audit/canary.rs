@@ -27,6 +27,7 @@ use crate::engine::{batch, DpAutodiff, PerSampleConfig};
 use crate::error::DpError;
 use crate::noise::{NoiseBackend, NoiseSource};
 use crate::privacy::PrivacyState;
+use crate::setup::PrivateSetup;
 use crate::trainer::PrivateTrainer;
 
 use super::scores::Scores;
@@ -264,11 +265,13 @@ impl GradientCanaryConfig {
         let mut trainer = PrivateTrainer::new(
             LinearProbe::<DpAutodiff<B>>::new(self.dim(), device),
             SgdConfig::new().init::<DpAutodiff<B>, LinearProbe<DpAutodiff<B>>>(),
-            PerSampleConfig::new(self.clipping),
-            self.privacy_state()?,
-            data.len(),
-            self.physical_batch_size,
-            NoiseSource::Os,
+            PrivateSetup {
+                per_sample: PerSampleConfig::new(self.clipping),
+                privacy: self.privacy_state()?,
+                dataset_size: data.len(),
+                physical_batch_size: self.physical_batch_size,
+                noise: NoiseSource::Os,
+            },
         )?;
         let mut scores = vec![0.0; self.canaries];
         // ANCHOR: audited_step

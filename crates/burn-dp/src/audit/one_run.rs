@@ -23,6 +23,7 @@ use crate::engine::{batch, DpAutodiff, PerSampleConfig};
 use crate::error::DpError;
 use crate::noise::{NoiseBackend, NoiseSource};
 use crate::privacy::PrivacyState;
+use crate::setup::PrivateSetup;
 use crate::trainer::PrivateTrainer;
 
 use super::stats::one_run_epsilon_lower_bound;
@@ -245,11 +246,13 @@ impl BlackBoxConfig {
         let mut trainer = PrivateTrainer::new(
             SmallClassifier::<Dp<B>>::new(FEATURES, HIDDEN, CLASSES, device),
             SgdConfig::new().init::<Dp<B>, SmallClassifier<Dp<B>>>(),
-            PerSampleConfig::new(self.clipping),
-            privacy,
-            xs.len(),
-            self.physical_batch_size,
-            NoiseSource::Os,
+            PrivateSetup {
+                per_sample: PerSampleConfig::new(self.clipping),
+                privacy,
+                dataset_size: xs.len(),
+                physical_batch_size: self.physical_batch_size,
+                noise: NoiseSource::Os,
+            },
         )?;
         for step in 0..self.steps {
             trainer.step(self.learning_rate, |model, indices| {
