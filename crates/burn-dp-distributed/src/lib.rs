@@ -8,7 +8,7 @@
 //!   with no noise; an empty local batch still joins;
 //! - once per logical batch the clipped sums are all-reduced as **one flat buffer** in the model's
 //!   visiting order, and the Gaussian noise is added **exactly once** per coordinate (peer `r`
-//!   noises the parameters `k ≡ r (mod K)` before the reduce);
+//!   noises slice `r` of every parameter before the reduce, `NoiseShare::elements`);
 //! - every peer divides by the **global** expected batch size `q·N` and takes the same optimizer
 //!   step; a parameter hash travels with the buffer and is compared every few steps
 //!   ([`DistributedError::ReplicasDiverged`]);

@@ -4,7 +4,7 @@
 //! each step, on every peer r of K (same lr, same step count):
 //!     draw the local batch: Poisson at rate q over shard r of the data set
 //!     clip and accumulate its physical batches            (no noise; empty batch: zeros)
-//!     flat = [Σ c_i g_i of every parameter, visit order]  + N(0, σ²R²) on the parameters k ≡ r (mod K)
+//!     flat = [Σ c_i g_i of every parameter, visit order]  + N(0, σ²R²) on slice r of every parameter
 //!     flat = all-reduce(flat ‖ parameter hash slots)     (burn-collective, one buffer)
 //!     check the hashes (every `check_every` steps): the replicas are identical
 //!     θ = inner.step(lr, θ, flat / (q·N))                 (global expected batch size)
