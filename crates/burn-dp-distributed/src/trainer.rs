@@ -21,8 +21,8 @@ use burn_dp::{
     PrivacyState, PrivateTrainer, StepReport,
 };
 
+use crate::all_reduce::AllReduce;
 use crate::error::DistributedError;
-use crate::group::AllReduce;
 
 /// Bits of the parameter hash per f32 slot (exact: below 2^24).
 const HASH_CHUNK_BITS: u32 = 22;

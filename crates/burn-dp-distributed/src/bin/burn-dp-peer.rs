@@ -7,13 +7,14 @@
 //! ```
 
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use burn::backend::NdArray;
 use burn::optim::SgdConfig;
 use burn_dp::{AccountantKind, ClippingFn, NoiseSource, PerSampleConfig, PrivacyState};
 use burn_dp_distributed::demo::{self, DemoNet};
+use burn_dp_distributed::launch::{self, LocalPeers, PeerOutput};
 use burn_dp_distributed::{
     AllReduce, AllReduceStrategy, DistributedError, DistributedTrainer, NodeConfig, PeerGroup,
     TcpGroup,
@@ -373,31 +374,19 @@ fn launch(peers: u32, port: u16, rest: &[String]) -> Result<(), DistributedError
         ));
     }
     let exe = std::env::current_exe().map_err(|e| DistributedError::Launch(e.to_string()))?;
-    let mut children = Vec::new();
-    for rank in 0..peers {
-        let child = Command::new(&exe)
-            .arg("train")
-            .args(["--rank", &rank.to_string(), "--world", &peers.to_string()])
-            .args(["--orchestrator", &format!("127.0.0.1:{port}")])
-            .args(rest)
-            .spawn()
-            .map_err(|e| DistributedError::Launch(format!("peer {rank}: {e}")))?;
-        children.push((rank, child));
-    }
-    let mut failed = Vec::new();
-    for (rank, mut child) in children {
-        let status = child
-            .wait()
-            .map_err(|e| DistributedError::Launch(format!("peer {rank}: {e}")))?;
-        if !status.success() {
-            failed.push(format!("peer {rank}: {status}"));
-        }
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(DistributedError::Launch(failed.join(", ")))
-    }
+    let root = format!("127.0.0.1:{port}");
+    let peers = LocalPeers::spawn(
+        &exe,
+        0..peers,
+        |rank| {
+            let mut args = vec!["train".to_string()];
+            args.extend(launch::rank_args(rank, peers, "--orchestrator", &root));
+            args.extend(rest.iter().cloned());
+            args
+        },
+        PeerOutput::Inherit,
+    )?;
+    peers.wait().map(|_| ())
 }
 
 fn main() -> ExitCode {
