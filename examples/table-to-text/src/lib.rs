@@ -11,7 +11,7 @@ use burn::optim::AdamWConfig;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateTrainer};
+use burn_dp::{batch, freeze, DpAutodiff, PerSample};
 use burn_dp_examples_common::{self as common, BackendKind, Curve, Error, PlainTraining, SweepRow};
 use burn_dp_models::{Gpt2, Gpt2Config, LoadOptions, PretrainedModel};
 use clap::{Parser, ValueEnum};
@@ -85,6 +85,9 @@ pub struct Args {
     /// The results sweep (`--sweep` and its grid).
     #[command(flatten)]
     pub results: common::SweepArgs,
+    /// Data-parallel fine-tuning (`--devices`, or `--rank`/`--world`/`--coordinator`).
+    #[command(flatten)]
+    pub distributed: common::DistributedArgs,
     /// Samples per forward/backward pass.
     #[arg(long, default_value_t = 64)]
     pub physical_batch_size: usize,
@@ -543,6 +546,7 @@ fn evaluate<B: Backend>(
 }
 
 fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
+    args.distributed.check(false, args.non_private)?;
     type B<I> = DpAutodiff<I>;
     let start = Instant::now();
     // The public part: generated, never read from `--data`.
@@ -671,7 +675,8 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         let noise = common::noise_source(args.train.seed);
         let (schedule, privacy) = args.train.privacy(n, args.batch_size, args.epochs)?;
         let sigma = privacy.noise_multiplier;
-        let mut trainer = PrivateTrainer::new(
+        let mut trainer = common::DpTrainer::new(
+            &args.distributed,
             model,
             AdamWConfig::new().init::<B<I>, Gpt2<B<I>>>(),
             common::clipping(args.train.clipping, args.train.max_norm),
@@ -714,7 +719,7 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         }
         bar.finish_and_clear();
         let epsilon = trainer.epsilon()?.epsilon;
-        let eval: Gpt2<PerSample<I>> = trainer.into_model().valid();
+        let eval: Gpt2<PerSample<I>> = trainer.into_model()?.valid();
         (
             eval,
             steps,
@@ -749,7 +754,12 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         "fixed_seed": args.train.seed, "bleu": bleu, "seconds": seconds,
         "examples": test.iter().zip(&hypotheses).take(3).map(|((mr, r), h)| serde_json::json!({"mr": mr, "generated": h, "reference": r[0]})).collect::<Vec<_>>(),
     });
-    let outputs = common::write_outputs(&args.out, metrics.clone(), &loss_curve, &eps_curve)?;
+    // Rank 0 of a data-parallel run writes the results (the replicas are identical).
+    let outputs = if args.distributed.is_leader() {
+        common::write_outputs(&args.out, metrics.clone(), &loss_curve, &eps_curve)?
+    } else {
+        common::Outputs::at(&args.out)
+    };
     eprintln!("generations:  {}", generations.display());
     Ok(Summary {
         epsilon,
