@@ -179,7 +179,8 @@ struct TrainArgs {
     /// Write a JSON report here (`{rank}` is replaced by the rank).
     #[arg(long)]
     out: Option<String>,
-    /// Record every step's drawn indices and parameters in the report.
+    /// Record every step's drawn indices and parameters in the report (and, at each checkpoint,
+    /// the saved parameters in `<checkpoint-dir>/peer-<rank>.params.json`).
     #[arg(long)]
     record: bool,
     /// Checkpoint directory (each peer writes `peer-<rank>` in it).
@@ -215,6 +216,8 @@ struct Report {
     examples: usize,
     seconds: f64,
     epsilon: f64,
+    /// The parameters before the first step of this run (after `--resume`: those resumed).
+    initial_params: Vec<f32>,
     params: Vec<f32>,
     records: Vec<StepRecord>,
 }
@@ -303,6 +306,7 @@ fn run<G: AllReduce<B>>(
         trainer = trainer.resume(dir)?;
     }
     // ANCHOR_END: trainer
+    let initial_params = demo::flat_parameters(trainer.model());
     let mut records = Vec::new();
     let mut examples = 0;
     let start = Instant::now();
@@ -333,6 +337,15 @@ fn run<G: AllReduce<B>>(
         if let (Some(dir), Some(every)) = (args.checkpoint_dir.as_ref(), args.checkpoint_every) {
             if (step + 1).is_multiple_of(every) {
                 trainer.save_checkpoint(dir)?;
+                if args.record {
+                    // What was saved, for comparing with what a resumed run starts from.
+                    let path = dir.join(format!("peer-{}.params.json", args.rank));
+                    let json = serde_json::to_string(&demo::flat_parameters(trainer.model()))
+                        .map_err(|e| DistributedError::Launch(format!("params: {e}")))?;
+                    std::fs::write(&path, json).map_err(|e| {
+                        DistributedError::Launch(format!("{}: {e}", path.display()))
+                    })?;
+                }
             }
         }
     }
@@ -344,6 +357,7 @@ fn run<G: AllReduce<B>>(
         examples,
         seconds,
         epsilon: trainer.epsilon()?,
+        initial_params,
         params: demo::flat_parameters(trainer.model()),
         records,
     };
