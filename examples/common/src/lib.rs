@@ -1129,7 +1129,17 @@ where
                 let root = format!("127.0.0.1:{}", launch::free_local_port()?);
                 let exe = std::env::current_exe()
                     .map_err(|e| format!("cannot find this executable to start peers: {e}"))?;
-                let mut own = launch::args_without(std::env::args().skip(1), "--devices");
+                let args = std::env::args_os()
+                    .skip(1)
+                    .map(|a| {
+                        a.into_string().map_err(|a| {
+                            format!(
+                                "--devices passes every argument to its peers: {a:?} is not UTF-8"
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut own = launch::args_without(args, "--devices");
                 if !own.iter().any(|a| a == "--quiet") {
                     own.push("--quiet".into());
                 }
