@@ -732,13 +732,16 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
 
     // Greedy generation on the held-out meaning representations, scored with corpus BLEU-4.
     let (hypotheses, bleu) = evaluate(&eval, &tok, &test, args, config.n_positions, &dev);
-    std::fs::create_dir_all(&args.out)?;
     let generations = args.out.join("generations.tsv");
     let mut tsv = String::from("mr\tgenerated\treference\n");
     for ((mr, refs), h) in test.iter().zip(&hypotheses) {
         tsv.push_str(&format!("{mr}\t{h}\t{}\n", refs[0]));
     }
-    std::fs::write(&generations, tsv)?;
+    // Rank 0 of a data-parallel run writes the results (the replicas are identical).
+    if args.distributed.is_leader() {
+        std::fs::create_dir_all(&args.out)?;
+        std::fs::write(&generations, tsv)?;
+    }
     let seconds = start.elapsed().as_secs_f64();
     let metrics = serde_json::json!({
         "example": "table-to-text", "model": format!("{:?}", args.model),
@@ -754,7 +757,6 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         "fixed_seed": args.train.seed, "bleu": bleu, "seconds": seconds,
         "examples": test.iter().zip(&hypotheses).take(3).map(|((mr, r), h)| serde_json::json!({"mr": mr, "generated": h, "reference": r[0]})).collect::<Vec<_>>(),
     });
-    // Rank 0 of a data-parallel run writes the results (the replicas are identical).
     let outputs = if args.distributed.is_leader() {
         common::write_outputs(&args.out, metrics.clone(), &loss_curve, &eps_curve)?
     } else {
