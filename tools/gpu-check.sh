@@ -33,11 +33,19 @@
 #   cache there (KERNEL_CACHE=0 turns this off), so configurations after the first reuse compiled
 #   kernels; AUTOTUNE=minimal|balanced|extensive|full sets the autotune level (cubecl's default:
 #   balanced).
+# - then two data-parallel peers on the one GPU (issue 15): `bench train --single PEERS_CFG
+#   --peers PEERS` runs the configuration as one process, then as PEERS peer processes of one TCP
+#   group sharing the GPU, and writes their lines and a `train-peers` line (examples/s of 1 vs
+#   PEERS peers, scaling efficiency, all-reduce ms per step, the predicted cost on a GPU) to
+#   $OUT/peers.jsonl, within PEERS_LIMIT seconds (default 240: the single process and the peers
+#   each compile kernels, the peers from the PTX cache the first one filled) and the budget.
+#   PEERS=0 skips it; PEERS_ONLY=1 runs only it (about 3-4 minutes).
 # - results under $OUT (default ./gpu-check-out): bench.jsonl (one line per configuration, with
 #   step time, examples/s, time to first step and, for the profiled one, phases_ms), runs.jsonl
 #   (exit code and wall time per configuration; 124 = hit its time limit), memory.jsonl,
 #   ratios.jsonl (the ratios of issue 10 points 4 and 5), gpu.txt, bench.err (stderr).
-# Environment: OUT, BUDGET (340), PER (150), MIN_LEFT (45), STEPS (5), WARMUP (2), CFGS (a
+# Environment: OUT, BUDGET (340), PER (150), MIN_LEFT (45), STEPS (5), WARMUP (2), PEERS (2),
+# PEERS_CFG (resnet50-gn:32:dp-full), PEERS_LIMIT (240), PEERS_ONLY (0), CFGS (a
 # space-separated list of MODEL:BATCH:MODE[+profile] to run instead of the default order), WORK
 # (the folder the binary runs in; default a fresh temporary one), KERNEL_CACHE, AUTOTUNE; for a
 # dry run of the script on a CPU: BACKEND=ndarray ARGS="--seq 16 --image 32" and small CFGS.
@@ -54,6 +62,10 @@ KERNEL_CACHE=${KERNEL_CACHE:-1}
 AUTOTUNE=${AUTOTUNE:-}
 BACKEND=${BACKEND:-cuda}
 ARGS=${ARGS:-}
+PEERS=${PEERS:-2}
+PEERS_CFG=${PEERS_CFG:-resnet50-gn:32:dp-full}
+PEERS_LIMIT=${PEERS_LIMIT:-240}
+PEERS_ONLY=${PEERS_ONLY:-0}
 CFGS=${CFGS:-"gpt2-small:32:plain-full gpt2-small:32:dp-full+profile gpt2-small:32:dp-bitfit
   gpt2-small:96:plain-full gpt2-small:96:dp-full gpt2-small:96:dp-bitfit
   gpt2-medium:16:plain-full gpt2-medium:16:dp-full gpt2-medium:16:dp-bitfit
@@ -81,11 +93,12 @@ if [ $have_smi = 1 ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 fi
 mem_used() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1; }
-: > "$OUT/bench.jsonl"; : > "$OUT/runs.jsonl"; : > "$OUT/memory.jsonl"
+: > "$OUT/bench.jsonl"; : > "$OUT/runs.jsonl"; : > "$OUT/memory.jsonl"; : > "$OUT/peers.jsonl"
+[ "$PEERS_ONLY" = 1 ] && CFGS=""
 
 CUBE_XZ=$(dirname "$BENCH_XZ")/cube_tests.xz
 case "$CUBE_XZ" in /*) ;; *) CUBE_XZ=$OLDPWD/$CUBE_XZ ;; esac
-if [ -f "$CUBE_XZ" ] && [ "$BACKEND" = cuda ]; then
+if [ -f "$CUBE_XZ" ] && [ "$BACKEND" = cuda ] && [ "$PEERS_ONLY" != 1 ]; then
   xz -dc "$CUBE_XZ" > cube_tests && chmod +x cube_tests
   echo "running the CUDA cube_tests (limit 120 s)" >&2
   timeout 120 ./cube_tests --ignored --test-threads 1 cube_tests > "$OUT/cube_tests.txt" 2>&1
@@ -128,11 +141,33 @@ for spec in $CFGS; do
   echo "{\"cfg\":\"$cfg\",\"rc\":$rc,\"limit_s\":$limit,\"wall_s\":$(awk "BEGIN { print $t1 - $t0 }")}" >> "$OUT/runs.jsonl"
 done
 
+if (( PEERS > 1 )); then
+  left=$(( BUDGET - ($(date +%s) - start) ))
+  if [ "$PEERS_ONLY" = 1 ] || (( left >= MIN_LEFT )); then
+    limit=$PEERS_LIMIT
+    [ "$PEERS_ONLY" != 1 ] && (( left < limit )) && limit=$left
+    echo "running $PEERS_CFG as 1 process, then $PEERS peers on one GPU (limit ${limit} s)" >&2
+    t0=$(date +%s.%N)
+    # shellcheck disable=SC2086 # ARGS is a list of flags
+    timeout "$limit" ./bench train --single "$PEERS_CFG" --peers "$PEERS" --backend "$BACKEND" \
+      --steps "$STEPS" --warmup "$WARMUP" --peer-timeout-s "$limit" "${extra[@]}" $ARGS \
+      >> "$OUT/peers.jsonl" 2>> "$OUT/bench.err"
+    rc=$?
+    t1=$(date +%s.%N)
+    echo "{\"cfg\":\"$PEERS_CFG peers=$PEERS\",\"rc\":$rc,\"limit_s\":$limit,\"wall_s\":$(awk "BEGIN { print $t1 - $t0 }")}" >> "$OUT/runs.jsonl"
+  else
+    echo "{\"cfg\":\"$PEERS_CFG peers=$PEERS\",\"skipped\":\"budget\"}" >> "$OUT/runs.jsonl"
+    echo "skipped $PEERS peers (budget)" >&2
+  fi
+fi
+
 ./bench ratios "$OUT/bench.jsonl" "$OUT/memory.jsonl" > "$OUT/ratios.jsonl" 2>> "$OUT/bench.err"
 echo "== configurations (bench.jsonl)"
 cat "$OUT/bench.jsonl"
 echo "== ratios (issue 10 points 4 and 5; targets beside each)"
 cat "$OUT/ratios.jsonl"
+echo "== $PEERS peers on one GPU (peers.jsonl; the train-peers line: examples/s of 1 vs $PEERS peers)"
+cat "$OUT/peers.jsonl"
 echo "== runs"
 cat "$OUT/runs.jsonl"
 echo "total $(( $(date +%s) - start )) s" | tee -a "$OUT/runs.jsonl"

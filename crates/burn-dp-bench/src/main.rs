@@ -5,7 +5,7 @@
 //!
 //! Usage: `cargo run --release -p burn-dp-bench --bin bench -- engine [--iters N]`
 //!
-//! `bench train`: see `train.rs`; `bench ratios FILE...`: the ratios of `bench train` lines
+//! `bench train`: see `train.rs` (`--peers N`: the data-parallel scaling); `bench ratios FILE...`: the ratios of `bench train` lines
 //! collected elsewhere (`tools/gpu-check.sh`). `bench --help` lists every flag.
 
 mod train;
@@ -295,6 +295,22 @@ struct TrainArgs {
     /// Run one configuration in this process instead of a sweep.
     #[arg(long, value_name = "MODEL:BATCH:MODE", conflicts_with_all = ["models", "modes", "batch"])]
     single: Option<Single>,
+    /// Data-parallel peers: with N > 1 every DP configuration also runs as N peer processes on
+    /// 127.0.0.1 (one TCP group, each peer a batch of `--batch` from its own shard), and a
+    /// `train-peers` line compares the examples/s of 1 and N peers measured in this run, with the
+    /// all-reduce time per step and its predicted cost on a GPU.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    peers: u32,
+    /// Seconds a peer waits for the others (to join, and at each all-reduce: on CUDA the first
+    /// step of every peer compiles kernels first).
+    #[arg(long, default_value_t = 600.0)]
+    peer_timeout_s: f64,
+    /// (Set by `--peers`.) This process is peer R of the group of `--peers`.
+    #[arg(long, hide = true, requires_all = ["single", "peer_root"])]
+    peer_rank: Option<u32>,
+    /// (Set by `--peers`.) `host:port` where peer 0 listens.
+    #[arg(long, hide = true, requires = "peer_rank")]
+    peer_root: Option<String>,
 }
 
 /// cubecl's autotune levels (`CUBECL_AUTOTUNE_LEVEL`).
@@ -371,6 +387,22 @@ fn train_main(args: TrainArgs) -> Result<(), String> {
         std::env::set_var("CUBECL_AUTOTUNE_LEVEL", &name);
         child_args.extend(["--autotune-level".to_string(), name]);
     }
+    child_args.extend([
+        "--peer-timeout-s".to_string(),
+        args.peer_timeout_s.to_string(),
+    ]);
+    let peer = match (args.peer_rank, args.peer_root) {
+        (Some(rank), Some(root)) => Some(train::PeerConfig {
+            rank,
+            world: args.peers,
+            root,
+            timeout: std::time::Duration::try_from_secs_f64(args.peer_timeout_s)
+                .ok()
+                .filter(|t| !t.is_zero())
+                .ok_or("--peer-timeout-s must be a positive number of seconds")?,
+        }),
+        _ => None,
+    };
     let single = args.single.unwrap_or(Single {
         model: Model::Gpt2Small,
         batch: 1,
@@ -383,12 +415,18 @@ fn train_main(args: TrainArgs) -> Result<(), String> {
         steps: args.steps,
         warmup: args.warmup,
         profile: args.profile,
+        peer,
     };
-    if args.single.is_some() {
-        return train::run_single(&cfg, args.backend);
-    }
-    let configs = train::sweep(&args.models, &args.modes, args.batch);
-    train::run_sweep(&configs, &cfg, args.backend, &child_args)
+    let configs = match args.single {
+        // One configuration, in this process (or as one peer of a group).
+        Some(_) if args.peers == 1 || cfg.peer.is_some() => {
+            return train::run_single(&cfg, args.backend)
+        }
+        // One configuration, scaled over `--peers` processes.
+        Some(single) => vec![single],
+        None => train::sweep(&args.models, &args.modes, args.batch),
+    };
+    train::run_sweep(&configs, &cfg, args.backend, &child_args, args.peers)
 }
 
 fn ratios_main(files: &[PathBuf]) -> Result<(), String> {
@@ -444,5 +482,16 @@ mod tests {
         assert!(parse("bench train --steps 0").is_err());
         assert!(parse("bench train --single gpt2-small:2:dp-full --models vit-b16").is_err());
         assert!(parse("bench train --single vit-b16:2:dp-bitfit --backend cuda").is_ok());
+        assert!(parse("bench train --peers 0").is_err());
+        assert!(
+            parse("bench train --peer-rank 1").is_err(),
+            "needs --single and a root"
+        );
+        assert!(parse("bench train --peers 2 --models resnet50-gn --batch 2").is_ok());
+        assert!(parse(
+            "bench train --single resnet50-gn:2:dp-full --peers 2 --peer-rank 1 \
+             --peer-root 127.0.0.1:1234"
+        )
+        .is_ok());
     }
 }

@@ -15,20 +15,25 @@
 //! synchronised around each (`phases_ms`, per step; `unphased_ms` is the rest of the step), so the
 //! throughput figures stay free of the profile's synchronisations.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::rc::Rc;
 use std::str::FromStr;
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 use burn_dp::backend::transfer::TransferBytes;
 use burn_dp::profile::{self, Phase, Profile};
 use burn_dp::{
-    batch, freeze, AccountantKind, ClippingFn, DpAutodiff, FreezePolicy, NoiseSource,
+    batch, freeze, AccountantKind, ClippingFn, DpAutodiff, FreezePolicy, NoiseBackend, NoiseSource,
     PerSampleConfig, PrivacyState, PrivateSetup, PrivateTrainer,
 };
+use burn_dp_distributed::launch::{self, LocalPeers, PeerOutput};
+use burn_dp_distributed::{AllReduce, AnyTrainer, DistributedError, DistributedTrainer, TcpGroup};
 use burn_dp_models::{Gpt2Config, Norm, PretrainedModel, ResNetConfig, ViTConfig};
 use clap::ValueEnum;
 use serde_json::{json, Value};
@@ -213,6 +218,111 @@ pub struct Config {
     pub warmup: usize,
     /// Cut the timed steps into phases (`burn_dp::profile`).
     pub profile: bool,
+    /// Run as one peer of a data-parallel group (`--peers N` starts them), else one process.
+    pub peer: Option<PeerConfig>,
+}
+
+/// This process's place in a data-parallel benchmark group.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Its rank, `0..world`.
+    pub rank: u32,
+    /// Number of peers.
+    pub world: u32,
+    /// `host:port` where peer 0 listens.
+    pub root: String,
+    /// How long a peer waits for the others at the join and at each all-reduce.
+    pub timeout: Duration,
+}
+
+/// Seed of the model initialisation of peers: every replica must start identical (the trainer
+/// compares their parameter hashes at the first step).
+const PEER_INIT_SEED: u64 = 20_251_201;
+
+/// The all-reduce time of each step of a peer (seconds), shared with its [`TimedGroup`].
+type AllReduceTimes = Rc<RefCell<Vec<f64>>>;
+
+/// A [`TcpGroup`] that records the wall time of each all-reduce (waiting for the slowest peer
+/// included), one entry per step.
+struct TimedGroup {
+    inner: TcpGroup,
+    times: AllReduceTimes,
+}
+
+impl<B: burn::tensor::backend::Backend> AllReduce<B> for TimedGroup {
+    fn rank(&self) -> u32 {
+        AllReduce::<B>::rank(&self.inner)
+    }
+
+    fn world(&self) -> u32 {
+        AllReduce::<B>::world(&self.inner)
+    }
+
+    fn all_reduce_sum(
+        &mut self,
+        tensor: Tensor<B, 1>,
+        step: u64,
+    ) -> Result<Tensor<B, 1>, DistributedError> {
+        let t = Instant::now();
+        let out = self.inner.all_reduce_sum(tensor, step);
+        self.times.borrow_mut().push(t.elapsed().as_secs_f64());
+        out
+    }
+}
+
+/// The DP trainer of a configuration, one process or one peer of a group: q = 1 over a data set
+/// of one physical batch per peer, so every step trains on the whole fixed-shape batch
+/// (throughput at a fixed B, as the anchors measure) on every peer, through the
+/// `PrivateTrainer` loop the examples use (or `DistributedTrainer`, its data-parallel form).
+/// Returns the trainer and, for a peer, its all-reduce times.
+#[allow(clippy::type_complexity)]
+fn dp_trainer<M, O, B>(
+    cfg: &Config,
+    model: M,
+    optim: O,
+) -> Result<(AnyTrainer<M, O, B, TimedGroup>, Option<AllReduceTimes>), String>
+where
+    B: NoiseBackend,
+    M: AutodiffModule<DpAutodiff<B>>,
+    O: burn::optim::Optimizer<M, DpAutodiff<B>>,
+{
+    let err = |e: burn_dp::DpError| e.to_string();
+    let b = cfg.single.batch;
+    let setup = |dataset_size| -> Result<PrivateSetup, String> {
+        Ok(PrivateSetup {
+            per_sample: PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
+            privacy: PrivacyState::with_noise_multiplier(1.0, 1.0, 1e-5, AccountantKind::Rdp)
+                .map_err(err)?,
+            dataset_size,
+            physical_batch_size: b,
+            noise: NoiseSource::FixedSeedForExperiments(0),
+        })
+    };
+    match &cfg.peer {
+        None => Ok((
+            AnyTrainer::Single(PrivateTrainer::new(model, optim, setup(b)?).map_err(err)?),
+            None,
+        )),
+        Some(p) => {
+            let times = Rc::new(RefCell::new(Vec::new()));
+            let group = TimedGroup {
+                inner: TcpGroup::join(p.rank, p.world, &p.root, p.timeout)
+                    .map_err(|e| e.to_string())?,
+                times: times.clone(),
+            };
+            // The replicas are compared at the first step only: the hash reads every
+            // parameter (a device-to-host copy on a GPU), which is not what is measured.
+            let trainer = DistributedTrainer::new(
+                model,
+                optim,
+                setup(b * p.world as usize)?,
+                group,
+                u64::MAX,
+            )
+            .map_err(|e| e.to_string())?;
+            Ok((AnyTrainer::Peer(trainer), Some(times)))
+        }
+    }
 }
 
 /// Host↔device bytes moved so far in this process through burn-dp's backend (the DP modes run
@@ -281,6 +391,8 @@ struct Measured {
     profile: Option<(Profile, Vec<f64>)>,
     /// Host↔device bytes over the timed steps, if counted.
     bytes: Option<TransferBytes>,
+    /// A peer's all-reduce time in each timed step (seconds).
+    allreduce: Option<Vec<f64>>,
 }
 
 /// Runs the steps of one configuration (`step` runs one, the device synchronised at its end):
@@ -336,6 +448,7 @@ fn measure(
         setup_end,
         profile,
         bytes,
+        allreduce: None,
     })
 }
 
@@ -353,36 +466,25 @@ pub fn run_one<Inner: burn_dp::NoiseBackend>(
         ($init:expr, $losses:expr, $optim:expr, $lr:expr) => {{
             if cfg.single.mode.is_dp() {
                 type B<I> = DpAutodiff<I>;
+                if cfg.peer.is_some() {
+                    <B<Inner> as Backend>::seed(&device, PEER_INIT_SEED);
+                }
                 let (model, report) = freeze($init(&device), &policy).map_err(err)?;
-                // q = 1 over a data set of one batch: every step trains on the whole fixed-shape
-                // batch (throughput at a fixed B, as the anchors measure), through the same
-                // `PrivateTrainer` loop the examples use.
-                let privacy =
-                    PrivacyState::with_noise_multiplier(1.0, 1.0, 1e-5, AccountantKind::Rdp)
-                        .map_err(err)?;
-                let clipping = PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 });
-                let mut trainer = PrivateTrainer::new(
-                    model,
-                    $optim,
-                    PrivateSetup {
-                        per_sample: clipping,
-                        privacy,
-                        dataset_size: cfg.single.batch,
-                        physical_batch_size: cfg.single.batch,
-                        noise: NoiseSource::FixedSeedForExperiments(0),
-                    },
-                )
-                .map_err(err)?;
+                let (mut trainer, allreduce) = dp_trainer(cfg, model, $optim)?;
                 let inp = input::<B<Inner>>(cfg, vocab, &device, batch);
                 sync(&device)?;
-                let measured = measure(cfg, Instant::now(), || {
+                let mut measured = measure(cfg, Instant::now(), || {
                     trainer
                         .step($lr, |m, _all_rows| {
                             profile::timed::<Inner, _>(Phase::Forward, &device, || $losses(m, &inp))
                         })
-                        .map_err(err)?;
+                        .map_err(|e| e.to_string())?;
                     sync(&device)
                 })?;
+                measured.allreduce = allreduce.map(|t| {
+                    let t = t.borrow();
+                    t.iter().skip(cfg.warmup).take(cfg.steps).copied().collect()
+                });
                 (measured, report)
             } else {
                 type B<I> = burn::backend::Autodiff<I>;
@@ -473,6 +575,15 @@ pub fn run_one<Inner: burn_dp::NoiseBackend>(
     // Bytes are counted over the unprofiled timed steps (`null` while not counted).
     line["to_device_bytes_per_step"] = json!(m.bytes.map(|b| b.to_device as f64 / steps));
     line["to_host_bytes_per_step"] = json!(m.bytes.map(|b| b.to_host as f64 / steps));
+    if let Some(peer) = &cfg.peer {
+        let allreduce = m.allreduce.clone().unwrap_or_default();
+        let ar = allreduce.iter().sum::<f64>() / allreduce.len().max(1) as f64;
+        line["peers"] = json!(peer.world);
+        line["peer_rank"] = json!(peer.rank);
+        line["allreduce_ms"] = json!(ar * 1e3);
+        line["global_samples_per_s"] =
+            json!((cfg.single.batch * peer.world as usize) as f64 / mean);
+    }
     if let Some((p, profiled)) = &m.profile {
         let n = profiled.len().max(1) as f64;
         let step_ms = profiled.iter().sum::<f64>() * 1e3 / n;
@@ -539,33 +650,51 @@ pub fn sweep(models: &[Model], modes: &[Mode], batch: Option<usize>) -> Vec<Sing
 }
 
 /// Runs every configuration in its own process (this binary with `--single`) and prints each JSON
-/// line as it arrives, then the ratios.
+/// line as it arrives, then the ratios. With `peers > 1`, every DP configuration then runs again
+/// as `peers` processes of one data-parallel group ([`peers_line`]).
 pub fn run_sweep(
     configs: &[Single],
     cfg: &Config,
     backend: BackendKind,
     child_args: &[String],
+    peers: u32,
 ) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let mut results = Vec::new();
+    let single_args = |single: &Single| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "train",
+            "--single",
+            &single.to_string(),
+            "--backend",
+            &backend.to_string(),
+            "--seq",
+            &cfg.seq.to_string(),
+            "--image",
+            &cfg.image.to_string(),
+            "--steps",
+            &cfg.steps.to_string(),
+            "--warmup",
+            &cfg.warmup.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if cfg.profile {
+            args.push("--profile".into());
+        }
+        args.extend(child_args.iter().cloned());
+        args
+    };
+    let error_line = |single: &Single, e: String| {
+        json!({"bench": "train", "backend": backend.to_string(),
+            "model": single.model.to_string(), "mode": single.mode.to_string(),
+            "batch": single.batch, "error": e})
+    };
     for single in configs {
         eprintln!("bench: running {single} on {backend} in its own process");
         let out = std::process::Command::new(&exe)
-            .arg("train")
-            .arg("--single")
-            .arg(single.to_string())
-            .arg("--backend")
-            .arg(backend.to_string())
-            .args([
-                "--seq",
-                &cfg.seq.to_string(),
-                "--image",
-                &cfg.image.to_string(),
-            ])
-            .args(["--steps", &cfg.steps.to_string()])
-            .args(["--warmup", &cfg.warmup.to_string()])
-            .args(cfg.profile.then_some("--profile"))
-            .args(child_args)
+            .args(single_args(single))
             .output()
             .map_err(|e| format!("cannot run a configuration: {e}"))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -575,18 +704,143 @@ pub fn run_sweep(
             .and_then(|l| serde_json::from_str::<Value>(l).ok())
             .unwrap_or_else(|| {
                 let stderr = String::from_utf8_lossy(&out.stderr);
-                json!({"bench": "train", "backend": backend.to_string(),
-                    "model": single.model.to_string(), "mode": single.mode.to_string(),
-                    "batch": single.batch, "error": format!("exit {:?}: {}", out.status.code(),
-                        stderr.lines().last().unwrap_or(""))})
+                error_line(
+                    single,
+                    format!(
+                        "exit {:?}: {}",
+                        out.status.code(),
+                        stderr.lines().last().unwrap_or("")
+                    ),
+                )
             });
         println!("{value}");
+        if peers > 1 && single.mode.is_dp() {
+            eprintln!("bench: running {single} on {backend} as {peers} peer processes");
+            let line = match run_peers(&exe, &single_args(single), peers) {
+                Ok(lines) => {
+                    for l in &lines {
+                        println!("{l}");
+                    }
+                    peers_line(&value, &lines)
+                }
+                Err(e) => error_line(single, format!("{peers} peers: {e}")),
+            };
+            println!("{line}");
+        }
         results.push(value);
     }
     for line in ratios(&results) {
         println!("{line}");
     }
     Ok(())
+}
+
+/// Runs one configuration as `peers` processes of one group on 127.0.0.1 (started by
+/// `burn_dp_distributed`'s launcher) and returns each peer's JSON line, by rank.
+fn run_peers(exe: &std::path::Path, args: &[String], peers: u32) -> Result<Vec<Value>, String> {
+    let root = format!(
+        "127.0.0.1:{}",
+        launch::free_local_port().map_err(|e| e.to_string())?
+    );
+    let exits = LocalPeers::spawn(
+        exe,
+        0..peers,
+        |rank| {
+            let mut a = args.to_vec();
+            a.extend([
+                "--peers".into(),
+                peers.to_string(),
+                "--peer-rank".into(),
+                rank.to_string(),
+                "--peer-root".into(),
+                root.clone(),
+            ]);
+            a
+        },
+        PeerOutput::Capture,
+    )
+    .and_then(LocalPeers::wait)
+    .map_err(|e| e.to_string())?;
+    exits
+        .iter()
+        .map(|x| {
+            x.stdout
+                .lines()
+                .last()
+                .and_then(|l| serde_json::from_str::<Value>(l).ok())
+                .ok_or_else(|| format!("peer {} wrote no result", x.rank))
+        })
+        .collect()
+}
+
+/// Assumed host↔device bandwidth of a GPU (PCIe 5.0 x16 with pageable host memory), bytes/s:
+/// only for the prediction of [`peers_line`].
+pub const ASSUMED_PCIE_BYTES_PER_S: f64 = 25e9;
+/// Assumed NVLink bandwidth between the GPUs of one machine (H100/H200 NVLink 4), bytes/s.
+pub const ASSUMED_NVLINK_BYTES_PER_S: f64 = 450e9;
+
+/// The scaling of one configuration: the 1-process line `one` and the peers' lines (rank order),
+/// measured in the same run. Throughput of K peers = K·B / (rank 0's mean step time); scaling
+/// efficiency = throughput_K / (K × throughput_1). With the GPU prediction of the all-reduce's cost.
+pub fn peers_line(one: &Value, peers: &[Value]) -> Value {
+    let k = peers.len().max(1) as f64;
+    let p0 = peers.first().cloned().unwrap_or(Value::Null);
+    if let Some(e) = peers.iter().find_map(|p| p["error"].as_str()) {
+        return json!({"bench": "train-peers", "model": one["model"], "mode": one["mode"],
+            "batch": one["batch"], "peers": peers.len(), "error": e});
+    }
+    let one_tput = one["samples_per_s"].as_f64();
+    let k_tput = p0["global_samples_per_s"].as_f64();
+    let step_ms = p0["step_ms"].as_f64();
+    let by_peer: Vec<f64> = peers
+        .iter()
+        .filter_map(|p| p["allreduce_ms"].as_f64())
+        .collect();
+    let ar_min = by_peer.iter().copied().reduce(f64::min);
+    // What the all-reduce moves: the clipped sums of the trainable parameters (+ hash slots).
+    let params = p0["trainable_params"].as_f64().unwrap_or(0.0);
+    let bytes = 4.0 * params;
+    // The star: peer 0 receives and sends (K−1)·4P bytes in turn. The peer that arrives last at
+    // the all-reduce waits least: its time is the closest to the transfer alone.
+    let star_bytes = 2.0 * (k - 1.0) * bytes;
+    let tcp_bytes_per_s = ar_min.filter(|&t| t > 0.0).map(|t| star_bytes / (t / 1e3));
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    json!({
+        "bench": "train-peers", "backend": one["backend"], "model": one["model"],
+        "mode": one["mode"], "batch_per_peer": one["batch"], "peers": peers.len(),
+        "samples_per_s_1_peer": one_tput,
+        "samples_per_s_n_peers": k_tput,
+        "speedup": k_tput.zip(one_tput).map(|(a, b)| a / b),
+        "scaling_efficiency": k_tput.zip(one_tput).map(|(a, b)| a / (k * b)),
+        "step_ms_1_peer": one["step_ms"], "step_ms_n_peers": step_ms,
+        "allreduce_ms_per_step": p0["allreduce_ms"],
+        "allreduce_ms_per_step_by_peer": by_peer,
+        "allreduce_ms_per_step_min_over_peers": ar_min,
+        "allreduce_share_of_step": ar_min.zip(step_ms).map(|(a, s)| a / s),
+        "allreduce_bytes_per_peer": bytes,
+        "tcp_bytes_per_s_measured": tcp_bytes_per_s,
+        "cpu_cores": cores,
+        "note": format!(
+            "throughput_N = N × throughput_1 needs N times the compute: the 1-peer run already \
+             uses the {cores} cores of this machine and the N peers share them, so on a CPU the \
+             efficiency measures core sharing more than the transport (on 2 cores, 2 peers can \
+             at best reach 2× when each peer gets one core)"),
+        "gpu_prediction": {
+            "transport": "TcpGroup: each step copies the clipped sums of all 4·P bytes device→host, \
+                          through peer 0 over TCP, and host→device: predicted cost per step = \
+                          4 bytes × params / bandwidth for each copy",
+            "device_host_copies_ms": 2.0 * bytes / ASSUMED_PCIE_BYTES_PER_S * 1e3,
+            "assumed_pcie_bytes_per_s": ASSUMED_PCIE_BYTES_PER_S,
+            "tcp_star_ms_as_measured_here": ar_min,
+            "nccl_ring_ms": 2.0 * (k - 1.0) / k * bytes / ASSUMED_NVLINK_BYTES_PER_S * 1e3,
+            "assumed_nvlink_bytes_per_s": ASSUMED_NVLINK_BYTES_PER_S,
+            "nccl": "NCCL through burn-collective (device to device, no host copy) is the path \
+                     for GPUs once burn-collective's repeated all-reduce is fixed \
+                     (tracel-ai/burn#4549); the TCP star is the fallback",
+        },
+    })
 }
 
 /// The ratios of issue 10 points 4 and 5, per (model, batch), from `train` lines (and, for device
@@ -599,6 +853,7 @@ pub fn ratios(results: &[Value]) -> Vec<Value> {
     let get = |model: &str, b: u64, mode: &str, key: &str| -> Option<f64> {
         results
             .iter()
+            .filter(|r| r["peers"].as_u64().unwrap_or(1) == 1)
             .filter(|r| r["model"] == model && r["batch"] == b && r["mode"] == mode)
             .find_map(|r| r[key].as_f64())
     };
@@ -608,7 +863,10 @@ pub fn ratios(results: &[Value]) -> Vec<Value> {
         let (Some(model), Some(b)) = (r["model"].as_str(), r["batch"].as_u64()) else {
             continue;
         };
-        if r["samples_per_s"].is_null() || seen.iter().any(|(m, x)| m == model && *x == b) {
+        if r["samples_per_s"].is_null()
+            || r["peers"].as_u64().unwrap_or(1) != 1
+            || seen.iter().any(|(m, x)| m == model && *x == b)
+        {
             continue;
         }
         seen.push((model.to_string(), b));
@@ -733,5 +991,41 @@ mod tests {
         assert_eq!(r[0]["dp_bitfit_over_plain_full"], 1.5);
         assert_eq!(r[0]["peak_device_mem_dp_full_over_plain_full"], 1.1);
         assert_eq!(r[0]["dp_full_over_fastdp_bookkeeping"], 300.0 / 470.46);
+        // The lines of data-parallel peers are not single-process measurements.
+        let mut peer = line("plain-full", 1.0, 1.0);
+        peer["peers"] = json!(2);
+        let r2 = ratios(&[
+            peer,
+            line("plain-full", 400.0, 1000.0),
+            line("dp-full", 300.0, 1.0),
+        ]);
+        assert_eq!(r2[0]["dp_full_over_plain_full"], 0.75);
+    }
+
+    #[test]
+    fn peers_line_compares_one_and_k_peers_of_one_run() {
+        let one = json!({"bench": "train", "backend": "ndarray", "model": "resnet50-gn",
+            "mode": "dp-full", "batch": 2, "samples_per_s": 10.0, "step_ms": 200.0});
+        let peer = |rank: u32, ar: f64| {
+            json!({"bench": "train", "model": "resnet50-gn", "mode": "dp-full", "batch": 2,
+                "peers": 2, "peer_rank": rank, "step_ms": 250.0, "global_samples_per_s": 16.0,
+                "allreduce_ms": ar, "trainable_params": 1000})
+        };
+        let l = peers_line(&one, &[peer(0, 30.0), peer(1, 10.0)]);
+        assert_eq!(l["bench"], "train-peers");
+        assert_eq!(l["speedup"], 1.6);
+        assert_eq!(l["scaling_efficiency"], 0.8);
+        assert_eq!(l["allreduce_ms_per_step"], 30.0);
+        assert_eq!(l["allreduce_ms_per_step_min_over_peers"], 10.0);
+        assert_eq!(l["allreduce_bytes_per_peer"], 4000.0);
+        assert!(
+            l["gpu_prediction"]["device_host_copies_ms"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+        let mut failed = peer(1, 0.0);
+        failed["error"] = json!("peer 1: timeout");
+        assert!(peers_line(&one, &[peer(0, 1.0), failed])["error"].is_string());
     }
 }

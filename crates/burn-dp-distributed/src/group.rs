@@ -16,26 +16,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 use burn_collective::{AllReduceStrategy, CollectiveConfig, PeerId, ReduceOperation};
 
+use crate::all_reduce::AllReduce;
 use crate::error::DistributedError;
-
-/// The collective operation a data-parallel DP step needs: the element-wise sum of one flat
-/// buffer over all peers, the same result on every peer.
-pub trait AllReduce<B: Backend> {
-    /// This peer's rank, `0..world`.
-    fn rank(&self) -> u32;
-    /// Number of peers.
-    fn world(&self) -> u32;
-    /// The element-wise sum of `tensor` over all peers (every peer calls it with the same shape,
-    /// in the same order of operations). `step` only labels errors.
-    ///
-    /// # Shapes
-    /// `tensor`: `[n]`; returns `[n]`.
-    fn all_reduce_sum(
-        &mut self,
-        tensor: Tensor<B, 1>,
-        step: u64,
-    ) -> Result<Tensor<B, 1>, DistributedError>;
-}
 
 /// How one peer process joins the group.
 #[derive(Debug, Clone, PartialEq)]

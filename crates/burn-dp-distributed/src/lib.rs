@@ -26,15 +26,28 @@
 //! `burn-dp-peer train --rank r --world K --orchestrator host:port --host <this host>` on each
 //! machine (see the book's chapter "Data-parallel training").
 
+//!
+//! [`launch`] starts the peers of a run on this machine (`burn-dp-peer launch`, `bench train
+//! --peers`, the examples' `--devices`). The feature `collective` (on by default) adds
+//! burn-collective's [`PeerGroup`] and the `burn-dp-peer` binary; without it the crate needs no
+//! burn-collective (what the examples and the bench use: [`TcpGroup`]).
+
+pub mod all_reduce;
 pub mod demo;
 pub mod error;
+#[cfg(feature = "collective")]
 pub mod group;
+pub mod launch;
 pub mod tcp;
 pub mod trainer;
 
+pub use all_reduce::AllReduce;
+#[cfg(feature = "collective")]
 pub use burn_collective::AllReduceStrategy;
 pub use burn_dp::shard_range;
 pub use error::DistributedError;
-pub use group::{AllReduce, NodeConfig, PeerGroup};
+#[cfg(feature = "collective")]
+pub use group::{NodeConfig, PeerGroup};
+pub use launch::{free_local_port, LocalPeers, PeerExit, PeerOutput};
 pub use tcp::TcpGroup;
-pub use trainer::{parameter_hash, DistributedTrainer};
+pub use trainer::{parameter_hash, AnyTrainer, DistributedTrainer};

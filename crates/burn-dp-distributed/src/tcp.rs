@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
+use crate::all_reduce::AllReduce;
 use crate::error::DistributedError;
-use crate::group::AllReduce;
 
 /// Magic number of the handshake ("bdp1").
 const MAGIC: u32 = 0x6264_7031;

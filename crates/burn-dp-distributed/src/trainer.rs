@@ -20,8 +20,8 @@ use burn_dp::{
     DpAutodiff, DpError, NoiseBackend, NoiseShare, PrivateSetup, PrivateTrainer, StepReport,
 };
 
+use crate::all_reduce::AllReduce;
 use crate::error::DistributedError;
-use crate::group::AllReduce;
 
 /// Bits of the parameter hash per f32 slot (exact: below 2^24).
 const HASH_CHUNK_BITS: u32 = 22;
@@ -229,5 +229,62 @@ where
     /// The trained replica and the group (to leave it, e.g. [`PeerGroup::finish`](crate::PeerGroup::finish)).
     pub fn into_parts(self) -> (M, G) {
         (self.trainer.into_model(), self.group)
+    }
+}
+
+/// A private run in one process or as one peer of a data-parallel group, behind one interface:
+/// what a program that offers both (the examples' `--devices`, `bench train --peers`) holds.
+/// `step`, `epsilon`, `model` and `into_model` do the same on both; a one-process run is
+/// [`PrivateTrainer`] itself, so it gives the same results bit for bit.
+pub enum AnyTrainer<M, O, B: NoiseBackend, G> {
+    /// One process.
+    Single(PrivateTrainer<M, O, B>),
+    /// One peer of a data-parallel group.
+    Peer(DistributedTrainer<M, O, B, G>),
+}
+
+impl<M, O, B, G> AnyTrainer<M, O, B, G>
+where
+    B: NoiseBackend,
+    G: AllReduce<B>,
+    M: AutodiffModule<DpAutodiff<B>>,
+    O: Optimizer<M, DpAutodiff<B>>,
+{
+    /// One DP step (of the group): [`PrivateTrainer::step`] or [`DistributedTrainer::step`].
+    ///
+    /// # Shapes
+    /// `losses` returns `[P]`, one loss per row of `indices`.
+    pub fn step<F>(&mut self, lr: f64, losses: F) -> Result<StepReport, DistributedError>
+    where
+        F: FnMut(&M, &[usize]) -> Tensor<DpAutodiff<B>, 1>,
+    {
+        match self {
+            AnyTrainer::Single(t) => Ok(t.step(lr, losses)?),
+            AnyTrainer::Peer(t) => t.step(lr, losses),
+        }
+    }
+
+    /// ε spent so far (with the global q on every peer).
+    pub fn epsilon(&self) -> Result<burn_dp::Epsilon, DpError> {
+        match self {
+            AnyTrainer::Single(t) => t.epsilon(),
+            AnyTrainer::Peer(t) => t.trainer().epsilon(),
+        }
+    }
+
+    /// The model (a peer's replica is the same on every peer).
+    pub fn model(&self) -> &M {
+        match self {
+            AnyTrainer::Single(t) => t.model(),
+            AnyTrainer::Peer(t) => t.model(),
+        }
+    }
+
+    /// The trained model.
+    pub fn into_model(self) -> M {
+        match self {
+            AnyTrainer::Single(t) => t.into_model(),
+            AnyTrainer::Peer(t) => t.into_parts().0,
+        }
     }
 }

@@ -267,7 +267,8 @@ fn two_peers_draw_the_noise_once() {
 
 /// A peer that dies makes the other stop with a typed timeout error at the next all-reduce (not
 /// a hang); resuming both from the last checkpoint continues with the same ε as an uninterrupted
-/// run.
+/// run, from the parameters saved (bit for bit), and (a fixed seed: the same draws and noise)
+/// through the same parameters as the uninterrupted run, step by step.
 #[test]
 fn a_dead_peer_stops_the_others_and_the_checkpoint_resumes_with_the_same_epsilon() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -284,6 +285,9 @@ fn a_dead_peer_stops_the_others_and_the_checkpoint_resumes_with_the_same_epsilon
         &PHYSICAL.to_string(),
         "--timeout-s",
         "4",
+        "--fixed-seed-for-experiments",
+        "11",
+        "--record",
         "--out",
         out.to_str().expect("utf-8"),
         "--checkpoint-dir",
@@ -312,6 +316,14 @@ fn a_dead_peer_stops_the_others_and_the_checkpoint_resumes_with_the_same_epsilon
     );
     assert!(stderr.contains("collective all-reduce"), "{stderr}");
     // Both saved after step 2 (steps 0, 1); resume for 3 more steps: 5 in all.
+    let saved: Vec<Vec<f32>> = (0..2)
+        .map(|r| {
+            let text = std::fs::read_to_string(ckpt.join(format!("peer-{r}.params.json")))
+                .expect("saved parameters");
+            floats(&serde_json::from_str(&text).expect("json"))
+        })
+        .collect();
+    assert_eq!(saved[0], saved[1], "the replicas saved different models");
     let mut resumed = common.clone();
     resumed.extend(strings(&["--steps", "3", "--resume"]));
     assert_ok(&run_peers(
@@ -320,13 +332,16 @@ fn a_dead_peer_stops_the_others_and_the_checkpoint_resumes_with_the_same_epsilon
         &|_| vec![],
         Duration::from_secs(120),
     ));
-    let resumed_eps: Vec<f64> = (0..2)
-        .map(|r| {
-            report(&dir.path().join(format!("peer-{r}.json")))["epsilon"]
-                .as_f64()
-                .expect("epsilon")
-        })
+    let resumed: Vec<Value> = (0..2)
+        .map(|r| report(&dir.path().join(format!("peer-{r}.json"))))
         .collect();
+    for (r, p) in resumed.iter().enumerate() {
+        assert_eq!(
+            floats(&p["initial_params"]),
+            saved[r],
+            "peer {r} did not resume the saved parameters"
+        );
+    }
     // The same 5 steps without interruption.
     let mut straight = common.clone();
     straight.truncate(straight.len() - 2); // no checkpoint directory
@@ -337,15 +352,35 @@ fn a_dead_peer_stops_the_others_and_the_checkpoint_resumes_with_the_same_epsilon
         &|_| vec![],
         Duration::from_secs(120),
     ));
-    let eps = report(&dir.path().join("peer-0.json"))["epsilon"]
-        .as_f64()
-        .expect("epsilon");
+    let straight: Vec<Value> = (0..2)
+        .map(|r| report(&dir.path().join(format!("peer-{r}.json"))))
+        .collect();
+    let eps = straight[0]["epsilon"].as_f64().expect("epsilon");
     assert!(eps > 0.0);
-    for (r, e) in resumed_eps.iter().enumerate() {
+    // What was saved is the uninterrupted run's model after 2 steps, and the resumed run's 3
+    // steps are its steps 3..5: the same draws of each peer, the same parameters.
+    assert_eq!(floats(&straight[0]["records"][1]["params"]), saved[0]);
+    for (r, p) in resumed.iter().enumerate() {
+        let e = p["epsilon"].as_f64().expect("epsilon");
         assert!(
             (e - eps).abs() < 1e-9,
             "peer {r}: ε {e} after resuming, {eps} straight"
         );
+        for i in 0..3 {
+            let (a, b) = (&p["records"][i], &straight[r]["records"][2 + i]);
+            assert_eq!(
+                a["indices"],
+                b["indices"],
+                "peer {r}: resumed step {} drew other examples",
+                i + 3
+            );
+            assert_eq!(
+                floats(&a["params"]),
+                floats(&b["params"]),
+                "peer {r}: resumed step {} differs from the uninterrupted run",
+                i + 3
+            );
+        }
     }
 }
 

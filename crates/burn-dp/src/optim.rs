@@ -375,7 +375,7 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
         let mut first_block = 0u64;
         let mut parts = Vec::with_capacity(params.len());
         let mut numels = Vec::with_capacity(params.len());
-        for (k, p) in params.iter().enumerate() {
+        for p in params.iter() {
             let numel: usize = p.shape.iter().product();
             let clipped = match acc.as_mut().and_then(|a| a.sums.remove(&p.id)) {
                 Some(s) => s.cast(DType::F32),
@@ -833,7 +833,7 @@ mod tests {
                 for shard in 0..shards {
                     let r = NoiseShare { shard, shards }.elements(numel);
                     assert_eq!(r.start, next, "numel {numel}, {shard} of {shards}");
-                    assert!(r.start % NORMALS_PER_BLOCK == 0 || r.start == numel);
+                    assert!(r.start.is_multiple_of(NORMALS_PER_BLOCK) || r.start == numel);
                     assert!(r.len() <= numel / shards + 2 * NORMALS_PER_BLOCK);
                     next = r.end;
                 }

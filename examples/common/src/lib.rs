@@ -379,11 +379,7 @@ pub fn write_outputs(
         "held_out_loss": held_out_loss.to_json(),
         "epsilon": epsilon.to_json(),
     });
-    let outputs = Outputs {
-        metrics: out.join("metrics.json"),
-        loss_svg: out.join("loss.svg"),
-        epsilon_svg: out.join("epsilon.svg"),
-    };
+    let outputs = Outputs::at(out);
     std::fs::write(&outputs.metrics, serde_json::to_string_pretty(&metrics)?)?;
     std::fs::write(
         &outputs.loss_svg,
@@ -1007,4 +1003,203 @@ pub fn write_sweep(
     eprintln!("sweep table:  {}", md.display());
     eprintln!("sweep plot:   {}", svg_path.display());
     Ok((md, svg_path))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data-parallel fine-tuning (`--devices`, `--rank`/`--world`/`--coordinator`)
+// ---------------------------------------------------------------------------------------------
+
+/// The data-parallel flags both examples share (`#[command(flatten)]`): one process per device on
+/// this machine (`--devices N`), or one peer of a multi-machine run (`--rank`, `--world`,
+/// `--coordinator`). With neither, the run is the ordinary one-process run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DistributedArgs {
+    /// Peer processes on this machine (one per device): the run starts N − 1 more copies of
+    /// itself (ranks 1..N, on 127.0.0.1) that fine-tune with it (`burn-dp-distributed`: each
+    /// peer samples its shard, the noise is drawn once over the group); rank 0 writes the
+    /// results. On one GPU the peers share it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..),
+          conflicts_with_all = ["rank", "world", "coordinator"])]
+    pub devices: u32,
+    /// This process's rank in a multi-machine run (`0..--world`; rank 0 writes the results).
+    #[arg(long, requires_all = ["world", "coordinator"])]
+    pub rank: Option<u32>,
+    /// Number of peers of a multi-machine run.
+    #[arg(long, requires_all = ["rank", "coordinator"])]
+    pub world: Option<u32>,
+    /// `host:port` where rank 0 listens for the other peers (rank 0 binds it).
+    #[arg(long, requires = "rank")]
+    pub coordinator: Option<String>,
+    /// Seconds a peer waits for the others (to join, and at each step) before it stops with an
+    /// error (a peer that died); on CUDA the first step of every peer compiles kernels first.
+    #[arg(long, default_value_t = 600.0)]
+    pub peer_timeout_s: f64,
+}
+
+impl DistributedArgs {
+    /// Whether the fine-tuning runs over more than one peer.
+    pub fn is_data_parallel(&self) -> bool {
+        self.devices > 1 || self.world.is_some_and(|w| w > 1)
+    }
+
+    /// Whether this process writes the results (rank 0, or a one-process run).
+    pub fn is_leader(&self) -> bool {
+        self.rank.unwrap_or(0) == 0
+    }
+
+    /// Refuses what data-parallel runs do not support: `--sweep` (its runs would each start
+    /// peers of the whole sweep) and `--non-private` (the baseline is one process).
+    pub fn check(&self, sweep: bool, non_private: bool) -> Result<(), Error> {
+        if self.is_data_parallel() && (sweep || non_private) {
+            return Err(
+                "--devices / --world run the private fine-tuning of one run: not with \
+                        --sweep or --non-private"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn timeout(&self) -> Result<Duration, Error> {
+        Duration::try_from_secs_f64(self.peer_timeout_s)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or_else(|| "--peer-timeout-s must be a positive number of seconds".into())
+    }
+}
+
+/// The private fine-tuning of an example: a [`burn_dp::PrivateTrainer`] in one process or a
+/// [`burn_dp_distributed::DistributedTrainer`] peer ([`burn_dp_distributed::AnyTrainer`]); with
+/// `--devices N`, rank 0 also owns the processes of ranks 1..N it started.
+pub struct DpTrainer<M, O, B: burn_dp::NoiseBackend> {
+    /// The trainer: `step`, `epsilon` and `model` are the same in both forms.
+    pub trainer: burn_dp_distributed::AnyTrainer<M, O, B, burn_dp_distributed::TcpGroup>,
+    /// The peer processes this one started (`--devices`), waited for at the end.
+    launched: Option<burn_dp_distributed::LocalPeers>,
+}
+
+/// Compare the replicas' parameter hashes every this many steps (and at the first).
+pub const REPLICA_CHECK_EVERY: u64 = 10;
+
+impl<M, O, B> DpTrainer<M, O, B>
+where
+    B: burn_dp::NoiseBackend,
+    M: burn::module::AutodiffModule<burn_dp::DpAutodiff<B>>,
+    O: burn::optim::Optimizer<M, burn_dp::DpAutodiff<B>>,
+{
+    /// The trainer of `dist` for `setup`: [`burn_dp::PrivateTrainer::new`] itself in a
+    /// one-process run (the same run bit for bit); else this process's peer of a data-parallel
+    /// group over the same `setup.dataset_size` examples at the same q (every peer reports the
+    /// same ε). With `--devices N` this process is rank 0 and first starts ranks 1..N: this
+    /// executable with the same arguments, `--devices` replaced by `--rank r --world N
+    /// --coordinator 127.0.0.1:PORT`, `--quiet`, their standard output discarded.
+    pub fn new(
+        dist: &DistributedArgs,
+        model: M,
+        inner: O,
+        setup: burn_dp::PrivateSetup,
+    ) -> Result<Self, Error> {
+        use burn_dp_distributed::{
+            launch, AnyTrainer, DistributedTrainer, LocalPeers, PeerOutput, TcpGroup,
+        };
+        if !dist.is_data_parallel() {
+            let trainer = burn_dp::PrivateTrainer::new(model, inner, setup)?;
+            return Ok(DpTrainer {
+                trainer: AnyTrainer::Single(trainer),
+                launched: None,
+            });
+        }
+        let timeout = dist.timeout()?;
+        let (rank, world, root, launched) = match (dist.rank, dist.world, &dist.coordinator) {
+            (Some(rank), Some(world), Some(root)) => (rank, world, root.clone(), None),
+            _ => {
+                let world = dist.devices;
+                let root = format!("127.0.0.1:{}", launch::free_local_port()?);
+                let exe = std::env::current_exe()
+                    .map_err(|e| format!("cannot find this executable to start peers: {e}"))?;
+                let args = std::env::args_os()
+                    .skip(1)
+                    .map(|a| {
+                        a.into_string().map_err(|a| {
+                            format!(
+                                "--devices passes every argument to its peers: {a:?} is not UTF-8"
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut own = launch::args_without(args, "--devices");
+                if !own.iter().any(|a| a == "--quiet") {
+                    own.push("--quiet".into());
+                }
+                let peers = LocalPeers::spawn(
+                    &exe,
+                    1..world,
+                    |r| {
+                        let mut a = own.clone();
+                        a.extend(launch::rank_args(r, world, "--coordinator", &root));
+                        a
+                    },
+                    PeerOutput::DiscardStdout,
+                )?;
+                eprintln!("data-parallel: started peers 1..{world} of {world} on {root}");
+                (0, world, root, Some(peers))
+            }
+        };
+        let group = TcpGroup::join(rank, world, &root, timeout)?;
+        let trainer = DistributedTrainer::new(model, inner, setup, group, REPLICA_CHECK_EVERY)?;
+        Ok(DpTrainer {
+            trainer: AnyTrainer::Peer(trainer),
+            launched,
+        })
+    }
+
+    /// One DP step (of the group): as [`burn_dp::PrivateTrainer::step`].
+    ///
+    /// # Shapes
+    /// `losses` returns `[P]`, one loss per row of `indices`.
+    pub fn step<F>(&mut self, lr: f64, losses: F) -> Result<burn_dp::StepReport, Error>
+    where
+        F: FnMut(&M, &[usize]) -> burn::tensor::Tensor<burn_dp::DpAutodiff<B>, 1>,
+    {
+        Ok(self.trainer.step(lr, losses)?)
+    }
+
+    /// ε spent so far (the global q on every peer).
+    pub fn epsilon(&self) -> Result<burn_dp::Epsilon, burn_dp::DpError> {
+        self.trainer.epsilon()
+    }
+
+    /// The model (this peer's replica, identical on every peer).
+    pub fn model(&self) -> &M {
+        self.trainer.model()
+    }
+
+    /// The trained model, after the peers this process started have ended (an error names
+    /// those that failed).
+    pub fn into_model(self) -> Result<M, Error> {
+        use burn_dp_distributed::AnyTrainer;
+        match self.trainer {
+            AnyTrainer::Single(t) => Ok(t.into_model()),
+            AnyTrainer::Peer(t) => {
+                // The group (rank 0 is the star's centre) stays open until the peers have ended.
+                let (model, _group) = t.into_parts();
+                if let Some(peers) = self.launched {
+                    peers.wait()?;
+                }
+                Ok(model)
+            }
+        }
+    }
+}
+
+impl Outputs {
+    /// Where [`write_outputs`] writes into `out` (also what a peer other than rank 0 reports:
+    /// rank 0 writes them).
+    pub fn at(out: &Path) -> Self {
+        Outputs {
+            metrics: out.join("metrics.json"),
+            loss_svg: out.join("loss.svg"),
+            epsilon_svg: out.join("epsilon.svg"),
+        }
+    }
 }

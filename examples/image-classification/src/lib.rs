@@ -14,7 +14,7 @@ use burn::optim::AdamWConfig;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateSetup, PrivateTrainer};
+use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateSetup};
 use burn_dp_examples_common::{self as common, BackendKind, Curve, Error, PlainTraining, SweepRow};
 use burn_dp_models::{
     cross_entropy_per_sample, BlockKind, LoadOptions, Norm, PretrainedModel, ResNet, ResNetConfig,
@@ -84,6 +84,9 @@ pub struct Args {
     /// The results sweep (`--sweep` and its grid).
     #[command(flatten)]
     pub results: common::SweepArgs,
+    /// Data-parallel fine-tuning (`--devices`, or `--rank`/`--world`/`--coordinator`).
+    #[command(flatten)]
+    pub distributed: common::DistributedArgs,
     /// Samples per forward/backward pass (memory); logical batches are cut into these.
     #[arg(long, default_value_t = 64)]
     pub physical_batch_size: usize,
@@ -551,6 +554,7 @@ where
 }
 
 fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
+    args.distributed.check(false, args.non_private)?;
     let start = Instant::now();
     let size = args.image_size.unwrap_or(match args.model {
         Arch::Cnn => 8,
@@ -673,7 +677,8 @@ where
         let clipping = common::clipping(args.train.clipping, args.train.max_norm);
         // The trainer owns the model, the DP optimizer and the Poisson sampler (at the privacy
         // state's q); physical batches only bound memory.
-        let mut trainer = PrivateTrainer::new(
+        let mut trainer = common::DpTrainer::new(
+            &args.distributed,
             model,
             AdamWConfig::new().init::<B<I>, M>(),
             PrivateSetup {
@@ -720,7 +725,7 @@ where
         }
         bar.finish_and_clear();
         let epsilon = trainer.epsilon()?.epsilon;
-        let inner = trainer.into_model().valid();
+        let inner = trainer.into_model()?.valid();
         (
             inner,
             report,
@@ -747,7 +752,12 @@ where
         "noise_multiplier": sigma, "epsilon": epsilon, "delta": args.train.delta, "target_epsilon": args.train.target_epsilon,
         "fixed_seed": args.train.seed, "accuracy": accuracy, "seconds": seconds,
     });
-    let outputs = common::write_outputs(&args.out, metrics.clone(), &loss_curve, &eps_curve)?;
+    // Rank 0 of a data-parallel run writes the results (the replicas are identical).
+    let outputs = if args.distributed.is_leader() {
+        common::write_outputs(&args.out, metrics.clone(), &loss_curve, &eps_curve)?
+    } else {
+        common::Outputs::at(&args.out)
+    };
     Ok(Summary {
         epsilon,
         accuracy,

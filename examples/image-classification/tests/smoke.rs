@@ -253,3 +253,59 @@ fn smoke_sweep_writes_its_table() {
     let table = std::fs::read_to_string(a.out.join("results.md")).expect("results.md");
     assert!(table.contains("DP-BiTFiT") && a.out.join("results.svg").exists());
 }
+
+/// `--devices 2`: the example starts a second peer process of itself and fine-tunes over both
+/// (`burn-dp-distributed`); rank 0 alone prints the final JSON line, of the same shape as a
+/// one-process run's, and the same ε (the accountant sees the global q and the same steps).
+#[test]
+fn smoke_two_devices_end_with_the_same_line_and_epsilon() {
+    let dir = std::env::temp_dir().join(format!("burn-dp-ic-devices-{}", std::process::id()));
+    let pretrained = dir.join("pretrained.safetensors");
+    let run = |devices: &str| {
+        let out = dir.join(format!("devices-{devices}"));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_image-classification"))
+            .args([
+                "--public-fraction",
+                "0.05",
+                "--pretrain-epochs",
+                "1",
+                "--pretrained",
+            ])
+            .arg(&pretrained)
+            .args(["--max-steps", "2", "--epochs", "1", "--batch-size", "16"])
+            .args(["--physical-batch-size", "8", "--max-eval", "16", "--quiet"])
+            .args(["--seed", "1", "--devices", devices, "--out"])
+            .arg(&out)
+            .output()
+            .expect("run the example");
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "--devices {devices}: {}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(stdout.lines().count(), 1, "one result line: {stdout}");
+        let line: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON line");
+        assert!(
+            out.join("metrics.json").exists(),
+            "rank 0 writes the metrics"
+        );
+        line
+    };
+    // The first run also writes the pre-trained weights the peers of the second read.
+    let one = run("1");
+    let two = run("2");
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&one), keys(&two));
+    assert_eq!(one["steps"], 2);
+    assert_eq!(two["steps"], 2);
+    let (e1, e2) = (one["epsilon"].as_f64(), two["epsilon"].as_f64());
+    assert!(e1.is_some_and(|e| e > 0.0), "{one}");
+    assert_eq!(e1, e2, "ε of 1 and 2 devices");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -11,7 +11,7 @@ use burn::optim::AdamWConfig;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateSetup, PrivateTrainer};
+use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateSetup};
 use burn_dp_examples_common::{self as common, BackendKind, Curve, Error, PlainTraining, SweepRow};
 use burn_dp_models::{Gpt2, Gpt2Config, LoadOptions, PretrainedModel};
 use clap::{Parser, ValueEnum};
@@ -85,6 +85,9 @@ pub struct Args {
     /// The results sweep (`--sweep` and its grid).
     #[command(flatten)]
     pub results: common::SweepArgs,
+    /// Data-parallel fine-tuning (`--devices`, or `--rank`/`--world`/`--coordinator`).
+    #[command(flatten)]
+    pub distributed: common::DistributedArgs,
     /// Samples per forward/backward pass.
     #[arg(long, default_value_t = 64)]
     pub physical_batch_size: usize,
@@ -543,6 +546,7 @@ fn evaluate<B: Backend>(
 }
 
 fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
+    args.distributed.check(false, args.non_private)?;
     type B<I> = DpAutodiff<I>;
     let start = Instant::now();
     // The public part: generated, never read from `--data`.
@@ -671,7 +675,8 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         let noise = common::noise_source(args.train.seed);
         let (schedule, privacy) = args.train.privacy(n, args.batch_size, args.epochs)?;
         let sigma = privacy.noise_multiplier;
-        let mut trainer = PrivateTrainer::new(
+        let mut trainer = common::DpTrainer::new(
+            &args.distributed,
             model,
             AdamWConfig::new().init::<B<I>, Gpt2<B<I>>>(),
             PrivateSetup {
@@ -716,7 +721,7 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         }
         bar.finish_and_clear();
         let epsilon = trainer.epsilon()?.epsilon;
-        let eval: Gpt2<PerSample<I>> = trainer.into_model().valid();
+        let eval: Gpt2<PerSample<I>> = trainer.into_model()?.valid();
         (
             eval,
             steps,
@@ -729,13 +734,16 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
 
     // Greedy generation on the held-out meaning representations, scored with corpus BLEU-4.
     let (hypotheses, bleu) = evaluate(&eval, &tok, &test, args, config.n_positions, &dev);
-    std::fs::create_dir_all(&args.out)?;
     let generations = args.out.join("generations.tsv");
     let mut tsv = String::from("mr\tgenerated\treference\n");
     for ((mr, refs), h) in test.iter().zip(&hypotheses) {
         tsv.push_str(&format!("{mr}\t{h}\t{}\n", refs[0]));
     }
-    std::fs::write(&generations, tsv)?;
+    // Rank 0 of a data-parallel run writes the results (the replicas are identical).
+    if args.distributed.is_leader() {
+        std::fs::create_dir_all(&args.out)?;
+        std::fs::write(&generations, tsv)?;
+    }
     let seconds = start.elapsed().as_secs_f64();
     let metrics = serde_json::json!({
         "example": "table-to-text", "model": format!("{:?}", args.model),
@@ -751,7 +759,11 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         "fixed_seed": args.train.seed, "bleu": bleu, "seconds": seconds,
         "examples": test.iter().zip(&hypotheses).take(3).map(|((mr, r), h)| serde_json::json!({"mr": mr, "generated": h, "reference": r[0]})).collect::<Vec<_>>(),
     });
-    let outputs = common::write_outputs(&args.out, metrics.clone(), &loss_curve, &eps_curve)?;
+    let outputs = if args.distributed.is_leader() {
+        common::write_outputs(&args.out, metrics.clone(), &loss_curve, &eps_curve)?
+    } else {
+        common::Outputs::at(&args.out)
+    };
     eprintln!("generations:  {}", generations.display());
     Ok(Summary {
         epsilon,

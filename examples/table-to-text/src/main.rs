@@ -5,6 +5,12 @@ use clap::Parser;
 
 fn main() {
     let args = burn_dp_table_to_text::Args::parse();
+    if let Err(e) = args.distributed.check(args.results.sweep, args.non_private) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+    // Only rank 0 of a data-parallel run prints the result line.
+    let leader = args.distributed.is_leader();
     if args.results.sweep {
         match burn_dp_table_to_text::sweep(&args) {
             Ok(rows) => println!("{{\"sweep_rows\":{}}}", rows.len()),
@@ -16,7 +22,8 @@ fn main() {
         return;
     }
     match burn_dp_table_to_text::run(args) {
-        Ok(summary) => println!("{}", summary.metrics),
+        Ok(summary) if leader => println!("{}", summary.metrics),
+        Ok(_) => {}
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(1);

@@ -7,7 +7,7 @@
 //! ```
 
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use burn::backend::NdArray;
@@ -16,6 +16,7 @@ use burn_dp::{
     AccountantKind, ClippingFn, NoiseSource, PerSampleConfig, PrivacyState, PrivateSetup,
 };
 use burn_dp_distributed::demo::{self, DemoNet};
+use burn_dp_distributed::launch::{self, LocalPeers, PeerOutput};
 use burn_dp_distributed::{
     AllReduce, AllReduceStrategy, DistributedError, DistributedTrainer, NodeConfig, PeerGroup,
     TcpGroup,
@@ -180,7 +181,8 @@ struct TrainArgs {
     /// Write a JSON report here (`{rank}` is replaced by the rank).
     #[arg(long)]
     out: Option<String>,
-    /// Record every step's drawn indices and parameters in the report.
+    /// Record every step's drawn indices and parameters in the report (and, at each checkpoint,
+    /// the saved parameters in `<checkpoint-dir>/peer-<rank>.params.json`).
     #[arg(long)]
     record: bool,
     /// Checkpoint directory (each peer writes `peer-<rank>` in it).
@@ -216,6 +218,8 @@ struct Report {
     examples: usize,
     seconds: f64,
     epsilon: f64,
+    /// The parameters before the first step of this run (after `--resume`: those resumed).
+    initial_params: Vec<f32>,
     params: Vec<f32>,
     records: Vec<StepRecord>,
 }
@@ -306,6 +310,7 @@ fn run<G: AllReduce<B>>(
         trainer = trainer.resume(dir)?;
     }
     // ANCHOR_END: trainer
+    let initial_params = demo::flat_parameters(trainer.model());
     let mut records = Vec::new();
     let mut examples = 0;
     let start = Instant::now();
@@ -336,6 +341,15 @@ fn run<G: AllReduce<B>>(
         if let (Some(dir), Some(every)) = (args.checkpoint_dir.as_ref(), args.checkpoint_every) {
             if (step + 1).is_multiple_of(every) {
                 trainer.save_checkpoint(dir)?;
+                if args.record {
+                    // What was saved, for comparing with what a resumed run starts from.
+                    let path = dir.join(format!("peer-{}.params.json", args.rank));
+                    let json = serde_json::to_string(&demo::flat_parameters(trainer.model()))
+                        .map_err(|e| DistributedError::Launch(format!("params: {e}")))?;
+                    std::fs::write(&path, json).map_err(|e| {
+                        DistributedError::Launch(format!("{}: {e}", path.display()))
+                    })?;
+                }
             }
         }
     }
@@ -347,6 +361,7 @@ fn run<G: AllReduce<B>>(
         examples,
         seconds,
         epsilon: trainer.epsilon()?,
+        initial_params,
         params: demo::flat_parameters(trainer.model()),
         records,
     };
@@ -377,31 +392,19 @@ fn launch(peers: u32, port: u16, rest: &[String]) -> Result<(), DistributedError
         ));
     }
     let exe = std::env::current_exe().map_err(|e| DistributedError::Launch(e.to_string()))?;
-    let mut children = Vec::new();
-    for rank in 0..peers {
-        let child = Command::new(&exe)
-            .arg("train")
-            .args(["--rank", &rank.to_string(), "--world", &peers.to_string()])
-            .args(["--orchestrator", &format!("127.0.0.1:{port}")])
-            .args(rest)
-            .spawn()
-            .map_err(|e| DistributedError::Launch(format!("peer {rank}: {e}")))?;
-        children.push((rank, child));
-    }
-    let mut failed = Vec::new();
-    for (rank, mut child) in children {
-        let status = child
-            .wait()
-            .map_err(|e| DistributedError::Launch(format!("peer {rank}: {e}")))?;
-        if !status.success() {
-            failed.push(format!("peer {rank}: {status}"));
-        }
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(DistributedError::Launch(failed.join(", ")))
-    }
+    let root = format!("127.0.0.1:{port}");
+    let peers = LocalPeers::spawn(
+        &exe,
+        0..peers,
+        |rank| {
+            let mut args = vec!["train".to_string()];
+            args.extend(launch::rank_args(rank, peers, "--orchestrator", &root));
+            args.extend(rest.iter().cloned());
+            args
+        },
+        PeerOutput::Inherit,
+    )?;
+    peers.wait().map(|_| ())
 }
 
 fn main() -> ExitCode {
