@@ -9,8 +9,8 @@
 //!
 //! Every line also carries the time to the first step (`start_to_first_step_s`: from the process's
 //! `main` to the end of its first step, kernel compilation and autotuning included on CUDA;
-//! `first_step_s`: that step alone) and the host↔device bytes of a timed step
-//! (`to_device_bytes_per_step`, `to_host_bytes_per_step`). With `--profile`, as many steps again
+//! `first_step_s`: that step alone) and the host↔device bytes and device → host reads of a timed
+//! step (`to_device_bytes_per_step`, `to_host_bytes_per_step`, `host_reads_per_step`). With `--profile`, as many steps again
 //! run after the timed ones, cut into the phases of [`burn_dp::profile`] with the device
 //! synchronised around each (`phases_ms`, per step; `unphased_ms` is the rest of the step), so the
 //! throughput figures stay free of the profile's synchronisations.
@@ -323,10 +323,7 @@ fn measure(
     };
     // ANCHOR_END: profile
     let bytes = match (bytes_before, bytes_after) {
-        (Some(a), Some(b)) => Some(TransferBytes {
-            to_device: b.to_device - a.to_device,
-            to_host: b.to_host - a.to_host,
-        }),
+        (Some(a), Some(b)) => Some(b.since(&a)),
         _ => None,
     };
     Ok(Measured {
@@ -471,6 +468,8 @@ pub fn run_one<Inner: burn_dp::NoiseBackend>(
     // Bytes are counted over the unprofiled timed steps (`null` while not counted).
     line["to_device_bytes_per_step"] = json!(m.bytes.map(|b| b.to_device as f64 / steps));
     line["to_host_bytes_per_step"] = json!(m.bytes.map(|b| b.to_host as f64 / steps));
+    // Device → host reads (each a synchronisation of an asynchronous device).
+    line["host_reads_per_step"] = json!(m.bytes.map(|b| b.host_reads as f64 / steps));
     if let Some((p, profiled)) = &m.profile {
         let n = profiled.len().max(1) as f64;
         let step_ms = profiled.iter().sum::<f64>() * 1e3 / n;

@@ -38,7 +38,9 @@ pub use engine::{
 pub use error::DpError;
 pub use freeze::{freeze, FreezePolicy, FreezeReport};
 pub use noise::{NoiseBackend, NoiseSource};
-pub use optim::{BatchStats, DpCheckpointState, DpOptimizer, NoiseShare};
+pub use optim::{
+    BatchStats, BatchStatsValues, DpCheckpointState, DpOptimizer, NoiseShare, StepStats,
+};
 pub use privacy::{BudgetPolicy, PrivacyState};
 pub use rules::NormMode;
 pub use sampling::{LogicalBatch, PhysicalBatch, PoissonSampler};
