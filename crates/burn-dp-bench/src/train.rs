@@ -9,11 +9,13 @@
 //!
 //! Every line also carries the time to the first step (`start_to_first_step_s`: from the process's
 //! `main` to the end of its first step, kernel compilation and autotuning included on CUDA;
-//! `first_step_s`: that step alone) and the host↔device bytes and device → host reads of a timed
-//! step (`to_device_bytes_per_step`, `to_host_bytes_per_step`, `host_reads_per_step`). With `--profile`, as many steps again
-//! run after the timed ones, cut into the phases of [`burn_dp::profile`] with the device
-//! synchronised around each (`phases_ms`, per step; `unphased_ms` is the rest of the step), so the
-//! throughput figures stay free of the profile's synchronisations.
+//! `first_step_s`: that step alone), the host↔device bytes and device → host reads of a timed
+//! step (`to_device_bytes_per_step`, `to_host_bytes_per_step`, `host_reads_per_step`) and, on
+//! cubecl backends, the device allocator's memory after the steps (`device_bytes_in_use`,
+//! `device_bytes_reserved`; [`burn_dp::memory`]). With `--profile`, as many steps again run after
+//! the timed ones, cut into the phases of [`burn_dp::profile`] with the device synchronised
+//! around each (`phases_ms`, per step; `unphased_ms` is the rest of the step), so the throughput
+//! figures stay free of the profile's synchronisations.
 
 use std::fmt;
 use std::str::FromStr;
@@ -337,7 +339,7 @@ fn measure(
 }
 
 /// Runs one configuration on backend `Inner` and returns its JSON line.
-pub fn run_one<Inner: burn_dp::NoiseBackend>(
+pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
     cfg: &Config,
     backend: BackendKind,
 ) -> Result<Value, String> {
@@ -452,6 +454,8 @@ pub fn run_one<Inner: burn_dp::NoiseBackend>(
             )
         }
     };
+    // The device allocator after the steps (cubecl backends; `null` on NdArray).
+    let memory = Inner::memory_usage(&device);
     let steps = m.times.len().max(1) as f64;
     let mean = m.times.iter().sum::<f64>() / steps;
     let start = *PROCESS_START.get_or_init(Instant::now);
@@ -470,6 +474,8 @@ pub fn run_one<Inner: burn_dp::NoiseBackend>(
     line["to_host_bytes_per_step"] = json!(m.bytes.map(|b| b.to_host as f64 / steps));
     // Device → host reads (each a synchronisation of an asynchronous device).
     line["host_reads_per_step"] = json!(m.bytes.map(|b| b.host_reads as f64 / steps));
+    line["device_bytes_in_use"] = json!(memory.map(|u| u.bytes_in_use));
+    line["device_bytes_reserved"] = json!(memory.map(|u| u.bytes_reserved));
     if let Some((p, profiled)) = &m.profile {
         let n = profiled.len().max(1) as f64;
         let step_ms = profiled.iter().sum::<f64>() * 1e3 / n;

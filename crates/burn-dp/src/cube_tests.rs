@@ -187,6 +187,18 @@ fn dp_steps_match_ndarray<C: NoiseBackend>() {
     }
 }
 
+/// The allocator's statistics after DP steps: the parameters, optimizer state and step buffers
+/// are on the device, so some bytes are in use and the pools hold at least that much.
+fn memory_is_reported<C: NoiseBackend + DeviceMemory>() {
+    let _ = dp_steps::<C>(NormMode::Ghost, 2);
+    let device = Default::default();
+    C::sync(&device).unwrap();
+    let usage = C::memory_usage(&device).expect("a cubecl backend reports its memory");
+    eprintln!("device memory after 2 DP steps: {usage:?}");
+    assert!(usage.bytes_in_use > 0 && usage.allocations > 0, "{usage:?}");
+    assert!(usage.bytes_reserved >= usage.bytes_in_use, "{usage:?}");
+}
+
 #[cfg(feature = "wgpu")]
 mod wgpu {
     use burn_wgpu::{CubeBackend, WgpuRuntime};
@@ -208,6 +220,12 @@ mod wgpu {
         super::dp_steps_match_ndarray::<Fused>();
         super::dp_steps_match_ndarray::<Plain>();
     }
+
+    #[test]
+    fn wgpu_memory_is_reported() {
+        super::memory_is_reported::<Fused>();
+        super::memory_is_reported::<Plain>();
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -222,5 +240,11 @@ mod cuda {
     #[ignore = "needs a CUDA GPU"]
     fn cuda_dp_steps_match_ndarray() {
         super::dp_steps_match_ndarray::<burn_cuda::Cuda>();
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn cuda_memory_is_reported() {
+        super::memory_is_reported::<burn_cuda::Cuda>();
     }
 }
