@@ -9,11 +9,13 @@
 //!
 //! Every line also carries the time to the first step (`start_to_first_step_s`: from the process's
 //! `main` to the end of its first step, kernel compilation and autotuning included on CUDA;
-//! `first_step_s`: that step alone) and the host↔device bytes of a timed step
-//! (`to_device_bytes_per_step`, `to_host_bytes_per_step`). With `--profile`, as many steps again
-//! run after the timed ones, cut into the phases of [`burn_dp::profile`] with the device
-//! synchronised around each (`phases_ms`, per step; `unphased_ms` is the rest of the step), so the
-//! throughput figures stay free of the profile's synchronisations.
+//! `first_step_s`: that step alone), the host↔device bytes and device → host reads of a timed
+//! step (`to_device_bytes_per_step`, `to_host_bytes_per_step`, `host_reads_per_step`) and, on
+//! cubecl backends, the device allocator's memory after the steps (`device_bytes_in_use`,
+//! `device_bytes_reserved`; [`burn_dp::memory`]). With `--profile`, as many steps again run after
+//! the timed ones, cut into the phases of [`burn_dp::profile`] with the device synchronised
+//! around each (`phases_ms`, per step; `unphased_ms` is the rest of the step), so the throughput
+//! figures stay free of the profile's synchronisations.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -435,10 +437,7 @@ fn measure(
     };
     // ANCHOR_END: profile
     let bytes = match (bytes_before, bytes_after) {
-        (Some(a), Some(b)) => Some(TransferBytes {
-            to_device: b.to_device - a.to_device,
-            to_host: b.to_host - a.to_host,
-        }),
+        (Some(a), Some(b)) => Some(b.since(&a)),
         _ => None,
     };
     Ok(Measured {
@@ -453,7 +452,7 @@ fn measure(
 }
 
 /// Runs one configuration on backend `Inner` and returns its JSON line.
-pub fn run_one<Inner: burn_dp::NoiseBackend>(
+pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
     cfg: &Config,
     backend: BackendKind,
 ) -> Result<Value, String> {
@@ -559,6 +558,8 @@ pub fn run_one<Inner: burn_dp::NoiseBackend>(
             )
         }
     };
+    // The device allocator after the steps (cubecl backends; `null` on NdArray).
+    let memory = Inner::memory_usage(&device);
     let steps = m.times.len().max(1) as f64;
     let mean = m.times.iter().sum::<f64>() / steps;
     let start = *PROCESS_START.get_or_init(Instant::now);
@@ -575,6 +576,10 @@ pub fn run_one<Inner: burn_dp::NoiseBackend>(
     // Bytes are counted over the unprofiled timed steps (`null` while not counted).
     line["to_device_bytes_per_step"] = json!(m.bytes.map(|b| b.to_device as f64 / steps));
     line["to_host_bytes_per_step"] = json!(m.bytes.map(|b| b.to_host as f64 / steps));
+    // Device → host reads (each a synchronisation of an asynchronous device).
+    line["host_reads_per_step"] = json!(m.bytes.map(|b| b.host_reads as f64 / steps));
+    line["device_bytes_in_use"] = json!(memory.map(|u| u.bytes_in_use));
+    line["device_bytes_reserved"] = json!(memory.map(|u| u.bytes_reserved));
     if let Some(peer) = &cfg.peer {
         let allreduce = m.allreduce.clone().unwrap_or_default();
         let ar = allreduce.iter().sum::<f64>() / allreduce.len().max(1) as f64;

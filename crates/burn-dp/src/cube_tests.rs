@@ -187,6 +187,22 @@ fn dp_steps_match_ndarray<C: NoiseBackend>() {
     }
 }
 
+/// The allocator's statistics: after DP steps (whose model and optimizer are dropped by now) the
+/// pools hold memory; a live 4 MiB tensor is counted in use.
+fn memory_is_reported<C: NoiseBackend + DeviceMemory>() {
+    let _ = dp_steps::<C>(NormMode::Ghost, 2);
+    let device = Default::default();
+    let n = 1 << 20;
+    let held = Tensor::<C, 1>::from_data(TensorData::new(vec![1f32; n], [n]), &device);
+    C::sync(&device).unwrap();
+    let usage = C::memory_usage(&device).expect("a cubecl backend reports its memory");
+    eprintln!("device memory after 2 DP steps, a [2^20] f32 tensor alive: {usage:?}");
+    assert!(usage.bytes_in_use >= 4 * n as u64, "{usage:?}");
+    assert!(usage.allocations > 0, "{usage:?}");
+    assert!(usage.bytes_reserved >= usage.bytes_in_use, "{usage:?}");
+    drop(held);
+}
+
 #[cfg(feature = "wgpu")]
 mod wgpu {
     use burn_wgpu::{CubeBackend, WgpuRuntime};
@@ -208,6 +224,12 @@ mod wgpu {
         super::dp_steps_match_ndarray::<Fused>();
         super::dp_steps_match_ndarray::<Plain>();
     }
+
+    #[test]
+    fn wgpu_memory_is_reported() {
+        super::memory_is_reported::<Fused>();
+        super::memory_is_reported::<Plain>();
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -222,5 +244,11 @@ mod cuda {
     #[ignore = "needs a CUDA GPU"]
     fn cuda_dp_steps_match_ndarray() {
         super::dp_steps_match_ndarray::<burn_cuda::Cuda>();
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn cuda_memory_is_reported() {
+        super::memory_is_reported::<burn_cuda::Cuda>();
     }
 }

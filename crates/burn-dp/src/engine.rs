@@ -112,13 +112,25 @@ pub struct ClippedGradients<B: Backend> {
     pub untouched: Vec<String>,
     /// L2 sensitivity of the clipped sum: `sqrt(Σ_groups R_g²)`.
     pub sensitivity: f64,
-    /// Samples whose loss or per-sample gradient norm is not finite (NaN or ±∞), in batch order.
-    /// They contribute exactly zero to `sums` (their clipping factor is 0 and their cached rows
-    /// are replaced by zeros), so a sample still moves the sum by at most its clipping bound.
-    pub non_finite: Vec<usize>,
+    /// `true` for the samples whose loss or per-sample gradient norm is not finite (NaN or ±∞),
+    /// kept on the device. They contribute exactly zero to `sums` (their clipping factor is 0
+    /// and their cached rows are replaced by zeros, on the device, whatever the mask holds), so
+    /// a sample still moves the sum by at most its clipping bound. [`ClippedGradients::non_finite`]
+    /// reads their indices.
+    ///
+    /// # Shapes
+    /// `[B]`.
+    pub non_finite_mask: Tensor<B, 1, Bool>,
 }
 
 impl<B: Backend> ClippedGradients<B> {
+    /// The samples of [`ClippedGradients::non_finite_mask`], in batch order. Reads the mask back
+    /// to the host: one device → host read (a synchronisation on an asynchronous device), which
+    /// the training path never makes.
+    pub fn non_finite(&self) -> Result<Vec<usize>, DpError> {
+        read_mask(self.non_finite_mask.clone())
+    }
+
     /// The clipped sums as burn gradients for an optimizer of `DpAutodiff<B>`.
     pub fn into_gradients<M: AutodiffModule<DpAutodiff<B>>>(self, model: &M) -> GradientsParams {
         register_gradients(self.sums, model)
@@ -369,9 +381,12 @@ pub fn per_sample_gradients<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
 /// [`rules::RULES`]; anything else is an error naming the parameter.
 ///
 /// A sample whose loss or gradient norm is not finite (a NaN or ±∞ anywhere in its gradient
-/// makes its norm non-finite) is clipped to zero: it contributes exactly nothing, and is listed in
-/// [`ClippedGradients::non_finite`]. The clipping function stays bounded by its `R`, so the
+/// makes its norm non-finite) is clipped to zero: it contributes exactly nothing, and is marked in
+/// [`ClippedGradients::non_finite_mask`]. The clipping function stays bounded by its `R`, so the
 /// sensitivity holds and one bad sample cannot turn every parameter into NaN.
+///
+/// Nothing is read back to the host: norms, the non-finite mask and the sums stay on the device
+/// (no synchronisation of an asynchronous device per physical batch).
 ///
 /// # Shapes
 /// `losses`: `[B]`, one loss per sample (their sum is differentiated).
@@ -416,25 +431,16 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
 
     // Samples with a non-finite loss or norm (a NaN or ±∞ anywhere in a gradient reaches the
     // norm) are excluded: clipping factor 0 and their rows zeroed (NaN · 0 would still be NaN).
+    // The mask stays on the device and is applied to every batch, whatever it holds: deciding
+    // on the host whether any sample is bad would be a device → host read (a synchronisation)
+    // per physical batch. For finite samples the masked values are the inputs, bit for bit.
+    let non_finite_phase = profile::start::<B>(Phase::NonFinite, &device);
     let non_finite_mask = total
         .clone()
         .is_finite()
         .bool_and(loss_values.is_finite())
         .bool_not();
-    let non_finite: Vec<usize> = if b == 0 {
-        Vec::new()
-    } else {
-        backend::transfer::download_inner(non_finite_mask.clone().int())
-            .convert::<i64>()
-            .to_vec::<i64>()
-            .map_err(|e| DpError::InvalidConfig(format!("reading the non-finite mask: {e:?}")))?
-            .iter()
-            .enumerate()
-            .filter(|(_, &bad)| bad != 0)
-            .map(|(i, _)| i)
-            .collect()
-    };
-    let drop = (!non_finite.is_empty()).then(|| non_finite_mask.into_primitive());
+    let drop = (b > 0).then(|| non_finite_mask.clone().into_primitive());
     if let Some(drop) = &drop {
         for r in resolved.iter_mut() {
             if let Some(d) = &r.grad {
@@ -447,6 +453,7 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
             }
         }
     }
+    non_finite_phase.end();
 
     // Per group: norms, clipping factors, sensitivity.
     let factors_phase = profile::start::<B>(Phase::Factors, &device);
@@ -502,8 +509,25 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
         params,
         untouched,
         sensitivity,
-        non_finite,
+        non_finite_mask,
     })
+}
+
+/// The indices of the `true` entries of `mask` `[B]`, read to the host (one device → host read;
+/// none for an empty mask).
+pub(crate) fn read_mask<B: Backend>(mask: Tensor<B, 1, Bool>) -> Result<Vec<usize>, DpError> {
+    if mask.dims()[0] == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(backend::transfer::download_inner(mask.int())
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .map_err(|e| DpError::InvalidConfig(format!("reading the non-finite mask: {e:?}")))?
+        .iter()
+        .enumerate()
+        .filter(|(_, &bad)| bad != 0)
+        .map(|(i, _)| i)
+        .collect())
 }
 
 /// Turns a parameter's gradient into per-sample terms, or the error that says why it cannot be.

@@ -18,6 +18,7 @@ pub mod clip;
 pub mod engine;
 pub mod error;
 pub mod freeze;
+pub mod memory;
 pub mod noise;
 pub mod optim;
 pub mod privacy;
@@ -38,8 +39,11 @@ pub use engine::{
 };
 pub use error::DpError;
 pub use freeze::{freeze, FreezePolicy, FreezeReport};
+pub use memory::{DeviceMemory, DeviceMemoryUsage};
 pub use noise::{NoiseBackend, NoiseSource};
-pub use optim::{BatchStats, DpCheckpointState, DpOptimizer, NoiseShare};
+pub use optim::{
+    BatchStats, BatchStatsValues, DpCheckpointState, DpOptimizer, NoiseShare, StepStats,
+};
 pub use privacy::{BudgetPolicy, PrivacyState};
 pub use rules::NormMode;
 pub use sampling::{LogicalBatch, PhysicalBatch, PoissonSampler};

@@ -17,10 +17,11 @@ use burn::module::{AutodiffModule, ParamId};
 use burn::optim::Optimizer;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{Bool, DType, Tensor};
 use burn_dp_accountant::{Accountant, Epsilon};
 use serde::{Deserialize, Serialize};
 
+use crate::clip::ClippingFn;
 use crate::engine::{self, clipped_backward, ClippedGradients, DpAutodiff, PerSampleConfig};
 use crate::error::DpError;
 use crate::noise::chacha::{blocks_for, NORMALS_PER_BLOCK};
@@ -34,20 +35,205 @@ struct Accumulated<B: Backend> {
     sums: HashMap<ParamId, Tensor<B, 1>>,
     sensitivity: f64,
     samples: usize,
+    stats: DeviceStepStats<B>,
 }
 
-/// What one physical batch contributed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BatchStats {
+/// What one physical batch contributed, kept on the device: reading it is up to the caller
+/// ([`BatchStats::read`], one device → host read), so a training loop that does not look makes
+/// no host read per physical batch.
+///
+/// PRIVATE: the norms are computed from one example each, without noise; use them for debugging
+/// on data you may see, never publish or log them beside the model.
+#[derive(Clone)]
+pub struct BatchStats<B: Backend> {
     /// Samples in the physical batch (masked rows included).
     pub samples: usize,
-    /// Per-sample gradient norms (flat, before clipping). PRIVATE: each is computed from one
-    /// example without noise; use them for debugging on data you may see, never publish or log
-    /// them beside the model.
+    norms: Tensor<B, 1>,
+    non_finite_mask: Tensor<B, 1, Bool>,
+}
+
+impl<B: Backend> core::fmt::Debug for BatchStats<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Printing must not read the device.
+        f.debug_struct("BatchStats")
+            .field("samples", &self.samples)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> BatchStats<B> {
+    /// Per-sample gradient norms (flat, before clipping), on the device.
+    ///
+    /// # Shapes
+    /// `[B]`.
+    pub fn norms(&self) -> Tensor<B, 1> {
+        self.norms.clone()
+    }
+
+    /// `true` for the samples whose loss or gradient norm was not finite, on the device.
+    ///
+    /// # Shapes
+    /// `[B]`.
+    pub fn non_finite_mask(&self) -> Tensor<B, 1, Bool> {
+        self.non_finite_mask.clone()
+    }
+
+    /// Reads the norms and the non-finite samples to the host in one device → host read (none
+    /// for an empty batch).
+    pub fn read(&self) -> Result<BatchStatsValues, DpError> {
+        let b = self.samples;
+        if b == 0 {
+            return Ok(BatchStatsValues {
+                samples: 0,
+                norms: Vec::new(),
+                non_finite: Vec::new(),
+            });
+        }
+        let both = Tensor::cat(
+            vec![
+                self.norms.clone().cast(DType::F32),
+                self.non_finite_mask.clone().float().cast(DType::F32),
+            ],
+            0,
+        );
+        let values = read_f32(both, "the batch statistics")?;
+        let (norms, mask) = values.split_at(b);
+        Ok(BatchStatsValues {
+            samples: b,
+            norms: norms.to_vec(),
+            non_finite: mask
+                .iter()
+                .enumerate()
+                .filter(|(_, &bad)| bad != 0.0)
+                .map(|(i, _)| i)
+                .collect(),
+        })
+    }
+}
+
+/// [`BatchStats`] read to the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchStatsValues {
+    /// Samples in the physical batch (masked rows included).
+    pub samples: usize,
+    /// Per-sample gradient norms (flat, before clipping; NaN or ±∞ for a non-finite sample).
+    /// PRIVATE, as [`BatchStats`] says.
     pub norms: Vec<f32>,
-    /// Samples whose loss or gradient norm was not finite (NaN or ±∞): each contributed exactly
-    /// zero to the clipped sum (see [`clipped_backward`]).
+    /// Samples whose loss or gradient norm was not finite (NaN or ±∞), in batch order: each
+    /// contributed exactly zero to the clipped sum (see [`clipped_backward`]).
+    pub non_finite: Vec<usize>,
+}
+
+/// Statistics of one logical batch (all its physical batches), read by
+/// [`DpOptimizer::last_step_stats`].
+///
+/// PRIVATE: computed from the examples without noise (the largest norm is one example's); for
+/// debugging on data you may see, never to publish beside the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepStats {
+    /// Rows of the physical batches, padding rows included (0 for an empty Poisson batch).
+    pub samples: usize,
+    /// Physical batches accumulated.
+    pub physical_batches: usize,
+    /// Samples with a non-finite loss or gradient norm, dropped (they contributed exactly zero).
     pub non_finite: usize,
+    /// Samples with norm + 10⁻⁶ above the threshold `C` of some group that uses
+    /// [`ClippingFn::Abadi`](crate::ClippingFn::Abadi) clipping (their factor `c_i < 1`);
+    /// `None` when no group does (automatic clipping scales every sample).
+    pub clipped: Option<usize>,
+    /// Sum of the per-sample gradient norms (flat, before clipping) over the finite samples;
+    /// padding rows count with norm 0. Summed in f32 on the device.
+    pub norm_sum: f64,
+    /// The largest finite per-sample gradient norm (0 for an empty batch).
+    pub norm_max: f64,
+}
+
+/// [`StepStats`] while the logical batch is accumulated: device tensors, added per physical
+/// batch without reading anything back.
+#[derive(Clone)]
+struct DeviceStepStats<B: Backend> {
+    samples: usize,
+    physical_batches: usize,
+    counts_clipping: bool,
+    /// f32 `[non-finite samples, clipped samples, Σ finite norms, max finite norm]`.
+    values: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
+}
+
+impl<B: Backend> DeviceStepStats<B> {
+    fn empty() -> Self {
+        DeviceStepStats {
+            samples: 0,
+            physical_batches: 0,
+            counts_clipping: false,
+            values: None,
+        }
+    }
+
+    /// Adds one physical batch (device ops only).
+    fn add(&mut self, clipped: &ClippedGradients<B>) {
+        self.samples += clipped.batch_size;
+        self.physical_batches += 1;
+        let abadi: Vec<_> = clipped
+            .groups
+            .iter()
+            .filter(|(_, _, f)| matches!(f, ClippingFn::Abadi { .. }))
+            .collect();
+        self.counts_clipping |= !abadi.is_empty();
+        if clipped.batch_size == 0 {
+            return;
+        }
+        let bad = clipped.non_finite_mask.clone();
+        let count = |mask: Tensor<B, 1, Bool>| mask.float().cast(DType::F32).sum();
+        let clipped_samples = abadi
+            .iter()
+            .map(|(_, norms, f)| f.factors(norms.clone()).lower_elem(1.0))
+            .reduce(|a, b| a.bool_or(b))
+            .map(|any| count(any.bool_and(bad.clone().bool_not())))
+            .unwrap_or_else(|| Tensor::zeros([1], (&bad.device(), DType::F32)));
+        let finite = clipped
+            .norms
+            .clone()
+            .cast(DType::F32)
+            .mask_fill(bad.clone(), 0.0);
+        let sums = Tensor::cat(vec![count(bad), clipped_samples, finite.clone().sum()], 0);
+        let max = finite.max();
+        self.values = Some(match self.values.take() {
+            None => (sums, max),
+            Some((s, m)) => (s + sums, m.max_pair(max)),
+        });
+    }
+
+    /// Reads the statistics: one device → host read (none for an empty logical batch).
+    fn read(&self) -> Result<StepStats, DpError> {
+        let mut stats = StepStats {
+            samples: self.samples,
+            physical_batches: self.physical_batches,
+            non_finite: 0,
+            clipped: self.counts_clipping.then_some(0),
+            norm_sum: 0.0,
+            norm_max: 0.0,
+        };
+        if let Some((sums, max)) = &self.values {
+            let v = read_f32(
+                Tensor::cat(vec![sums.clone(), max.clone()], 0),
+                "the step statistics",
+            )?;
+            // Counts are sums of ones in f32: exact below 2²⁴ samples per logical batch.
+            stats.non_finite = v[0] as usize;
+            stats.clipped = self.counts_clipping.then_some(v[1] as usize);
+            stats.norm_sum = f64::from(v[2]);
+            stats.norm_max = f64::from(v[3]);
+        }
+        Ok(stats)
+    }
+}
+
+/// Reads a small f32 tensor to the host (one counted device → host read).
+fn read_f32<B: Backend>(t: Tensor<B, 1>, what: &str) -> Result<Vec<f32>, DpError> {
+    crate::backend::transfer::download_inner(t)
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| DpError::InvalidConfig(format!("reading {what}: {e:?}")))
 }
 
 /// A DP optimizer around `inner` (e.g. burn's `Sgd`, `Adam`, `AdamW` adaptors).
@@ -58,6 +244,8 @@ pub struct DpOptimizer<O, B: Backend> {
     expected_batch_size: f64,
     noise: NoiseGenerator,
     accumulated: Option<Accumulated<B>>,
+    /// The statistics of the last logical batch stepped on, still on the device.
+    last_step: Option<DeviceStepStats<B>>,
 }
 
 /// DP state saved beside burn's model and optimizer records.
@@ -96,6 +284,7 @@ impl<O, B: Backend> DpOptimizer<O, B> {
             expected_batch_size,
             noise: NoiseGenerator::new(noise)?,
             accumulated: None,
+            last_step: None,
         })
     }
 
@@ -139,34 +328,38 @@ impl<O, B: Backend> DpOptimizer<O, B> {
     /// Clip and accumulate one physical batch: runs the per-sample backward pass on `losses`
     /// (multiply padded rows by their mask first) and adds `Σ_i c_i g_i` to the logical batch.
     ///
+    /// Nothing is read back to the host: the returned [`BatchStats`] and the logical batch's
+    /// statistics ([`DpOptimizer::last_step_stats`]) stay on the device until asked for.
+    ///
     /// # Shapes
     /// `losses`: `[B]` per-sample losses.
     pub fn backward<M: AutodiffModule<DpAutodiff<B>>>(
         &mut self,
         model: &M,
         losses: Tensor<DpAutodiff<B>, 1>,
-    ) -> Result<BatchStats, DpError> {
+    ) -> Result<BatchStats<B>, DpError> {
         let clipped = clipped_backward(&self.per_sample, model, losses)?;
         let stats = BatchStats {
             samples: clipped.batch_size,
-            non_finite: clipped.non_finite.len(),
-            norms: crate::backend::transfer::download_inner(clipped.norms.clone())
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap_or_default(),
+            norms: clipped.norms.clone(),
+            non_finite_mask: clipped.non_finite_mask.clone(),
         };
         self.accumulate(clipped)?;
         Ok(stats)
     }
 
-    /// Adds clipped sums computed elsewhere (consumed: they cannot be added twice).
+    /// Adds clipped sums computed elsewhere (consumed: they cannot be added twice), and their
+    /// statistics, on the device.
     pub fn accumulate(&mut self, clipped: ClippedGradients<B>) -> Result<(), DpError> {
         match &mut self.accumulated {
             None => {
+                let mut stats = DeviceStepStats::empty();
+                stats.add(&clipped);
                 self.accumulated = Some(Accumulated {
                     sums: clipped.sums,
                     sensitivity: clipped.sensitivity,
                     samples: clipped.batch_size,
+                    stats,
                 });
             }
             Some(acc) => {
@@ -184,6 +377,7 @@ impl<O, B: Backend> DpOptimizer<O, B> {
                         "physical batches of one logical batch train different parameters".into(),
                     ));
                 }
+                acc.stats.add(&clipped);
                 for (id, sum) in clipped.sums {
                     let prev = acc.sums.remove(&id).expect("checked above");
                     acc.sums.insert(id, prev + sum);
@@ -192,6 +386,17 @@ impl<O, B: Backend> DpOptimizer<O, B> {
             }
         }
         Ok(())
+    }
+
+    /// The statistics of the last logical batch a DP step was taken on (`None` before the first
+    /// step): samples, non-finite and clipped counts, norm sum and maximum. They were accumulated
+    /// on the device; this reads them in one device → host read (none after an empty batch).
+    /// PRIVATE, as [`StepStats`] says.
+    pub fn last_step_stats(&self) -> Result<Option<StepStats>, DpError> {
+        self.last_step
+            .as_ref()
+            .map(DeviceStepStats::read)
+            .transpose()
     }
 
     /// Drops the clipped sums of an unfinished logical batch (after an error in one of its
@@ -404,6 +609,8 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
         noise_phase.end();
         let len: usize = numels.iter().sum();
         self.privacy.record_step()?;
+        // This peer's own physical batches (the others' statistics stay on their devices).
+        self.last_step = Some(acc.map_or_else(DeviceStepStats::empty, |a| a.stats));
         let reduced = all_reduce(flat)?;
         if reduced.dims() != [len] {
             return Err(DpError::AllReduce(format!(
@@ -534,6 +741,7 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
         let model = self.inner.step(lr, model, grads);
         step_phase.end();
         self.privacy.record_step()?;
+        self.last_step = Some(acc.map_or_else(DeviceStepStats::empty, |a| a.stats));
         Ok(model)
     }
 

@@ -14,6 +14,7 @@
 //! forward         the per-sample losses                       (the caller's model code)
 //! backward        one backward pass, including the rules      (engine::clipped_backward)
 //! norms           per-sample squared norms, per parameter     (engine::clipped_backward)
+//! non_finite      the non-finite mask, zeroing those samples  (engine::clipped_backward)
 //! factors         per-group norms and clipping factors        (engine::clipped_backward)
 //! clipped_sums    Σ_i c_i g_i per parameter                   (engine::clipped_backward)
 //! noise           draw noise, add it, scale                   (DpOptimizer::step)
@@ -34,6 +35,9 @@ pub enum Phase {
     Backward,
     /// Per-sample squared norms of every trainable parameter (ghost norm or instantiation).
     Norms,
+    /// The mask of samples with a non-finite loss or norm, and zeroing their cached rows (on the
+    /// device, every batch: nothing is read back).
+    NonFinite,
     /// Per-group norms and clipping factors.
     Factors,
     /// The clipped sums `Σ_i c_i g_i`.
@@ -46,10 +50,11 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in the order a step runs them.
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Forward,
         Phase::Backward,
         Phase::Norms,
+        Phase::NonFinite,
         Phase::Factors,
         Phase::ClippedSums,
         Phase::Noise,
@@ -62,6 +67,7 @@ impl Phase {
             Phase::Forward => "forward",
             Phase::Backward => "backward",
             Phase::Norms => "norms",
+            Phase::NonFinite => "non_finite",
             Phase::Factors => "factors",
             Phase::ClippedSums => "clipped_sums",
             Phase::Noise => "noise",

@@ -397,7 +397,7 @@ fn non_finite_samples_contribute_exactly_zero() {
             losses_of(&model, good.clone(), &[0, 2], None),
         )
         .unwrap();
-        assert!(reference.non_finite.is_empty());
+        assert!(reference.non_finite().unwrap().is_empty());
         let want = sums_in_order(&reference, &ids);
         let bad_rows: [(Vec<f32>, Option<Vec<f32>>); 4] = [
             (vec![f32::NAN, 0.1, 0.2, 0.3], None),
@@ -410,7 +410,7 @@ fn non_finite_samples_contribute_exactly_zero() {
             let x = [row(0), bad.clone(), row(2)].concat();
             let g =
                 clipped_backward(config, &model, losses_of(&model, x, &[0, 1, 2], offset)).unwrap();
-            assert_eq!(g.non_finite, vec![1], "{config:?} {bad:?}");
+            assert_eq!(g.non_finite().unwrap(), vec![1], "{config:?} {bad:?}");
             let got = sums_in_order(&g, &ids);
             assert!(
                 got.iter().all(|v| v.is_finite()),
@@ -427,12 +427,20 @@ fn non_finite_samples_contribute_exactly_zero() {
     let stats = o
         .backward(&model, losses_of(&model, x, &[0, 1, 2], None))
         .unwrap();
-    assert_eq!((stats.samples, stats.non_finite), (3, 1));
+    let read = stats.read().unwrap();
+    assert_eq!((read.samples, read.non_finite.clone()), (3, vec![1]));
+    assert!(read.norms[1].is_nan() && read.norms[0].is_finite());
     assert!(sum_of(&o, &model).iter().all(|v| v.is_finite()));
     let stats = o.backward(&model, losses(&model, &[0, 1], None)).unwrap();
-    assert_eq!(stats.non_finite, 0);
+    assert!(stats.read().unwrap().non_finite.is_empty());
     let model = o.step(0.1, model).unwrap();
     assert!(flat_params(&model).iter().all(|v| v.is_finite()));
+    let step = o.last_step_stats().unwrap().unwrap();
+    assert_eq!(
+        (step.samples, step.physical_batches, step.non_finite),
+        (5, 2, 1)
+    );
+    assert!(step.norm_sum.is_finite() && step.norm_max > 0.0, "{step:?}");
 }
 
 #[derive(Module, Debug)]
@@ -479,7 +487,7 @@ fn ghost_norms_of_nearly_cancelling_positions_stay_finite() {
             "case {case}: {norms:?}"
         );
         assert!(
-            g.non_finite.is_empty(),
+            g.non_finite().unwrap().is_empty(),
             "case {case}: a finite gradient is not excluded"
         );
         let sum = values(g.sums[&model.fc.weight.id].clone());
@@ -803,7 +811,7 @@ fn non_finite_samples_are_excluded_from_conv_and_broadcast_terms() {
         bad[3] = f32::NAN;
         let got =
             clipped_backward(&config, &model, losses([row(0), bad, row(2)].concat())).unwrap();
-        assert_eq!(got.non_finite, vec![1]);
+        assert_eq!(got.non_finite().unwrap(), vec![1]);
         let got = sums_in_order(&got, &ids);
         assert!(got.iter().all(|v| v.is_finite()), "{mode:?}: {got:?}");
         close(&got, &sums_in_order(&want, &ids), 1e-6);
@@ -859,4 +867,115 @@ fn grouped_strided_conv1d_clipped_sum_does_not_panic() {
             );
         }
     }
+}
+
+/// Device → host reads of one logical batch of `k` physical batches (2 rows each; the second
+/// row of the last one a NaN input) and its DP step, then of reading the step's statistics.
+fn host_reads_of_a_logical_batch(k: usize) -> (u64, u64, StepStats) {
+    let model = net();
+    let mut o = opt(1.0, 3);
+    // A first step, uncounted (lazy initialisation).
+    o.backward(&model, losses(&model, &[0, 1], None)).unwrap();
+    let model = o.step(0.1, model).unwrap();
+    crate::backend::transfer::reset();
+    for i in 0..k {
+        let l = if i + 1 == k {
+            // Row 2i as `inputs` builds it, then a row of NaNs.
+            let x: Vec<f32> = (0..4).map(|j| ((8 * i + j) as f32 * 0.73).cos()).collect();
+            losses_of(&model, [x, vec![f32::NAN; 4]].concat(), &[0, 1], None)
+        } else {
+            losses(&model, &[2 * i, 2 * i + 1], None)
+        };
+        o.backward(&model, l).unwrap();
+    }
+    let model = o.step(0.1, model).unwrap();
+    let stepping = crate::backend::transfer::read().host_reads;
+    let stats = o.last_step_stats().unwrap().unwrap();
+    let reading = crate::backend::transfer::read().host_reads - stepping;
+    assert!(flat_params(&model).iter().all(|v| v.is_finite()));
+    (stepping, reading, stats)
+}
+
+/// Issue 10.4: a logical batch makes no device → host read (a synchronisation on a GPU) per
+/// physical batch: the per-sample norms and the non-finite mask stay on the device, the dropped
+/// sample is masked there, and the logical batch's statistics are read once, when asked for.
+/// (Before: 2 reads per physical batch, the norms for `BatchStats` and the non-finite mask.)
+/// Counts are process-global: this relies on the tests running on one thread.
+#[test]
+fn a_logical_batch_reads_the_device_at_most_once() {
+    for k in [1, 2, 5] {
+        let (stepping, reading, stats) = host_reads_of_a_logical_batch(k);
+        assert_eq!(stepping, 0, "{k} physical batches");
+        assert_eq!(reading, 1, "{k} physical batches");
+        assert_eq!(
+            (stats.samples, stats.physical_batches, stats.non_finite),
+            (2 * k, k, 1),
+            "{stats:?}"
+        );
+        assert_eq!(stats.clipped, None, "automatic clipping clips no sample");
+        assert!(
+            stats.norm_sum > 0.0 && stats.norm_sum.is_finite(),
+            "{stats:?}"
+        );
+        assert!(
+            stats.norm_max > 0.0 && stats.norm_max <= stats.norm_sum,
+            "{stats:?}"
+        );
+    }
+}
+
+/// The step statistics agree with the per-batch norms read on the host: norm sum and maximum
+/// over finite samples, and the Abadi clipped count (norm + 1e-6 > C); an empty Poisson batch
+/// reads nothing and reports zeros.
+#[test]
+fn step_stats_match_the_per_batch_norms() {
+    let model = net();
+    let privacy =
+        PrivacyState::with_noise_multiplier(1.0, 0.01, 1e-5, AccountantKind::Rdp).unwrap();
+    let mut o = DpOptimizer::new(
+        SgdConfig::new().init::<Dp, Net<Dp>>(),
+        PerSampleConfig::new(ClippingFn::Abadi { max_norm: 1.2 }),
+        privacy,
+        &sampler(4),
+        NoiseSource::FixedSeedForExperiments(4),
+    )
+    .unwrap();
+    assert_eq!(o.last_step_stats().unwrap(), None);
+    let mut norms = Vec::new();
+    for rows in [[0usize, 1, 2], [3, 4, 5]] {
+        let stats = o.backward(&model, losses(&model, &rows, None)).unwrap();
+        norms.extend(stats.read().unwrap().norms);
+    }
+    let model = o.step(0.1, model).unwrap();
+    let got = o.last_step_stats().unwrap().unwrap();
+    let sum: f64 = norms.iter().map(|&n| f64::from(n)).sum();
+    let max = norms.iter().fold(0f32, |m, &n| m.max(n));
+    let clipped = norms.iter().filter(|&&n| n + 1e-6 > 1.2).count();
+    assert!(
+        clipped > 0 && clipped < 6,
+        "the threshold splits the samples: {norms:?}"
+    );
+    assert_eq!(
+        (got.samples, got.physical_batches, got.non_finite),
+        (6, 2, 0)
+    );
+    assert_eq!(got.clipped, Some(clipped));
+    assert!((got.norm_sum - sum).abs() <= 1e-5 * sum, "{got:?} {sum}");
+    assert_eq!(got.norm_max, f64::from(max));
+
+    let _model = o.step_empty(0.1, model).unwrap();
+    crate::backend::transfer::reset();
+    let empty = o.last_step_stats().unwrap().unwrap();
+    assert_eq!(crate::backend::transfer::read().host_reads, 0);
+    assert_eq!(
+        empty,
+        StepStats {
+            samples: 0,
+            physical_batches: 0,
+            non_finite: 0,
+            clipped: None,
+            norm_sum: 0.0,
+            norm_max: 0.0
+        }
+    );
 }
