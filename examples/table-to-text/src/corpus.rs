@@ -1,16 +1,29 @@
-//! The bundled E2E-style corpus, generated deterministically (a fixed seed, no randomness from
+//! The bundled E2E-style corpus, generated deterministically (fixed seeds, no randomness from
 //! the machine): meaning representations of restaurants with the E2E slots (`name`, `eatType`,
 //! `food`, `area`, `priceRange`, `customer rating`, `familyFriendly`) and sentences written from
 //! templates.
 //!
-//! It is split in two by construction:
-//! - the **public** part: restaurants whose names are one half of the name grid, described with
-//!   the public sentence templates; it is used without privacy (vocabulary, pre-training);
-//! - the **private** part: the other restaurants, described with *other* templates; its training
-//!   rows are only read by the DP fine-tuning, its held-out meaning representations (distinct
-//!   from the training ones) with every private template as references are the test set.
+//! Every sentence is a combination of the same phrase fragments: an opening clause (one of six
+//! cores, such as `X is a pub serving French food` or `There is a French pub called X`, with the
+//! location at its end, after the type or in front) and the optional price, rating and family
+//! clauses (two phrasings each, in one of six orders). A whole-sentence template fixes one choice
+//! of each. The corpus is split in two by construction:
+//! - the **public** part plays the role of web text: restaurants whose names are one half of the
+//!   name grid, described with 384 public templates (every combination of 8 public openings with
+//!   every phrasing and order of the optional clauses); it is used without privacy (vocabulary,
+//!   pre-training);
+//! - the **private** part: the other restaurants, described with 5 *other* templates, new
+//!   sentences made of public fragments (each opening joins a core and a location place that
+//!   public text uses, but never together); its training rows are only read by the DP
+//!   fine-tuning, its held-out meaning representations (distinct from the training ones) with
+//!   every private template as references are the test set.
 //!
-//! Limits: this is synthetic text from 7 + 5 templates, far more regular than the crowd-sourced
+//! So public text covers every word of the private sentences (a test checks it token by token)
+//! but none of their whole-sentence patterns (a test checks it for every meaning-representation
+//! shape), as GPT-2's web text covers the English of the real E2E references but not the
+//! references themselves.
+//!
+//! Limits: this is synthetic text from a small grammar, far more regular than the crowd-sourced
 //! E2E references; scores on it show the pipeline working, not E2E results.
 
 use crate::Row;
@@ -128,73 +141,270 @@ fn location(area: &str) -> &'static str {
     }
 }
 
-/// Number of public templates.
-pub const PUBLIC_TEMPLATES: usize = 7;
-/// Number of private templates.
-pub const PRIVATE_TEMPLATES: usize = 5;
+/// Where the location goes in an opening clause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// After the clause: `The Eagle is a pub serving French food by the riverside`.
+    End,
+    /// After the type: `The Eagle is a pub by the riverside serving French food`.
+    AfterType,
+    /// In front: `Located by the riverside, The Eagle is a pub serving French food`.
+    Front,
+}
 
-/// Sentence `k` of a part's templates for `mr`.
-pub fn sentence(mr: &Mr, public: bool, k: usize) -> String {
-    let (n, t, f, loc) = (&mr.name, mr.eat_type, mr.food, location(mr.area));
+/// How an opening clause puts the name, the type and the food together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Core {
+    /// `The Eagle is a French pub`.
+    Adjective,
+    /// `The Eagle is a pub serving French food`.
+    Serving,
+    /// `The Eagle is a pub that serves French food`.
+    ThatServes,
+    /// `There is a French pub called The Eagle`.
+    Called,
+    /// `The Eagle offers French food. It is a pub` (public only).
+    Offers,
+    /// `For French food, visit The Eagle, a pub` (public only).
+    Visit,
+}
+
+/// The price clause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Price {
+    /// `with cheap prices`.
+    With,
+    /// `its prices are cheap`.
+    Its,
+}
+
+/// The rating clause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rating {
+    /// `with a high customer rating`.
+    With,
+    /// `customers rate it high`.
+    Customers,
+}
+
+/// The family clause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// `it is family friendly`.
+    Family,
+    /// `it is kid friendly`.
+    Kid,
+}
+
+/// The optional clauses, in the order a template writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    Price,
+    Rating,
+    Family,
+}
+
+/// A whole-sentence template: an opening clause (core and place of the location), the phrasing
+/// of each optional clause and their order. Every template is a combination of the same
+/// fragments; a part is defined by which combinations it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Template {
+    core: Core,
+    place: Place,
+    price: Price,
+    rating: Rating,
+    family: Family,
+    order: [Extra; 3],
+}
+
+const fn template(
+    core: Core,
+    place: Place,
+    price: Price,
+    rating: Rating,
+    family: Family,
+    order: [Extra; 3],
+) -> Template {
+    Template {
+        core,
+        place,
+        price,
+        rating,
+        family,
+        order,
+    }
+}
+
+use Extra::{Family as F, Price as P, Rating as R};
+
+/// The openings (core, place of the location) of the public templates: every combination of the
+/// four shared cores and three places except the private openings below (and `Adjective` with
+/// `AfterType`, the same words as `Adjective` with `End`), and two public-only cores.
+const PUBLIC_OPENINGS: [(Core, Place); 8] = [
+    (Core::Adjective, Place::End),
+    (Core::Serving, Place::End),
+    (Core::Serving, Place::Front),
+    (Core::ThatServes, Place::AfterType),
+    (Core::Called, Place::End),
+    (Core::Called, Place::Front),
+    (Core::Offers, Place::End),
+    (Core::Visit, Place::End),
+];
+
+/// The six orders of the optional clauses.
+const ORDERS: [[Extra; 3]; 6] = [
+    [P, R, F],
+    [P, F, R],
+    [R, P, F],
+    [R, F, P],
+    [F, P, R],
+    [F, R, P],
+];
+
+/// Public template `k`: the public part plays the role of web text, varied phrasing the model
+/// is pre-trained on. Its templates are every combination of a public opening, a phrasing of
+/// each optional clause and an order of them (8 × 2 × 2 × 2 × 6 = 384 whole-sentence templates).
+fn public_template(k: usize) -> Template {
+    let k = k % PUBLIC_TEMPLATES;
+    let (core, place) = PUBLIC_OPENINGS[k / 48];
+    let price = [Price::With, Price::Its][k / 24 % 2];
+    let rating = [Rating::With, Rating::Customers][k / 12 % 2];
+    let family = [Family::Family, Family::Kid][k / 6 % 2];
+    template(core, place, price, rating, family, ORDERS[k % 6])
+}
+
+/// The private templates: new whole sentences made of public fragments. Each opening joins a
+/// core and a place of the location that public text uses, but never together; the optional
+/// clauses reuse public phrasings and orders, each template fixing one choice. So the private
+/// sentences are new, while their words and phrases are all in public text, as the real E2E
+/// references are new sentences made of English a web-trained GPT-2 has seen.
+const PRIVATE: [Template; 5] = [
+    template(
+        Core::Serving,
+        Place::AfterType,
+        Price::Its,
+        Rating::With,
+        Family::Family,
+        [R, F, P],
+    ),
+    template(
+        Core::Adjective,
+        Place::Front,
+        Price::With,
+        Rating::Customers,
+        Family::Family,
+        [P, R, F],
+    ),
+    template(
+        Core::ThatServes,
+        Place::End,
+        Price::Its,
+        Rating::Customers,
+        Family::Kid,
+        [F, R, P],
+    ),
+    template(
+        Core::Called,
+        Place::AfterType,
+        Price::With,
+        Rating::With,
+        Family::Family,
+        [R, P, F],
+    ),
+    template(
+        Core::ThatServes,
+        Place::Front,
+        Price::Its,
+        Rating::With,
+        Family::Kid,
+        [P, F, R],
+    ),
+];
+
+/// Number of public templates.
+pub const PUBLIC_TEMPLATES: usize = PUBLIC_OPENINGS.len() * 48;
+/// Number of private templates.
+pub const PRIVATE_TEMPLATES: usize = PRIVATE.len();
+
+/// The opening clause of `t` for `mr` (name, type, food and area).
+fn opening(t: &Template, mr: &Mr) -> String {
+    let (n, ty, f) = (&mr.name, mr.eat_type, mr.food);
     let food = if f == "fast food" {
         f.to_string()
     } else {
         format!("{f} food")
     };
-    let mut s = if public {
-        match k % PUBLIC_TEMPLATES {
-            0 => format!("{n} is {} {f} {t} {loc}", article(f)),
-            1 => format!("{n} is {} {t} serving {food} {loc}", article(t)),
-            2 => format!("There is {} {f} {t} called {n} {loc}", article(f)),
-            3 => format!(
-                "Located {loc}, {n} is {} {t} that serves {food}",
-                article(t)
-            ),
-            4 => format!("{n} offers {food} {loc}. It is {} {t}", article(t)),
-            5 => format!("For {food} {loc}, visit {n}, {} {t}", article(t)),
-            _ => format!(
-                "{n} is a place {loc} where you can get {food}. It is {} {t}",
-                article(t)
-            ),
-        }
-    } else {
-        match k % PRIVATE_TEMPLATES {
-            0 => format!("{n} serves {food} {loc} as {} {t}", article(t)),
-            1 => format!("If you want {food} {loc}, try the {t} {n}"),
-            2 => format!("{n}, {} {t} {loc}, has {food}", article(t)),
-            3 => format!("You can find {food} at {n}, {} {t} {loc}", article(t)),
-            _ => format!("{n} is {} {t} {loc} with {food}", article(t)),
-        }
+    let loc = location(mr.area);
+    let (at, af) = (article(ty), article(f));
+    // (before the location, after it) for the `AfterType` place; `End` and `Front` join them.
+    let (head, tail) = match t.core {
+        Core::Adjective => (format!("{n} is {af} {f} {ty}"), String::new()),
+        Core::Serving => (format!("{n} is {at} {ty}"), format!(" serving {food}")),
+        Core::ThatServes => (format!("{n} is {at} {ty}"), format!(" that serves {food}")),
+        Core::Called => (format!("There is {af} {f} {ty}"), format!(" called {n}")),
+        Core::Offers => (format!("{n} offers {food}"), format!(". It is {at} {ty}")),
+        Core::Visit => (format!("For {food}"), format!(", visit {n}, {at} {ty}")),
     };
-    let mut extras = Vec::new();
-    if let Some(p) = mr.price {
-        extras.push(if public {
-            format!("with {p} prices")
-        } else {
-            format!("its prices are {p}")
-        });
-    }
-    if let Some(r) = mr.rating {
-        extras.push(if public {
-            format!("with {} {r} customer rating", article(r))
-        } else {
-            format!("customers rate it {r}")
-        });
-    }
-    if let Some(fam) = mr.family {
-        let w = if fam { "is" } else { "is not" };
-        extras.push(if public {
-            format!("it {w} family friendly")
-        } else {
-            format!("it {w} kid friendly")
-        });
-    }
-    if !extras.is_empty() {
-        if public {
-            s += &format!(" {}", extras.join(" and "));
-        } else {
-            s += &format!(", and {}", extras.join(" and "));
+    match t.place {
+        Place::End => format!("{head}{tail} {loc}"),
+        Place::AfterType => format!("{head} {loc}{tail}"),
+        Place::Front => {
+            let clause = format!("{head}{tail}");
+            let clause = clause
+                .strip_prefix("There")
+                .map_or(clause.clone(), |rest| format!("there{rest}"));
+            format!("Located {loc}, {clause}")
         }
+    }
+}
+
+/// Sentence `k` of a part's templates for `mr`.
+pub fn sentence(mr: &Mr, public: bool, k: usize) -> String {
+    let t = if public {
+        public_template(k)
+    } else {
+        PRIVATE[k % PRIVATE_TEMPLATES]
+    };
+    let mut s = opening(&t, mr);
+    let mut extras = Vec::new();
+    for extra in t.order {
+        match extra {
+            Extra::Price => {
+                if let Some(p) = mr.price {
+                    extras.push(match t.price {
+                        Price::With => format!("with {p} prices"),
+                        Price::Its => format!("its prices are {p}"),
+                    });
+                }
+            }
+            Extra::Rating => {
+                if let Some(r) = mr.rating {
+                    extras.push(match t.rating {
+                        Rating::With => format!("with {} {r} customer rating", article(r)),
+                        Rating::Customers => format!("customers rate it {r}"),
+                    });
+                }
+            }
+            Extra::Family => {
+                if let Some(fam) = mr.family {
+                    let w = if fam { "is" } else { "is not" };
+                    extras.push(match t.family {
+                        Family::Family => format!("it {w} family friendly"),
+                        Family::Kid => format!("it {w} kid friendly"),
+                    });
+                }
+            }
+        }
+    }
+    if let Some(first) = extras.first() {
+        // A `with` phrase follows the opening directly; a clause follows a comma and `and`.
+        let lead = if first.starts_with("with") {
+            " "
+        } else {
+            ", and "
+        };
+        s += lead;
+        s += &extras.join(" and ");
     }
     s.push('.');
     s
@@ -211,11 +421,17 @@ pub struct Corpus {
     pub test: Vec<(String, Vec<String>)>,
 }
 
+/// Seed of the public part's generator.
+const PUBLIC_SEED: u64 = 0xE2E0_2017;
+/// Seed of the private part's generator (its own stream: the private rows do not depend on how
+/// many public rows are generated).
+const PRIVATE_SEED: u64 = 0xE2E0_2018;
+
 /// Generate the corpus: `public` public rows, `private` private training rows and `test`
-/// held-out meaning representations, from a fixed seed (the same on every machine).
+/// held-out meaning representations, from fixed seeds (the same on every machine).
 pub fn generate(public: usize, private: usize, test: usize) -> Corpus {
-    let mut rng = Rng(0xE2E0_2017);
     let (pub_names, priv_names) = (names(true), names(false));
+    let mut rng = Rng(PUBLIC_SEED);
     let public_rows = (0..public)
         .map(|_| {
             let mr = random_mr(&mut rng, &pub_names);
@@ -226,6 +442,7 @@ pub fn generate(public: usize, private: usize, test: usize) -> Corpus {
             }
         })
         .collect();
+    let mut rng = Rng(PRIVATE_SEED);
     let mut seen = std::collections::HashSet::new();
     let private_train: Vec<Row> = (0..private)
         .map(|_| {
@@ -264,7 +481,10 @@ mod tests {
         let a = generate(50, 40, 10);
         let b = generate(50, 40, 10);
         assert_eq!(a.public, b.public);
+        assert_eq!(a.private_train, b.private_train);
         assert_eq!(a.test, b.test);
+        // The private part does not depend on the size of the public one.
+        assert_eq!(generate(0, 40, 10).private_train, a.private_train);
         let public_names: Vec<String> = names(true);
         for r in &a.private_train {
             assert!(!public_names
@@ -274,6 +494,95 @@ mod tests {
         for (mr, refs) in &a.test {
             assert_eq!(refs.len(), PRIVATE_TEMPLATES);
             assert!(!a.private_train.iter().any(|r| &r.mr == mr));
+        }
+    }
+
+    /// Every meaning representation shape: each type, food, area, and every combination of
+    /// present / absent optional slots.
+    fn all_shapes() -> Vec<Mr> {
+        let mut out = Vec::new();
+        for eat_type in TYPES {
+            for food in FOODS {
+                for area in AREAS {
+                    for price in [None, Some("cheap")] {
+                        for rating in [None, Some("average")] {
+                            for family in [None, Some(true), Some(false)] {
+                                out.push(Mr {
+                                    name: "The Golden Mill".into(),
+                                    eat_type,
+                                    food,
+                                    area,
+                                    price,
+                                    rating,
+                                    family,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn private_templates_are_new_sentences_of_public_fragments() {
+        // As whole-sentence patterns the parts are disjoint: no private template writes, for any
+        // meaning representation, the sentence a public template writes.
+        for mr in all_shapes() {
+            for k in 0..PRIVATE_TEMPLATES {
+                let private = sentence(&mr, false, k);
+                for j in 0..PUBLIC_TEMPLATES {
+                    assert_ne!(private, sentence(&mr, true, j), "{k} {j}");
+                }
+            }
+        }
+        let public: Vec<Template> = (0..PUBLIC_TEMPLATES).map(public_template).collect();
+        for p in &PRIVATE {
+            assert!(!public.contains(p));
+            // ... and every fragment of a private template occurs in a public one.
+            assert!(public.iter().any(|q| q.core == p.core));
+            assert!(public.iter().any(|q| q.place == p.place));
+            assert!(public.iter().any(|q| q.price == p.price));
+            assert!(public.iter().any(|q| q.rating == p.rating));
+            assert!(public.iter().any(|q| q.family == p.family));
+            assert!(public.iter().any(|q| q.order == p.order));
+            // The opening (core with the place of the location) is a new combination.
+            assert!(!public
+                .iter()
+                .any(|q| q.core == p.core && q.place == p.place));
+        }
+        // The public templates are all different.
+        for (i, a) in public.iter().enumerate() {
+            assert!(!public[i + 1..].contains(a));
+        }
+    }
+
+    #[test]
+    fn public_text_covers_every_private_token() {
+        // The vocabulary is fixed from public text only; the private sentences need no token
+        // outside it (no `<unk>`), so no word had to be added after seeing the private part.
+        let c = generate(3000, 300, 30);
+        // The public rows alone (without `data/public_vocabulary.txt`).
+        let public: Vec<String> = c
+            .public
+            .iter()
+            .flat_map(|r| [crate::prompt(&r.mr), format!(" {}", r.reference)])
+            .collect();
+        let tok = crate::Tokenizer::compact(public.iter().map(String::as_str)).unwrap();
+        let texts = c
+            .private_train
+            .iter()
+            .map(|r| (crate::prompt(&r.mr), format!(" {}", r.reference)))
+            .chain(c.test.iter().flat_map(|(mr, refs)| {
+                refs.iter()
+                    .map(|r| (crate::prompt(mr), format!(" {r}")))
+                    .collect::<Vec<_>>()
+            }));
+        for (prompt, sentence) in texts {
+            for text in [prompt, sentence] {
+                assert!(!tok.encode(&text).contains(&1), "unknown token in {text:?}");
+            }
         }
     }
 }

@@ -485,15 +485,76 @@ pub fn run(args: Args) -> Result<Summary, Error> {
 /// Seed of the weight initialisation before pre-training (public).
 pub const PRETRAIN_SEED: u64 = 20_240_602;
 
-/// Where the pre-trained weights of `args` are cached: `--pretrained`, or a file named after the
-/// pre-training settings.
-pub fn pretrained_path(args: &Args, vocabulary: usize) -> PathBuf {
+/// What the pre-trained weights depend on: the architecture, the pre-training settings and an
+/// FNV-1a hash of the public text (the public rows and [`PUBLIC_VOCABULARY`]). It names the
+/// cached file and is written next to it (`<file>.settings`), so weights pre-trained on another
+/// corpus or with other settings are never reused.
+pub fn pretraining_key(args: &Args, config: &Gpt2Config, public: &[Row]) -> String {
+    // FNV-1a, 64 bits: a fingerprint of public text (not a security measure).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |text: &str| {
+        for b in text.bytes().chain([0u8]) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    feed(PUBLIC_VOCABULARY);
+    for r in public {
+        feed(&r.mr);
+        feed(&r.reference);
+    }
+    format!(
+        "tiny-v{}-ctx{}-d{}-l{}-h{}-public{}-len{}-e{}-lr{}-seed{}-text{hash:016x}",
+        config.vocab_size,
+        config.n_positions,
+        config.n_embd,
+        config.n_layer,
+        config.n_head,
+        public.len(),
+        args.max_len,
+        args.pretrain_epochs,
+        args.pretrain_lr,
+        PRETRAIN_SEED,
+    )
+}
+
+/// Where the pre-trained weights of `args` are cached: `--pretrained`, or a file named after
+/// [`pretraining_key`] under `target/examples/table-to-text/pretrained/`.
+pub fn pretrained_path(args: &Args, key: &str) -> PathBuf {
     args.pretrained.clone().unwrap_or_else(|| {
-        PathBuf::from("target/examples/table-to-text/pretrained").join(format!(
-            "tiny-v{vocabulary}-public{}-len{}-e{}-lr{}.safetensors",
-            args.public_rows, args.max_len, args.pretrain_epochs, args.pretrain_lr
-        ))
+        PathBuf::from("target/examples/table-to-text/pretrained").join(format!("{key}.safetensors"))
     })
+}
+
+/// The file next to pre-trained weights that records their [`pretraining_key`].
+pub fn settings_path(weights: &Path) -> PathBuf {
+    let mut name = weights.as_os_str().to_owned();
+    name.push(".settings");
+    PathBuf::from(name)
+}
+
+/// Checks that cached weights at `path` were pre-trained with `key`: a recorded other key is an
+/// error (another corpus or other settings); weights without a record (not written by this
+/// example) are used with a warning.
+fn check_pretraining_key(path: &Path, key: &str) -> Result<(), Error> {
+    match std::fs::read_to_string(settings_path(path)) {
+        Ok(recorded) if recorded.trim() == key => Ok(()),
+        Ok(recorded) => Err(format!(
+            "{} was pre-trained with other settings or another public corpus ({}; this run: {key}): \
+             delete it or choose another --pretrained file",
+            path.display(),
+            recorded.trim()
+        )
+        .into()),
+        Err(_) => {
+            eprintln!(
+                "warning: {} has no {} record: using it as given, unchecked",
+                path.display(),
+                settings_path(path).display()
+            );
+            Ok(())
+        }
+    }
 }
 
 /// `[ids, mask]` tensors of rows `idx` of `seqs`.
@@ -586,7 +647,8 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         && args.pretrain_epochs > 0
         && !public.is_empty()
     {
-        let path = pretrained_path(args, tok.vocab_size());
+        let key = pretraining_key(args, &config, &public);
+        let path = pretrained_path(args, &key);
         if !path.exists() {
             <B<I> as Backend>::seed(&dev, PRETRAIN_SEED);
             let fresh: Gpt2<B<I>> = config.init(&dev);
@@ -608,8 +670,10 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
                 },
             );
             common::save_safetensors::<B<I>, _>(&model, &path)?;
+            std::fs::write(settings_path(&path), format!("{key}\n"))?;
             eprintln!("pre-trained weights written: {}", path.display());
         } else {
+            check_pretraining_key(&path, &key)?;
             eprintln!("pre-trained weights read: {}", path.display());
         }
         Some(path)
@@ -798,4 +862,35 @@ pub fn sweep(args: &Args) -> Result<Vec<SweepRow>, Error> {
             seconds: s.seconds,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cached pre-trained weights are keyed by the public corpus and the settings: another corpus
+    /// gives another file name, and a file recorded with another key is refused, not reused.
+    #[test]
+    fn pretrained_cache_is_keyed_by_the_public_corpus() {
+        let args = Args::parse_from(["table-to-text"]);
+        let config = Gpt2Config::custom(180, 128, 64, 2, 4);
+        let public = corpus::generate(20, 0, 0).public;
+        let key = pretraining_key(&args, &config, &public);
+        let mut changed = public.clone();
+        changed[3].reference.push('!');
+        let other = pretraining_key(&args, &config, &changed);
+        assert_ne!(key, other);
+        assert_ne!(pretrained_path(&args, &key), pretrained_path(&args, &other));
+        let dir = std::env::temp_dir().join(format!("burn-dp-t2t-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let weights = dir.join("w.safetensors");
+        std::fs::write(settings_path(&weights), format!("{other}\n")).unwrap();
+        let e = check_pretraining_key(&weights, &key)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("other settings"), "{e}");
+        std::fs::write(settings_path(&weights), format!("{key}\n")).unwrap();
+        assert!(check_pretraining_key(&weights, &key).is_ok());
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
