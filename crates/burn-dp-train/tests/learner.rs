@@ -183,23 +183,24 @@ fn clipping() -> PerSampleConfig {
     PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 })
 }
 
+/// The run's settings: the test clipping, a fixed seed.
+fn setup(privacy: PrivacyState, n: usize, physical: usize, seed: u64) -> PrivateSetup {
+    PrivateSetup {
+        per_sample: clipping(),
+        privacy,
+        dataset_size: n,
+        physical_batch_size: physical,
+        noise: NoiseSource::FixedSeedForExperiments(seed),
+    }
+}
+
 fn session<M: AutodiffModule<Dp> + 'static>(
     privacy: PrivacyState,
     n: usize,
     physical: usize,
     seed: u64,
 ) -> PrivateTraining<SgdFor<M>, Inner> {
-    PrivateTraining::new(
-        SgdConfig::new().init(),
-        PrivateSetup {
-            per_sample: clipping(),
-            privacy,
-            dataset_size: n,
-            physical_batch_size: physical,
-            noise: NoiseSource::FixedSeedForExperiments(seed),
-        },
-    )
-    .unwrap()
+    PrivateTraining::new(SgdConfig::new().init(), setup(privacy, n, physical, seed)).unwrap()
 }
 
 /// Metric values the renderer saw, by metric name, in order.
@@ -342,13 +343,7 @@ fn private_trainer(
     let mut trainer = PrivateTrainer::new(
         model,
         SgdConfig::new().init(),
-        PrivateSetup {
-            per_sample: clipping(),
-            privacy,
-            dataset_size: n,
-            physical_batch_size: physical,
-            noise: NoiseSource::FixedSeedForExperiments(seed),
-        },
+        setup(privacy, n, physical, seed),
     )
     .unwrap();
     for _ in 0..steps {
