@@ -3,24 +3,26 @@
 //! `food`, `area`, `priceRange`, `customer rating`, `familyFriendly`) and sentences written from
 //! templates.
 //!
-//! Every sentence is a combination of the same phrase fragments: an opening clause (one of six
-//! cores, such as `X is a pub serving French food` or `There is a French pub called X`, with the
-//! location at its end, after the type or in front) and the optional price, rating and family
-//! clauses (two phrasings each, in one of six orders). A whole-sentence template fixes one choice
-//! of each. The corpus is split in two by construction:
-//! - the **public** part plays the role of web text: restaurants whose names are one half of the
-//!   name grid, described with 384 public templates (every combination of 8 public openings with
-//!   every phrasing and order of the optional clauses); it is used without privacy (vocabulary,
-//!   pre-training);
-//! - the **private** part: the other restaurants, described with 5 *other* templates, new
-//!   sentences made of public fragments (each opening joins a core and a location place that
-//!   public text uses, but never together); its training rows are only read by the DP
+//! Every sentence is a combination of the same phrase fragments: an opening clause (one of eight
+//! openings, made of six cores, such as `X is a pub serving French food` or `There is a French
+//! pub called X`, with the location at its end, after the type or in front) and the optional
+//! price, rating and family clauses (two phrasings each, in one of six orders). A whole-sentence
+//! template fixes one choice of each: 8 × 2 × 2 × 2 × 6 = 384 of them. The corpus is split in two
+//! by construction:
+//! - the **private** part: restaurants whose names are one half of the name grid, described with
+//!   5 of these templates, each with its own opening; its training rows are only read by the DP
 //!   fine-tuning, its held-out meaning representations (distinct from the training ones) with
-//!   every private template as references are the test set.
+//!   every private template as references are the test set;
+//! - the **public** part plays the role of web text: the other restaurants, described with the
+//!   379 other templates (the 5 private ones are held out); it is used without privacy
+//!   (vocabulary, pre-training).
 //!
-//! So public text covers every word of the private sentences (a test checks it token by token)
-//! but none of their whole-sentence patterns (a test checks it for every meaning-representation
-//! shape), as GPT-2's web text covers the English of the real E2E references but not the
+//! So public text contains every word, phrase and junction of the private sentences (a test
+//! checks every word trigram for every meaning-representation shape), each private opening with
+//! every clause phrasing and order, but never the private templates' whole combination (a test
+//! checks that no public template writes a private sentence where the meaning representation
+//! shows the whole template). Fine-tuning teaches a preference among paths public text already
+//! takes, as GPT-2's web text covers the English of the real E2E references but not the
 //! references themselves.
 //!
 //! Limits: this is synthetic text from a small grammar, far more regular than the crowd-sourced
@@ -237,9 +239,9 @@ const fn template(
 
 use Extra::{Family as F, Price as P, Rating as R};
 
-/// The openings (core, place of the location) of the public templates: every combination of the
-/// four shared cores and three places except the private openings below (and `Adjective` with
-/// `AfterType`, the same words as `Adjective` with `End`), and two public-only cores.
+/// The openings (core, place of the location) of the templates, public and private: eight
+/// combinations of the six cores and three places of the location (`Adjective` with `AfterType`
+/// would write the same words as `Adjective` with `End`).
 const PUBLIC_OPENINGS: [(Core, Place); 8] = [
     (Core::Adjective, Place::End),
     (Core::Serving, Place::End),
@@ -261,27 +263,41 @@ const ORDERS: [[Extra; 3]; 6] = [
     [F, R, P],
 ];
 
-/// Public template `k`: the public part plays the role of web text, varied phrasing the model
-/// is pre-trained on. Its templates are every combination of a public opening, a phrasing of
-/// each optional clause and an order of them (8 × 2 × 2 × 2 × 6 = 384 whole-sentence templates).
-fn public_template(k: usize) -> Template {
-    let k = k % PUBLIC_TEMPLATES;
-    let (core, place) = PUBLIC_OPENINGS[k / 48];
-    let price = [Price::With, Price::Its][k / 24 % 2];
-    let rating = [Rating::With, Rating::Customers][k / 12 % 2];
-    let family = [Family::Family, Family::Kid][k / 6 % 2];
-    template(core, place, price, rating, family, ORDERS[k % 6])
+/// Every combination of a public opening, a phrasing of each optional clause and an order of
+/// them (8 × 2 × 2 × 2 × 6 = 384 whole-sentence templates), in a fixed order.
+fn template_grid() -> impl Iterator<Item = Template> {
+    (0..PUBLIC_OPENINGS.len() * 48).map(|k| {
+        let (core, place) = PUBLIC_OPENINGS[k / 48];
+        let price = [Price::With, Price::Its][k / 24 % 2];
+        let rating = [Rating::With, Rating::Customers][k / 12 % 2];
+        let family = [Family::Family, Family::Kid][k / 6 % 2];
+        template(core, place, price, rating, family, ORDERS[k % 6])
+    })
 }
 
-/// The private templates: new whole sentences made of public fragments. Each opening joins a
-/// core and a place of the location that public text uses, but never together; the optional
-/// clauses reuse public phrasings and orders, each template fixing one choice. So the private
-/// sentences are new, while their words and phrases are all in public text, as the real E2E
-/// references are new sentences made of English a web-trained GPT-2 has seen.
+/// The public templates: the grid without the private templates (held out, so that no public
+/// sentence takes a private template's whole path), 379 whole-sentence templates.
+fn public_templates() -> &'static [Template] {
+    static PUBLIC: std::sync::OnceLock<Vec<Template>> = std::sync::OnceLock::new();
+    PUBLIC.get_or_init(|| template_grid().filter(|t| !PRIVATE.contains(t)).collect())
+}
+
+/// Public template `k`: the public part plays the role of web text, varied phrasing the model
+/// is pre-trained on.
+fn public_template(k: usize) -> Template {
+    public_templates()[k % PUBLIC_TEMPLATES]
+}
+
+/// The private templates: new whole sentences made of public fragments and public junctions.
+/// Each uses a public opening, followed by a choice of clause phrasings and order that public
+/// text uses with that opening in every other combination but never in this one (it is held
+/// out of the public grid). So what the private part teaches is a preference among paths public
+/// text already takes, as the real E2E references are new sentences made of English, and of
+/// junctions, that a web-trained GPT-2 has seen.
 const PRIVATE: [Template; 5] = [
     template(
         Core::Serving,
-        Place::AfterType,
+        Place::End,
         Price::Its,
         Rating::With,
         Family::Family,
@@ -289,7 +305,7 @@ const PRIVATE: [Template; 5] = [
     ),
     template(
         Core::Adjective,
-        Place::Front,
+        Place::End,
         Price::With,
         Rating::Customers,
         Family::Family,
@@ -297,7 +313,7 @@ const PRIVATE: [Template; 5] = [
     ),
     template(
         Core::ThatServes,
-        Place::End,
+        Place::AfterType,
         Price::Its,
         Rating::Customers,
         Family::Kid,
@@ -305,14 +321,14 @@ const PRIVATE: [Template; 5] = [
     ),
     template(
         Core::Called,
-        Place::AfterType,
+        Place::End,
         Price::With,
         Rating::With,
         Family::Family,
         [R, P, F],
     ),
     template(
-        Core::ThatServes,
+        Core::Serving,
         Place::Front,
         Price::Its,
         Rating::With,
@@ -321,8 +337,8 @@ const PRIVATE: [Template; 5] = [
     ),
 ];
 
-/// Number of public templates.
-pub const PUBLIC_TEMPLATES: usize = PUBLIC_OPENINGS.len() * 48;
+/// Number of public templates (the grid less the held-out private templates).
+pub const PUBLIC_TEMPLATES: usize = PUBLIC_OPENINGS.len() * 48 - PRIVATE.len();
 /// Number of private templates.
 pub const PRIVATE_TEMPLATES: usize = PRIVATE.len();
 
@@ -525,32 +541,69 @@ mod tests {
         out
     }
 
+    /// The word n-grams (n = 1..=3) of a sentence, with its start and end marked: its
+    /// fragments and the junctions between them.
+    fn ngrams(sentence: &str) -> Vec<Vec<String>> {
+        let words: Vec<String> = std::iter::once("<s>".to_string())
+            .chain(sentence.split(' ').map(str::to_string))
+            .chain(std::iter::once("</s>".to_string()))
+            .collect();
+        (1..=3)
+            .flat_map(|n| words.windows(n).map(<[String]>::to_vec).collect::<Vec<_>>())
+            .collect()
+    }
+
     #[test]
-    fn private_templates_are_new_sentences_of_public_fragments() {
-        // As whole-sentence patterns the parts are disjoint: no private template writes, for any
-        // meaning representation, the sentence a public template writes.
+    fn private_templates_are_new_sentences_of_public_fragments_and_junctions() {
+        let public = public_templates();
+        assert_eq!(public.len(), PUBLIC_TEMPLATES);
+        let grid: Vec<Template> = template_grid().collect();
+        for p in &PRIVATE {
+            // A private template is a combination the public part holds out ...
+            assert!(!public.contains(p));
+            assert!(grid.contains(p));
+            // ... of a public opening with clause phrasings and an order that public text uses
+            // with that opening, each of them.
+            let same_opening = |q: &&Template| q.core == p.core && q.place == p.place;
+            assert!(public
+                .iter()
+                .filter(same_opening)
+                .any(|q| q.price == p.price));
+            assert!(public
+                .iter()
+                .filter(same_opening)
+                .any(|q| q.rating == p.rating));
+            assert!(public
+                .iter()
+                .filter(same_opening)
+                .any(|q| q.family == p.family));
+            assert!(public
+                .iter()
+                .filter(same_opening)
+                .any(|q| q.order == p.order));
+        }
         for mr in all_shapes() {
+            let written: Vec<String> = (0..PUBLIC_TEMPLATES)
+                .map(|j| sentence(&mr, true, j))
+                .collect();
+            let known: std::collections::HashSet<Vec<String>> =
+                written.iter().flat_map(|s| ngrams(s)).collect();
+            let full = mr.price.is_some() && mr.rating.is_some() && mr.family.is_some();
             for k in 0..PRIVATE_TEMPLATES {
                 let private = sentence(&mr, false, k);
-                for j in 0..PUBLIC_TEMPLATES {
-                    assert_ne!(private, sentence(&mr, true, j), "{k} {j}");
+                // Every word, phrase and junction (word trigrams across fragment boundaries, the
+                // start and the end of the sentence included) occurs in public text for the same
+                // meaning representation.
+                for g in ngrams(&private) {
+                    assert!(known.contains(&g), "{k}: {g:?} in {private:?}");
+                }
+                // Where the meaning representation shows the whole template (all optional
+                // slots present), no public template writes the private sentence. (With fewer
+                // slots, several templates write the same words, public and private alike.)
+                if full {
+                    assert!(!written.contains(&private), "{k}: {private:?}");
                 }
             }
-        }
-        let public: Vec<Template> = (0..PUBLIC_TEMPLATES).map(public_template).collect();
-        for p in &PRIVATE {
-            assert!(!public.contains(p));
-            // ... and every fragment of a private template occurs in a public one.
-            assert!(public.iter().any(|q| q.core == p.core));
-            assert!(public.iter().any(|q| q.place == p.place));
-            assert!(public.iter().any(|q| q.price == p.price));
-            assert!(public.iter().any(|q| q.rating == p.rating));
-            assert!(public.iter().any(|q| q.family == p.family));
-            assert!(public.iter().any(|q| q.order == p.order));
-            // The opening (core with the place of the location) is a new combination.
-            assert!(!public
-                .iter()
-                .any(|q| q.core == p.core && q.place == p.place));
         }
         // The public templates are all different.
         for (i, a) in public.iter().enumerate() {
