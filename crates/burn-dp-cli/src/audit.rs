@@ -512,7 +512,8 @@ pub fn run(args: AuditArgs) -> Result<String, Failure> {
             value_name(args.mode),
             value_name(args.clipping)
         ),
-    );
+    )
+    .map_err(Failure::Failed)?;
     std::fs::write(&args.plot, svg)
         .map_err(|e| Failure::Failed(format!("{}: {e}", args.plot.display())))?;
     out.insert("plot".into(), json!(args.plot.display().to_string()));

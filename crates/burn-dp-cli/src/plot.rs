@@ -1,9 +1,8 @@
-//! The audit's SVG, written by hand: the score histograms of both worlds (left) and the ROC curve
-//! with the region the claimed ε allows and the measured bound (right).
-
-use std::fmt::Write;
+//! The audit's SVG, drawn with `plotters` (SVG backend only): the score histograms of both worlds
+//! (left) and the ROC curve with the region the claimed ε allows and the measured bound (right).
 
 use burn_dp::audit::{roc_curve, Scores};
+use plotters::prelude::*;
 
 /// What to mark on the plot.
 pub struct Marks {
@@ -20,16 +19,12 @@ pub struct Marks {
     pub threshold: Option<f64>,
 }
 
-const W: f64 = 900.0;
-const H: f64 = 430.0;
-const PANEL: f64 = 340.0;
-const TOP: f64 = 40.0;
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
+const FONT: &str = "sans-serif";
+const WITHOUT: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
+const WITH: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+const CLAIMED: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
+const BOUND: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
+const GREY: RGBColor = RGBColor(0x99, 0x99, 0x99);
 
 /// The largest TPR an (ε, δ)-DP mechanism allows at a given FPR:
 /// `min(e^ε·FPR + δ, 1 − e^{−ε}(1 − δ − FPR))` (Kairouz et al. 2015, Thm. 2.1).
@@ -39,75 +34,48 @@ fn dp_region(eps: f64, delta: f64, fpr: f64) -> f64 {
         .clamp(0.0, 1.0)
 }
 
-fn polyline(points: &[(f64, f64)], colour: &str, dash: &str) -> String {
-    let pts: Vec<String> = points
-        .iter()
-        .map(|(x, y)| format!("{x:.2},{y:.2}"))
-        .collect();
-    format!(
-        r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" {dash} points="{}"/>"#,
-        pts.join(" ")
-    ) + "\n"
+/// Plotters' drawing errors as a message.
+fn drawing<E: std::fmt::Debug>(e: E) -> String {
+    format!("cannot draw the audit plot: {e:?}")
+}
+
+/// A legend entry's line, 20 pixels long from `(x, y)`.
+fn legend_line(style: ShapeStyle) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style)
 }
 
 /// The SVG document.
-pub fn audit_svg(scores: &Scores, marks: &Marks, title: &str) -> String {
+pub fn audit_svg(scores: &Scores, marks: &Marks, title: &str) -> Result<String, String> {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
-        W / 2.0,
-        escape(title)
-    );
-    histograms(&mut s, scores, marks, 50.0);
-    roc(&mut s, scores, marks, 500.0);
-    s.push_str("</svg>\n");
-    s
-}
-
-fn frame(s: &mut String, x0: f64, x_label: &str, y_label: &str) {
-    let _ = writeln!(
-        s,
-        r#"<rect x="{x0}" y="{TOP}" width="{PANEL}" height="{PANEL}" fill="none" stroke="black"/>"#
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-        x0 + PANEL / 2.0,
-        TOP + PANEL + 18.0,
-        escape(x_label)
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle" transform="rotate(-90 {} {})">{}</text>"#,
-        x0 - 12.0,
-        TOP + PANEL / 2.0,
-        x0 - 12.0,
-        TOP + PANEL / 2.0,
-        escape(y_label)
-    );
-}
-
-fn histograms(s: &mut String, scores: &Scores, marks: &Marks, x0: f64) {
-    frame(s, x0, "score", "density");
-    let all: Vec<f64> = scores.without.iter().chain(&scores.with).copied().collect();
-    if all.is_empty() {
-        return;
+    {
+        let root = SVGBackend::with_string(&mut s, (900, 430)).into_drawing_area();
+        root.fill(&WHITE).map_err(drawing)?;
+        let root = root.titled(title, (FONT, 15)).map_err(drawing)?;
+        let (left, right) = root.split_horizontally(450);
+        histograms(&left, scores, marks)?;
+        roc(&right, scores, marks)?;
+        root.present().map_err(drawing)?;
     }
-    // Range: the 0.1 % and 99.9 % quantiles, so that a few outliers do not squash the plot.
-    let mut sorted = all.clone();
+    Ok(s)
+}
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// Densities of both worlds' scores over the 0.1 %–99.9 % quantile range (so that a few outliers
+/// do not squash the plot), as step lines, with the bound's threshold dashed.
+fn histograms(area: &Area, scores: &Scores, marks: &Marks) -> Result<(), String> {
+    let mut sorted: Vec<f64> = scores.without.iter().chain(&scores.with).copied().collect();
     sorted.sort_by(f64::total_cmp);
-    let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize];
-    let (lo, hi) = (q(0.001), q(0.999));
-    let (lo, hi) = if hi > lo {
-        (lo, hi)
+    let (lo, hi) = if sorted.is_empty() {
+        (0.0, 1.0)
     } else {
-        (lo - 1.0, lo + 1.0)
+        let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize];
+        let (lo, hi) = (q(0.001), q(0.999));
+        if hi > lo {
+            (lo, hi)
+        } else {
+            (lo - 1.0, lo + 1.0)
+        }
     };
     let bins = 60;
     let width = (hi - lo) / bins as f64;
@@ -123,118 +91,142 @@ fn histograms(s: &mut String, scores: &Scores, marks: &Marks, x0: f64) {
         h.iter().map(|c| c / (n * width)).collect()
     };
     let (d0, d1) = (density(&scores.without), density(&scores.with));
-    let top = d0.iter().chain(&d1).copied().fold(0.0, f64::max).max(1e-12);
-    let px = |x: f64| x0 + (x - lo) / (hi - lo) * PANEL;
-    let py = |d: f64| TOP + PANEL - d / top * (PANEL - 10.0);
+    let top = d0.iter().chain(&d1).copied().fold(0.0, f64::max).max(1e-12) * 1.15;
     let steps = |d: &[f64]| -> Vec<(f64, f64)> {
-        let mut pts = vec![(px(lo), py(0.0))];
+        let mut pts = vec![(lo, 0.0)];
         for (i, v) in d.iter().enumerate() {
             let a = lo + i as f64 * width;
-            pts.push((px(a), py(*v)));
-            pts.push((px(a + width), py(*v)));
+            pts.push((a, *v));
+            pts.push((a + width, *v));
         }
-        pts.push((px(hi), py(0.0)));
+        pts.push((hi, 0.0));
         pts
     };
-    s.push_str(&polyline(&steps(&d0), "#1f77b4", ""));
-    s.push_str(&polyline(&steps(&d1), "#d62728", ""));
-    if let Some(t) = marks.threshold.filter(|t| *t >= lo && *t <= hi) {
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.2}" y1="{TOP}" x2="{x:.2}" y2="{}" stroke="#444" stroke-dasharray="4 3"/>"##,
-            TOP + PANEL,
-            x = px(t)
-        );
-    }
-    for (i, (label, colour)) in [
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(50)
+        .build_cartesian_2d(lo..hi, 0.0..top)
+        .map_err(drawing)?;
+    chart
+        .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .x_desc("score")
+        .y_desc("density")
+        .draw()
+        .map_err(drawing)?;
+    for (d, colour, label) in [
         (
+            &d0,
+            WITHOUT,
             format!("without canary (n = {})", scores.without.len()),
-            "#1f77b4",
         ),
         (
+            &d1,
+            WITH,
             format!("with canary (n = {})", scores.with.len()),
-            "#d62728",
         ),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let y = TOP + 16.0 + 16.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{y}" fill="{colour}">{}</text>"#,
-            x0 + 8.0,
-            escape(label)
-        );
+    ] {
+        let style = colour.stroke_width(2);
+        chart
+            .draw_series(LineSeries::new(steps(d), style))
+            .map_err(drawing)?
+            .label(label)
+            .legend(legend_line(style));
     }
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="start">{lo:.3}</text><text x="{}" y="{}" text-anchor="end">{hi:.3}</text>"#,
-        x0,
-        TOP + PANEL + 32.0,
-        x0 + PANEL,
-        TOP + PANEL + 32.0
-    );
+    if let Some(t) = marks.threshold.filter(|t| (lo..=hi).contains(t)) {
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(t, 0.0), (t, top)],
+                4,
+                3,
+                RGBColor(0x44, 0x44, 0x44).into(),
+            ))
+            .map_err(drawing)?
+            .label("threshold of the bound's test")
+            .legend(legend_line(RGBColor(0x44, 0x44, 0x44).into()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(GREY)
+        .draw()
+        .map_err(drawing)
 }
 
-fn roc(s: &mut String, scores: &Scores, marks: &Marks, x0: f64) {
-    frame(s, x0, "false positive rate", "true positive rate");
-    let px = |x: f64| x0 + x * PANEL;
-    let py = |y: f64| TOP + PANEL - y * PANEL;
+/// The observer's ROC curve against the largest TPR the claimed ε allows (and the measured bound).
+fn roc(area: &Area, scores: &Scores, marks: &Marks) -> Result<(), String> {
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..1.0, 0.0..1.0)
+        .map_err(drawing)?;
+    chart
+        .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .x_desc("false positive rate")
+        .y_desc("true positive rate")
+        .draw()
+        .map_err(drawing)?;
     let grid: Vec<f64> = (0..=200).map(|i| i as f64 / 200.0).collect();
     let region = |eps: f64| -> Vec<(f64, f64)> {
         grid.iter()
-            .map(|&f| (px(f), py(dp_region(eps, marks.delta, f))))
+            .map(|&f| (f, dp_region(eps, marks.delta, f)))
             .collect()
     };
-    s.push_str(&polyline(
-        &[(px(0.0), py(0.0)), (px(1.0), py(1.0))],
-        "#999",
-        r#"stroke-dasharray="2 2""#,
-    ));
-    s.push_str(&polyline(
-        &region(marks.claimed_epsilon),
-        "#2ca02c",
-        r#"stroke-dasharray="6 3""#,
-    ));
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(0.0, 0.0), (1.0, 1.0)],
+            2,
+            2,
+            GREY.into(),
+        ))
+        .map_err(drawing)?;
+    let claimed = CLAIMED.stroke_width(2);
+    chart
+        .draw_series(DashedLineSeries::new(
+            region(marks.claimed_epsilon),
+            6,
+            3,
+            claimed,
+        ))
+        .map_err(drawing)?
+        .label(format!(
+            "allowed by claimed ε = {:.3}",
+            marks.claimed_epsilon
+        ))
+        .legend(legend_line(claimed));
     if marks.bound_epsilon.is_finite() {
-        s.push_str(&polyline(
-            &region(marks.bound_epsilon),
-            "#ff7f0e",
-            r#"stroke-dasharray="2 3""#,
-        ));
+        let bound = BOUND.stroke_width(2);
+        chart
+            .draw_series(DashedLineSeries::new(
+                region(marks.bound_epsilon),
+                2,
+                3,
+                bound,
+            ))
+            .map_err(drawing)?
+            .label(format!("measured bound ε ≥ {:.3}", marks.bound_epsilon))
+            .legend(legend_line(bound));
     }
-    let curve: Vec<(f64, f64)> = roc_curve(scores, 400)
-        .into_iter()
-        .map(|(f, t)| (px(f), py(t)))
-        .collect();
-    s.push_str(&polyline(&curve, "#d62728", ""));
-    if let Some((f, t)) = marks.point {
-        let _ = writeln!(
-            s,
-            r##"<circle cx="{:.2}" cy="{:.2}" r="4" fill="#ff7f0e" stroke="black"/>"##,
-            px(f),
-            py(t)
-        );
+    let observed = WITH.stroke_width(2);
+    chart
+        .draw_series(LineSeries::new(roc_curve(scores, 400), observed))
+        .map_err(drawing)?
+        .label("ROC of the observer (all scores)")
+        .legend(legend_line(observed));
+    if let Some(p) = marks.point {
+        chart
+            .draw_series([Circle::new(p, 4, BOUND.filled())])
+            .map_err(drawing)?;
     }
-    let legend = [
-        ("ROC of the observer (all scores)".to_string(), "#d62728"),
-        (
-            format!("allowed by claimed ε = {:.3}", marks.claimed_epsilon),
-            "#2ca02c",
-        ),
-        (
-            format!("measured bound ε ≥ {:.3}", marks.bound_epsilon),
-            "#ff7f0e",
-        ),
-    ];
-    for (i, (label, colour)) in legend.iter().enumerate() {
-        let y = TOP + PANEL - 50.0 + 16.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{y}" fill="{colour}" text-anchor="end">{}</text>"#,
-            x0 + PANEL - 8.0,
-            escape(label)
-        );
-    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(GREY)
+        .draw()
+        .map_err(drawing)
 }

@@ -11,6 +11,9 @@ use burn_dp::{
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
+mod plot;
+pub use plot::{curve_svg, sweep_svg};
+
 /// Error type of the examples: a message for the user.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -210,147 +213,6 @@ impl Curve {
     }
 }
 
-fn ticks(lo: f64, hi: f64) -> Vec<f64> {
-    (0..=4).map(|i| lo + (hi - lo) * i as f64 / 4.0).collect()
-}
-
-fn label(v: f64) -> String {
-    if v.abs() >= 100.0 || v == v.trunc() {
-        format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
-/// The plot area of a chart: image size `w`×`h`, plot origin (`left`, `top`), plot size
-/// `pw`×`ph`.
-struct Frame {
-    w: f64,
-    h: f64,
-    left: f64,
-    top: f64,
-    pw: f64,
-    ph: f64,
-}
-
-/// Writes an SVG document's header, title, axes, ticks (x ticks at `xt`, y ticks at `yt`, placed
-/// by `sx`/`sy`) and axis labels; the caller adds the data and closes the document.
-#[allow(clippy::too_many_arguments)]
-fn svg_axes(
-    s: &mut String,
-    f: &Frame,
-    title: &str,
-    xt: &[f64],
-    sx: &dyn Fn(f64) -> f64,
-    yt: &[f64],
-    sy: &dyn Fn(f64) -> f64,
-    x_label: &str,
-    y_label: &str,
-) {
-    let (w, h, left, top, pw, ph) = (f.w, f.h, f.left, f.top, f.pw, f.ph);
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">
-<rect width="{w}" height="{h}" fill="white"/>
-<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>
-<line x1="{left}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/>
-<line x1="{left}" y1="{top}" x2="{left}" y2="{b}" stroke="black"/>"#,
-        left + pw / 2.0,
-        escape(title),
-        b = top + ph,
-        r = left + pw,
-    );
-    for &t in xt {
-        let _ = writeln!(
-            s,
-            r#"<line x1="{x:.1}" y1="{y:.1}" x2="{x:.1}" y2="{y2:.1}" stroke="black"/><text x="{x:.1}" y="{ty:.1}" text-anchor="middle">{}</text>"#,
-            label(t),
-            x = sx(t),
-            y = top + ph,
-            y2 = top + ph + 5.0,
-            ty = top + ph + 18.0
-        );
-    }
-    for &t in yt {
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" y1="{y:.1}" x2="{x2:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{tx:.1}" y="{ty:.1}" text-anchor="end">{}</text>"##,
-            label(t),
-            x2 = left + pw,
-            y = sy(t),
-            tx = left - 6.0,
-            ty = sy(t) + 4.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>
-<text x="16" y="{c}" text-anchor="middle" transform="rotate(-90 16 {c})">{}</text>"#,
-        left + pw / 2.0,
-        h - 12.0,
-        escape(x_label),
-        escape(y_label),
-        c = top + ph / 2.0,
-    );
-}
-
-/// A line chart of `curve` as a standalone SVG document (hand-written polyline with axes).
-pub fn svg(curve: &Curve, title: &str, x_label: &str, y_label: &str) -> String {
-    let (w, h, left, right, top, bottom) = (640.0, 400.0, 70.0, 20.0, 40.0, 50.0);
-    let pw = w - left - right;
-    let ph = h - top - bottom;
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in &curve.points {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if curve.points.is_empty() {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    if y1 <= y0 {
-        y1 = y0 + 1.0;
-        y0 -= 1.0;
-    }
-    let sx = |x: f64| left + (x - x0) / (x1 - x0) * pw;
-    let sy = |y: f64| top + ph - (y - y0) / (y1 - y0) * ph;
-    let mut s = String::new();
-    let frame = Frame {
-        w,
-        h,
-        left,
-        top,
-        pw,
-        ph,
-    };
-    let (xt, yt) = (ticks(x0, x1), ticks(y0, y1));
-    svg_axes(&mut s, &frame, title, &xt, &sx, &yt, &sy, x_label, y_label);
-    let pts: Vec<String> = curve
-        .points
-        .iter()
-        .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
-        .collect();
-    let _ = writeln!(
-        s,
-        r##"<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{}"/>"##,
-        pts.join(" ")
-    );
-    s.push_str("</svg>\n");
-    s
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 /// Where a run's results went.
 #[derive(Debug, Clone)]
 pub struct Outputs {
@@ -383,16 +245,16 @@ pub fn write_outputs(
     std::fs::write(&outputs.metrics, serde_json::to_string_pretty(&metrics)?)?;
     std::fs::write(
         &outputs.loss_svg,
-        svg(
+        curve_svg(
             held_out_loss,
             "Loss of the model on held-out data (not training data)",
             "step",
             "loss",
-        ),
+        )?,
     )?;
     std::fs::write(
         &outputs.epsilon_svg,
-        svg(epsilon, "Privacy spent", "step", "ε"),
+        curve_svg(epsilon, "Privacy spent", "step", "ε")?,
     )?;
     eprintln!("metrics:      {}", outputs.metrics.display());
     eprintln!("loss curve:   {}", outputs.loss_svg.display());
@@ -410,9 +272,65 @@ mod tests {
         c.push(0, 2.0);
         c.push(10, 1.0);
         c.push(11, f64::NAN);
-        let s = svg(&c, "a < b", "step", "loss");
+        let s = curve_svg(&c, "a < b", "step", "loss").unwrap();
         assert!(s.starts_with("<svg") && s.contains("<polyline") && s.contains("a &lt; b"));
         assert_eq!(c.points.len(), 2);
+    }
+
+    fn row(method: &str, clipping: &str, target: Option<f64>, metric: f64) -> SweepRow {
+        SweepRow {
+            method: method.into(),
+            clipping: clipping.into(),
+            target_epsilon: target,
+            epsilon: target.map(|t| t - 0.004),
+            metric,
+            trainable: 106,
+            steps: 382,
+            seconds: 57.4,
+        }
+    }
+
+    /// `--sweep-replot` reads back what the sweep wrote: the table survives a round trip, and the
+    /// plot has one panel per private method with a line per clipping and the two references.
+    #[test]
+    fn sweep_table_round_trips_and_plots_in_panels() {
+        let mut rows = vec![
+            row("public pre-training only", "-", None, 0.9276),
+            row("non-private full", "-", None, 0.967),
+        ];
+        for eps in [1.0, 3.0, 8.0] {
+            for method in ["DP full", "DP-BiTFiT", "DP last layer"] {
+                for clipping in ["automatic", "Abadi C=0.1", "Abadi C=10"] {
+                    rows.push(row(method, clipping, Some(eps), 0.93 + eps / 1000.0));
+                }
+            }
+        }
+        let table = format!("Produced by `x`.\n\n{}", sweep_markdown(&rows, "BLEU"));
+        let (parsed, metric) = parse_sweep_markdown(&table).unwrap();
+        assert_eq!(metric, "BLEU");
+        assert_eq!(
+            sweep_markdown(&parsed, &metric),
+            sweep_markdown(&rows, "BLEU")
+        );
+        assert_eq!(parsed[0].target_epsilon, None);
+        assert_eq!(parsed[2].target_epsilon, Some(1.0));
+        let svg = sweep_svg(&parsed, "a & b", &metric).unwrap();
+        for text in [
+            "DP full",
+            "DP-BiTFiT",
+            "DP last layer",
+            "Abadi C=10",
+            "non-private full",
+        ] {
+            assert!(svg.contains(text), "{text}");
+        }
+        assert!(svg.contains("a &amp; b"));
+        // 3 panels × 3 clippings, each a polyline.
+        assert!(svg.matches("<polyline").count() >= 9);
+        let broken = table.replace("| 382 |", "| many |");
+        let e = parse_sweep_markdown(&broken).unwrap_err().to_string();
+        assert!(e.contains("cannot read the sweep row"), "{e}");
+        assert!(parse_sweep_markdown("no table").is_err());
     }
 }
 
@@ -681,137 +599,6 @@ pub fn sweep_markdown(rows: &[SweepRow], metric_name: &str) -> String {
     s
 }
 
-const COLORS: [&str; 8] = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-];
-
-/// The sweep as an SVG plot: the metric against target ε (log scale), one line per
-/// (method, clipping); configurations without privacy are drawn as dashed horizontal lines.
-pub fn sweep_svg(rows: &[SweepRow], title: &str, metric_name: &str) -> String {
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    let mut flat: Vec<(String, f64)> = Vec::new();
-    for r in rows {
-        let name = if r.clipping == "-" {
-            r.method.clone()
-        } else {
-            format!("{}, {}", r.method, r.clipping)
-        };
-        match r.target_epsilon {
-            Some(e) => match series.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, pts)) => pts.push((e, r.metric)),
-                None => series.push((name, vec![(e, r.metric)])),
-            },
-            None => flat.push((name, r.metric)),
-        }
-    }
-    let eps: Vec<f64> = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|q| q.0))
-        .collect();
-    let (mut x0, mut x1) = eps
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), &e| (a.min(e), b.max(e)));
-    if eps.is_empty() {
-        (x0, x1) = (1.0, 8.0);
-    }
-    let (lx0, mut lx1) = (x0.ln(), x1.ln());
-    if lx1 <= lx0 {
-        lx1 = lx0 + 1.0;
-    }
-    let values: Vec<f64> = rows
-        .iter()
-        .map(|r| r.metric)
-        .filter(|v| v.is_finite())
-        .collect();
-    let (mut y0, mut y1) = values
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-    if values.is_empty() {
-        (y0, y1) = (0.0, 1.0);
-    }
-    let pad = ((y1 - y0) * 0.05).max(1e-3);
-    (y0, y1) = (y0 - pad, y1 + pad);
-    let (w, h, left, right, top, bottom) = (760.0, 440.0, 70.0, 250.0, 40.0, 50.0);
-    let (pw, ph) = (w - left - right, h - top - bottom);
-    let sx = |x: f64| left + (x.ln() - lx0) / (lx1 - lx0) * pw;
-    let sy = |y: f64| top + ph - (y - y0) / (y1 - y0) * ph;
-    let mut s = String::new();
-    let frame = Frame {
-        w,
-        h,
-        left,
-        top,
-        pw,
-        ph,
-    };
-    let mut xt: Vec<f64> = eps.clone();
-    xt.sort_by(|a, b| a.total_cmp(b));
-    xt.dedup();
-    let yt = ticks(y0, y1);
-    let x_label = "target ε (log scale)";
-    svg_axes(
-        &mut s,
-        &frame,
-        title,
-        &xt,
-        &sx,
-        &yt,
-        &sy,
-        x_label,
-        metric_name,
-    );
-    let legend = |s: &mut String, i: usize, name: &str, color: &str, dash: &str| {
-        let y = top + 10.0 + 18.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{a}" y1="{y}" x2="{b}" y2="{y}" stroke="{color}" stroke-width="2"{dash}/><text x="{t}" y="{ty}">{}</text>"#,
-            escape(name),
-            a = left + pw + 12.0,
-            b = left + pw + 36.0,
-            t = left + pw + 42.0,
-            ty = y + 4.0
-        );
-    };
-    let mut k = 0;
-    for (name, v) in &flat {
-        let color = COLORS[k % COLORS.len()];
-        let dash = r#" stroke-dasharray="6 4""#;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{left}" y1="{y:.1}" x2="{x2:.1}" y2="{y:.1}" stroke="{color}" stroke-width="2"{dash}/>"#,
-            x2 = left + pw,
-            y = sy(*v)
-        );
-        legend(&mut s, k, name, color, dash);
-        k += 1;
-    }
-    for (name, pts) in &mut series {
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let color = COLORS[k % COLORS.len()];
-        let p: Vec<String> = pts
-            .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
-            .collect();
-        let _ = writeln!(
-            s,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            p.join(" ")
-        );
-        for &(x, y) in pts.iter() {
-            let _ = writeln!(
-                s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
-                sx(x),
-                sy(y)
-            );
-        }
-        legend(&mut s, k, name, color, "");
-        k += 1;
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
 /// One configuration of a results sweep, for the example to run as an ordinary run.
 #[derive(Clone, Debug)]
 pub struct SweepConfig {
@@ -885,6 +672,10 @@ pub struct SweepArgs {
     /// Learning rate of DP-BiTFiT in the sweep (bias-only training takes a larger step).
     #[arg(long = "sweep-bitfit-lr", default_value_t = 1e-2)]
     pub bitfit_lr: f64,
+    /// Redraw `results.svg` from the `results.md` in `--out` (after merging or editing sweeps)
+    /// instead of running anything.
+    #[arg(long = "sweep-replot", conflicts_with = "sweep")]
+    pub replot: bool,
 }
 
 /// A results sweep: non-private fine-tuning (and the public pre-trained model alone), then DP
@@ -981,6 +772,152 @@ pub fn run_sweep(
     Ok(rows)
 }
 
+/// Reads a table written by [`sweep_markdown`] (inside `results.md`) back into rows; lines that
+/// are not table rows are skipped. The metric's name comes from the header.
+pub fn parse_sweep_markdown(text: &str) -> Result<(Vec<SweepRow>, String), Error> {
+    let mut lines = text.lines().skip_while(|l| !l.starts_with("| method |"));
+    let header = lines
+        .next()
+        .ok_or("no sweep table (a line starting with `| method |`)")?;
+    let metric_name = header
+        .split('|')
+        .map(str::trim)
+        .nth(5)
+        .ok_or_else(|| format!("sweep table header without a metric column: {header}"))?
+        .to_string();
+    let epsilon = |cell: &str| -> Result<Option<f64>, Error> {
+        match cell {
+            "∞" => Ok(None),
+            v => Ok(Some(v.parse()?)),
+        }
+    };
+    let mut rows = Vec::new();
+    for line in lines.filter(|l| l.starts_with("| ")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let [_, method, clipping, target, spent, metric, trainable, steps, seconds, _] = cells[..]
+        else {
+            return Err(format!("a sweep row has not 8 columns: {line}").into());
+        };
+        let row = (|| -> Result<SweepRow, Error> {
+            Ok(SweepRow {
+                method: method.into(),
+                clipping: clipping.into(),
+                target_epsilon: epsilon(target)?,
+                epsilon: epsilon(spent)?,
+                metric: metric.parse()?,
+                trainable: trainable.parse()?,
+                steps: steps.parse()?,
+                seconds: seconds.parse()?,
+            })
+        })()
+        .map_err(|e| format!("cannot read the sweep row `{line}`: {e}"))?;
+        rows.push(row);
+    }
+    Ok((rows, metric_name))
+}
+
+/// `--sweep-replot`: redraws `out/results.svg` from `out/results.md`.
+pub fn replot_sweep(out: &Path, title: &str) -> Result<PathBuf, Error> {
+    let md = out.join("results.md");
+    let text =
+        std::fs::read_to_string(&md).map_err(|e| format!("cannot read {}: {e}", md.display()))?;
+    let (rows, metric_name) = parse_sweep_markdown(&text)?;
+    let svg_path = out.join("results.svg");
+    std::fs::write(&svg_path, sweep_svg(&rows, title, &metric_name)?)?;
+    eprintln!("sweep plot:   {}", svg_path.display());
+    Ok(svg_path)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The examples' shared `main`
+// ---------------------------------------------------------------------------------------------
+
+/// The flags of an example that the shared [`example_main`] and [`sweep`] read and set.
+pub struct SharedFlags<'a> {
+    /// The private-training flags.
+    pub train: &'a mut PrivateTrainingArgs,
+    /// `--non-private`.
+    pub non_private: &'a mut bool,
+    /// The results sweep's flags.
+    pub results: &'a mut SweepArgs,
+    /// The data-parallel flags.
+    pub distributed: &'a mut DistributedArgs,
+    /// `--out`.
+    pub out: &'a mut PathBuf,
+}
+
+/// What one ordinary run of an example reports.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// The numbers a sweep row needs.
+    pub outcome: SweepOutcome,
+    /// The final JSON line (`epsilon`, `delta`, the metric, …).
+    pub line: serde_json::Value,
+}
+
+/// An example binary, as the shared [`example_main`] and [`sweep`] drive it.
+pub trait Example: clap::Parser + Clone {
+    /// The title of the results plot.
+    const SWEEP_TITLE: &'static str;
+    /// The metric's name in the results table (`accuracy`, `BLEU`).
+    const METRIC: &'static str;
+    /// The shared flags, to read and set.
+    fn shared_flags(&mut self) -> SharedFlags<'_>;
+    /// One ordinary run with these arguments.
+    fn run_once(self) -> Result<RunReport, Error>;
+}
+
+/// `--sweep` of an example: every configuration of [`run_sweep`] is one ordinary run of it (quiet,
+/// its files under `out/runs/<name>`); writes `results.md` and `results.svg` to `--out`.
+pub fn sweep<E: Example>(args: &E) -> Result<Vec<SweepRow>, Error> {
+    let mut base = args.clone();
+    let flags = base.shared_flags();
+    let (grid, out) = (flags.results.clone(), flags.out.clone());
+    run_sweep(&grid, &out, E::SWEEP_TITLE, E::METRIC, |config| {
+        let mut a = args.clone();
+        let flags = a.shared_flags();
+        flags.results.sweep = false;
+        *flags.out = out.join("runs").join(&config.name);
+        *flags.non_private = config.non_private;
+        config.apply(flags.train);
+        Ok(a.run_once()?.outcome)
+    })
+}
+
+/// The `main` of an example binary: parses the flags, then runs the sweep (`--sweep`), redraws
+/// its plot (`--sweep-replot`) or makes one run; rank 0 of a data-parallel run alone prints the
+/// final JSON line. Errors go to stderr with exit code 1.
+pub fn example_main<E: Example>() -> std::process::ExitCode {
+    let mut args = E::parse();
+    let flags = args.shared_flags();
+    let (sweeping, replot, out) = (flags.results.sweep, flags.results.replot, flags.out.clone());
+    let leader = flags.distributed.is_leader();
+    let result = flags
+        .distributed
+        .check(sweeping || replot, *flags.non_private)
+        .and_then(|()| {
+            if replot {
+                replot_sweep(&out, E::SWEEP_TITLE).map(|_| None)
+            } else if sweeping {
+                sweep(&args).map(|rows| Some(serde_json::json!({ "sweep_rows": rows.len() })))
+            } else {
+                args.run_once().map(|r| leader.then_some(r.line))
+            }
+        });
+    match result {
+        Ok(line) => {
+            if let Some(line) = line {
+                println!("{line}");
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Write `results.md` (the table, with the command that produced it) and `results.svg` to `out`.
 pub fn write_sweep(
     out: &Path,
@@ -999,7 +936,7 @@ pub fn write_sweep(
             sweep_markdown(rows, metric_name)
         ),
     )?;
-    std::fs::write(&svg_path, sweep_svg(rows, title, metric_name))?;
+    std::fs::write(&svg_path, sweep_svg(rows, title, metric_name)?)?;
     eprintln!("sweep table:  {}", md.display());
     eprintln!("sweep plot:   {}", svg_path.display());
     Ok((md, svg_path))

@@ -230,7 +230,7 @@ fn smoke_sweep_writes_its_table() {
         "--sweep-max-norms",
         "1",
     ]);
-    let rows = burn_dp_image_classification::sweep(&a).expect("sweep");
+    let rows = burn_dp_examples_common::sweep(&a).expect("sweep");
     let methods: Vec<(&str, &str)> = rows
         .iter()
         .map(|r| (r.method.as_str(), r.clipping.as_str()))

@@ -12,7 +12,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateSetup};
-use burn_dp_examples_common::{self as common, BackendKind, Curve, Error, PlainTraining, SweepRow};
+use burn_dp_examples_common::{self as common, BackendKind, Curve, Error, PlainTraining};
 use burn_dp_models::{Gpt2, Gpt2Config, LoadOptions, PretrainedModel};
 use clap::{Parser, ValueEnum};
 
@@ -840,28 +840,34 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
     })
 }
 
-/// `--sweep`: the public pre-trained model alone, non-private fine-tuning, then DP full,
-/// DP-BiTFiT and DP last layers at each `--sweep-epsilons`, with automatic clipping and Abadi
-/// clipping at each `--sweep-max-norms`; every configuration is one ordinary run. Writes
-/// `results.md` and `results.svg` to `--out`.
-pub fn sweep(args: &Args) -> Result<Vec<SweepRow>, Error> {
-    let title = "BLEU on held-out private meaning representations";
-    common::run_sweep(&args.results, &args.out, title, "BLEU", |config| {
-        let mut a = args.clone();
-        a.results.sweep = false;
-        a.out = args.out.join("runs").join(&config.name);
-        a.non_private = config.non_private;
-        config.apply(&mut a.train);
-        let s = run(a)?;
-        Ok(common::SweepOutcome {
-            epsilon: s.epsilon,
-            metric: s.bleu,
-            pretrained_metric: s.pretrained_bleu,
-            trainable: s.metrics["trainable_parameters"].as_u64().unwrap_or(0),
-            steps: s.steps,
-            seconds: s.seconds,
+impl common::Example for Args {
+    const SWEEP_TITLE: &'static str = "BLEU on held-out private meaning representations";
+    const METRIC: &'static str = "BLEU";
+
+    fn shared_flags(&mut self) -> common::SharedFlags<'_> {
+        common::SharedFlags {
+            train: &mut self.train,
+            non_private: &mut self.non_private,
+            results: &mut self.results,
+            distributed: &mut self.distributed,
+            out: &mut self.out,
+        }
+    }
+
+    fn run_once(self) -> Result<common::RunReport, Error> {
+        let s = run(self)?;
+        Ok(common::RunReport {
+            outcome: common::SweepOutcome {
+                epsilon: s.epsilon,
+                metric: s.bleu,
+                pretrained_metric: s.pretrained_bleu,
+                trainable: s.metrics["trainable_parameters"].as_u64().unwrap_or(0),
+                steps: s.steps,
+                seconds: s.seconds,
+            },
+            line: s.metrics,
         })
-    })
+    }
 }
 
 #[cfg(test)]
