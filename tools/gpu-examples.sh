@@ -54,9 +54,9 @@ common=(--backend "$BACKEND" --epochs 1 --pretrain-epochs 0 --target-epsilon 3 -
 args_for() {
   case "$1" in
     resnet18-full) echo "image-classification --model resnet18 --image-size 64 --batch-size 256 --physical-batch-size 64 --max-eval 256" ;;
-    resnet18-bitfit) echo "image-classification --model resnet18 --image-size 64 --batch-size 256 --physical-batch-size 64 --max-eval 256 --freeze bias --lr 1e-2" ;;
+    resnet18-bitfit) echo "image-classification --model resnet18 --image-size 64 --batch-size 256 --physical-batch-size 64 --max-eval 256 --freeze bias" ;;
     gpt2-small-full) echo "table-to-text --model small --batch-size 512 --physical-batch-size 32 --max-len 64 --test-mrs 20" ;;
-    gpt2-small-bitfit) echo "table-to-text --model small --batch-size 512 --physical-batch-size 32 --max-len 64 --test-mrs 20 --freeze bias --lr 1e-2" ;;
+    gpt2-small-bitfit) echo "table-to-text --model small --batch-size 512 --physical-batch-size 32 --max-len 64 --test-mrs 20 --freeze bias" ;;
     *) return 1 ;;
   esac
 }

@@ -64,8 +64,9 @@ pub struct PrivateTrainingArgs {
     /// δ.
     #[arg(long, default_value_t = 1e-5)]
     pub delta: f64,
-    /// Learning rate (AdamW) of the fine-tuning; default: the example's best private setting
-    /// (image-classification 2e-3, table-to-text 5e-3).
+    /// Learning rate (AdamW) of the fine-tuning; default: the example's best private setting for
+    /// what trains (image-classification 2e-3, with `--freeze bias` 1e-2; table-to-text 5e-3,
+    /// with `--freeze bias` 1e-1).
     #[arg(long)]
     pub lr: Option<f64>,
     /// Per-sample clipping.
@@ -93,7 +94,26 @@ pub struct PrivateTrainingArgs {
     pub quiet: bool,
 }
 
+/// An example's default learning rates (`--lr` unset).
+#[derive(Debug, Clone, Copy)]
+pub struct DefaultLearningRates {
+    /// Full fine-tuning and the last layers.
+    pub full: f64,
+    /// Bias-only fine-tuning (DP-BiTFiT), which takes larger steps: its few coordinates move the
+    /// model less per unit of step (measured in each example's sweep; Bu et al. 2022 likewise
+    /// raise the learning rate for DP-BiTFiT).
+    pub bias_only: f64,
+}
+
 impl PrivateTrainingArgs {
+    /// The fine-tuning's learning rate: `--lr`, else the example's default for `--freeze`.
+    pub fn learning_rate(&self, defaults: DefaultLearningRates) -> f64 {
+        self.lr.unwrap_or(match self.freeze {
+            FreezeKind::Bias => defaults.bias_only,
+            FreezeKind::None | FreezeKind::Head => defaults.full,
+        })
+    }
+
     /// The schedule (`epochs` expected passes over `n` examples in logical batches of
     /// `batch_size`) and the privacy state with σ calibrated for `--target-epsilon` at `--delta`
     /// (RDP, an upper bound), budget enforced.
@@ -275,6 +295,29 @@ mod tests {
         let s = curve_svg(&c, "a < b", "step", "loss").unwrap();
         assert!(s.starts_with("<svg") && s.contains("<polyline") && s.contains("a &lt; b"));
         assert_eq!(c.points.len(), 2);
+    }
+
+    /// `--freeze bias` without `--lr` takes the example's bias-only default; `--lr` always wins.
+    #[test]
+    fn bias_only_fine_tuning_has_its_own_default_learning_rate() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            train: PrivateTrainingArgs,
+        }
+        let defaults = DefaultLearningRates {
+            full: 5e-3,
+            bias_only: 1e-1,
+        };
+        let lr = |args: &[&str]| {
+            let cli =
+                <Cli as clap::Parser>::parse_from(std::iter::once("x").chain(args.iter().copied()));
+            cli.train.learning_rate(defaults)
+        };
+        assert_eq!(lr(&[]), 5e-3);
+        assert_eq!(lr(&["--freeze", "head"]), 5e-3);
+        assert_eq!(lr(&["--freeze", "bias"]), 1e-1);
+        assert_eq!(lr(&["--freeze", "bias", "--lr", "2e-2"]), 2e-2);
     }
 
     fn row(method: &str, clipping: &str, target: Option<f64>, metric: f64) -> SweepRow {
@@ -669,9 +712,10 @@ pub struct SweepArgs {
     /// Abadi clipping thresholds of the sweep (each at every freezing; empty: none).
     #[arg(long = "sweep-max-norms", value_delimiter = ',', default_values_t = [0.1, 1.0, 10.0])]
     pub max_norms: Vec<f64>,
-    /// Learning rate of DP-BiTFiT in the sweep (bias-only training takes a larger step).
-    #[arg(long = "sweep-bitfit-lr", default_value_t = 1e-2)]
-    pub bitfit_lr: f64,
+    /// Learning rate of DP-BiTFiT in the sweep (default: the example's default for
+    /// `--freeze bias`).
+    #[arg(long = "sweep-bitfit-lr")]
+    pub bitfit_lr: Option<f64>,
     /// Redraw `results.svg` from the `results.md` in `--out` (after merging or editing sweeps)
     /// instead of running anything.
     #[arg(long = "sweep-replot", conflicts_with = "sweep")]
@@ -762,7 +806,7 @@ pub fn run_sweep(
                     freeze,
                     clipping,
                     max_norm,
-                    lr: (freeze == FreezeKind::Bias).then_some(grid.bitfit_lr),
+                    lr: grid.bitfit_lr.filter(|_| freeze == FreezeKind::Bias),
                 };
                 let s = run(&config)?;
                 record(&mut rows, row(method, label, &config, &s))?;

@@ -22,8 +22,11 @@ use burn_dp_models::{
 };
 use clap::{Parser, ValueEnum};
 
-/// The default learning rate of the fine-tuning (AdamW).
-pub const DEFAULT_LR: f64 = 2e-3;
+/// The default learning rates (AdamW) of the fine-tuning, the best private settings of the sweep.
+pub const DEFAULT_LR: common::DefaultLearningRates = common::DefaultLearningRates {
+    full: 2e-3,
+    bias_only: 1e-2,
+};
 
 /// Command-line arguments.
 #[derive(Parser, Debug, Clone)]
@@ -654,7 +657,7 @@ where
             PlainTraining {
                 epochs: args.epochs,
                 batch_size: batch,
-                lr: args.train.lr.unwrap_or(DEFAULT_LR),
+                lr: args.train.learning_rate(DEFAULT_LR),
                 seed: args.train.seed.unwrap_or(0),
             },
             "NON-PRIVATE fine-tuning",
@@ -704,7 +707,7 @@ where
         for step in 1..=steps {
             // ANCHOR: step
             // Per-sample losses of the drawn examples; padding rows are masked by the trainer.
-            trainer.step(args.train.lr.unwrap_or(DEFAULT_LR), |model, indices| {
+            trainer.step(args.train.learning_rate(DEFAULT_LR), |model, indices| {
                 let (x, y) = train.tensors::<B<I>>(indices, &dev);
                 cross_entropy_per_sample(model.logits(batch(x)), y)
             })?;
@@ -743,7 +746,7 @@ where
         "model": format!("{:?}", args.model), "image_size": ctx.size, "classes": ctx.class_names,
         "freeze": format!("{:?}", args.train.freeze), "clipping": format!("{:?}", args.train.clipping),
         "max_norm": (args.train.clipping == common::ClippingKind::Abadi).then_some(args.train.max_norm),
-        "lr": args.train.lr.unwrap_or(DEFAULT_LR), "private": !args.non_private,
+        "lr": args.train.learning_rate(DEFAULT_LR), "private": !args.non_private,
         "trainable_parameters": report.trainable, "total_parameters": report.total,
         "public_examples": ctx.public.len(), "pretrained": pre.path.as_ref().map(|p| p.display().to_string()),
         "pretrained_accuracy": pretrained_accuracy,

@@ -107,3 +107,20 @@ fn readme_snippet_is_compiled_code() {
     );
     assert!(blocks.next().is_none(), "one Rust block in README.md");
 }
+
+/// The book shows each example's results plot from a copy under `book/src/img` (mdBook serves
+/// only files below `book/src`): the copy must be the plot the example's README shows.
+#[test]
+fn book_result_plots_are_the_examples() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for example in ["image-classification", "table-to-text"] {
+        let read =
+            |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let plot = read(root.join(format!("examples/{example}/results/results.svg")));
+        let copy = read(root.join(format!("book/src/img/{example}-results.svg")));
+        assert!(
+            plot == copy,
+            "book/src/img/{example}-results.svg differs from examples/{example}/results/results.svg: copy it"
+        );
+    }
+}

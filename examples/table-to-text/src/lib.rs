@@ -19,8 +19,11 @@ use clap::{Parser, ValueEnum};
 pub mod bleu;
 pub mod corpus;
 
-/// The default learning rate of the fine-tuning (AdamW).
-pub const DEFAULT_LR: f64 = 5e-3;
+/// The default learning rates (AdamW) of the fine-tuning, the best private settings of the sweep.
+pub const DEFAULT_LR: common::DefaultLearningRates = common::DefaultLearningRates {
+    full: 5e-3,
+    bias_only: 1e-1,
+};
 
 /// Command-line arguments.
 #[derive(Parser, Debug, Clone)]
@@ -722,7 +725,7 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
             PlainTraining {
                 epochs: args.epochs,
                 batch_size: batch,
-                lr: args.train.lr.unwrap_or(DEFAULT_LR),
+                lr: args.train.learning_rate(DEFAULT_LR),
                 seed: args.train.seed.unwrap_or(0),
             },
             "NON-PRIVATE fine-tuning",
@@ -764,7 +767,7 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         let every = (steps / 50).max(1);
         for step in 1..=steps {
             // Token ids need no `batch` mark: the embedding lookup marks its output.
-            trainer.step(args.train.lr.unwrap_or(DEFAULT_LR), |model, indices| {
+            trainer.step(args.train.learning_rate(DEFAULT_LR), |model, indices| {
                 let (ids, mask) = batch_tensors::<B<I>>(&seqs, indices, &dev);
                 // The token mask is per-sample data: marked as the batch like the inputs.
                 sentence_loss(model, ids, batch(mask))
@@ -813,7 +816,7 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         "example": "table-to-text", "model": format!("{:?}", args.model),
         "freeze": format!("{:?}", args.train.freeze), "clipping": format!("{:?}", args.train.clipping),
         "max_norm": (args.train.clipping == common::ClippingKind::Abadi).then_some(args.train.max_norm),
-        "lr": args.train.lr.unwrap_or(DEFAULT_LR), "private": !args.non_private,
+        "lr": args.train.learning_rate(DEFAULT_LR), "private": !args.non_private,
         "trainable_parameters": report.trainable, "total_parameters": report.total,
         "public_rows": public.len(), "pretrained": pretrained.as_ref().map(|p| p.display().to_string()),
         "pretrained_bleu": pretrained_bleu,
