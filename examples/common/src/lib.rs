@@ -374,6 +374,10 @@ mod tests {
         let e = parse_sweep_markdown(&broken).unwrap_err().to_string();
         assert!(e.contains("cannot read the sweep row"), "{e}");
         assert!(parse_sweep_markdown("no table").is_err());
+        let mut zero = parsed.clone();
+        zero[2].target_epsilon = Some(0.0);
+        let e = sweep_svg(&zero, "t", &metric).unwrap_err().to_string();
+        assert!(e.contains("not a positive number"), "{e}");
     }
 }
 

@@ -132,6 +132,18 @@ fn clipping_style(clipping: &str, clippings: &[String]) -> ShapeStyle {
 /// fine-tuning in red, the public pre-trained model alone in grey) as dashed lines in every panel;
 /// the same y range in every panel and one legend below them.
 pub fn sweep_svg(rows: &[SweepRow], title: &str, metric_name: &str) -> Result<String, Error> {
+    // The x axis is logarithmic: a target ε must be positive and finite (an edited table may not
+    // hold one).
+    if let Some(r) = rows.iter().find(|r| {
+        r.target_epsilon
+            .is_some_and(|e| !(e.is_finite() && e > 0.0))
+    }) {
+        return Err(format!(
+            "cannot plot the row `{} {}`: its target ε {:?} is not a positive number",
+            r.method, r.clipping, r.target_epsilon
+        )
+        .into());
+    }
     let panels = panels(rows);
     let references: Vec<(&str, f64, RGBColor)> = rows
         .iter()
