@@ -28,8 +28,19 @@ pub type DpAutodiff<B> = Autodiff<PerSample<B>>;
 ///
 /// Float inputs must be marked so that the engine can prove that no op mixes samples; token ids
 /// need no mark (an `Embedding` lookup marks its output).
-pub fn batch<B: Backend, const D: usize>(x: Tensor<DpAutodiff<B>, D>) -> Tensor<DpAutodiff<B>, D> {
+///
+/// # Shapes
+/// `x`: `[B, ...]`, one row of dimension 0 per sample; returned unchanged in value.
+pub fn mark_batch<B: Backend, const D: usize>(
+    x: Tensor<DpAutodiff<B>, D>,
+) -> Tensor<DpAutodiff<B>, D> {
     Tensor::from_inner(batch_inner(x.inner()))
+}
+
+/// The former name of [`mark_batch`], kept until the next release (it collided with ordinary
+/// variable names such as `let batch = ...`).
+pub fn batch<B: Backend, const D: usize>(x: Tensor<DpAutodiff<B>, D>) -> Tensor<DpAutodiff<B>, D> {
+    mark_batch(x)
 }
 
 /// [`batch`] for a tensor of the non-autodiff `PerSample<B>` backend.
