@@ -203,7 +203,7 @@ where
         Tensor::<Plain, 1, Int>::from_inner(y.clone()),
     );
     let (xd, yd) = (
-        Tensor::<Dp, 3>::from_inner(burn_dp::wrap_independent(x)),
+        Tensor::<Dp, 3>::from_inner(burn_dp::wrap_independent_unchecked(x)),
         Tensor::<Dp, 1, Int>::from_data(y.into_data(), &dev),
     );
     let t_plain = time(iters, || plain_step(&plain, &xp, &yp));

@@ -42,6 +42,25 @@ pub enum DistributedError {
         /// Each peer's parameter hash, by rank.
         hashes: Vec<u64>,
     },
+    /// The peers' privacy settings differ (σ, clipping, q, N, δ, accountant, noise source kind or
+    /// world; see [`crate::header::settings_digest`]).
+    #[error("at step {step} the peers' privacy settings differ (settings digest per peer, by rank: {digests:x?}): every peer must run with the same noise multiplier, clipping, sample rate, data set size, delta, accountant and noise source kind")]
+    SettingsDiffer {
+        /// The DP step (steps taken before it).
+        step: u64,
+        /// Each rank's settings digest.
+        digests: Vec<u64>,
+    },
+    /// A rank is taken by several peers, or by none.
+    #[error("at step {step} rank {rank} was claimed by {peers} peers: every rank of the world must be taken by exactly one peer")]
+    Ranks {
+        /// The DP step (steps taken before it).
+        step: u64,
+        /// The rank.
+        rank: u32,
+        /// How many peers claimed it.
+        peers: f32,
+    },
     /// An invalid setting (rank outside the world, no peers, a bad address).
     #[error("invalid data-parallel configuration: {0}")]
     Config(String),

@@ -37,6 +37,7 @@ pub mod demo;
 pub mod error;
 #[cfg(feature = "collective")]
 pub mod group;
+pub mod header;
 pub mod launch;
 pub mod tcp;
 pub mod trainer;

@@ -22,11 +22,7 @@ use burn_dp::{
 
 use crate::all_reduce::AllReduce;
 use crate::error::DistributedError;
-
-/// Bits of the parameter hash per f32 slot (exact: below 2^24).
-const HASH_CHUNK_BITS: u32 = 22;
-/// Slots per peer for a 64-bit hash.
-const HASH_SLOTS: usize = 3;
+use crate::header;
 
 /// FNV-1a over the bytes of every float parameter of `model` (visit order): equal models give
 /// equal hashes on every peer.
@@ -55,6 +51,8 @@ pub struct DistributedTrainer<M, O, B: NoiseBackend, G> {
     trainer: PrivateTrainer<M, O, B>,
     group: G,
     check_every: u64,
+    /// This peer's [`header::settings_digest`], compared with every peer's at each step.
+    settings: u64,
     steps: u64,
 }
 
@@ -83,11 +81,13 @@ where
                 "check_every must be at least 1".into(),
             ));
         }
+        let settings = header::settings_digest(&setup, group.world());
         let trainer = PrivateTrainer::for_peer(model, inner, setup, group.rank(), group.world())?;
         Ok(DistributedTrainer {
             trainer,
             group,
             check_every,
+            settings,
             steps: 0,
         })
     }
@@ -108,60 +108,37 @@ where
     {
         let step = self.steps;
         let check = step.is_multiple_of(self.check_every);
-        let (rank, world) = (self.group.rank() as usize, self.group.world() as usize);
-        let mut slots = vec![0f32; HASH_SLOTS * world];
-        if check {
-            let hash = parameter_hash::<B, M>(self.trainer.model());
-            for (j, slot) in slots[rank * HASH_SLOTS..(rank + 1) * HASH_SLOTS]
-                .iter_mut()
-                .enumerate()
-            {
-                *slot =
-                    ((hash >> (HASH_CHUNK_BITS * j as u32)) & ((1 << HASH_CHUNK_BITS) - 1)) as f32;
-            }
-        }
+        let (rank, world) = (self.group.rank(), self.group.world());
+        let params = check.then(|| parameter_hash::<B, M>(self.trainer.model()));
+        let own = header::encode(rank, world, self.settings, params);
+        let settings = self.settings;
         let share = NoiseShare {
-            shard: rank,
-            shards: world,
+            shard: rank as usize,
+            shards: world as usize,
         };
         let group = &mut self.group;
         let mut failure: Option<DistributedError> = None;
         let result = self.trainer.step_all_reduced(lr, losses, share, |flat| {
             let len = flat.dims()[0];
             let device = flat.device();
-            let slots =
-                Tensor::<B, 1>::from_data(TensorData::new(slots, [HASH_SLOTS * world]), &device);
-            let reduced = match group.all_reduce_sum(Tensor::cat(vec![flat, slots], 0), step) {
-                Ok(r) => r,
-                Err(e) => {
-                    let msg = e.to_string();
-                    failure = Some(e);
-                    return Err(DpError::AllReduce(msg));
-                }
+            let n = own.len();
+            let own = Tensor::<B, 1>::from_data(TensorData::new(own, [n]), &device);
+            let mut fail = |e: DistributedError| {
+                let msg = e.to_string();
+                failure = Some(e);
+                DpError::AllReduce(msg)
             };
-            if check {
-                let hashes = reduced
-                    .clone()
-                    .narrow(0, len, HASH_SLOTS * world)
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .unwrap_or_default();
-                let hashes: Vec<u64> = hashes
-                    .chunks(HASH_SLOTS)
-                    .map(|c| {
-                        c.iter().enumerate().fold(0u64, |h, (j, &v)| {
-                            h | ((v as u64) << (HASH_CHUNK_BITS * j as u32))
-                        })
-                    })
-                    .collect();
-                if hashes.len() != world || hashes.iter().any(|&h| h != hashes[0]) {
-                    let e = DistributedError::ReplicasDiverged { step, hashes };
-                    let msg = e.to_string();
-                    failure = Some(e);
-                    return Err(DpError::AllReduce(msg));
-                }
-            }
+            let reduced = group
+                .all_reduce_sum(Tensor::cat(vec![flat, own], 0), step)
+                .map_err(&mut fail)?;
+            let summed = reduced
+                .clone()
+                .narrow(0, len, n)
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap_or_default();
+            header::check(&summed, world, settings, check, step).map_err(&mut fail)?;
             Ok(reduced.narrow(0, 0, len))
         });
         match result {
@@ -210,23 +187,11 @@ where
     /// Resumes every peer from `dir/peer-<rank>` (written by
     /// [`DistributedTrainer::save_checkpoint`]): the model, the optimizer, the privacy history (ε
     /// continues where it was) and the sampler.
-    pub fn resume(self, dir: &Path) -> Result<Self, DistributedError> {
-        let DistributedTrainer {
-            trainer,
-            group,
-            check_every,
-            steps,
-        } = self;
-        let trainer = trainer.resume(&dir.join(format!("peer-{}", group.rank())))?;
-        Ok(DistributedTrainer {
-            trainer,
-            group,
-            check_every,
-            steps,
-        })
+    pub fn resume(&mut self, dir: &Path) -> Result<(), DistributedError> {
+        let dir = dir.join(format!("peer-{}", self.group.rank()));
+        Ok(self.trainer.resume(&dir)?)
     }
 
-    /// The trained replica and the group (to leave it, e.g. [`PeerGroup::finish`](crate::PeerGroup::finish)).
     pub fn into_parts(self) -> (M, G) {
         (self.trainer.into_model(), self.group)
     }

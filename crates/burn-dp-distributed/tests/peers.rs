@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use burn::backend::NdArray;
 use burn::optim::SgdConfig;
-use burn::tensor::{Tensor, TensorData};
 use burn_dp::{
-    batch, AccountantKind, ClippingFn, DpAutodiff, DpOptimizer, NoiseSource, PerSampleConfig,
-    PoissonSampler, PrivacyState,
+    AccountantKind, ClippingFn, DpAutodiff, DpOptimizer, NoiseSource, PerSampleConfig,
+    PhysicalBatch, PoissonSampler, PrivacyState,
 };
 use burn_dp_distributed::demo::{self, DemoNet};
 use serde_json::Value;
@@ -182,9 +181,14 @@ fn two_peers_equal_one_process_on_the_union_of_their_batches() {
                 let mut mask = vec![1f32; chunk.len()];
                 indices.resize(PHYSICAL, 0);
                 mask.resize(PHYSICAL, 0.0);
-                let mask = Tensor::<Dp, 1>::from_data(TensorData::new(mask, [PHYSICAL]), &device);
+                let physical = PhysicalBatch { indices, mask };
+                let _open = physical.open();
                 optim
-                    .backward(&model, demo::losses::<B>(&model, &indices) * batch(mask))
+                    .backward(
+                        &model,
+                        demo::losses::<B>(&model, &physical.indices),
+                        &physical,
+                    )
                     .expect("backward");
             }
             model = optim.step(0.2, model).expect("step");
@@ -439,6 +443,33 @@ fn diverged_replicas_are_a_typed_error() {
         assert_eq!(o.status.code(), Some(2), "peer {rank}: {stderr}");
         assert!(
             stderr.contains("replicas diverged before step 0"),
+            "peer {rank}: {stderr}"
+        );
+    }
+}
+
+/// Issue 22.8: a peer with another noise multiplier (it would noise its share of every parameter
+/// less) is refused at the first step, on every peer, with a typed error.
+#[test]
+fn peers_with_different_privacy_settings_are_refused() {
+    let args = strings(&[
+        "--steps",
+        "3",
+        "--sample-rate",
+        "0.1",
+        "--dataset-size",
+        "32",
+    ]);
+    let extra = |rank| {
+        let sigma = if rank == 1 { "0.5" } else { "1.0" };
+        strings(&["--noise-multiplier", sigma])
+    };
+    let outputs = run_peers(2, &args, &extra, Duration::from_secs(120));
+    for (rank, o) in outputs.iter().enumerate() {
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "peer {rank}: {stderr}");
+        assert!(
+            stderr.contains("privacy settings differ"),
             "peer {rank}: {stderr}"
         );
     }

@@ -8,8 +8,8 @@ use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::Dataset;
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Tensor, TensorData};
-use burn_dp::{batch, clipped_backward, DpAutodiff, DpError, NoiseBackend, PhysicalBatch};
+use burn::tensor::{Device, Tensor};
+use burn_dp::{clipped_backward_masked, DpAutodiff, ModuleSnapshot, NoiseBackend, PhysicalBatch};
 use burn_train::TrainOutput;
 
 use crate::error::DpTrainError;
@@ -106,23 +106,25 @@ impl<B: NoiseBackend, T> PrivateBatch<B, T> {
         F: FnMut(&M, T) -> Tensor<DpAutodiff<B>, 1>,
     {
         let config = self.link.begin(self.step)?;
-        for physical in &self.physical {
-            let rows = physical.indices.len();
-            let data = self.source.build(&physical.indices, &self.device)?;
-            let per_sample = losses(model, data);
-            if per_sample.dims() != [rows] {
-                return Err(DpError::LossShape {
-                    shape: per_sample.dims().to_vec(),
-                }
-                .into());
+        // A refused forward may already have written into state shared with the model
+        // (BatchNorm's running statistics): it is put back.
+        let snapshot = ModuleSnapshot::take(model);
+        let mut accumulate = || -> Result<(), DpTrainError> {
+            for physical in &self.physical {
+                // Opened before the data is built: the batch's host data is recognised as the
+                // batch, and its rows get this batch's identity.
+                let _open = physical.open();
+                let data = self.source.build(&physical.indices, &self.device)?;
+                let per_sample = losses(model, data);
+                // Masks the padding rows itself (the mask is not the user's marking).
+                let clipped = clipped_backward_masked(&config, model, per_sample, physical)?;
+                self.link.accumulate(self.step, clipped)?;
             }
-            let mask = Tensor::<DpAutodiff<B>, 1>::from_data(
-                TensorData::new(physical.mask.clone(), [rows]),
-                &self.device,
-            );
-            // The mask is per-sample data: marked as the batch like any model input.
-            let clipped = clipped_backward(&config, model, per_sample * batch(mask))?;
-            self.link.accumulate(self.step, clipped)?;
+            Ok(())
+        };
+        if let Err(e) = accumulate() {
+            snapshot.restore(model);
+            return Err(e);
         }
         self.link.finish(self.step, self.physical.is_empty())
     }

@@ -148,7 +148,7 @@ fn dp_steps<C: NoiseBackend>(mode: NormMode, steps: usize) -> Vec<Vec<f32>> {
             );
             let out = model.fc2.forward(model.fc1.forward(batch(x)).tanh());
             let losses = (out - y).powf_scalar(2.0).sum_dim(1).reshape([5]);
-            o.backward(&model, losses).unwrap();
+            o.backward_unpadded(&model, losses).unwrap();
             o.step(0.5, model).unwrap()
         };
         out.push(params(&model).concat());

@@ -27,7 +27,14 @@ pub type DpAutodiff<B> = Autodiff<PerSample<B>>;
 /// Marks a model input as the batch: dimension 0 indexes samples.
 ///
 /// Float inputs must be marked so that the engine can prove that no op mixes samples; token ids
-/// need no mark (an `Embedding` lookup marks its output).
+/// need no mark (an `Embedding` lookup marks its output). Inside a training loop
+/// ([`crate::PrivateTrainer`], burn-dp-train) every host tensor with the physical batch's rows is
+/// taken to be the batch anyway; marking says so explicitly, and outside a loop it opens the
+/// batch.
+///
+/// A tensor whose rows were already combined (`x - x.mean_dim(0)`, statistics computed from the
+/// batch) stays mixed: marking cannot launder it, and the DP step refuses it. A tensor with
+/// another number of rows than the open batch is refused the same way.
 ///
 /// # Shapes
 /// `x`: `[B, ...]`, one row of dimension 0 per sample; returned unchanged in value.
@@ -43,14 +50,25 @@ pub fn batch<B: Backend, const D: usize>(x: Tensor<DpAutodiff<B>, D>) -> Tensor<
     mark_batch(x)
 }
 
-/// [`batch`] for a tensor of the non-autodiff `PerSample<B>` backend.
-pub fn batch_inner<B: Backend, const D: usize>(
+/// [`mark_batch`] for a tensor of the non-autodiff `PerSample<B>` backend.
+pub(crate) fn batch_inner<B: Backend, const D: usize>(
     x: Tensor<PerSample<B>, D>,
 ) -> Tensor<PerSample<B>, D> {
     let ps = match x.into_primitive() {
         TensorPrimitive::Float(PsTensor::Dense { tensor, tag }) => {
-            let batch = tensor.shape().as_slice().first().copied().unwrap_or(0);
-            PsTensor::dense(tensor, tag.join(Tag::PerSample { batch: Some(batch) }))
+            let rows = tensor.shape().as_slice().first().copied().unwrap_or(0);
+            let marked = backend::pass::mark(rows).unwrap_or(Tag::Mixed {
+                op: "mark_batch (rows differ from the open batch)",
+            });
+            let tag = match tag {
+                Tag::Independent | Tag::Unmarked { .. } => marked,
+                Tag::PerSample { .. } => tag.join(marked),
+                // Rows already combined stay combined: marking does not make them per sample.
+                Tag::UnmarkedMixed { op, .. } | Tag::Mixed { op } | Tag::Lost { op } => {
+                    Tag::Mixed { op }
+                }
+            };
+            PsTensor::dense(tensor, tag)
         }
         TensorPrimitive::Float(other) => other,
         TensorPrimitive::QFloat(_) => unreachable!("model inputs are not quantized"),
@@ -59,16 +77,30 @@ pub fn batch_inner<B: Backend, const D: usize>(
 }
 
 /// Wraps an inner-backend tensor as a batch-independent tensor of `PerSample<B>` (a constant,
-/// a parameter value; tagged [`Tag::Independent`]). The inverse of [`lower`].
-pub fn wrap_independent<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<PerSample<B>, D> {
+/// a parameter value; tagged [`Tag::Independent`]).
+pub(crate) fn wrap_independent<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+) -> Tensor<PerSample<B>, D> {
     Tensor::from_primitive(TensorPrimitive::Float(PsTensor::dense(
         x.into_primitive().tensor(),
         Tag::Independent,
     )))
 }
 
-/// Unwraps a `PerSample<B>` tensor to the inner backend (a deferred gradient is summed).
-pub fn lower<B: Backend, const D: usize>(x: Tensor<PerSample<B>, D>) -> Tensor<B, D> {
+/// Wraps an inner-backend tensor as a constant of `PerSample<B>`, whatever it holds.
+///
+/// **This voids the guarantee if `x` holds data of the batch**: the engine then treats it as a
+/// public constant (a loaded parameter) and never checks how its rows were computed. Use it only
+/// for values that do not depend on private data (benchmarks of random inputs, public tables).
+pub fn wrap_independent_unchecked<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+) -> Tensor<PerSample<B>, D> {
+    wrap_independent(x)
+}
+
+/// Unwraps a `PerSample<B>` tensor to the inner backend (a deferred gradient is summed): the
+/// library's own reads (device, loss values for the non-finite mask), which never leave the device.
+pub(crate) fn lower<B: Backend, const D: usize>(x: Tensor<PerSample<B>, D>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(
         x.into_primitive().tensor().into_sum(),
     ))
@@ -132,6 +164,9 @@ pub struct ClippedGradients<B: Backend> {
     /// # Shapes
     /// `[B]`.
     pub non_finite_mask: Tensor<B, 1, Bool>,
+    /// Whether the losses were multiplied by a physical batch's padding mask by the library
+    /// ([`clipped_backward_masked`]); only such sums can be accumulated into a DP step.
+    masked: bool,
 }
 
 impl<B: Backend> ClippedGradients<B> {
@@ -140,6 +175,12 @@ impl<B: Backend> ClippedGradients<B> {
     /// the training path never makes.
     pub fn non_finite(&self) -> Result<Vec<usize>, DpError> {
         read_mask(self.non_finite_mask.clone())
+    }
+
+    /// Whether these sums were computed by [`clipped_backward_masked`] (padding rows zeroed by the
+    /// library), as a DP step requires.
+    pub fn is_masked(&self) -> bool {
+        self.masked
     }
 
     /// The clipped sums as burn gradients for an optimizer of `DpAutodiff<B>`.
@@ -253,9 +294,26 @@ fn per_sample_pass<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     model: &M,
     losses: Tensor<DpAutodiff<B>, 1>,
 ) -> Result<Pass<B>, DpError> {
+    // The batch closes with its backward pass, whatever happens: an activation kept from it is
+    // another batch's data from now on.
+    struct Close;
+    impl Drop for Close {
+        fn drop(&mut self) {
+            backend::pass::close();
+        }
+    }
+    let _close = Close;
     let dims = losses.dims();
     let b = dims[0];
     let loss_tag = losses.clone().inner().into_primitive().tensor().tag();
+    // Refused before the backward pass, so that each error names its cause: the model already
+    // holds batch data, the batch went to the host and back, or the losses mix samples (the
+    // first op that mixed them, not the parameter whose gradient it reached first).
+    crate::state::check_parameters(model, false)?;
+    if let Some(op) = backend::pass::poisoned() {
+        return Err(DpError::HostRead { op: op.to_string() });
+    }
+    check_loss_tag(loss_tag, b)?;
     let device = lower(losses.clone().inner()).device();
     let mut grads = backend::with_scope(|| losses.sum().backward());
     let mut collect = Collect::<B> {
@@ -277,18 +335,24 @@ fn per_sample_pass<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
             grad,
         });
     }
-    // Parameter-level errors above name the parameter; this catches the rest (an unmarked batch,
-    // unmarked host data combined across the batch, samples mixed after the last parameter).
-    check_loss_tag(loss_tag, b)?;
     // State the forward wrote into the model from the batch (BatchNorm's running statistics)
     // would be published without noise, whatever the batch size.
-    check_module_state(model)?;
+    crate::state::check_module_state(model)?;
     Ok((b, device, resolved))
 }
 
 /// The error, if any, that the per-sample losses' tag means for a batch of `b` samples.
 fn check_loss_tag(tag: Tag, b: usize) -> Result<(), DpError> {
     match tag {
+        // Losses of another batch than the one the training loop opened (kept from an earlier
+        // batch and returned again).
+        Tag::PerSample { id: Some(id), .. }
+            if backend::pass::open_batch().is_some_and(|open| open.inferred && open.id != id) =>
+        {
+            Err(DpError::LossMixesSamples {
+                op: "rows of two different physical batches meet (the losses)".into(),
+            })
+        }
         Tag::PerSample { .. } => Ok(()),
         // An empty batch holds no sample's data.
         Tag::Independent | Tag::Unmarked { .. } | Tag::UnmarkedMixed { .. } if b == 0 => Ok(()),
@@ -307,57 +371,6 @@ fn check_loss_tag(tag: Tag, b: usize) -> Result<(), DpError> {
         Tag::Mixed { op } | Tag::Lost { op } => {
             Err(DpError::LossMixesSamples { op: op.to_string() })
         }
-    }
-}
-
-/// Rejects a model holding a tensor computed from batch data: module state updated in the forward
-/// (BatchNorm's running mean and variance in training mode, any buffer written from activations)
-/// is private data outside the clipped, noised sum. Parameters and buffers made on the device or
-/// loaded from the host are constants (`Independent`, `Unmarked`); anything else is an error.
-fn check_module_state<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
-    model: &M,
-) -> Result<(), DpError> {
-    // `RunningState` keeps per-thread updates until it syncs; turning a clone into a record syncs
-    // the shared state (as BatchNorm's own forward does), so the visit below sees the update.
-    let _ = model.clone().into_record();
-    let mut check = StateCheck::<B> {
-        path: Vec::new(),
-        found: None,
-        _b: core::marker::PhantomData,
-    };
-    model.visit(&mut check);
-    check.found.map_or(Ok(()), Err)
-}
-
-struct StateCheck<B> {
-    path: Vec<String>,
-    found: Option<DpError>,
-    _b: core::marker::PhantomData<B>,
-}
-
-impl<B: Backend> ModuleVisitor<DpAutodiff<B>> for StateCheck<B> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<DpAutodiff<B>, D>>) {
-        if self.found.is_some() {
-            return;
-        }
-        let tag = param.val().inner().into_primitive().tensor().tag();
-        let op = match tag {
-            Tag::Independent | Tag::Unmarked { .. } => return,
-            Tag::PerSample { .. } => "a copy of per-sample data",
-            Tag::UnmarkedMixed { op, .. } | Tag::Mixed { op } | Tag::Lost { op } => op,
-        };
-        self.found = Some(DpError::StateFromBatch {
-            param: self.path.join("."),
-            op: op.to_string(),
-        });
     }
 }
 
@@ -521,7 +534,40 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
         untouched,
         sensitivity,
         non_finite_mask,
+        masked: false,
     })
+}
+
+/// [`clipped_backward`] on the per-sample losses of one physical batch, with its padding rows
+/// zeroed by the library: the losses are checked as the user returned them (the mask is a
+/// constant here, not a mark of the batch), then multiplied by `batch.mask`. This is the only
+/// form a DP step accumulates ([`crate::DpOptimizer::backward`]).
+///
+/// # Shapes
+/// `losses`: `[P]`, one loss per row of `batch` (`P = batch.indices.len()`).
+pub fn clipped_backward_masked<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
+    config: &PerSampleConfig,
+    model: &M,
+    losses: Tensor<DpAutodiff<B>, 1>,
+    batch: &crate::sampling::PhysicalBatch,
+) -> Result<ClippedGradients<B>, DpError> {
+    let rows = batch.mask.len();
+    if losses.dims() != [rows] || batch.indices.len() != rows {
+        return Err(DpError::LossShape {
+            shape: losses.dims().to_vec(),
+        });
+    }
+    let device = losses.device();
+    // Uploaded on the inner backend and wrapped as a constant: the loop's own mask is not the
+    // user's marking of the batch (an unmarked loss stays unmarked).
+    let mask = Tensor::<B, 1>::from_data(
+        burn::tensor::TensorData::new(batch.mask.clone(), [rows]),
+        &device,
+    );
+    let mask = Tensor::<DpAutodiff<B>, 1>::from_inner(wrap_independent(mask));
+    let mut clipped = clipped_backward(config, model, losses * mask)?;
+    clipped.masked = true;
+    Ok(clipped)
 }
 
 /// The indices of the `true` entries of `mask` `[B]`, read to the host (one device → host read;

@@ -21,7 +21,7 @@ pub enum DpError {
         op: String,
     },
     /// A trainable parameter's gradient depends on several samples at once.
-    #[error("parameter `{param}`: its gradient mixes samples of the batch (op `{op}` reduces, reorders or reshapes the batch dimension 0, e.g. BatchNorm in training mode); per-sample gradients would be wrong")]
+    #[error("parameter `{param}`: its gradient mixes samples of the batch: op `{op}` is the first that combined rows of the batch. {hint}", hint = crate::error::mixing_hint(op))]
     MixedSamples {
         /// Module path of the parameter.
         param: String,
@@ -49,7 +49,7 @@ pub enum DpError {
     #[error("the per-sample losses do not come from a marked batch: pass float model inputs through burn_dp::batch(..) (token ids entering an Embedding are marked automatically)")]
     UnmarkedBatch,
     /// The per-sample losses depend on several samples.
-    #[error("the per-sample losses mix samples (op `{op}` reduces, reorders or reshapes the batch dimension 0)")]
+    #[error("the per-sample losses mix samples: op `{op}` is the first that combined rows of the batch. {hint}", hint = crate::error::mixing_hint(op))]
     LossMixesSamples {
         /// The first op that mixed samples.
         op: String,
@@ -71,6 +71,27 @@ pub enum DpError {
         /// The op that mixed the batch into it.
         op: String,
     },
+    /// Batch data was read to the host while its DP pass was open (`into_data`, `into_scalar`,
+    /// printing a tensor): whatever is computed from it on the host and uploaded again is outside
+    /// every check, so the pass is refused.
+    #[error("batch data was read to the host during its DP pass (op `{op}`): a value computed on the host from the batch (a mean to subtract, a maximum to divide by) and fed back escapes per-sample clipping. Compute it on the device, per sample (e.g. `x.mean_dim(1)` per row, not the batch's mean), or, for a diagnostic you accept as NOT private and never feed back, read it inside burn_dp::read_without_privacy(|| ...)")]
+    HostRead {
+        /// The read.
+        op: String,
+    },
+    /// A trainable parameter's value was computed from batch data outside a DP step (an ordinary
+    /// `backward()` and optimizer step on `DpAutodiff`), so the model already holds data that was
+    /// never clipped or noised.
+    #[error("parameter `{param}` was updated outside a DP step on this backend (its value comes from batch data through op `{op}`), so it may hold data that was never clipped or noised. If that training used only public data, say so with `let model = burn_dp::declare_public(model);` before private training (or pre-train on `Autodiff<B>` and load the weights); if it used private data, train it inside PrivateTrainer from the start")]
+    ParameterFromBatch {
+        /// Module path of the parameter.
+        param: String,
+        /// The op its value came from.
+        op: String,
+    },
+    /// Clipped sums computed without a physical batch's padding mask were offered to a DP step.
+    #[error("clipped sums without the padding mask cannot be accumulated: padding rows repeat a real example and would add it again. Use DpOptimizer::backward(model, losses, &physical_batch) or burn_dp::clipped_backward_masked, which apply the mask")]
+    UnmaskedBatch,
     /// A clipping or grouping setting is invalid.
     #[error("invalid clipping configuration: {0}")]
     InvalidClipping(String),
@@ -127,6 +148,23 @@ pub enum DpError {
         /// Which generator: the noise generator or the sampler.
         what: String,
     },
+    /// A checkpoint was loaded into an optimizer that has already taken DP steps: its privacy
+    /// history would be replaced by the checkpoint's, and ε would go down.
+    #[error("checkpoint {path}: this optimizer has already taken {steps} DP step(s); loading would replace the privacy it spent by the checkpoint's (epsilon would go down and the budget could be spent again). Resume into a freshly built trainer or optimizer")]
+    ResumeAfterTraining {
+        /// The checkpoint directory.
+        path: String,
+        /// DP steps this optimizer has recorded.
+        steps: u64,
+    },
+    /// An OS-seeded checkpoint was loaded into an optimizer or sampler seeded from a fixed seed.
+    #[error("checkpoint {path}: the {what} of that run was seeded from the operating system, but this one draws from a fixed seed, so its randomness would be public to anyone with the seed from here on; build it with NoiseSource::Os to resume a private run")]
+    OsSeededCheckpoint {
+        /// The checkpoint directory.
+        path: String,
+        /// Which generator: the noise generator or the sampler.
+        what: String,
+    },
     /// The operating system's randomness failed, or a noise stream is used up.
     #[error("randomness: {0}")]
     Randomness(String),
@@ -135,4 +173,38 @@ pub enum DpError {
     /// accounted, the model is unchanged.
     #[error("all-reduce of the clipped sums failed: {0}")]
     AllReduce(String),
+}
+
+/// What usually causes a first mixing `op`, and what to write instead (part of the messages of
+/// [`DpError::LossMixesSamples`] and [`DpError::MixedSamples`]).
+pub(crate) fn mixing_hint(op: &str) -> &'static str {
+    let has = |k: &str| op.contains(k);
+    if has("different physical batches") {
+        "A tensor computed from an earlier batch or step (a kept activation, a cached prototype) met this batch's rows: compute it from this batch's own sample, or from public data made outside the step."
+    } else if has("different sizes") || has("not the open batch") || has("rows differ") {
+        "A batch tensor met one with another number of rows (a batch-of-one prototype broadcast to the batch, a second batch marked in the same pass): every marked tensor must have the physical batch's rows in dimension 0."
+    } else if has("swap_dims") || has("permute") || has("transpose") {
+        "A layout op moved the batch dimension 0 (BatchNorm in training mode does `swap_dims(0, 1)` to normalise over the batch): keep samples in dimension 0; use LayerNorm, GroupNorm or RmsNorm instead of BatchNorm."
+    } else if has("reshape") || has("expand") {
+        "A reshape or expand changed dimension 0 (`[B, T, d]` to `[B*T, d]`, `losses.mean().expand([b])`): keep the batch in dimension 0 and return one loss per sample, e.g. `token_losses.sum_dim(1)` rather than a flattened mean; burn_dp::loss has per-sample losses."
+    } else if has("mean") || has("sum") || has("max") || has("min") || has("prod") || has("var") {
+        "A reduction over the batch (`x.mean_dim(0)`, `losses.mean()`, BatchNorm statistics, class counts from the batch's labels): compute every statistic per sample (`x.mean_dim(1)`) or from public data, and return `[B]` per-sample losses without averaging them over the batch (burn_dp::loss)."
+    } else if has("matmul") || has("linear") || has("conv") || has("embedding") {
+        "Batch data was used as a shared operand (a weight, or the right-hand side of a rank-2 matmul such as `xᵀx` or attention across the batch): multiply per sample, with the batch in dimension 0 of both operands."
+    } else if has("gather")
+        || has("select")
+        || has("scatter")
+        || has("slice")
+        || has("cat")
+        || has("flip")
+        || has("roll")
+        || has("sort")
+        || has("cumsum")
+    {
+        "An indexing, concatenation or ordering op worked along the batch dimension 0 (a permutation, a slice or sort of rows, a running sum): work along other dimensions, row by row."
+    } else if has("mark_batch") {
+        "mark_batch was given a tensor whose rows were already combined (normalised with the batch's mean, say): mark the raw input, then compute per sample."
+    } else {
+        "An op combined rows of dimension 0 (the samples): keep every computation row by row, per sample."
+    }
 }

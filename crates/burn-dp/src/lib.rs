@@ -26,16 +26,17 @@ pub mod profile;
 pub mod rules;
 pub mod sampling;
 pub mod setup;
+pub mod state;
 pub mod trainer;
 
-pub use backend::PerSample;
+pub use backend::{read_without_privacy, BatchId, PerSample};
 /// Privacy accounting (the `burn-dp-accountant` crate).
 pub use burn_dp_accountant as accounting;
 pub use burn_dp_accountant::{AccountantKind, Epsilon, Schedule};
 pub use clip::{Clipping, ClippingFn, ClippingStyle, ParamGroup, ParamSelector};
 pub use engine::{
-    batch, batch_inner, clipped_backward, lower, mark_batch, per_sample_gradients, wrap_independent,
-    ClippedGradients, DpAutodiff, PerSampleConfig,
+    batch, clipped_backward, clipped_backward_masked, mark_batch, per_sample_gradients,
+    wrap_independent_unchecked, ClippedGradients, DpAutodiff, PerSampleConfig,
 };
 pub use error::DpError;
 pub use freeze::{freeze, FreezePolicy, FreezeReport};
@@ -46,8 +47,9 @@ pub use optim::{
 };
 pub use privacy::{BudgetPolicy, PrivacyState};
 pub use rules::NormMode;
-pub use sampling::{LogicalBatch, PhysicalBatch, PoissonSampler};
+pub use sampling::{LogicalBatch, OpenBatch, PhysicalBatch, PoissonSampler};
 pub use setup::{shard_range, PrivateSetup};
+pub use state::{declare_public, ModuleSnapshot};
 pub use trainer::{PrivateTrainer, StepReport};
 
 /// The CUDA backend (feature `cuda`): train with `DpAutodiff<Cuda>`.

@@ -327,7 +327,7 @@ fn updates(
         model = if empty {
             o.step_empty(1.0, model).unwrap()
         } else {
-            o.backward(&model, zero_losses(&model, 2)).unwrap();
+            o.backward_unpadded(&model, zero_losses(&model, 2)).unwrap();
             o.step(1.0, model).unwrap()
         };
         for (t, (b, a)) in before.iter().zip(params(&model)).enumerate() {
@@ -589,7 +589,7 @@ fn loading_drops_a_stale_accumulation() {
     let model = net();
     o.save_checkpoint(dir.path(), &model, None).unwrap();
     let mut o = optimizer(1.0, source, ClippingStyle::Flat);
-    o.backward(&model, zero_losses(&model, 2)).unwrap();
+    o.backward_unpadded(&model, zero_losses(&model, 2)).unwrap();
     assert!(o.accumulated_sum(&model.fc1.weight.id).is_some());
     let (mut o, model) = o.load_checkpoint(dir.path(), model, None).unwrap();
     assert!(o.accumulated_sum(&model.fc1.weight.id).is_none());

@@ -275,7 +275,7 @@ mod tests {
                 .sum_dim(1)
                 .reshape([4])
         });
-        optim.backward(&model, losses).unwrap();
+        optim.backward_unpadded(&model, losses).unwrap();
         let _model = optim.step(0.1, model).unwrap();
         let p = disable();
         for phase in Phase::ALL {

@@ -33,14 +33,52 @@ pub struct LogicalBatch {
     physical_batch_size: usize,
 }
 
-/// A fixed-shape slice of a logical batch. Rows past the end repeat index 0 and have mask 0: their
-/// per-sample losses must be multiplied by the mask, so they contribute exactly zero.
+/// A fixed-shape slice of a logical batch. Rows past the end repeat the slice's first example and
+/// have mask 0: [`DpOptimizer::backward`](crate::DpOptimizer::backward) takes the physical batch
+/// and multiplies the per-sample losses by the mask itself, so padding rows contribute exactly
+/// zero and no accumulate path exists without the mask.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PhysicalBatch {
     /// `physical_batch_size` example indices.
     pub indices: Vec<usize>,
     /// 1 for real rows, 0 for padding.
     pub mask: Vec<f32>,
+}
+
+/// A physical batch open for its forward pass ([`PhysicalBatch::open`]); it closes when its
+/// backward pass ends, or when dropped.
+///
+/// While it is open, every host tensor uploaded with its number of rows in dimension 0 (labels,
+/// one-hot encodings, masks, an input you forgot to mark) is taken to be the batch, and its rows
+/// get this batch's identity, so that rows of another batch (a kept activation) cannot meet them.
+/// Reading batch data back to the host while it is open refuses the pass (`DpError::HostRead`).
+#[derive(Debug)]
+pub struct OpenBatch {
+    id: crate::backend::BatchId,
+}
+
+impl Drop for OpenBatch {
+    fn drop(&mut self) {
+        if crate::backend::pass::open_batch().is_some_and(|open| open.id == self.id) {
+            crate::backend::pass::close();
+        }
+    }
+}
+
+impl PhysicalBatch {
+    /// A physical batch of these indices, all real (no padding).
+    pub fn unpadded(indices: Vec<usize>) -> Self {
+        let mask = vec![1.0; indices.len()];
+        PhysicalBatch { indices, mask }
+    }
+
+    /// Opens this batch on the current thread, before its forward pass (the training loops do
+    /// this for you): see [`OpenBatch`]. Any batch open before is closed.
+    pub fn open(&self) -> OpenBatch {
+        OpenBatch {
+            id: crate::backend::pass::open(self.indices.len()).id,
+        }
+    }
 }
 
 impl PoissonSampler {
@@ -188,7 +226,9 @@ impl LogicalBatch {
             .map(|chunk| {
                 let mut indices = chunk.to_vec();
                 let mut mask = vec![1.0; chunk.len()];
-                indices.resize(self.physical_batch_size, 0);
+                // Padding repeats an example already in this slice (never one that was not
+                // drawn), and its mask is 0.
+                indices.resize(self.physical_batch_size, chunk[0]);
                 mask.resize(self.physical_batch_size, 0.0);
                 PhysicalBatch { indices, mask }
             })

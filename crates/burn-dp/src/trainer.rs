@@ -22,15 +22,16 @@ use std::path::Path;
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
-use burn_dp_accountant::Epsilon;
+use burn::tensor::Tensor;
+use burn_dp_accountant::{Accountant, AccountantKind, Epsilon};
 
-use crate::engine::{batch, DpAutodiff};
+use crate::engine::DpAutodiff;
 use crate::error::DpError;
 use crate::noise::NoiseBackend;
-use crate::optim::{DpOptimizer, NoiseShare};
+use crate::optim::{DpOptimizer, FlatAllReduce, NoiseShare, Reducer, SingleProcess};
 use crate::sampling::PoissonSampler;
 use crate::setup::PrivateSetup;
+use crate::state::{check_parameters, ModuleSnapshot};
 
 /// What one DP step of a [`PrivateTrainer`] did.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,8 +43,12 @@ pub struct StepReport {
     pub samples: usize,
     /// Physical batches the logical batch was cut into.
     pub physical_batches: usize,
-    /// ε spent so far at the run's δ.
+    /// ε spent so far at the run's δ: an upper bound from the RDP and PRV accountants, an
+    /// approximation (neither bound) from GDP, as [`StepReport::epsilon_is_estimate`] says.
     pub epsilon: f64,
+    /// `true` when [`StepReport::epsilon`] is an estimate rather than an upper bound (the GDP
+    /// accountant): never publish it as the run's guarantee.
+    pub epsilon_is_estimate: bool,
 }
 
 /// DP training of one model: owns the model, the DP optimizer and the Poisson sampler.
@@ -55,7 +60,6 @@ pub struct PrivateTrainer<M, O, B: Backend> {
     model: M,
     optim: DpOptimizer<O, B>,
     sampler: PoissonSampler,
-    device: B::Device,
     steps: u64,
 }
 
@@ -94,16 +98,13 @@ where
         sampler: PoissonSampler,
     ) -> Result<Self, DpError> {
         let optim = setup.optimizer(inner, &sampler)?;
-        let device = model
-            .devices()
-            .into_iter()
-            .next()
-            .ok_or_else(|| DpError::InvalidConfig("the model has no parameters".into()))?;
+        if model.devices().is_empty() {
+            return Err(DpError::InvalidConfig("the model has no parameters".into()));
+        }
         Ok(PrivateTrainer {
             model,
             optim,
             sampler,
-            device,
             steps: 0,
         })
     }
@@ -121,13 +122,7 @@ where
     where
         F: FnMut(&M, &[usize]) -> Tensor<DpAutodiff<B>, 1>,
     {
-        self.step_finished_by(losses, |optim, model, empty| {
-            if empty {
-                optim.step_empty(lr, model)
-            } else {
-                optim.step(lr, model)
-            }
-        })
+        self.step_reduced(lr, losses, &mut SingleProcess)
     }
 
     /// One step of a data-parallel run on this peer's shard: like [`PrivateTrainer::step`], but
@@ -147,45 +142,54 @@ where
         F: FnMut(&M, &[usize]) -> Tensor<DpAutodiff<B>, 1>,
         R: FnOnce(Tensor<B, 1>) -> Result<Tensor<B, 1>, DpError>,
     {
-        self.step_finished_by(losses, |optim, model, _empty| {
-            optim.step_all_reduced(lr, model, share, all_reduce)
-        })
+        self.step_reduced(lr, losses, &mut FlatAllReduce::new(share, all_reduce))
     }
 
-    fn step_finished_by<F, S>(&mut self, mut losses: F, finish: S) -> Result<StepReport, DpError>
+    /// The DP step with any [`Reducer`]: draw → for each physical batch, the per-sample losses,
+    /// clipped and accumulated → [`DpOptimizer::finish`] (noise of the reducer's share, account,
+    /// reduce, scale, inner step). [`PrivateTrainer::step`] is this with [`SingleProcess`].
+    ///
+    /// # Shapes
+    /// `losses` returns `[P]`, one loss per row of `indices`.
+    pub fn step_reduced<F, R>(
+        &mut self,
+        lr: f64,
+        mut losses: F,
+        reducer: &mut R,
+    ) -> Result<StepReport, DpError>
     where
         F: FnMut(&M, &[usize]) -> Tensor<DpAutodiff<B>, 1>,
-        S: FnOnce(&mut DpOptimizer<O, B>, M, bool) -> Result<M, DpError>,
+        R: Reducer<B>,
     {
+        // The model must not already hold batch data (trained outside a DP step on this
+        // backend): refused before the budget is touched, naming the parameter.
+        check_parameters(&self.model, true)?;
         self.optim.privacy().check_next_step()?;
         let logical = self.sampler.next_batch();
         let physical = logical.physical();
         let model = self.model.clone();
+        // A refused forward may already have written into state shared with the model
+        // (BatchNorm's running statistics): it is put back.
+        let snapshot = ModuleSnapshot::take(&self.model);
         let next = if logical.is_empty() {
-            finish(&mut self.optim, model, true)
+            self.optim.finish(lr, model, reducer)
         } else {
             let mut accumulate = || -> Result<(), DpError> {
                 for batch_rows in &physical {
+                    // Opened before the forward: the batch's host data is recognised as the
+                    // batch, and its rows get this batch's identity.
+                    let _open = batch_rows.open();
                     let per_sample = losses(&self.model, &batch_rows.indices);
-                    let rows = batch_rows.indices.len();
-                    if per_sample.dims() != [rows] {
-                        return Err(DpError::LossShape {
-                            shape: per_sample.dims().to_vec(),
-                        });
-                    }
-                    let mask = Tensor::<DpAutodiff<B>, 1>::from_data(
-                        TensorData::new(batch_rows.mask.clone(), [rows]),
-                        &self.device,
-                    );
-                    // The mask is per-sample data: marked as the batch like any model input.
-                    self.optim.backward(&self.model, per_sample * batch(mask))?;
+                    // Masks the padding rows itself (the mask is not the user's marking).
+                    self.optim.backward(&self.model, per_sample, batch_rows)?;
                 }
                 Ok(())
             };
             match accumulate() {
-                Ok(()) => finish(&mut self.optim, model, false),
+                Ok(()) => self.optim.finish(lr, model, reducer),
                 Err(e) => {
                     self.optim.discard_accumulated();
+                    snapshot.restore(&self.model);
                     return Err(e);
                 }
             }
@@ -194,6 +198,7 @@ where
             Ok(model) => self.model = model,
             Err(e) => {
                 self.optim.discard_accumulated();
+                snapshot.restore(&self.model);
                 return Err(e);
             }
         }
@@ -203,6 +208,7 @@ where
             samples: logical.indices.len(),
             physical_batches: physical.len(),
             epsilon: self.optim.epsilon()?.epsilon,
+            epsilon_is_estimate: self.optim.privacy().accountant.kind() == AccountantKind::Gdp,
         })
     }
 
@@ -240,22 +246,18 @@ where
 
     /// Resumes from a checkpoint written by [`PrivateTrainer::save_checkpoint`]: the model, the
     /// optimizer, the privacy history (so ε continues) and the sampler.
-    pub fn resume(self, dir: &Path) -> Result<Self, DpError> {
-        let PrivateTrainer {
-            model,
-            optim,
-            mut sampler,
-            device,
-            steps,
-        } = self;
-        let (optim, model) = optim.load_checkpoint(dir, model, Some(&mut sampler))?;
-        Ok(PrivateTrainer {
-            model,
-            optim,
-            sampler,
-            device,
-            steps,
-        })
+    ///
+    /// Only a trainer that has not trained can resume (`DpError::ResumeAfterTraining`):
+    /// loading into one that has would replace the privacy it spent by the checkpoint's. On any
+    /// error the trainer is unchanged.
+    pub fn resume(&mut self, dir: &Path) -> Result<(), DpError> {
+        let mut sampler = self.sampler.clone();
+        let model =
+            self.optim
+                .load_checkpoint_into(dir, self.model.clone(), Some(&mut sampler), false)?;
+        self.model = model;
+        self.sampler = sampler;
+        Ok(())
     }
 }
 
@@ -364,12 +366,9 @@ mod tests {
                 continue;
             }
             for p in logical.physical() {
-                let mask = Tensor::<Dp, 1>::from_data(
-                    TensorData::new(p.mask.clone(), [p.mask.len()]),
-                    &Default::default(),
-                );
+                let _open = p.open();
                 optim
-                    .backward(&model, losses(&model, &p.indices) * mask)
+                    .backward(&model, losses(&model, &p.indices), &p)
                     .unwrap();
             }
             model = optim.step(0.1, model).unwrap();
@@ -422,6 +421,61 @@ mod tests {
         assert!(matches!(err, Err(DpError::BudgetExceeded { .. })));
         assert!(!called);
         assert_eq!(weights(t.model()), before);
+    }
+
+    /// Issue 22.7: privacy spent stays spent. A trainer that has trained refuses a checkpoint (ε
+    /// would go back to the checkpoint's), and is left as it was; a fresh one resumes.
+    #[test]
+    fn resuming_a_trainer_that_has_trained_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = trainer(None, 3);
+        for _ in 0..2 {
+            t.step(0.1, losses).unwrap();
+        }
+        t.save_checkpoint(dir.path()).unwrap();
+        let at_two = t.epsilon().unwrap().epsilon;
+        for _ in 0..3 {
+            t.step(0.1, losses).unwrap();
+        }
+        let (eps, w) = (t.epsilon().unwrap().epsilon, weights(t.model()));
+        let err = t.resume(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, DpError::ResumeAfterTraining { steps: 5, .. }),
+            "{err}"
+        );
+        assert_eq!(t.epsilon().unwrap().epsilon, eps);
+        assert_eq!(weights(t.model()), w);
+        t.step(0.1, losses).unwrap();
+        // A trainer built anew continues from step 2.
+        let mut fresh = trainer(None, 3);
+        fresh.resume(dir.path()).unwrap();
+        assert_eq!(fresh.epsilon().unwrap().epsilon, at_two);
+    }
+
+    /// Issue 22.7: an OS-seeded run's checkpoint does not continue under a fixed seed (the noise
+    /// would be public to the seed holder from there on).
+    #[test]
+    fn an_os_seeded_checkpoint_is_refused_by_a_fixed_seed_trainer() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = Net {
+            fc: LinearConfig::new(4, 1).init(&Default::default()),
+        };
+        let setup = |noise| PrivateSetup {
+            per_sample: PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
+            privacy: privacy(None),
+            dataset_size: N,
+            physical_batch_size: 3,
+            noise,
+        };
+        let mut os: PrivateTrainer<_, Sgd, NdArray<f32>> =
+            PrivateTrainer::new(model, SgdConfig::new().init(), setup(NoiseSource::Os)).unwrap();
+        os.step(0.1, losses).unwrap();
+        os.save_checkpoint(dir.path()).unwrap();
+        let mut fixed = trainer(None, 9);
+        let err = fixed.resume(dir.path()).unwrap_err();
+        assert!(matches!(err, DpError::OsSeededCheckpoint { .. }), "{err}");
+        assert_eq!(fixed.steps(), 0);
+        assert_eq!(fixed.epsilon().unwrap().epsilon, 0.0);
     }
 
     #[derive(Module, Debug)]

@@ -307,7 +307,7 @@ fn run<G: AllReduce<B>>(
             .checkpoint_dir
             .as_ref()
             .ok_or_else(|| DistributedError::Config("--resume needs --checkpoint-dir".into()))?;
-        trainer = trainer.resume(dir)?;
+        trainer.resume(dir)?;
     }
     // ANCHOR_END: trainer
     let initial_params = demo::flat_parameters(trainer.model());

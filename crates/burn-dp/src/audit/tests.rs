@@ -9,9 +9,10 @@ use burn_dp_accountant::AccountantKind;
 use super::canary::AUDIT_LR;
 use super::*;
 use crate::clip::ClippingFn;
-use crate::engine::{clipped_backward, DpAutodiff, PerSampleConfig};
+use crate::engine::{clipped_backward_masked, DpAutodiff, PerSampleConfig};
 use crate::noise::NoiseSource;
 use crate::optim::DpOptimizer;
+use crate::sampling::PhysicalBatch;
 use crate::sampling::PoissonSampler;
 
 type Inner = NdArray<f32>;
@@ -88,20 +89,22 @@ fn broken_run(c: &GradientCanaryConfig, membership: &[bool], breakage: Breakage)
     for _ in 0..c.steps {
         let before = model.weights();
         let x = c.inputs::<Inner>(&data, &background, &dev);
-        optim.backward(&model, model.losses(x)).unwrap();
+        optim.backward_unpadded(&model, model.losses(x)).unwrap();
         if !canaries.is_empty() {
             match breakage {
                 Breakage::CanaryCountedTwice => {
                     for _ in 0..2 {
                         let x = c.inputs::<Inner>(&data, &canaries, &dev);
-                        optim.backward(&model, model.losses(x)).unwrap();
+                        optim.backward_unpadded(&model, model.losses(x)).unwrap();
                     }
                 }
                 // ANCHOR: broken_unclipped
                 Breakage::CanaryNotClipped => {
                     let x = c.inputs::<Inner>(&data, &canaries, &dev);
+                    let losses = model.losses(x);
+                    let rows = PhysicalBatch::unpadded((0..losses.dims()[0]).collect());
                     let mut clipped =
-                        clipped_backward(&per_sample, &model, model.losses(x)).unwrap();
+                        clipped_backward_masked(&per_sample, &model, losses, &rows).unwrap();
                     // Replace the clipped sum by the raw one: each gradient is its input.
                     let raw: Vec<f32> = (0..c.dim())
                         .map(|k| canaries.iter().map(|&i| data[i][k]).sum())

@@ -70,7 +70,9 @@ fn lost<B: Backend>(
 ) -> Ps<B> {
     let why = match other {
         Tag::Mixed { .. } => other,
-        Tag::PerSample { batch: Some(batch) } if batch > 1 => Tag::Mixed { op },
+        Tag::PerSample {
+            batch: Some(batch), ..
+        } if batch > 1 => Tag::Mixed { op },
         _ => Tag::Lost { op },
     };
     let tag = d.taint.join(why);
@@ -79,15 +81,17 @@ fn lost<B: Backend>(
 
 // ---------------------------------------------------------------- forward
 
-/// Token ids are the batch entering the model: the output is [`Tag::PerSample`], joined with the
-/// ids' own tag (ids reordered across the batch stay mixed) and the table's as a shared operand.
+/// Token ids are the batch entering the model: the output is [`Tag::PerSample`] of the open
+/// physical batch ([`super::pass::mark`]), joined with the ids' own tag (ids reordered across the
+/// batch stay mixed) and the table's as a shared operand.
 pub fn embedding<B: Backend>(weights: Ps<B>, indices: PsInt<B>) -> Ps<B> {
     let (w, tw) = weights.into_dense("embedding");
     let (indices, ti) = indices.split();
     let batch = indices.shape().as_slice().first().copied().unwrap_or(0);
-    let tag = Tag::PerSample { batch: Some(batch) }
-        .join(ti)
-        .join(tw.shared("embedding"));
+    let marked = super::pass::mark(batch).unwrap_or(Tag::Mixed {
+        op: "embedding (token ids whose rows are not the open batch's)",
+    });
+    let tag = marked.join(ti).join(tw.shared("embedding"));
     PsTensor::dense(B::embedding(w, indices), tag)
 }
 
@@ -439,6 +443,7 @@ pub fn float_matmul<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
 pub fn float_into_data<B: Backend>(
     t: Ps<B>,
 ) -> impl Future<Output = Result<TensorData, ExecutionError>> + Send {
+    super::pass::host_read(t.tag(), "float_into_data");
     transfer::downloaded(B::float_into_data(t.into_sum()))
 }
 

@@ -14,6 +14,7 @@
 pub(crate) mod intercept;
 pub mod layout;
 mod ops;
+pub(crate) mod pass;
 pub mod primitive;
 pub mod transfer;
 
@@ -25,6 +26,7 @@ use burn_backend::DType;
 use burn_backend::DTypeUsageSet;
 
 pub(crate) use ops::HOOKED_OPS;
+pub use pass::{read_without_privacy, BatchId};
 pub use primitive::{Deferred, PsBool, PsInt, PsQuant, PsTensor, Tag, Tagged};
 
 /// Backend decorator computing per-sample gradients inside burn's autodiff.

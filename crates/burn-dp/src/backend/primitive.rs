@@ -8,6 +8,8 @@ use burn_backend::{Backend, DType, QTensorPrimitive, Shape, TensorMetadata};
 
 use crate::rules::TermRef;
 
+pub use super::pass::BatchId;
+
 /// What the engine knows about how a tensor depends on the samples of the batch.
 ///
 /// Every tensor of [`PerSample`](super::PerSample) carries one: float, int, bool and quantized
@@ -35,12 +37,19 @@ pub enum Tag {
     Unmarked {
         /// Size of dimension 0 (0 for a scalar).
         rows: usize,
+        /// Uploaded while a physical batch was open: it may hold values computed from that batch
+        /// on the host, so it may meet the batch but never become module state
+        /// (`DpError::StateFromBatch`).
+        in_pass: bool,
     },
     /// Row `i` of dimension 0 depends on sample `i` only, in a batch of `batch` samples.
     PerSample {
         /// Number of samples in the marked batch; `None` when not known (the tag of a deferred
         /// per-sample gradient, whose terms know their own sample count).
         batch: Option<usize>,
+        /// Which physical batch the rows belong to ([`BatchId`]); `None` when not known (a
+        /// deferred gradient). Rows of two batches never meet ([`Tag::join`]).
+        id: Option<BatchId>,
     },
     /// Unmarked host data whose `rows` rows were combined along dimension 0 by `op`.
     UnmarkedMixed {
@@ -75,9 +84,38 @@ impl Tag {
     }
 
     /// The tag of host data of this shape (`*_from_data`).
+    ///
+    /// While a physical batch of `P` rows is open ([`super::pass`]), host data whose dimension 0
+    /// has `P` rows *is* that batch, marked or not (labels, one-hot encodings, masks, unmarked
+    /// inputs): it is tagged [`Tag::PerSample`] of the open batch, so every later move or
+    /// reduction of its rows is caught as for a marked input. Other host data uploaded then is a
+    /// constant that must not become module state; host data uploaded outside a batch (loaded
+    /// parameters) is a constant.
     pub fn host(shape: &Shape) -> Tag {
-        Tag::Unmarked {
-            rows: shape.as_slice().first().copied().unwrap_or(0),
+        let rows = shape.as_slice().first().copied().unwrap_or(0);
+        match super::pass::open_batch() {
+            Some(open) if open.inferred && shape.num_dims() > 0 && rows == open.rows => {
+                Tag::PerSample {
+                    batch: Some(rows),
+                    id: Some(open.id),
+                }
+            }
+            Some(_) => Tag::Unmarked {
+                rows,
+                in_pass: true,
+            },
+            None => Tag::Unmarked {
+                rows,
+                in_pass: false,
+            },
+        }
+    }
+
+    /// The tag of marked batch data of `rows` rows in batch `id`.
+    pub fn batch(rows: usize, id: BatchId) -> Tag {
+        Tag::PerSample {
+            batch: Some(rows),
+            id: Some(id),
         }
     }
 
@@ -89,27 +127,54 @@ impl Tag {
     /// constant of another size (a loaded parameter), and the result is per sample.
     pub fn join(self, other: Tag) -> Tag {
         match (self, other) {
-            (Tag::PerSample { batch: a }, Tag::PerSample { batch: b }) => Tag::PerSample {
-                batch: match (a, b) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                },
-            },
-            (Tag::Unmarked { rows: a }, Tag::Unmarked { rows: b }) => {
-                Tag::Unmarked { rows: a.max(b) }
+            (Tag::PerSample { batch: a, id: ia }, Tag::PerSample { batch: b, id: ib }) => {
+                // Rows of two physical batches (an activation kept from an earlier batch or
+                // step) or of two sizes (a batch-of-one "prototype" broadcast to P rows) are
+                // not the same samples: combining them row by row mixes samples.
+                if matches!((ia, ib), (Some(x), Some(y)) if x != y) {
+                    return Tag::Mixed {
+                        op: "rows of two different physical batches meet",
+                    };
+                }
+                if matches!((a, b), (Some(x), Some(y)) if x != y) {
+                    return Tag::Mixed {
+                        op: "batch tensors of different sizes meet",
+                    };
+                }
+                Tag::PerSample {
+                    batch: a.or(b),
+                    id: ia.or(ib),
+                }
             }
+            (
+                Tag::Unmarked {
+                    rows: a,
+                    in_pass: pa,
+                },
+                Tag::Unmarked {
+                    rows: b,
+                    in_pass: pb,
+                },
+            ) => Tag::Unmarked {
+                rows: a.max(b),
+                in_pass: pa || pb,
+            },
+            // Host data uploaded during the pass joined with the batch: the result is per sample
+            // (it is not module state either way).
+            (Tag::Unmarked { .. }, ps @ Tag::PerSample { .. })
+            | (ps @ Tag::PerSample { .. }, Tag::Unmarked { .. }) => ps,
             (Tag::UnmarkedMixed { rows: a, op }, Tag::UnmarkedMixed { rows: b, .. }) => {
                 Tag::UnmarkedMixed {
                     rows: if a == b { a } else { 0 },
                     op,
                 }
             }
-            (Tag::PerSample { batch }, um @ Tag::UnmarkedMixed { rows, .. })
-            | (um @ Tag::UnmarkedMixed { rows, .. }, Tag::PerSample { batch }) => {
+            (ps @ Tag::PerSample { batch, .. }, um @ Tag::UnmarkedMixed { rows, .. })
+            | (um @ Tag::UnmarkedMixed { rows, .. }, ps @ Tag::PerSample { batch, .. }) => {
                 if rows == 0 || batch.is_none_or(|b| b == 0 || b == rows) {
                     um
                 } else {
-                    Tag::PerSample { batch }
+                    ps
                 }
             }
             _ if other.rank() > self.rank() => other,
@@ -155,10 +220,11 @@ impl Tag {
             // gradient reshaped across dimension 0 (`[1, 1, d]` to `[d]`) is that sample's.
             Tag::PerSample {
                 batch: None | Some(0),
+                ..
             } => self,
-            Tag::PerSample { batch: Some(1) } if super::in_scope() => self,
+            Tag::PerSample { batch: Some(1), .. } if super::in_scope() => self,
             Tag::PerSample { .. } => Tag::Mixed { op },
-            Tag::Unmarked { rows } if rows > 1 => Tag::UnmarkedMixed { rows, op },
+            Tag::Unmarked { rows, .. } if rows > 1 => Tag::UnmarkedMixed { rows, op },
             other => other,
         }
     }
@@ -306,7 +372,10 @@ impl<B: Backend> PsTensor<B> {
     pub fn tag(&self) -> Tag {
         match self {
             PsTensor::Dense { tag, .. } => *tag,
-            PsTensor::Deferred(d) => d.taint.join(Tag::PerSample { batch: None }),
+            PsTensor::Deferred(d) => d.taint.join(Tag::PerSample {
+                batch: None,
+                id: None,
+            }),
         }
     }
 

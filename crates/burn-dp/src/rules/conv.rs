@@ -269,7 +269,7 @@ fn ghost_sq_norm<B: Backend>(
     let b = u.dims()[0];
     let uu = u.clone().swap_dims(2, 3).matmul(u);
     let gg = g.clone().swap_dims(2, 3).matmul(g);
-    (uu * gg).reshape([b as i64, -1]).sum_dim(1).reshape([b])
+    super::cancellation::guarded_sum((uu * gg).reshape([b as i64, -1]))
 }
 
 /// `Σ_i c_i G_i` in the weight's shape: one call of the backend's weight backward with the

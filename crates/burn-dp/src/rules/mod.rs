@@ -14,6 +14,7 @@
 //! ([`PerSampleTerm::cross_inner`]).
 
 pub mod batched;
+pub mod cancellation;
 pub mod conv;
 pub mod conv3d;
 pub mod embedding;
@@ -167,10 +168,16 @@ fn sum_cost<B: Backend>(terms: &[TermRef<B>]) -> NormCost {
 
 /// `Σ_k ‖G_k‖² + 2 Σ_{k<l} ⟨G_k, G_l⟩` per sample from ghost norms and cross terms, or `None` when
 /// a term has no ghost form or a pair no cross term.
+///
+/// Cross terms of tied weights can cancel the squared norms: where the total is small against the
+/// Cauchy–Schwarz bound `(Σ_k ‖G_k‖)²`, the bound is used ([`cancellation::guarded_total`]).
 fn ghost_sum<B: Backend>(terms: &[TermRef<B>]) -> Option<Tensor<B, 1>> {
     let mut total: Option<Tensor<B, 1>> = None;
+    let mut own = Vec::with_capacity(terms.len());
     for (k, tk) in terms.iter().enumerate() {
-        let mut v = tk.ghost_sq_norm()?;
+        let sq = tk.ghost_sq_norm()?;
+        own.push(sq.clone());
+        let mut v = sq;
         for tl in &terms[k + 1..] {
             v = v + tk.cross_inner(tl.as_ref())?.mul_scalar(2.0);
         }
@@ -179,7 +186,10 @@ fn ghost_sum<B: Backend>(terms: &[TermRef<B>]) -> Option<Tensor<B, 1>> {
             None => v,
         });
     }
-    total
+    match (total, own.len()) {
+        (Some(total), n) if n > 1 => Some(cancellation::guarded_total(total, &own)),
+        (total, _) => total,
+    }
 }
 
 fn sq_norms_unclamped<B: Backend>(d: &Deferred<B>, mode: NormMode) -> SqNorms<B> {

@@ -198,9 +198,12 @@ fn sum_bts<B: Backend>(t: Tensor<B, 3>) -> Tensor<B, 1> {
     t.reshape([b as i64, -1]).sum_dim(1).reshape([b])
 }
 
-/// Ghost norms `[B]` of one outer term: `Σ_{t,s} (a_t·a_s)(g_t·g_s)`.
+/// Ghost norms `[B]` of one outer term: `Σ_{t,s} (a_t·a_s)(g_t·g_s)`, guarded against
+/// cancellation ([`super::cancellation::guarded_sum`]).
 fn ghost_sq_norm<B: Backend>(left: &Factor<B>, right: &Factor<B>) -> Tensor<B, 1> {
-    sum_bts(gram(left, left) * gram(right, right))
+    let products = gram(left, left) * gram(right, right);
+    let [b, _, _] = products.dims();
+    super::cancellation::guarded_sum(products.reshape([b as i64, -1]))
 }
 
 /// Scatters rows `values` `[B, T, q]` into `[B, n, q]` at `ids` `[B, T]`, per sample.

@@ -5,7 +5,7 @@ use crate::backend::primitive::{
     opt_dense, opt_split, vec_dense, vec_split, PsTensor, Tag, Tagged,
 };
 use crate::backend::PerSample;
-use crate::backend::{intercept, layout, transfer};
+use crate::backend::{intercept, layout, pass, transfer};
 use crate::rules::{self, OpArg, OpCall};
 use burn_backend::ops::*;
 use burn_backend::quantization::QuantScheme;
@@ -58,6 +58,7 @@ impl<B: Backend> QTensorOps<Self> for PerSample<B> {
         tensor: QuantizedTensor<Self>,
     ) -> impl Future<Output = Result<TensorData, ExecutionError>> + Send {
         let (tensor, t_tensor) = tensor.split();
+        pass::host_read(t_tensor, "q_into_data");
         transfer::downloaded(B::q_into_data(tensor))
     }
 

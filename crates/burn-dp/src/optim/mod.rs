@@ -22,13 +22,15 @@ use burn_dp_accountant::{Accountant, Epsilon};
 use serde::{Deserialize, Serialize};
 
 use crate::clip::ClippingFn;
-use crate::engine::{self, clipped_backward, ClippedGradients, DpAutodiff, PerSampleConfig};
+use crate::engine::{clipped_backward_masked, ClippedGradients, DpAutodiff, PerSampleConfig};
 use crate::error::DpError;
-use crate::noise::chacha::{blocks_for, NORMALS_PER_BLOCK};
+use crate::noise::chacha::NORMALS_PER_BLOCK;
 use crate::noise::{NoiseBackend, NoiseCheckpoint, NoiseGenerator, NoiseSource};
 use crate::privacy::PrivacyState;
-use crate::profile::{self, Phase};
-use crate::sampling::{same_rate, PoissonSampler, SamplerState};
+use crate::sampling::{same_rate, PhysicalBatch, PoissonSampler, SamplerState};
+
+mod finish;
+pub use finish::{FlatAllReduce, Reducer, SingleProcess};
 
 /// Clipped sums accumulated over the physical batches of one logical batch.
 struct Accumulated<B: Backend> {
@@ -325,20 +327,23 @@ impl<O, B: Backend> DpOptimizer<O, B> {
         self.inner = inner;
     }
 
-    /// Clip and accumulate one physical batch: runs the per-sample backward pass on `losses`
-    /// (multiply padded rows by their mask first) and adds `Σ_i c_i g_i` to the logical batch.
+    /// Clip and accumulate one physical batch: runs the per-sample backward pass on `losses`,
+    /// multiplied by `batch`'s padding mask here (padding rows contribute exactly zero), and adds
+    /// `Σ_i c_i g_i` to the logical batch. Open the batch ([`PhysicalBatch::open`]) before its
+    /// forward pass, as [`crate::PrivateTrainer`] does.
     ///
     /// Nothing is read back to the host: the returned [`BatchStats`] and the logical batch's
     /// statistics ([`DpOptimizer::last_step_stats`]) stay on the device until asked for.
     ///
     /// # Shapes
-    /// `losses`: `[B]` per-sample losses.
+    /// `losses`: `[P]` per-sample losses of the rows of `batch`.
     pub fn backward<M: AutodiffModule<DpAutodiff<B>>>(
         &mut self,
         model: &M,
         losses: Tensor<DpAutodiff<B>, 1>,
+        batch: &PhysicalBatch,
     ) -> Result<BatchStats<B>, DpError> {
-        let clipped = clipped_backward(&self.per_sample, model, losses)?;
+        let clipped = clipped_backward_masked(&self.per_sample, model, losses, batch)?;
         let stats = BatchStats {
             samples: clipped.batch_size,
             norms: clipped.norms.clone(),
@@ -351,6 +356,9 @@ impl<O, B: Backend> DpOptimizer<O, B> {
     /// Adds clipped sums computed elsewhere (consumed: they cannot be added twice), and their
     /// statistics, on the device.
     pub fn accumulate(&mut self, clipped: ClippedGradients<B>) -> Result<(), DpError> {
+        if !clipped.is_masked() {
+            return Err(DpError::UnmaskedBatch);
+        }
         match &mut self.accumulated {
             None => {
                 let mut stats = DeviceStepStats::empty();
@@ -410,6 +418,19 @@ impl<O, B: Backend> DpOptimizer<O, B> {
         self.accumulated
             .as_ref()
             .and_then(|a| a.sums.get(id).cloned())
+    }
+}
+
+#[cfg(test)]
+impl<O, B: Backend> DpOptimizer<O, B> {
+    /// [`DpOptimizer::backward`] on a batch whose rows are all real (tests).
+    pub(crate) fn backward_unpadded<M: AutodiffModule<DpAutodiff<B>>>(
+        &mut self,
+        model: &M,
+        losses: Tensor<DpAutodiff<B>, 1>,
+    ) -> Result<BatchStats<B>, DpError> {
+        let rows = losses.dims()[0];
+        self.backward(model, losses, &PhysicalBatch::unpadded((0..rows).collect()))
     }
 }
 
@@ -512,20 +533,36 @@ impl NoiseShare {
 }
 
 impl<O, B: NoiseBackend> DpOptimizer<O, B> {
-    /// The DP step of one peer of a data-parallel run, on its accumulated local batch (none: an
-    /// empty local batch still joins). In the model's visiting order, the clipped sum of every
-    /// trainable parameter (zeros if none was accumulated) plus this peer's share of the noise
-    /// (the elements `share` names, `N(0, σ²R²)`) is concatenated into one flat buffer
-    /// `[Σ_k numel_k]` (f32), which `all_reduce` sums over the peers; the reduced buffer is divided
-    /// by the global expected batch size `q·N`, cut back into the parameters, and the inner
-    /// optimizer steps. Every peer passes the same `lr`, the shares of all peers cover every
-    /// parameter once, and the reduce gives every peer the same buffer, so the replicas take the
-    /// same step.
-    ///
-    /// The step is accounted before `all_reduce` is called (the noisy buffer leaves the process
-    /// there): if it fails ([`DpError::AllReduce`]), ε counts the step, the model is unchanged and
-    /// the local batch is dropped. Peers see each other's partial sums: they must trust each other
-    /// as they trust this process.
+    /// One DP step on the accumulated logical batch: add noise, scale, inner step, account.
+    pub fn step<M>(&mut self, lr: f64, model: M) -> Result<M, DpError>
+    where
+        M: AutodiffModule<DpAutodiff<B>>,
+        O: Optimizer<M, DpAutodiff<B>>,
+    {
+        if self.accumulated.is_none() {
+            return Err(DpError::NoGradients);
+        }
+        self.finish(lr, model, &mut SingleProcess)
+    }
+
+    /// The DP step for an empty logical batch (Poisson sampling can draw none): the update is
+    /// noise only, and the step is accounted like any other.
+    pub fn step_empty<M>(&mut self, lr: f64, model: M) -> Result<M, DpError>
+    where
+        M: AutodiffModule<DpAutodiff<B>>,
+        O: Optimizer<M, DpAutodiff<B>>,
+    {
+        if self.accumulated.is_some() {
+            return Err(DpError::InvalidConfig(
+                "step_empty called with accumulated gradients; call step".into(),
+            ));
+        }
+        self.finish(lr, model, &mut SingleProcess)
+    }
+
+    /// The DP step of one peer of a data-parallel run (see [`DpOptimizer::finish`]) with the
+    /// flat buffer `[Σ_k numel_k]` of every trainable parameter's noised part, in the model's
+    /// visiting order, summed over the peers by `all_reduce` (a [`FlatAllReduce`]).
     ///
     /// # Shapes
     /// `all_reduce` takes and returns `[Σ_k numel_k]`.
@@ -541,208 +578,7 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
         O: Optimizer<M, DpAutodiff<B>>,
         F: FnOnce(Tensor<B, 1>) -> Result<Tensor<B, 1>, DpError>,
     {
-        share.validate()?;
-        let mut acc = self.accumulated.take();
-        if let Err(e) = self.privacy.check_next_step() {
-            self.accumulated = acc;
-            return Err(e);
-        }
-        let params = engine::trainable::<B, M>(&model);
-        if params.is_empty() {
-            return Err(DpError::InvalidConfig(
-                "the model trains no parameter".into(),
-            ));
-        }
-        let ids: Vec<(ParamId, &str)> = params.iter().map(|p| (p.id, p.path.as_str())).collect();
-        let sensitivity = match &acc {
-            Some(a) => a.sensitivity,
-            None => engine::sensitivity(&self.per_sample.clipping, &ids)?,
-        };
-        if let Some(a) = &acc {
-            let missing = params.iter().find(|p| !a.sums.contains_key(&p.id));
-            if missing.is_some() || a.sums.len() != params.len() {
-                self.accumulated = acc;
-                return Err(DpError::ParamMismatch(
-                    "the accumulated gradients are not the model's trainable parameters".into(),
-                ));
-            }
-        }
-        let std = self.privacy.noise_multiplier * sensitivity;
-        let std_f32 = std as f32;
-        if !(std_f32.is_finite() && std_f32 > 0.0) {
-            return Err(DpError::InvalidConfig(format!(
-                "the noise std σ·R = {std} is not a positive f32"
-            )));
-        }
-        let device = params[0].device.clone();
-        let noise_phase = profile::start::<B>(Phase::Noise, &device);
-        let step = self.noise.begin_step()?;
-        let mut first_block = 0u64;
-        let mut parts = Vec::with_capacity(params.len());
-        let mut numels = Vec::with_capacity(params.len());
-        for p in params.iter() {
-            let numel: usize = p.shape.iter().product();
-            let clipped = match acc.as_mut().and_then(|a| a.sums.remove(&p.id)) {
-                Some(s) => s.cast(DType::F32),
-                None => Tensor::<B, 1>::zeros([numel], (&p.device, DType::F32)),
-            };
-            // This peer's slice of the parameter, at the blocks of the stream `step` gives it.
-            let mine = share.elements(numel);
-            let part = if mine.is_empty() {
-                clipped
-            } else {
-                let noise = self.noise.gaussian::<B>(
-                    step,
-                    first_block + (mine.start / NORMALS_PER_BLOCK) as u64,
-                    mine.len(),
-                    std_f32,
-                    &p.device,
-                );
-                let noised = clipped.clone().slice(mine.clone()) + noise;
-                clipped.slice_assign(mine, noised)
-            };
-            first_block += blocks_for(numel);
-            parts.push(part);
-            numels.push(numel);
-        }
-        let flat = Tensor::cat(parts, 0);
-        noise_phase.end();
-        let len: usize = numels.iter().sum();
-        self.privacy.record_step()?;
-        // This peer's own physical batches (the others' statistics stay on their devices).
-        self.last_step = Some(acc.map_or_else(DeviceStepStats::empty, |a| a.stats));
-        let reduced = all_reduce(flat)?;
-        if reduced.dims() != [len] {
-            return Err(DpError::AllReduce(format!(
-                "the reduced buffer has shape {:?}, expected [{len}]",
-                reduced.dims()
-            )));
-        }
-        let step_phase = profile::start::<B>(Phase::OptimizerStep, &device);
-        let scaled = reduced.div_scalar(self.expected_batch_size);
-        let mut update = HashMap::with_capacity(params.len());
-        let mut offset = 0;
-        for (p, numel) in params.iter().zip(numels) {
-            update.insert(p.id, scaled.clone().narrow(0, offset, numel));
-            offset += numel;
-        }
-        let grads = engine::register_gradients(update, &model);
-        let model = self.inner.step(lr, model, grads);
-        step_phase.end();
-        Ok(model)
-    }
-}
-
-impl<O, B: NoiseBackend> DpOptimizer<O, B> {
-    /// One DP step on the accumulated logical batch: add noise, scale, inner step, account.
-    pub fn step<M>(&mut self, lr: f64, model: M) -> Result<M, DpError>
-    where
-        M: AutodiffModule<DpAutodiff<B>>,
-        O: Optimizer<M, DpAutodiff<B>>,
-    {
-        let acc = self.accumulated.take().ok_or(DpError::NoGradients)?;
-        self.noisy_step(lr, model, Some(acc))
-    }
-
-    /// The DP step for an empty logical batch (Poisson sampling can draw none): the update is
-    /// noise only, and the step is accounted like any other.
-    pub fn step_empty<M>(&mut self, lr: f64, model: M) -> Result<M, DpError>
-    where
-        M: AutodiffModule<DpAutodiff<B>>,
-        O: Optimizer<M, DpAutodiff<B>>,
-    {
-        if self.accumulated.is_some() {
-            return Err(DpError::InvalidConfig(
-                "step_empty called with accumulated gradients; call step".into(),
-            ));
-        }
-        self.noisy_step(lr, model, None)
-    }
-
-    fn noisy_step<M>(
-        &mut self,
-        lr: f64,
-        model: M,
-        mut acc: Option<Accumulated<B>>,
-    ) -> Result<M, DpError>
-    where
-        M: AutodiffModule<DpAutodiff<B>>,
-        O: Optimizer<M, DpAutodiff<B>>,
-    {
-        if let Err(e) = self.privacy.check_next_step() {
-            self.accumulated = acc; // nothing is lost: the caller may opt out and step again
-            return Err(e);
-        }
-        let params = engine::trainable::<B, M>(&model);
-        let ids: Vec<(ParamId, &str)> = params.iter().map(|p| (p.id, p.path.as_str())).collect();
-        let sensitivity = match &acc {
-            Some(a) => a.sensitivity,
-            None => engine::sensitivity(&self.per_sample.clipping, &ids)?,
-        };
-        if let Some(a) = &acc {
-            if let Some(p) = params.iter().find(|p| !a.sums.contains_key(&p.id)) {
-                let err = DpError::ParamMismatch(format!(
-                    "trainable parameter `{}` has no accumulated gradient",
-                    p.path
-                ));
-                self.accumulated = acc;
-                return Err(err);
-            }
-            if a.sums.len() != params.len() {
-                let err = DpError::ParamMismatch(
-                    "gradients hold parameters the model does not train".into(),
-                );
-                self.accumulated = acc;
-                return Err(err);
-            }
-        }
-        let device = params.first().map(|p| p.device.clone()).unwrap_or_default();
-        let noise_phase = profile::start::<B>(Phase::Noise, &device);
-        let std = self.privacy.noise_multiplier * sensitivity;
-        let std_f32 = std as f32;
-        if !(std_f32.is_finite() && std_f32 > 0.0) {
-            self.accumulated = acc;
-            return Err(DpError::InvalidConfig(format!(
-                "the noise std σ·R = {std} is not a positive f32"
-            )));
-        }
-        // The step of the noise stream is reserved before anything is drawn: it is never reused.
-        let step = match self.noise.begin_step() {
-            Ok(step) => step,
-            Err(e) => {
-                self.accumulated = acc;
-                return Err(e);
-            }
-        };
-        let mut first_block = 0u64;
-        let mut update = HashMap::with_capacity(params.len());
-        for p in &params {
-            let numel: usize = p.shape.iter().product();
-            // 1. the clipped sum, in f32
-            let clipped = match acc.as_mut().and_then(|a| a.sums.remove(&p.id)) {
-                Some(s) => s.cast(DType::F32),
-                None => Tensor::<B, 1>::zeros([numel], (&p.device, DType::F32)),
-            };
-            // 2. add noise N(0, σ²R²), drawn on the parameter's device and added in f32; the
-            //    parameter's elements follow the previous parameters' blocks in the stream
-            let noise = self
-                .noise
-                .gaussian::<B>(step, first_block, numel, std_f32, &p.device);
-            first_block += blocks_for(numel);
-            let noisy = clipped + noise;
-            // 3. scale by the expected logical batch size
-            let scaled = noisy.div_scalar(self.expected_batch_size);
-            update.insert(p.id, scaled);
-        }
-        noise_phase.end();
-        // 4. the inner optimizer's step
-        let step_phase = profile::start::<B>(Phase::OptimizerStep, &device);
-        let grads = engine::register_gradients(update, &model);
-        let model = self.inner.step(lr, model, grads);
-        step_phase.end();
-        self.privacy.record_step()?;
-        self.last_step = Some(acc.map_or_else(DeviceStepStats::empty, |a| a.stats));
-        Ok(model)
+        self.finish(lr, model, &mut FlatAllReduce::new(share, all_reduce))
     }
 
     /// Saves the model and optimizer (burn records, `model.mpk`, `optimizer.mpk`) and the DP state
@@ -824,6 +660,23 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
         M: AutodiffModule<DpAutodiff<B>>,
         O: Optimizer<M, DpAutodiff<B>>,
     {
+        let model = self.load_checkpoint_into(dir, model, sampler, adopt_fixed_seed)?;
+        Ok((self, model))
+    }
+
+    /// [`DpOptimizer::load_checkpoint`] in place: on any error this optimizer and `sampler` are
+    /// unchanged (every check runs, and every file is read, before anything changes).
+    pub(crate) fn load_checkpoint_into<M>(
+        &mut self,
+        dir: &Path,
+        model: M,
+        sampler: Option<&mut PoissonSampler>,
+        adopt_fixed_seed: bool,
+    ) -> Result<M, DpError>
+    where
+        M: AutodiffModule<DpAutodiff<B>>,
+        O: Optimizer<M, DpAutodiff<B>>,
+    {
         let path = dir.join("dp_state.json");
         let json = std::fs::read_to_string(&path)
             .map_err(|e| DpError::Checkpoint(format!("{}: {e}", path.display())))?;
@@ -838,9 +691,9 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
         let model_record = recorder.load(dir.join("model"), &device).map_err(rec)?;
         let optim_record = recorder.load(dir.join("optimizer"), &device).map_err(rec)?;
         let model = model.load_record(model_record);
-        self.inner = self.inner.load_record(optim_record);
+        self.inner = self.inner.clone().load_record(optim_record);
         self.apply_checkpoint_state(state, noise, sampler);
-        Ok((self, model))
+        Ok(model)
     }
 
     /// The DP state [`DpOptimizer::save_checkpoint`] writes to `dp_state.json`: σ, q, δ, target
@@ -895,6 +748,14 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
         adopt_fixed_seed: bool,
         origin: &str,
     ) -> Result<Option<NoiseGenerator>, DpError> {
+        // Privacy spent stays spent: loading into an optimizer that has stepped would replace
+        // its history by the checkpoint's (ε going down, the budget spent again).
+        if self.privacy.steps() > 0 {
+            return Err(DpError::ResumeAfterTraining {
+                path: origin.to_string(),
+                steps: self.privacy.steps(),
+            });
+        }
         // The sampling first: a checkpoint at another q is the more specific error.
         self.check_checkpoint_sampling(state, sampler)?;
         self.check_loaded_state(state)?;
@@ -902,7 +763,16 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
             path: origin.to_string(),
             what: what.to_string(),
         };
+        let os_into_fixed = |what: &str| DpError::OsSeededCheckpoint {
+            path: origin.to_string(),
+            what: what.to_string(),
+        };
         let noise = match state.noise {
+            // An OS-seeded run continued with a fixed seed would draw public noise from here on
+            // (from the seed's step 0, values already used by others).
+            NoiseCheckpoint::Os if self.noise.is_fixed_seed() => {
+                return Err(os_into_fixed("noise generator"))
+            }
             NoiseCheckpoint::Os => None,
             NoiseCheckpoint::FixedSeedForExperiments { seed, next_step } => {
                 if !self.noise.is_fixed_seed() && !adopt_fixed_seed {
@@ -914,6 +784,9 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
         if let (Some(sampler), Some(s)) = (sampler, state.sampler.as_ref()) {
             if s.rng.is_some() && !sampler.is_fixed_seed() && !adopt_fixed_seed {
                 return Err(refuse("sampler"));
+            }
+            if s.rng.is_none() && sampler.is_fixed_seed() {
+                return Err(os_into_fixed("sampler"));
             }
         }
         Ok(noise)

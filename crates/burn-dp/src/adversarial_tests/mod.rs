@@ -17,6 +17,8 @@ use burn::tensor::{s, Bool, Int, Tensor, TensorData};
 
 use crate::*;
 
+mod in_the_loop;
+
 type Inner = NdArray<f32>;
 type Dp = DpAutodiff<Inner>;
 
@@ -428,4 +430,65 @@ fn one_sample_without_batch_ops_trains() {
     let m = net();
     let h = m.fc.forward(x(1));
     train(&m, per_row(h)).unwrap();
+}
+
+// ---------------------------------------------------------------- the book's table
+
+/// The book's table of refusals (`book/src/fail-closed.md`) names only errors the code raises,
+/// and every refusal of a privacy path is in it.
+#[test]
+fn the_books_table_of_refusals_matches_the_errors() {
+    let book = include_str!("../../../../book/src/fail-closed.md");
+    let errors = include_str!("../error.rs");
+    let distributed = include_str!("../../../burn-dp-distributed/src/error.rs");
+    let variants = |src: &str| -> Vec<String> {
+        src.lines()
+            .filter_map(|l| l.strip_prefix("    "))
+            .filter(|l| l.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
+            .filter_map(|l| l.split([' ', '{', '(', ',']).next().map(str::to_string))
+            .collect()
+    };
+    let known: Vec<String> = variants(errors)
+        .into_iter()
+        .chain(variants(distributed))
+        .collect();
+    let table: Vec<&str> = book
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .skip(2)
+        .collect();
+    assert!(table.len() > 10, "the table was not found");
+    for row in &table {
+        let error_column = row.split(" | ").nth(1).unwrap_or_default();
+        for name in error_column.split('`').skip(1).step_by(2) {
+            assert!(
+                known.iter().any(|k| k == name),
+                "the book names `{name}`, which is no error variant"
+            );
+        }
+    }
+    for refusal in [
+        "MixedSamples",
+        "LossMixesSamples",
+        "LossUsesUnmarkedBatch",
+        "UnmarkedBatch",
+        "StateFromBatch",
+        "HostRead",
+        "ParameterFromBatch",
+        "UnmaskedBatch",
+        "NoPerSampleRule",
+        "ResumeAfterTraining",
+        "OsSeededCheckpoint",
+        "SettingsDiffer",
+        "Ranks",
+    ] {
+        assert!(
+            known.iter().any(|k| k == refusal),
+            "{refusal} is no variant"
+        );
+        assert!(
+            table.iter().any(|r| r.contains(&format!("`{refusal}`"))),
+            "the book's table does not list {refusal}"
+        );
+    }
 }
