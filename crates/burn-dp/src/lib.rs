@@ -12,7 +12,6 @@
 
 #![warn(missing_docs)]
 
-pub mod audit;
 pub mod backend;
 pub mod clip;
 pub mod engine;

@@ -6,13 +6,11 @@ use burn::optim::SgdConfig;
 use burn::tensor::{Tensor, TensorData};
 use burn_dp_accountant::AccountantKind;
 
-use super::canary::AUDIT_LR;
 use super::*;
-use crate::clip::ClippingFn;
-use crate::engine::{clipped_backward, DpAutodiff, PerSampleConfig};
-use crate::noise::NoiseSource;
-use crate::optim::DpOptimizer;
-use crate::sampling::PoissonSampler;
+use burn_dp::{
+    clipped_backward, ClippingFn, DpAutodiff, DpOptimizer, NoiseSource, PerSampleConfig,
+    PoissonSampler,
+};
 
 type Inner = NdArray<f32>;
 type Dp = DpAutodiff<Inner>;
