@@ -25,6 +25,7 @@ pub mod profile;
 pub mod rules;
 pub mod sampling;
 pub mod setup;
+pub mod testing;
 pub mod trainer;
 
 pub use backend::PerSample;
