@@ -12,11 +12,11 @@ use std::time::Instant;
 
 use burn::backend::NdArray;
 use burn_dp::accounting::{AccountantKind, Schedule};
+use burn_dp::{ClippingFn, DpError, PrivacyState};
 use burn_dp_audit::{
     analyse_scores, one_run_bound, BlackBoxConfig, EvaluatedTest, GradientCanaryConfig, Scores,
     Side, WhiteBoxReport, World,
 };
-use burn_dp::{ClippingFn, DpError, PrivacyState};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};

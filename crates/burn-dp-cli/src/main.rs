@@ -131,10 +131,7 @@ impl Common {
     /// The inputs, as JSON fields.
     fn inputs(&self, schedule: &Schedule) -> Map<String, Value> {
         let mut m = Map::new();
-        m.insert(
-            "accountant".into(),
-            json!(self.accountant),
-        );
+        m.insert("accountant".into(), json!(self.accountant));
         m.insert("delta".into(), json!(self.delta));
         m.insert("sample_rate".into(), json!(schedule.sample_rate));
         m.insert("steps".into(), json!(schedule.steps));

@@ -22,11 +22,11 @@ use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use burn_dp_example_data::{Digits, DigitsError};
 use burn_dp::{
     AccountantKind, ClippingFn, DpAutodiff, NoiseSource, PerSample, PerSampleConfig, PrivacyState,
     PrivateSetup, Schedule,
 };
+use burn_dp_example_data::{Digits, DigitsError};
 use burn_dp_train::{PrivateBatch, PrivateStepOutput, PrivateTraining, SessionStatus};
 use burn_train::metric::{AccuracyMetric, LossMetric};
 use burn_train::{

@@ -34,8 +34,8 @@ pub use burn_dp_accountant as accounting;
 pub use burn_dp_accountant::{AccountantKind, Epsilon, Schedule};
 pub use clip::{Clipping, ClippingFn, ClippingStyle, ParamGroup, ParamSelector};
 pub use engine::{
-    batch, batch_inner, clipped_backward, lower, mark_batch, per_sample_gradients, wrap_independent,
-    ClippedGradients, DpAutodiff, PerSampleConfig,
+    batch, batch_inner, clipped_backward, lower, mark_batch, per_sample_gradients,
+    wrap_independent, ClippedGradients, DpAutodiff, PerSampleConfig,
 };
 pub use error::DpError;
 pub use freeze::{freeze, FreezePolicy, FreezeReport};

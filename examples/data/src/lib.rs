@@ -149,7 +149,10 @@ mod tests {
     #[test]
     fn malformed_files_are_refused() {
         assert_eq!(Digits::parse(b"DIGITS0"), Err(DigitsError::NotDigits));
-        assert_eq!(Digits::parse(b"DIGITS02\0\0\0\0"), Err(DigitsError::NotDigits));
+        assert_eq!(
+            Digits::parse(b"DIGITS02\0\0\0\0"),
+            Err(DigitsError::NotDigits)
+        );
         let mut one = b"DIGITS01\x01\0\0\0".to_vec();
         one.extend([0u8; 64]);
         assert!(matches!(

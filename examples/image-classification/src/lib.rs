@@ -15,8 +15,8 @@ use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateSetup};
-use burn_dp_examples_common::{self as common, BackendKind, Curve, Error, PlainTraining};
 use burn_dp_example_data::Digits;
+use burn_dp_examples_common::{self as common, BackendKind, Curve, Error, PlainTraining};
 use burn_dp_models::{
     cross_entropy_per_sample, BlockKind, LoadOptions, Norm, PretrainedModel, ResNet, ResNetConfig,
     ViTConfig, ViTForImageClassification,

@@ -21,9 +21,9 @@ use burn_dp::{
     AccountantKind, ClippingFn, NoiseSource, PerSampleConfig, PrivacyState, PrivateSetup,
 };
 use burn_dp_distributed::launch::{self, LocalPeers, PeerOutput};
+use burn_dp_distributed::{AllReduce, DistributedError, DistributedTrainer, TcpGroup};
 #[cfg(feature = "collective")]
 use burn_dp_distributed::{AllReduceStrategy, NodeConfig, PeerGroup};
-use burn_dp_distributed::{AllReduce, DistributedError, DistributedTrainer, TcpGroup};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
