@@ -79,6 +79,27 @@ impl AccountantKind {
     }
 }
 
+/// `--accountant rdp|prv|gdp` in command lines built with clap (feature `clap`): the values are
+/// [`AccountantKind::as_str`], the help of each says what it guarantees.
+#[cfg(feature = "clap")]
+impl clap::ValueEnum for AccountantKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self {
+            Self::Rdp => "Rényi DP (as Opacus's default accountant)",
+            Self::Prv => "privacy random variables (tightest, with error bounds)",
+            Self::Gdp => {
+                "Gaussian DP central-limit approximation (not a guarantee: it never calibrates \
+                 sigma or enforces a budget)"
+            }
+        };
+        Some(clap::builder::PossibleValue::new(self.as_str()).help(help))
+    }
+}
+
 impl fmt::Display for AccountantKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

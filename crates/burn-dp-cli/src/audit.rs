@@ -1,4 +1,4 @@
-//! `burn-dp audit`: an empirical lower bound on ε from the real pipeline (`burn_dp::audit`).
+//! `burn-dp audit`: an empirical lower bound on ε from the real pipeline (`burn_dp_audit`).
 //!
 //! The white-box audit fans its runs out to `--jobs` worker processes (this binary with the hidden
 //! `--worker-runs`): burn-autodiff 0.21 can drop another thread's graph during a concurrent
@@ -12,11 +12,12 @@ use std::time::Instant;
 
 use burn::backend::NdArray;
 use burn_dp::accounting::{AccountantKind, Schedule};
-use burn_dp::audit::{
+use burn_dp::{ClippingFn, DpError, PrivacyState};
+use burn_dp_audit::{
     analyse_scores, one_run_bound, BlackBoxConfig, EvaluatedTest, GradientCanaryConfig, Scores,
     Side, WhiteBoxReport, World,
 };
-use burn_dp::{ClippingFn, DpError, PrivacyState};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
@@ -51,8 +52,8 @@ pub struct AuditArgs {
     #[arg(long)]
     delta: f64,
     /// Accountant of the claimed epsilon.
-    #[arg(long, value_enum, default_value_t = ClaimAccountant::Prv)]
-    accountant: ClaimAccountant,
+    #[arg(long, default_value_t = AccountantKind::Prv, value_parser = claim_accountant())]
+    accountant: AccountantKind,
     /// DP steps per audited run (default: 1, or 300 for black box; in the gradient-canary modes
     /// the observer sees every update).
     #[arg(long)]
@@ -109,13 +110,16 @@ pub enum ClippingKind {
     Abadi,
 }
 
-/// `--accountant` of the claim (GDP is an approximation, not a claim to audit).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ClaimAccountant {
-    /// Rényi DP.
-    Rdp,
-    /// Privacy random variables (tightest).
-    Prv,
+/// `--accountant` of the claim: the library's accountants whose ε is an upper bound (GDP is an
+/// approximation, not a claim to audit).
+fn claim_accountant() -> impl TypedValueParser<Value = AccountantKind> {
+    PossibleValuesParser::new(
+        AccountantKind::ALL
+            .into_iter()
+            .filter(|k| k.is_upper_bound())
+            .filter_map(|k| k.to_possible_value()),
+    )
+    .try_map(|name| name.parse::<AccountantKind>())
 }
 
 /// Why the audit failed, and its exit status.
@@ -163,13 +167,6 @@ impl AuditArgs {
         }
     }
 
-    fn accountant(&self) -> AccountantKind {
-        match self.accountant {
-            ClaimAccountant::Rdp => AccountantKind::Rdp,
-            ClaimAccountant::Prv => AccountantKind::Prv,
-        }
-    }
-
     /// σ given, or calibrated for the target over the audited steps.
     fn noise_multiplier(&self) -> Result<f64, Failure> {
         match (self.noise_multiplier, self.target_epsilon) {
@@ -178,7 +175,7 @@ impl AuditArgs {
                 let schedule =
                     Schedule::new(self.sample_rate(), self.steps()).map_err(DpError::from)?;
                 Ok(
-                    PrivacyState::for_target_epsilon(eps, self.delta, schedule, self.accountant())?
+                    PrivacyState::for_target_epsilon(eps, self.delta, schedule, self.accountant)?
                         .noise_multiplier,
                 )
             }
@@ -217,7 +214,7 @@ impl AuditArgs {
             sample_rate: self.sample_rate(),
             steps: self.steps(),
             delta: self.delta,
-            accountant: self.accountant(),
+            accountant: self.accountant,
             canaries: self.canaries(),
             background: self.background.unwrap_or(32),
             physical_batch_size: 64,
@@ -235,16 +232,12 @@ impl AuditArgs {
             ClippingKind::Automatic => "automatic",
             ClippingKind::Abadi => "abadi",
         };
-        let accountant = match self.accountant {
-            ClaimAccountant::Rdp => "rdp",
-            ClaimAccountant::Prv => "prv",
-        };
         push("--clipping", clipping.into());
         push("--max-norm", self.max_norm.to_string());
         push("--gamma", self.gamma.to_string());
         push("--noise-multiplier", sigma.to_string());
         push("--delta", self.delta.to_string());
-        push("--accountant", accountant.into());
+        push("--accountant", self.accountant.as_str().into());
         push("--steps", self.steps().to_string());
         push("--sample-rate", self.sample_rate().to_string());
         push("--canaries", self.canaries().to_string());
@@ -273,7 +266,7 @@ fn worker(args: &AuditArgs, runs: usize) -> Result<String, Failure> {
     let sigma = args.noise_multiplier()?;
     let config = args.gradient_config(sigma);
     let device = Default::default();
-    let scores = burn_dp::audit::collect_scores::<Inner>(&config, runs, &device, |_| {
+    let scores = burn_dp_audit::collect_scores::<Inner>(&config, runs, &device, |_| {
         println!("progress");
     })?;
     serde_json::to_string(&scores).map_err(|e| Failure::Failed(e.to_string()))
@@ -358,7 +351,7 @@ pub fn run(args: AuditArgs) -> Result<String, Failure> {
     out.insert("sample_rate".into(), json!(args.sample_rate()));
     out.insert("steps".into(), json!(args.steps()));
     out.insert("delta".into(), json!(args.delta));
-    out.insert("accountant".into(), json!(args.accountant()));
+    out.insert("accountant".into(), json!(args.accountant));
     out.insert("confidence".into(), json!(args.confidence));
     let (text, scores, marks) = match args.mode {
         AuditMode::WhiteBox => {
@@ -466,7 +459,7 @@ pub fn run(args: AuditArgs) -> Result<String, Failure> {
                 sample_rate: args.sample_rate(),
                 steps: args.steps(),
                 delta: args.delta,
-                accountant: args.accountant(),
+                accountant: args.accountant,
                 learning_rate: 0.5,
                 examples: args.background.unwrap_or(1000),
                 canaries,
@@ -538,7 +531,7 @@ fn roc_corner(t: &EvaluatedTest) -> (f64, f64) {
 }
 
 fn one_run_text(
-    b: &burn_dp::audit::OneRunBound,
+    b: &burn_dp_audit::OneRunBound,
     claimed: f64,
     args: &AuditArgs,
     sigma: f64,
@@ -557,7 +550,7 @@ fn one_run_text(
     )
 }
 
-fn insert_one_run(out: &mut Map<String, Value>, b: &burn_dp::audit::OneRunBound, claimed: f64) {
+fn insert_one_run(out: &mut Map<String, Value>, b: &burn_dp_audit::OneRunBound, claimed: f64) {
     out.insert("epsilon".into(), json!(claimed));
     out.insert("epsilon_lower_bound".into(), json!(b.epsilon_lower_bound));
     out.insert("canaries".into(), json!(b.canaries));

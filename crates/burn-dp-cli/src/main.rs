@@ -23,7 +23,7 @@ use burn_dp_accountant::{
     calibrate_noise_multiplier, Accountant, AccountantError, AccountantKind, CalibrationOptions,
     Epsilon, History, HistoryEntry, PrivacyAccountant, PrvAccountant, PrvOptions, Schedule,
 };
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
 #[derive(Parser, Debug)]
@@ -71,8 +71,8 @@ struct Common {
     #[arg(long)]
     delta: f64,
     /// Accounting method.
-    #[arg(long, value_enum, default_value_t = Method::Rdp)]
-    accountant: Method,
+    #[arg(long, value_enum, default_value_t = AccountantKind::Rdp)]
+    accountant: AccountantKind,
     /// Poisson sampling rate q (with --steps).
     #[arg(long, requires = "steps", conflicts_with_all = ["dataset_size", "batch_size", "epochs"])]
     sample_rate: Option<f64>,
@@ -96,28 +96,6 @@ struct Common {
     json: bool,
 }
 
-/// `--accountant` values.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Method {
-    /// Rényi DP (as Opacus's default accountant).
-    Rdp,
-    /// Privacy random variables (tightest, with error bounds).
-    Prv,
-    /// Gaussian DP central-limit approximation (not a guarantee: `epsilon` only, `noise`
-    /// refuses it).
-    Gdp,
-}
-
-impl From<Method> for AccountantKind {
-    fn from(m: Method) -> Self {
-        match m {
-            Method::Rdp => AccountantKind::Rdp,
-            Method::Prv => AccountantKind::Prv,
-            Method::Gdp => AccountantKind::Gdp,
-        }
-    }
-}
-
 impl Common {
     fn schedule(&self) -> Result<Schedule, AccountantError> {
         match (
@@ -138,7 +116,7 @@ impl Common {
     }
 
     fn accountant(&self) -> PrivacyAccountant {
-        match AccountantKind::from(self.accountant) {
+        match self.accountant {
             AccountantKind::Prv => PrivacyAccountant::Prv(PrvAccountant {
                 history: History::new(),
                 options: PrvOptions {
@@ -153,10 +131,7 @@ impl Common {
     /// The inputs, as JSON fields.
     fn inputs(&self, schedule: &Schedule) -> Map<String, Value> {
         let mut m = Map::new();
-        m.insert(
-            "accountant".into(),
-            json!(AccountantKind::from(self.accountant)),
-        );
+        m.insert("accountant".into(), json!(self.accountant));
         m.insert("delta".into(), json!(self.delta));
         m.insert("sample_rate".into(), json!(schedule.sample_rate));
         m.insert("steps".into(), json!(schedule.steps));
@@ -165,7 +140,7 @@ impl Common {
             m.insert("batch_size".into(), json!(b));
             m.insert("epochs".into(), json!(e));
         }
-        if matches!(self.accountant, Method::Prv) {
+        if self.accountant == AccountantKind::Prv {
             m.insert("eps_error".into(), json!(self.eps_error));
         }
         m

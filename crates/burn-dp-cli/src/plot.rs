@@ -1,7 +1,7 @@
 //! The audit's SVG, drawn with `plotters` (SVG backend only): the score histograms of both worlds
 //! (left) and the ROC curve with the region the claimed ε allows and the measured bound (right).
 
-use burn_dp::audit::{roc_curve, Scores};
+use burn_dp_audit::{roc_curve, Scores};
 use plotters::prelude::*;
 
 /// What to mark on the plot.

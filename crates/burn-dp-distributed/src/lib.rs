@@ -17,7 +17,8 @@
 //!   died), not a hang; the last checkpoint resumes the run with the same ε.
 //!
 //! The all-reduce is the [`AllReduce`] trait: [`TcpGroup`] (a star over TCP through peer 0, the
-//! default of `burn-dp-peer`) or [`PeerGroup`] (burn-collective's cross-node path, which in 0.21.0
+//! default of `burn-dp-peer`) or `PeerGroup` (feature `collective`: burn-collective's cross-node
+//! path, which in 0.21.0
 //! completes one all-reduce per registration and then waits forever: its node barrier never clears
 //! its list of synced nodes and its transfer ids repeat, tracel-ai/burn#4549; the timeout turns
 //! that into [`DistributedError::Timeout`], `burn-dp-peer probe` shows it).
@@ -28,12 +29,12 @@
 
 //!
 //! [`launch`] starts the peers of a run on this machine (`burn-dp-peer launch`, `bench train
-//! --peers`, the examples' `--devices`). The feature `collective` (on by default) adds
-//! burn-collective's [`PeerGroup`] and the `burn-dp-peer` binary; without it the crate needs no
-//! burn-collective (what the examples and the bench use: [`TcpGroup`]).
+//! --peers`, the examples' `--devices`). The opt-in feature `collective` adds burn-collective's
+//! `PeerGroup` (and `burn-dp-peer --transport collective`, `burn-dp-peer probe`); without it the
+//! crate needs no burn-collective (what the examples, the bench and `burn-dp-peer`'s default use:
+//! [`TcpGroup`]).
 
 pub mod all_reduce;
-pub mod demo;
 pub mod error;
 #[cfg(feature = "collective")]
 pub mod group;

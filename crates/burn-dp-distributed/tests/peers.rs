@@ -12,8 +12,13 @@ use burn_dp::{
     AccountantKind, ClippingFn, DpAutodiff, DpOptimizer, NoiseSource, PerSampleConfig,
     PhysicalBatch, PoissonSampler, PrivacyState,
 };
-use burn_dp_distributed::demo::{self, DemoNet};
 use serde_json::Value;
+
+/// The demo task of `burn-dp-peer` (the binary's own module), for the single-process references.
+#[path = "../src/bin/burn-dp-peer/demo.rs"]
+mod demo;
+
+use demo::DemoNet;
 
 type B = NdArray<f32>;
 type Dp = DpAutodiff<B>;

@@ -26,6 +26,7 @@ use burn_dp::{
     AccountantKind, ClippingFn, DpAutodiff, NoiseSource, PerSample, PerSampleConfig, PrivacyState,
     PrivateSetup, Schedule,
 };
+use burn_dp_example_data::{Digits, DigitsError};
 use burn_dp_train::{PrivateBatch, PrivateStepOutput, PrivateTraining, SessionStatus};
 use burn_train::metric::{AccuracyMetric, LossMetric};
 use burn_train::{
@@ -35,8 +36,6 @@ use clap::Parser;
 
 type Inner = NdArray<f32>;
 type Dp = DpAutodiff<Inner>;
-
-const DIGITS: &[u8] = include_bytes!("../../../examples/data/digits.bin");
 
 /// DP training of an MLP on the bundled digits with burn-train's Learner.
 #[derive(Parser, Debug)]
@@ -75,27 +74,17 @@ struct Digit {
 }
 
 /// The train and test splits (a fixed permutation, the quickstart's split).
-fn digits() -> Result<(Vec<Digit>, Vec<Digit>), String> {
-    if DIGITS.len() < 12 || &DIGITS[..8] != b"DIGITS01" {
-        return Err("the bundled digits.bin is not a DIGITS01 file".into());
-    }
-    let n = u32::from_le_bytes([DIGITS[8], DIGITS[9], DIGITS[10], DIGITS[11]]) as usize;
-    if DIGITS.len() != 12 + n * 65 {
-        return Err(format!("digits.bin: {} bytes for {n} digits", DIGITS.len()));
-    }
-    let (pixels, labels) = DIGITS[12..].split_at(n * 64);
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|i| (*i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16);
+fn digits() -> Result<(Vec<Digit>, Vec<Digit>), DigitsError> {
+    let digits = Digits::bundled()?;
+    let (train, test) = digits.train_test_split();
     let digit = |i: usize| Digit {
-        pixels: pixels[i * 64..(i + 1) * 64]
-            .iter()
-            .map(|p| *p as f32 / 16.0)
-            .collect(),
-        label: labels[i] as i64,
+        pixels: digits.scaled(i).collect(),
+        label: digits.label(i) as i64,
     };
-    let train = order[..1437].iter().map(|&i| digit(i)).collect();
-    let test = order[1437..].iter().map(|&i| digit(i)).collect();
-    Ok((train, test))
+    Ok((
+        train.into_iter().map(digit).collect(),
+        test.into_iter().map(digit).collect(),
+    ))
 }
 
 /// A batch of digits.

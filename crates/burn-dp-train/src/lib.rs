@@ -28,7 +28,8 @@ pub mod session;
 pub use error::DpTrainError;
 pub use loader::{PoissonDataLoader, PrivateBatch, PrivateTrainLoader};
 pub use metric::{
-    EpsilonMetric, NoiseMultiplierMetric, PrivacySpent, PrivateStepOutput, PrivateStepReport,
+    EpsilonMetric, EpsilonSpent, NoiseMultiplierMetric, PrivacyMetric, PrivacyQuantity,
+    PrivacySpent, PrivateStepOutput, PrivateStepReport, StepNoiseMultiplier,
 };
 pub use optimizer::LearnerDpOptimizer;
 pub use session::{PrivateTraining, SessionStatus};

@@ -6,6 +6,7 @@
 //! without noise (with a Poisson batch of one example, a batch loss is one person's loss).
 //! Measure the model on held-out data with the Learner's validation metrics instead.
 
+use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
 
 use burn_train::metric::{
@@ -89,97 +90,84 @@ impl Latest {
     }
 }
 
-/// ε spent so far (at the run's δ), after each DP step: the accountant's value, the same that
-/// [`crate::PrivateTraining::epsilon`] returns. Register it as a *training* metric
-/// (`metric_train_numeric`, done by [`crate::PrivateTraining::register`]).
-#[derive(Debug, Clone)]
-pub struct EpsilonMetric {
-    name: MetricName,
-    latest: Latest,
-}
-
-impl EpsilonMetric {
+/// A quantity of [`PrivacySpent`] that a [`PrivacyMetric`] shows: [`EpsilonSpent`] or
+/// [`StepNoiseMultiplier`].
+pub trait PrivacyQuantity: std::fmt::Debug + Clone + Send + Sync + 'static {
     /// The metric's name on the dashboard and in the logs.
-    pub const NAME: &'static str = "Epsilon";
-
-    /// A new ε metric.
-    pub fn new() -> Self {
-        EpsilonMetric {
-            name: Arc::new(Self::NAME.to_string()),
-            latest: Latest::new(),
-        }
-    }
+    const NAME: &'static str;
+    /// The metric's description.
+    const DESCRIPTION: &'static str;
+    /// Whether a larger value is better (more noise: more private).
+    const HIGHER_IS_BETTER: bool;
+    /// The quantity in a step's report.
+    fn of(spent: &PrivacySpent) -> f64;
 }
 
-impl Default for EpsilonMetric {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// ε spent so far at the run's δ: the accountant's value, the same that
+/// [`crate::PrivateTraining::epsilon`] returns.
+#[derive(Debug, Clone, Copy)]
+pub struct EpsilonSpent;
 
-impl Metric for EpsilonMetric {
-    type Input = PrivateStepReport;
-
-    fn name(&self) -> MetricName {
-        self.name.clone()
-    }
-
-    fn description(&self) -> Option<String> {
-        Some("privacy spent so far: ε at the run's δ (DP accountant)".into())
-    }
-
-    fn attributes(&self) -> MetricAttributes {
-        NumericAttributes {
-            unit: None,
-            higher_is_better: false,
-        }
-        .into()
-    }
-
-    fn update(&mut self, item: &PrivateStepReport, _: &MetricMetadata) -> SerializedEntry {
-        self.latest.update(item.spent.map(|s| s.epsilon), 4)
-    }
-
-    fn clear(&mut self) {}
-}
-
-impl Numeric for EpsilonMetric {
-    fn value(&self) -> NumericEntry {
-        NumericEntry::Value(self.latest.value)
-    }
-
-    fn running_value(&self) -> NumericEntry {
-        NumericEntry::Value(self.latest.value)
+impl PrivacyQuantity for EpsilonSpent {
+    const NAME: &'static str = "Epsilon";
+    const DESCRIPTION: &'static str = "privacy spent so far: ε at the run's δ (DP accountant)";
+    const HIGHER_IS_BETTER: bool = false;
+    fn of(spent: &PrivacySpent) -> f64 {
+        spent.epsilon
     }
 }
 
 /// The noise multiplier σ of each DP step (noise std = σ · clipping bound).
-#[derive(Debug, Clone)]
-pub struct NoiseMultiplierMetric {
-    name: MetricName,
-    latest: Latest,
+#[derive(Debug, Clone, Copy)]
+pub struct StepNoiseMultiplier;
+
+impl PrivacyQuantity for StepNoiseMultiplier {
+    const NAME: &'static str = "Noise multiplier";
+    const DESCRIPTION: &'static str =
+        "noise multiplier σ of the DP step (noise std = σ · clipping bound)";
+    const HIGHER_IS_BETTER: bool = true;
+    fn of(spent: &PrivacySpent) -> f64 {
+        spent.noise_multiplier
+    }
 }
 
-impl NoiseMultiplierMetric {
-    /// The metric's name on the dashboard and in the logs.
-    pub const NAME: &'static str = "Noise multiplier";
+/// The burn-train metric of a privacy quantity `Q` after each DP step, its latest value (an
+/// epoch's "running" value is the latest too, not a mean); "refused" when the step was refused.
+/// Register it as a *training* metric (`metric_train_numeric`, done by
+/// [`crate::PrivateTraining::register`] for [`EpsilonMetric`] and [`NoiseMultiplierMetric`]).
+#[derive(Debug, Clone)]
+pub struct PrivacyMetric<Q: PrivacyQuantity> {
+    name: MetricName,
+    latest: Latest,
+    quantity: PhantomData<Q>,
+}
 
-    /// A new σ metric.
+/// ε spent so far (at the run's δ), after each DP step.
+pub type EpsilonMetric = PrivacyMetric<EpsilonSpent>;
+/// The noise multiplier σ of each DP step.
+pub type NoiseMultiplierMetric = PrivacyMetric<StepNoiseMultiplier>;
+
+impl<Q: PrivacyQuantity> PrivacyMetric<Q> {
+    /// The metric's name on the dashboard and in the logs.
+    pub const NAME: &'static str = Q::NAME;
+
+    /// A new metric of `Q`.
     pub fn new() -> Self {
-        NoiseMultiplierMetric {
-            name: Arc::new(Self::NAME.to_string()),
+        PrivacyMetric {
+            name: Arc::new(Q::NAME.to_string()),
             latest: Latest::new(),
+            quantity: PhantomData,
         }
     }
 }
 
-impl Default for NoiseMultiplierMetric {
+impl<Q: PrivacyQuantity> Default for PrivacyMetric<Q> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Metric for NoiseMultiplierMetric {
+impl<Q: PrivacyQuantity> Metric for PrivacyMetric<Q> {
     type Input = PrivateStepReport;
 
     fn name(&self) -> MetricName {
@@ -187,26 +175,25 @@ impl Metric for NoiseMultiplierMetric {
     }
 
     fn description(&self) -> Option<String> {
-        Some("noise multiplier σ of the DP step (noise std = σ · clipping bound)".into())
+        Some(Q::DESCRIPTION.into())
     }
 
     fn attributes(&self) -> MetricAttributes {
         NumericAttributes {
             unit: None,
-            higher_is_better: true,
+            higher_is_better: Q::HIGHER_IS_BETTER,
         }
         .into()
     }
 
     fn update(&mut self, item: &PrivateStepReport, _: &MetricMetadata) -> SerializedEntry {
-        self.latest
-            .update(item.spent.map(|s| s.noise_multiplier), 4)
+        self.latest.update(item.spent.as_ref().map(Q::of), 4)
     }
 
     fn clear(&mut self) {}
 }
 
-impl Numeric for NoiseMultiplierMetric {
+impl<Q: PrivacyQuantity> Numeric for PrivacyMetric<Q> {
     fn value(&self) -> NumericEntry {
         NumericEntry::Value(self.latest.value)
     }

@@ -12,7 +12,6 @@
 
 #![warn(missing_docs)]
 
-pub mod audit;
 pub mod backend;
 pub mod clip;
 pub mod engine;
@@ -27,6 +26,7 @@ pub mod rules;
 pub mod sampling;
 pub mod setup;
 pub mod state;
+pub mod testing;
 pub mod trainer;
 
 pub use backend::{read_without_privacy, BatchId, PerSample};

@@ -15,6 +15,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateSetup};
+use burn_dp_example_data::Digits;
 use burn_dp_examples_common::{self as common, BackendKind, Curve, Error, PlainTraining};
 use burn_dp_models::{
     cross_entropy_per_sample, BlockKind, LoadOptions, Norm, PretrainedModel, ResNet, ResNetConfig,
@@ -198,39 +199,37 @@ impl Images {
     }
 }
 
-const DIGITS: &[u8] = include_bytes!("../../data/digits.bin");
 // ImageNet statistics (what torchvision / HF checkpoints expect).
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// The bundled digits as RGB images of side `size` (nearest-neighbour upsampling of 8×8).
-pub fn digits(size: usize) -> (Images, Vec<String>) {
-    assert_eq!(&DIGITS[..8], b"DIGITS01", "bundled data");
-    let n = u32::from_le_bytes(DIGITS[8..12].try_into().expect("4 bytes")) as usize;
-    let px = &DIGITS[12..12 + n * 64];
-    let labels = DIGITS[12 + n * 64..12 + n * 65]
-        .iter()
-        .map(|&l| l as i64)
-        .collect();
+pub fn digits(size: usize) -> Result<(Images, Vec<String>), Error> {
+    let digits = Digits::bundled()?;
+    let n = digits.len();
+    let side = Digits::SIDE;
+    let labels = (0..n).map(|i| digits.label(i) as i64).collect();
     let mut pixels = Vec::with_capacity(n * 3 * size * size);
     for i in 0..n {
+        let px = digits.pixels(i);
         for c in 0..3 {
             for y in 0..size {
                 for x in 0..size {
-                    let v = px[i * 64 + (y * 8 / size) * 8 + x * 8 / size] as f32 / 16.0;
+                    let v = px[(y * side / size) * side + x * side / size] as f32
+                        / Digits::MAX_PIXEL as f32;
                     pixels.push((v - MEAN[c]) / STD[c]);
                 }
             }
         }
     }
-    (
+    Ok((
         Images {
             size,
             pixels,
             labels,
         },
-        (0..10).map(|d| d.to_string()).collect(),
-    )
+        (0..Digits::CLASSES).map(|d| d.to_string()).collect(),
+    ))
 }
 
 /// A folder with one subfolder per class of png / jpeg images, resized to `size`.
@@ -566,7 +565,7 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
     });
     let (data, class_names) = match &args.data {
         Some(dir) => image_folder(dir, size)?,
-        None => digits(size),
+        None => digits(size)?,
     };
     let classes = class_names.len();
     let (public, private, mut test) = splits(&data, args.public_fraction);

@@ -17,11 +17,11 @@ use burn_dp::{
     batch, AccountantKind, ClippingFn, DpAutodiff, NoiseSource, PerSample, PerSampleConfig,
     PrivacyState, PrivateSetup, PrivateTrainer, Schedule,
 };
+use burn_dp_example_data::{Digits as BundledDigits, DigitsError};
 use indicatif::{ProgressBar, ProgressStyle};
 
 type Inner = NdArray<f32>;
 
-const DIGITS: &[u8] = include_bytes!("../../data/digits.bin");
 const TARGET_EPSILON: f64 = 3.0;
 const DELTA: f64 = 1e-5;
 const EXPECTED_BATCH: usize = 128;
@@ -34,30 +34,18 @@ struct Digits {
     test: (Vec<f32>, Vec<i64>),
 }
 
-fn load() -> Digits {
-    assert_eq!(&DIGITS[..8], b"DIGITS01", "bundled data");
-    let n = u32::from_le_bytes(DIGITS[8..12].try_into().unwrap()) as usize;
-    let pixels = &DIGITS[12..12 + n * 64];
-    let labels = &DIGITS[12 + n * 64..12 + n * 65];
-    // A fixed permutation (multiplicative hashing), so the split is the same on every machine.
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|i| (*i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16);
+fn load() -> Result<Digits, DigitsError> {
+    let digits = BundledDigits::bundled()?;
+    let (train, test) = digits.train_test_split();
     let take = |idx: &[usize]| {
-        let x = idx
-            .iter()
-            .flat_map(|&i| {
-                pixels[i * 64..(i + 1) * 64]
-                    .iter()
-                    .map(|p| *p as f32 / 16.0)
-            })
-            .collect();
-        let y = idx.iter().map(|&i| labels[i] as i64).collect();
+        let x = idx.iter().flat_map(|&i| digits.scaled(i)).collect();
+        let y = idx.iter().map(|&i| digits.label(i) as i64).collect();
         (x, y)
     };
-    Digits {
-        train: take(&order[..1437]),
-        test: take(&order[1437..]),
-    }
+    Ok(Digits {
+        train: take(&train),
+        test: take(&test),
+    })
 }
 
 #[derive(Module, Debug)]
@@ -174,7 +162,13 @@ fn train_plain(data: &Digits) -> Classifier<Inner> {
 
 fn main() {
     let start = Instant::now();
-    let data = load();
+    let data = match load() {
+        Ok(data) => data,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("DP-SGD {bar:40} {pos}/{len} steps {elapsed}")
             .expect("template"),

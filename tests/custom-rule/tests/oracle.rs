@@ -9,10 +9,8 @@ use burn::nn::conv::{ConvTranspose1d, ConvTranspose1dConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use burn_dp::rules::{register_rule, unregister_rule, PerSampleRule};
-use burn_dp::{
-    batch, clipped_backward, per_sample_gradients, ClippingFn, DpAutodiff, DpError, NormMode,
-    PerSampleConfig,
-};
+use burn_dp::testing::{batch_of_one, check_against, engine_outputs, sample};
+use burn_dp::{mark_batch, per_sample_gradients, DpAutodiff, DpError, NormMode};
 
 type Inner = NdArray<f32>;
 type Dp = DpAutodiff<Inner>;
@@ -34,7 +32,8 @@ fn losses<B: Backend>(
         .reshape([b])
 }
 
-/// Per-sample gradients from burn-dp (one backward pass) against one plain backward per sample.
+/// Per-sample gradients, norms and clipped sums from burn-dp (one backward pass) against one
+/// plain backward per sample (`burn_dp::testing`).
 fn check(b: usize, cfg: ConvTranspose1dConfig) {
     let device = Default::default();
     let plain: ConvTranspose1d<Plain> = cfg.init(&device);
@@ -48,67 +47,25 @@ fn check(b: usize, cfg: ConvTranspose1dConfig) {
         .forward(Tensor::from_data(x.to_data(), &device))
         .dims();
     let r = Tensor::<Inner, 3>::random(out, Distribution::Normal(0.0, 1.0), &device);
+    // The oracle: sample i's loss alone, one ordinary backward pass each.
+    let (xp, rp) = (
+        Tensor::<Plain, 3>::from_data(x.to_data(), &device),
+        Tensor::<Plain, 3>::from_data(r.to_data(), &device),
+    );
+    let want = batch_of_one(&plain, b, |i| {
+        losses(&plain, sample(&xp, i), sample(&rp, i))
+    });
+    // burn-dp: the whole batch, marked, in every norm mode.
     let dp_losses = || {
-        let xb = batch(Tensor::<Dp, 3>::from_data(x.to_data(), &device));
+        let xb = mark_batch(Tensor::<Dp, 3>::from_data(x.to_data(), &device));
         losses(&dp, xb, Tensor::from_data(r.to_data(), &device))
     };
-    let got = per_sample_gradients(&dp, dp_losses()).unwrap();
-    let mut norms = Vec::with_capacity(b);
-    for i in 0..b {
-        let xi = Tensor::<Plain, 3>::from_data(x.clone().narrow(0, i, 1).into_data(), &device);
-        let ri = Tensor::<Plain, 3>::from_data(r.clone().narrow(0, i, 1).into_data(), &device);
-        let grads = losses(&plain, xi, ri).sum().backward();
-        let want_w = to_vec(plain.weight.grad(&grads).unwrap());
-        let want_b = to_vec(plain.bias.as_ref().unwrap().grad(&grads).unwrap());
-        norms.push(
-            want_w
-                .iter()
-                .chain(&want_b)
-                .map(|v| v * v)
-                .sum::<f32>()
-                .sqrt(),
-        );
-        for (_, path, t) in &got {
-            let want = if path.ends_with("weight") {
-                &want_w
-            } else {
-                &want_b
-            };
-            assert_close(
-                &format!("sample {i} {path}"),
-                &to_vec(t.clone().narrow(0, i, 1)),
-                want,
-            );
-        }
-    }
     for mode in [NormMode::Ghost, NormMode::Instantiate, NormMode::Auto] {
-        let config = PerSampleConfig {
-            norm_mode: mode,
-            ..PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 })
-        };
-        let clipped = clipped_backward(&config, &dp, dp_losses()).unwrap();
-        assert_close(&format!("norms {mode:?}"), &to_vec(clipped.norms), &norms);
+        let got = engine_outputs(&dp, dp_losses, mode, 0.5);
+        check_against(&format!("B={b} ({mode:?})"), &got, &want, b, 0.5, 1e-4);
     }
 }
 // ANCHOR_END: oracle
-
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
-}
-
-fn assert_close(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
-    let err = got
-        .iter()
-        .zip(want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(
-        err / scale <= 1e-4,
-        "{what}: relative error {}",
-        err / scale
-    );
-}
 
 #[test]
 fn outside_rule_matches_batch_of_one_oracle() {
@@ -144,7 +101,7 @@ fn without_the_rule_it_fails_closed() {
     let _turn = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let layer: ConvTranspose1d<Dp> = ConvTranspose1dConfig::new([2, 3], 3).init(&device);
-    let x = batch(Tensor::<Dp, 3>::random(
+    let x = mark_batch(Tensor::<Dp, 3>::random(
         [3, 2, 5],
         Distribution::Default,
         &device,
@@ -184,7 +141,7 @@ fn a_declined_call_fails_closed() {
     let layer: ConvTranspose1d<Dp> = ConvTranspose1dConfig::new([2, 3], 3)
         .with_bias(false)
         .init(&device);
-    let x = batch(Tensor::<Dp, 3>::random(
+    let x = mark_batch(Tensor::<Dp, 3>::random(
         [2, 2, 5],
         Distribution::Default,
         &device,

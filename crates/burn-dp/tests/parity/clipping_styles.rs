@@ -7,6 +7,8 @@ use burn_dp::{
     PerSampleConfig,
 };
 
+use burn_dp::testing::{assert_close, batch_of_one, sample, to_vec};
+
 use crate::support::*;
 
 /// Group norms and clipped sums from oracle per-sample gradients.

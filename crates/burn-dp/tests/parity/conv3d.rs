@@ -5,12 +5,13 @@
 //! `BURN_DP_FIXTURES` folder without `layers-conv3d.safetensors` (a copy of the shared fixture set
 //! made before Conv3d had a rule) falls back to the repository's copy under `tests/fixtures/`.
 
-use crate::support::{assert_close, tensor, to_vec, Dp, Fixture, Inner, Plain};
+use crate::support::{tensor, Dp, Fixture, Inner, Plain};
 use burn::module::Param;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::PaddingConfig3d;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
+use burn_dp::testing::{assert_close, to_vec};
 use burn_dp::{
     batch, clipped_backward, per_sample_gradients, ClippingFn, NormMode, PerSampleConfig,
 };

@@ -3,6 +3,8 @@
 
 use burn_dp::{batch, clipped_backward, ClippingFn, PerSampleConfig};
 
+use burn_dp::testing::sample;
+
 use crate::support::*;
 
 #[test]

@@ -18,6 +18,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use burn_dp::batch;
 use proptest::prelude::*;
 
+use burn_dp::testing::{sample, sample_int};
+
 use crate::support::*;
 
 proptest! {

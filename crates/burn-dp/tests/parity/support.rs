@@ -1,16 +1,16 @@
-//! What the topic modules share: the fixture files, tensors as vectors, relative errors, the
-//! engine's outputs, the batch-of-one oracle, seeded values and the proptest configuration.
+//! What the topic modules share: the fixture files, the PyTorch layer cases, seeded values and the
+//! proptest configuration; the comparisons, the engine's outputs and the batch-of-one oracle are
+//! `burn_dp::testing`'s, the helpers burn-dp offers every rule author.
 
 use std::path::PathBuf;
 
 use burn::backend::{Autodiff, NdArray};
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
-use burn_dp::{
-    clipped_backward, per_sample_gradients, ClippingFn, DpAutodiff, NormMode, PerSampleConfig,
-};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use burn_dp::testing::{assert_close, batch_of_one, check_against, engine_outputs};
+use burn_dp::{DpAutodiff, NormMode};
 use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -110,11 +110,6 @@ pub fn tensor<B: Backend, const D: usize>(v: &[f32], shape: &[usize]) -> Tensor<
     )
 }
 
-/// A float tensor's values, row-major.
-pub fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
-}
-
 /// `[B, rows, cols]` → `[B, cols, rows]` (torch Linear layout to burn's).
 pub fn transpose_last(v: &[f32], b: usize, rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; v.len()];
@@ -128,23 +123,6 @@ pub fn transpose_last(v: &[f32], b: usize, rows: usize, cols: usize) -> Vec<f32>
     out
 }
 
-/// Asserts `max |got - want| / max |want| <= tol`.
-pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
-    let err = got
-        .iter()
-        .zip(want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(
-        err / scale <= tol,
-        "{what}: relative error {} > {tol}\n got  {:?}\n want {:?}",
-        err / scale,
-        &got[..got.len().min(8)],
-        &want[..want.len().min(8)]
-    );
-}
-
 /// Per-sample losses `Σ f(x_i) · R_i`.
 pub fn weighted_losses<B: Backend, const D: usize>(
     out: Tensor<B, D>,
@@ -155,134 +133,6 @@ pub fn weighted_losses<B: Backend, const D: usize>(
         .reshape([b as i64, -1])
         .sum_dim(1)
         .reshape([b])
-}
-
-/// Everything the engine computes for `model`, as plain vectors, per parameter path:
-/// per-sample gradients `[B, numel]`, flat norms `[B]`, and automatic/Abadi clipped sums.
-pub struct EngineOut {
-    pub grads: Vec<(String, Vec<f32>)>,
-    pub norms: Vec<f32>,
-    pub auto_sums: Vec<(String, Vec<f32>)>,
-    pub abadi_sums: Vec<(String, Vec<f32>)>,
-}
-
-pub fn run_engine<M: AutodiffModule<Dp>>(
-    model: &M,
-    losses: impl Fn() -> Tensor<Dp, 1>,
-    mode: NormMode,
-    abadi_c: f64,
-) -> EngineOut {
-    let grads = per_sample_gradients(model, losses()).expect("per-sample gradients");
-    let grads = grads.into_iter().map(|(_, p, t)| (p, to_vec(t))).collect();
-    let sums = |f: ClippingFn| {
-        let cfg = PerSampleConfig::new(f).with_norm_mode(mode);
-        let out = clipped_backward(&cfg, model, losses()).expect("clipped backward");
-        let norms = to_vec(out.norms.clone());
-        let mut s: Vec<(String, Vec<f32>)> = out
-            .params
-            .iter()
-            .map(|(id, p)| (p.clone(), to_vec(out.sums[id].clone())))
-            .collect();
-        s.sort_by(|a, b| a.0.cmp(&b.0));
-        (norms, s)
-    };
-    let (norms, auto_sums) = sums(ClippingFn::Automatic { gamma: 0.01 });
-    let (_, abadi_sums) = sums(ClippingFn::Abadi { max_norm: abadi_c });
-    EngineOut {
-        grads,
-        norms,
-        auto_sums,
-        abadi_sums,
-    }
-}
-
-/// Norms and clipped sums from explicit per-sample gradients `(path, [B, numel])`.
-pub fn oracle_clip(
-    grads: &[(String, Vec<f32>)],
-    numels: &[usize],
-    b: usize,
-    abadi_c: f64,
-) -> (Vec<f32>, Vec<(String, Vec<f32>)>, Vec<(String, Vec<f32>)>) {
-    let mut norms = vec![0f64; b];
-    for (_, g) in grads {
-        let n = g.len().checked_div(b).unwrap_or(0);
-        for i in 0..b {
-            norms[i] += g[i * n..(i + 1) * n]
-                .iter()
-                .map(|x| (*x as f64).powi(2))
-                .sum::<f64>();
-        }
-    }
-    let norms: Vec<f64> = norms.iter().map(|x| x.sqrt()).collect();
-    let weighted = |c: &dyn Fn(f64) -> f64| {
-        let mut out: Vec<(String, Vec<f32>)> = grads
-            .iter()
-            .zip(numels)
-            .map(|((p, g), &n)| {
-                let mut s = vec![0f64; n];
-                for i in 0..b {
-                    for j in 0..n {
-                        s[j] += g[i * n + j] as f64 * c(norms[i]);
-                    }
-                }
-                (p.clone(), s.into_iter().map(|x| x as f32).collect())
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    };
-    let auto = weighted(&|n| 1.0 / (n + 0.01));
-    let abadi = weighted(&|n| (abadi_c / (n + 1e-6)).min(1.0));
-    (norms.iter().map(|x| *x as f32).collect(), auto, abadi)
-}
-
-/// Checks the engine's per-sample gradients, norms and both clipped sums against explicit
-/// per-sample gradients `want_grads` (`[B, numel]` per path), to relative error `tol`.
-pub fn check_against(
-    what: &str,
-    out: &EngineOut,
-    want_grads: &[(String, Vec<f32>)],
-    b: usize,
-    abadi_c: f64,
-    tol: f32,
-) {
-    let numels: Vec<usize> = want_grads
-        .iter()
-        .map(|(p, _)| {
-            out.auto_sums
-                .iter()
-                .find(|(q, _)| q == p)
-                .map(|(_, v)| v.len())
-                .unwrap_or(0)
-        })
-        .collect();
-    let (norms, auto, abadi) = oracle_clip(want_grads, &numels, b, abadi_c);
-    for (path, want) in want_grads {
-        let got = &out
-            .grads
-            .iter()
-            .find(|(p, _)| p == path)
-            .unwrap_or_else(|| panic!("{what}: no gradient for {path}"))
-            .1;
-        assert_close(&format!("{what}: per-sample grad {path}"), got, want, tol);
-    }
-    assert_eq!(
-        out.grads.len(),
-        want_grads.len(),
-        "{what}: trainable parameter count"
-    );
-    assert_close(&format!("{what}: norms"), &out.norms, &norms, tol);
-    for ((p, got), (_, want)) in out.auto_sums.iter().zip(&auto) {
-        assert_close(
-            &format!("{what}: automatic clipped sum {p}"),
-            got,
-            want,
-            tol,
-        );
-    }
-    for ((p, got), (_, want)) in out.abadi_sums.iter().zip(&abadi) {
-        assert_close(&format!("{what}: Abadi clipped sum {p}"), got, want, tol);
-    }
 }
 
 // ------------------------------------------------------------------ PyTorch layer cases
@@ -307,7 +157,7 @@ pub fn check_layer_case<M: AutodiffModule<Dp>>(
         })
         .collect();
     for mode in MODES {
-        let out = run_engine(model, &losses, mode, 0.5);
+        let out = engine_outputs(model, &losses, mode, 0.5);
         check_against(&format!("{case} ({mode:?})"), &out, &want, b, 0.5, 1e-4);
         assert_close(
             &format!("{case} ({mode:?}): PyTorch norms"),
@@ -323,103 +173,10 @@ pub fn same(v: &[f32], _: &[usize]) -> Vec<f32> {
     v.to_vec()
 }
 
-// ------------------------------------------------------------------ batch-of-one oracle
-
-/// Collects the gradients of a model's trainable parameters `(path, values)` (zeros for a
-/// parameter the loss does not reach).
-struct GradsOf<'a, B: AutodiffBackend> {
-    grads: &'a B::Gradients,
-    path: Vec<String>,
-    out: Vec<(String, Vec<f32>)>,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for GradsOf<'_, B> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let v = param.val();
-        if !v.is_require_grad() {
-            return;
-        }
-        let n = v.shape().num_elements();
-        let g = v
-            .grad(self.grads)
-            .map(to_vec)
-            .unwrap_or_else(|| vec![0.0; n]);
-        self.path.push(String::new());
-        let path = self.path[..self.path.len() - 1].join(".");
-        self.path.pop();
-        self.out.push((path, g));
-    }
-}
-
-/// Per-sample gradients `(path, [B, numel])` by one ordinary backward pass per sample.
-/// `loss_of(i)` is sample `i`'s loss; `loss_of(usize::MAX)` the loss of the whole (empty) batch.
-pub fn batch_of_one<M: AutodiffModule<Plain>>(
-    model: &M,
-    b: usize,
-    loss_of: impl Fn(usize) -> Tensor<Plain, 1>,
-) -> Vec<(String, Vec<f32>)> {
-    let mut rows: Vec<(String, Vec<f32>)> = Vec::new();
-    let mut first = true;
-    for i in 0..b {
-        let grads = loss_of(i).sum().backward();
-        let mut v = GradsOf::<Plain> {
-            grads: &grads,
-            path: vec![],
-            out: vec![],
-        };
-        model.visit(&mut v);
-        if first {
-            rows = v.out;
-            first = false;
-        } else {
-            for (row, (_, g)) in rows.iter_mut().zip(v.out) {
-                row.1.extend(g);
-            }
-        }
-    }
-    if b == 0 {
-        let mut v = GradsOf::<Plain> {
-            grads: &loss_of(usize::MAX).sum().backward(),
-            path: vec![],
-            out: vec![],
-        };
-        model.visit(&mut v);
-        rows = v.out.into_iter().map(|(p, _)| (p, vec![])).collect();
-    }
-    rows
-}
-
-/// Slices sample `i` of a `[B, ...]` input (`usize::MAX`: the whole, empty, batch).
-pub fn sample<B: Backend, const D: usize>(x: &Tensor<B, D>, i: usize) -> Tensor<B, D> {
-    if i == usize::MAX {
-        x.clone()
-    } else {
-        x.clone().narrow(0, i, 1)
-    }
-}
-
-/// [`sample`] of an int tensor.
-pub fn sample_int<B: Backend, const D: usize>(
-    x: &Tensor<B, D, Int>,
-    i: usize,
-) -> Tensor<B, D, Int> {
-    if i == usize::MAX {
-        x.clone()
-    } else {
-        x.clone().narrow(0, i, 1)
-    }
-}
-
 /// Relative tolerance of the property checks. Random cases meet f32 cancellation that the
 /// fixtures' cases do not: GroupNorm and LayerNorm backward passes onto small gradients reach a few
 /// 1e-4 (seen over 30 proptest seeds: 1.3e-4, 2.5e-4, 8.9e-4), where a wrong rule is off by O(1).
-const PROPERTY_TOL: f32 = 1e-3;
+const PROPERTY_TOL: f64 = 1e-3;
 
 /// Runs one property case: the engine (every norm mode) against the batch-of-one oracle.
 pub fn property<MP: AutodiffModule<Plain>, MD: AutodiffModule<Dp>>(
@@ -432,7 +189,7 @@ pub fn property<MP: AutodiffModule<Plain>, MD: AutodiffModule<Dp>>(
 ) {
     let want = batch_of_one(plain, b, plain_loss);
     for mode in MODES {
-        let out = run_engine(dp, &dp_losses, mode, 0.7);
+        let out = engine_outputs(dp, &dp_losses, mode, 0.7);
         check_against(
             &format!("{what} B={b} ({mode:?})"),
             &out,

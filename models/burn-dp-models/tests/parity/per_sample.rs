@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use burn::module::{AutodiffModule, ParamId};
 use burn::prelude::*;
+use burn_dp::testing::{relative_error, to_vec};
 use burn_dp::{ClippingFn, DpAutodiff, NormMode, PerSampleConfig};
 use burn_dp_models::{
     cross_entropy_per_sample, Gpt2, Gpt2Config, LoadOptions, PretrainedModel, TorchParam,
@@ -18,7 +19,7 @@ use burn_dp_models::{
 };
 
 use crate::relu_kinks;
-use crate::support::{fixture, load_resnet, max_abs, rel_err_vec, to_vec, Reference, B, TOL};
+use crate::support::{fixture, load_resnet, max_abs, Reference, B, TOL};
 
 type Dp = DpAutodiff<B>;
 
@@ -110,7 +111,7 @@ fn dp_parity<M: AutodiffModule<Dp>>(
                     "{case}: untouched {:?}",
                     out.untouched
                 );
-                let e = rel_err_vec(&to_vec(out.norms.clone()), &expected_norms);
+                let e = relative_error(&to_vec(out.norms.clone()), &expected_norms);
                 worst.norm = worst.norm.max(e);
                 if e > TOL {
                     failures.push(format!("{case} {clip}: grad_norm rel err {e:.3e}"));
@@ -137,7 +138,7 @@ fn dp_parity<M: AutodiffModule<Dp>>(
                         }
                         continue;
                     }
-                    let e = rel_err_vec(&sum, reference);
+                    let e = relative_error(&sum, reference);
                     let w = if clip == "auto_clip_sum" {
                         &mut worst.auto
                     } else {

@@ -22,9 +22,10 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::TensorData;
+use burn_dp::testing::to_vec;
 use burn_dp_models::{cross_entropy_per_sample, PretrainedModel, ResNet};
 
-use crate::support::{load_resnet, rel_err, to_vec, Reference, B, TOL};
+use crate::support::{load_resnet, rel_err, Reference, B, TOL};
 
 /// A ReLU input within this fraction of the largest |input| of its ReLU (for that sample) of
 /// zero is a kink: ten times the relative agreement of the two forwards.

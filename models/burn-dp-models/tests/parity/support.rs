@@ -1,4 +1,4 @@
-//! Fixture paths, the reference files and relative errors.
+//! Fixture paths, the reference files and relative errors (`burn_dp::testing`'s).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use burn::backend::NdArray;
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use burn_dp::testing::{relative_error, to_vec};
 use burn_dp_models::{LoadOptions, Norm, PretrainedModel, ResNet, ResNetConfig, SafetensorsFile};
 
 /// The backend of the forward checks.
@@ -100,29 +101,13 @@ pub fn load_resnet<BK: Backend>(model: &str, r: &Reference) -> ResNet<BK> {
     .unwrap()
 }
 
-/// max |a - b| / max |b| (relative error in the infinity norm).
+/// max |a - b| / max |b| (relative error in the infinity norm) of two tensors of one shape.
 pub fn rel_err<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f64 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let diff: f64 = (a - b.clone()).abs().max().into_scalar().into();
-    let scale: f64 = b.abs().max().into_scalar().into();
-    diff / scale.max(1e-30)
+    relative_error(&to_vec(a), &to_vec(b))
 }
 
+/// The largest magnitude of `v`.
 pub fn max_abs(v: &[f32]) -> f64 {
     v.iter().map(|y| (*y as f64).abs()).fold(0.0, f64::max)
-}
-
-/// max |a - b| / max |b| over flat vectors.
-pub fn rel_err_vec(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).abs())
-        .fold(0.0, f64::max);
-    diff / max_abs(b).max(1e-30)
-}
-
-pub fn to_vec<BK: Backend>(t: Tensor<BK, 1>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec().expect("f32 data")
 }

@@ -1,10 +1,15 @@
-//! `burn-dp-peer`: one peer of a data-parallel DP run on the demo task ([`burn_dp_distributed::demo`]),
+//! `burn-dp-peer`: one peer of a data-parallel DP run on the demo task ([`demo`]),
 //! or a launcher of `K` such peers on this machine.
 //!
 //! ```text
 //! burn-dp-peer launch --peers 2 -- --steps 100 --noise-multiplier 1.0 --sample-rate 0.05
 //! burn-dp-peer train --rank 0 --world 2 --orchestrator 10.0.0.1:29400 --host 10.0.0.1 ...
 //! ```
+//!
+//! Peers all-reduce over TCP (`TcpGroup`); with the feature `collective`, `--transport collective`
+//! uses burn-collective's `PeerGroup` instead and `probe` checks that path alone.
+
+mod demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,21 +20,21 @@ use burn::optim::SgdConfig;
 use burn_dp::{
     AccountantKind, ClippingFn, NoiseSource, PerSampleConfig, PrivacyState, PrivateSetup,
 };
-use burn_dp_distributed::demo::{self, DemoNet};
 use burn_dp_distributed::launch::{self, LocalPeers, PeerOutput};
-use burn_dp_distributed::{
-    AllReduce, AllReduceStrategy, DistributedError, DistributedTrainer, NodeConfig, PeerGroup,
-    TcpGroup,
-};
+use burn_dp_distributed::{AllReduce, DistributedError, DistributedTrainer, TcpGroup};
+#[cfg(feature = "collective")]
+use burn_dp_distributed::{AllReduceStrategy, NodeConfig, PeerGroup};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
+
+use demo::DemoNet;
 
 type B = NdArray<f32>;
 
 #[derive(Parser)]
 #[command(
     name = "burn-dp-peer",
-    about = "Data-parallel DP training on burn-collective"
+    about = "Data-parallel DP training of the demo task, one process per peer"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,6 +59,7 @@ enum Cmd {
         rest: Vec<String>,
     },
     /// Check the collective path alone: `--count` all-reduces of a small tensor.
+    #[cfg(feature = "collective")]
     Probe {
         /// This peer's rank.
         #[arg(long)]
@@ -73,6 +79,7 @@ enum Cmd {
     },
 }
 
+#[cfg(feature = "collective")]
 fn probe(
     rank: u32,
     world: u32,
@@ -110,11 +117,13 @@ fn probe(
 enum Transport {
     /// burn-collective's cross-node path (orchestrator + WebSocket). burn-collective 0.21.0
     /// completes one all-reduce per registration: use for `probe`, not for training.
+    #[cfg(feature = "collective")]
     Collective,
     /// A star all-reduce over TCP through peer 0 (at --orchestrator).
     Tcp,
 }
 
+/// burn-collective's all-reduce algorithm.
 #[derive(Clone, Copy, ValueEnum)]
 enum Strategy {
     Centralized,
@@ -133,16 +142,21 @@ struct TrainArgs {
     /// host:port of the orchestrator (hosted by peer 0 unless --no-host-orchestrator).
     #[arg(long, default_value = "127.0.0.1:29400")]
     orchestrator: String,
-    /// Peer 0 does not start the orchestrator (it runs elsewhere).
+    #[cfg_attr(not(feature = "collective"), allow(dead_code))]
+    /// Peer 0 does not start the orchestrator (it runs elsewhere; `--transport collective`).
     #[arg(long)]
     no_host_orchestrator: bool,
-    /// The host other peers reach this peer at.
+    #[cfg_attr(not(feature = "collective"), allow(dead_code))]
+    /// The host other peers reach this peer at (`--transport collective`).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
-    /// This peer's data port (default: orchestrator port + 1 + rank).
+    #[cfg_attr(not(feature = "collective"), allow(dead_code))]
+    /// This peer's data port (default: orchestrator port + 1 + rank; `--transport collective`).
     #[arg(long)]
     data_port: Option<u16>,
-    /// All-reduce algorithm between peers (burn-collective transport).
+    #[cfg_attr(not(feature = "collective"), allow(dead_code))]
+    /// All-reduce algorithm between peers (burn-collective transport; needs the feature
+    /// `collective`).
     #[arg(long, value_enum, default_value = "centralized")]
     strategy: Strategy,
     /// How peers all-reduce.
@@ -225,13 +239,35 @@ struct Report {
 }
 
 fn train(args: TrainArgs) -> Result<(), DistributedError> {
-    let device = burn::backend::ndarray::NdArrayDevice::default();
+    let timeout = Duration::try_from_secs_f64(args.timeout_s)
+        .map_err(|e| DistributedError::Config(format!("--timeout-s: {e}")))?;
+    let noise = match args.fixed_seed_for_experiments {
+        Some(seed) => NoiseSource::FixedSeedForExperiments(seed),
+        None => NoiseSource::Os,
+    };
+    match args.transport {
+        #[cfg(feature = "collective")]
+        Transport::Collective => {
+            let group = PeerGroup::<B>::join(&node_config(&args, timeout)?, Default::default())?;
+            let group = run(&args, noise, group)?;
+            group.finish()
+        }
+        Transport::Tcp => {
+            let group = TcpGroup::join(args.rank, args.world, &args.orchestrator, timeout)?;
+            run(&args, noise, group).map(|_| ())
+        }
+    }
+}
+
+/// burn-collective's settings of this peer.
+#[cfg(feature = "collective")]
+fn node_config(args: &TrainArgs, timeout: Duration) -> Result<NodeConfig, DistributedError> {
     let port = args
         .orchestrator
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse::<u16>().ok())
         .ok_or_else(|| DistributedError::Config("--orchestrator must be host:port".into()))?;
-    let config = NodeConfig {
+    Ok(NodeConfig {
         rank: args.rank,
         world: args.world,
         orchestrator: args.orchestrator.clone(),
@@ -245,24 +281,8 @@ fn train(args: TrainArgs) -> Result<(), DistributedError> {
             Strategy::Tree => AllReduceStrategy::Tree(2),
             Strategy::Ring => AllReduceStrategy::Ring,
         },
-        timeout: Duration::try_from_secs_f64(args.timeout_s)
-            .map_err(|e| DistributedError::Config(format!("--timeout-s: {e}")))?,
-    };
-    let noise = match args.fixed_seed_for_experiments {
-        Some(seed) => NoiseSource::FixedSeedForExperiments(seed),
-        None => NoiseSource::Os,
-    };
-    match args.transport {
-        Transport::Collective => {
-            let group = PeerGroup::<B>::join(&config, device)?;
-            let group = run(&args, noise, group)?;
-            group.finish()
-        }
-        Transport::Tcp => {
-            let group = TcpGroup::join(args.rank, args.world, &args.orchestrator, config.timeout)?;
-            run(&args, noise, group).map(|_| ())
-        }
-    }
+        timeout,
+    })
 }
 
 fn run<G: AllReduce<B>>(
@@ -412,6 +432,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Train(args) => train(*args),
         Cmd::Launch { peers, port, rest } => launch(peers, port, &rest),
+        #[cfg(feature = "collective")]
         Cmd::Probe {
             rank,
             world,

@@ -2,7 +2,7 @@
 //! training set with probability ½ independently; after one run the auditor guesses "in" for the
 //! `k₊` highest-scoring canaries and "out" for the `k₋` lowest, abstains on the rest, and the
 //! number of correct guesses becomes an ε lower bound by their Theorem 5.2
-//! ([`super::stats::one_run_epsilon_lower_bound`]).
+//! ([`crate::one_run_epsilon_lower_bound`]).
 //!
 //! The black-box pipeline here trains a small classifier (an MLP) with the real DP pipeline on a
 //! synthetic, public data set (Gaussian clusters); the canaries are extra examples with random
@@ -18,15 +18,12 @@ use burn_dp_accountant::{Accountant, AccountantKind, Epsilon};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::clip::ClippingFn;
-use crate::engine::{batch, DpAutodiff, PerSampleConfig};
-use crate::error::DpError;
-use crate::noise::{NoiseBackend, NoiseSource};
-use crate::privacy::PrivacyState;
-use crate::setup::PrivateSetup;
-use crate::trainer::PrivateTrainer;
+use burn_dp::{
+    mark_batch, ClippingFn, DpAutodiff, DpError, NoiseBackend, NoiseSource, PerSampleConfig,
+    PrivacyState, PrivateSetup, PrivateTrainer,
+};
 
-use super::stats::one_run_epsilon_lower_bound;
+use crate::stats::one_run_epsilon_lower_bound;
 
 /// The guesses of a one-run audit and the bound they give.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -226,7 +223,7 @@ impl BlackBoxConfig {
             let flat: Vec<f32> = rows.iter().flat_map(|&i| xs[i].clone()).collect();
             let y: Vec<i64> = rows.iter().map(|&i| ys[i]).collect();
             (
-                batch(Tensor::<DpAutodiff<B>, 2>::from_data(
+                mark_batch(Tensor::<DpAutodiff<B>, 2>::from_data(
                     TensorData::new(flat, [rows.len(), FEATURES]),
                     device,
                 )),

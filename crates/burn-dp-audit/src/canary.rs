@@ -22,15 +22,12 @@ use burn::tensor::{Tensor, TensorData};
 use burn_dp_accountant::{Accountant, AccountantKind, Epsilon};
 use rand::Rng;
 
-use crate::clip::ClippingFn;
-use crate::engine::{batch, DpAutodiff, PerSampleConfig};
-use crate::error::DpError;
-use crate::noise::{NoiseBackend, NoiseSource};
-use crate::privacy::PrivacyState;
-use crate::setup::PrivateSetup;
-use crate::trainer::PrivateTrainer;
+use burn_dp::{
+    mark_batch, ClippingFn, DpAutodiff, DpError, NoiseBackend, NoiseSource, PerSampleConfig,
+    PrivacyState, PrivateSetup, PrivateTrainer,
+};
 
-use super::scores::Scores;
+use crate::scores::Scores;
 
 /// Coordinates reserved for the background examples.
 pub const BACKGROUND_DIM: usize = 8;
@@ -215,7 +212,7 @@ impl GradientCanaryConfig {
             .iter()
             .flat_map(|&i| data[i].iter().copied())
             .collect();
-        batch(Tensor::from_data(
+        mark_batch(Tensor::from_data(
             TensorData::new(flat, [indices.len(), self.dim()]),
             device,
         ))

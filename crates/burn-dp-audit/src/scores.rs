@@ -7,8 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::stats::{self, clopper_pearson, Interval};
-use crate::error::DpError;
+use crate::stats::{self, clopper_pearson, Interval};
+use burn_dp::DpError;
 
 /// Scores of canary observations: higher should mean "the canary was in".
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

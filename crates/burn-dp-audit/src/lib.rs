@@ -1,4 +1,7 @@
-//! Empirical privacy audits: a statistical **lower bound** on ε measured from the real pipeline.
+//! # burn-dp-audit
+//!
+//! Empirical privacy audits of [burn-dp](burn_dp): a statistical **lower bound** on ε measured
+//! from the real pipeline. The `burn-dp audit` command (crate `burn-dp-cli`) runs them.
 //!
 //! An accountant proves an upper bound on ε *if* the implementation does what the accountant
 //! assumes. An audit checks that from the outside: it runs the pipeline (engine, clipping, DP
@@ -18,21 +21,30 @@
 //!
 //! Everything runs on the calling thread (burn-autodiff 0.21, tracel-ai/burn#5573): run several
 //! processes to audit in parallel.
+#![warn(missing_docs)]
 
-pub mod canary;
-pub mod one_run;
-pub mod scores;
-pub mod stats;
+mod canary;
+mod one_run;
+mod scores;
+mod stats;
 
 use burn_dp_accountant::Epsilon;
 use serde::{Deserialize, Serialize};
 
-pub use canary::{collect_scores, CanaryRun, GradientCanaryConfig, LinearProbe};
-pub use one_run::{one_run_bound, BlackBoxConfig, BlackBoxOutcome, OneRunBound};
-pub use scores::{analyse_scores, roc_curve, EvaluatedTest, ScoreAnalysis, Scores, Side, World};
-pub use stats::{clopper_pearson, Interval};
+pub use canary::{
+    collect_scores, CanaryRun, GradientCanaryConfig, LinearProbe, AUDIT_LR, BACKGROUND_DIM,
+    CANARY_SCALE,
+};
+pub use one_run::{one_run_bound, BlackBoxConfig, BlackBoxOutcome, OneRunBound, SmallClassifier};
+pub use scores::{
+    analyse_scores, roc_curve, EvaluatedTest, ScoreAnalysis, Scores, Side, Test, World,
+};
+pub use stats::{
+    clopper_pearson, epsilon_from_rates, gdp_delta, gdp_epsilon, gdp_mu_from_errors,
+    one_run_epsilon_lower_bound, one_run_p_value, Interval,
+};
 
-use crate::error::DpError;
+use burn_dp::{DpError, NoiseBackend};
 
 /// The outcome of a white-box audit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,7 +79,7 @@ impl WhiteBoxReport {
 
 /// The white-box audit in one call: `runs` runs of `config` on the calling thread, then the
 /// statistics at `confidence` (e.g. 0.95).
-pub fn white_box_audit<B: crate::noise::NoiseBackend>(
+pub fn white_box_audit<B: NoiseBackend>(
     config: &GradientCanaryConfig,
     runs: usize,
     confidence: f64,

@@ -5,7 +5,7 @@
 
 use statrs::distribution::{Beta, Binomial, ContinuousCDF, Discrete, DiscreteCDF, Normal};
 
-use crate::error::DpError;
+use burn_dp::DpError;
 
 /// A two-sided confidence interval `[lower, upper]` for a proportion.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -6,14 +6,11 @@ use burn::optim::SgdConfig;
 use burn::tensor::{Tensor, TensorData};
 use burn_dp_accountant::AccountantKind;
 
-use super::canary::AUDIT_LR;
 use super::*;
-use crate::clip::ClippingFn;
-use crate::engine::{clipped_backward_masked, DpAutodiff, PerSampleConfig};
-use crate::noise::NoiseSource;
-use crate::optim::DpOptimizer;
-use crate::sampling::PhysicalBatch;
-use crate::sampling::PoissonSampler;
+use burn_dp::{
+    clipped_backward_masked, ClippingFn, DpAutodiff, DpOptimizer, NoiseSource, PerSampleConfig,
+    PhysicalBatch, PoissonSampler,
+};
 
 type Inner = NdArray<f32>;
 type Dp = DpAutodiff<Inner>;
@@ -89,13 +86,13 @@ fn broken_run(c: &GradientCanaryConfig, membership: &[bool], breakage: Breakage)
     for _ in 0..c.steps {
         let before = model.weights();
         let x = c.inputs::<Inner>(&data, &background, &dev);
-        optim.backward_unpadded(&model, model.losses(x)).unwrap();
+        backward_unpadded(&mut optim, &model, model.losses(x));
         if !canaries.is_empty() {
             match breakage {
                 Breakage::CanaryCountedTwice => {
                     for _ in 0..2 {
                         let x = c.inputs::<Inner>(&data, &canaries, &dev);
-                        optim.backward_unpadded(&model, model.losses(x)).unwrap();
+                        backward_unpadded(&mut optim, &model, model.losses(x));
                     }
                 }
                 // ANCHOR: broken_unclipped
@@ -261,4 +258,14 @@ fn bad_input_is_a_typed_error() {
     };
     assert!(analyse_scores(&nan, 1e-5, 0.95).is_err());
     assert!(one_run_bound(&[1.0, 2.0], &[true, false], 2, 1, 1e-5, 0.95).is_err());
+}
+
+/// `DpOptimizer::backward` on a physical batch whose rows are all real.
+fn backward_unpadded<O>(
+    optim: &mut DpOptimizer<O, Inner>,
+    model: &LinearProbe<Dp>,
+    losses: Tensor<Dp, 1>,
+) {
+    let rows = PhysicalBatch::unpadded((0..losses.dims()[0]).collect());
+    optim.backward(model, losses, &rows).unwrap();
 }
