@@ -10,6 +10,7 @@
 //! - [`clipping_styles`]: per-layer and group clipping, and their configuration errors.
 //! - [`fail_closed`]: the typed errors for models whose gradients mix samples.
 //! - [`readme`]: the crate README's example, compiled and run (its Rust block is verbatim there).
+//! - [`public_then_private`]: public pre-training on `DpAutodiff`, then DP-BiTFiT and DP full.
 //! - [`support`]: fixture reading, the engine runner, the oracle and the comparisons.
 //!
 //! Fixtures are read from `$BURN_DP_FIXTURES` when set, else from the crate's `tests/fixtures`;
@@ -26,5 +27,6 @@ mod fail_closed;
 mod frozen;
 mod layers;
 mod oracle;
+mod public_then_private;
 mod readme;
 mod support;
