@@ -300,7 +300,9 @@ impl ModelConfig for LlamaConfig {
                 self.head_dim
             )));
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 1.0) || !self.rope_theta.is_finite() {
+        let eps_ok = self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0;
+        let theta_ok = self.rope_theta.is_finite() && self.rope_theta > 1.0;
+        if !eps_ok || !theta_ok {
             return Err(ImportError::Config(format!(
                 "rms_norm_eps {} must be positive and rope_theta {} a finite number above 1",
                 self.rms_norm_eps, self.rope_theta

@@ -159,7 +159,7 @@ fn llama_tiny_lora_per_sample_gradients() {
         let grads = GradientsParams::from_grads(loss.sum().backward(), &m);
         for (id, path, g) in &per_sample {
             let expected = grad_of(&grads, *id).unwrap_or_else(|| panic!("no gradient for {path}"));
-            let row = g.clone().slice([i..i + 1]).reshape([expected.len() as i32]);
+            let row = g.clone().narrow(0, i, 1).reshape([expected.len() as i32]);
             let e = rel_err_vec(&to_vec(row), &expected);
             worst = worst.max(e);
             assert!(
