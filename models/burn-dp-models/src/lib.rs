@@ -35,7 +35,7 @@ pub use loss::{cross_entropy_per_sample, lm_loss_per_sample};
 pub use onnx::{OnnxFile, OnnxWeights};
 pub use pretrained::{ImageBatch, ModelConfig, PretrainedModel, TokenBatch};
 pub use resnet::{BlockKind, Norm, ResNet, ResNetConfig};
-pub use st::SafetensorsFile;
+pub use st::{save_state_dict, SafetensorsFile};
 pub use vit::{ViTConfig, ViTForImageClassification};
 
 #[cfg(test)]

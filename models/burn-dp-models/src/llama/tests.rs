@@ -330,6 +330,16 @@ fn lora_adapters_add_merge_save_and_load() {
     // Saved on their own (PEFT names and layout), loaded into fresh adapters.
     let dir = std::env::temp_dir().join(format!("burn-dp-lora-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // The merged model exported as an HF state dict (tied head stored once) loads back.
+    let export = dir.join("model.safetensors");
+    let n = crate::st::save_state_dict::<B, _>(&merged, &export).unwrap();
+    assert_eq!(n, merged.torch_params().len());
+    let file = SafetensorsFile::open(&export).unwrap();
+    assert!(file.contains("model.embed_tokens.weight") && !file.contains("lm_head.weight"));
+    let reloaded =
+        Llama::<B>::from_safetensors(&tiny(), &export, &dev(), LoadOptions::default()).unwrap();
+    assert!(max_diff(with.clone(), reloaded.forward(x.clone(), None)) < 1e-5);
+
     let path = dir.join("adapter_model.safetensors");
     assert_eq!(save_adapters::<B, _>(&m, &lora, &path).unwrap(), 8);
     let file = SafetensorsFile::open(&path).unwrap();

@@ -57,37 +57,13 @@ pub fn save_adapters<B: Backend, M: Module<B>>(
             "the model has no LoRA adapter to save: add adapters first (`with_lora`)".into(),
         ));
     }
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(n, t)| {
-            let b = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (n, t.shape, b)
-        })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(n, s, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (n.clone(), v))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ImportError::Safetensors {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
     let metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("r".to_string(), config.rank.to_string()),
         ("lora_alpha".to_string(), config.alpha.to_string()),
         ("target_modules".to_string(), config.targets.join(",")),
     ]);
-    safetensors::serialize_to_file(views, &Some(metadata), path).map_err(|e| {
-        ImportError::Safetensors {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }
-    })?;
-    Ok(bytes.len())
+    crate::st::write_f32(tensors, metadata, path)
 }
 
 /// Loads the adapters of `model` (built with the same [`LoraConfig`], e.g. by

@@ -90,12 +90,10 @@ fn llama_family_logits_and_names() {
         assert_eq!(ours, theirs, "{model}: parameter names");
     }
     let r = Reference::open("llama-tiny");
-    check_logits(
-        "llama-tiny + LoRA",
-        &load_adapted::<B>("llama-tiny", &r),
-        &r,
-        "lora.",
-    );
+    let adapted = load_adapted::<B>("llama-tiny", &r);
+    check_logits("llama-tiny + LoRA", &adapted, &r, "lora.");
+    let merged = adapted.merge_adapters();
+    check_logits("llama-tiny + LoRA, merged", &merged, &r, "lora.");
 }
 
 fn token_losses(r: &Reference) -> impl Fn(&Llama<Dp>) -> Tensor<Dp, 1> {
