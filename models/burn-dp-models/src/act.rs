@@ -19,6 +19,8 @@ pub enum Activation {
     GeluTanh,
     /// ReLU.
     Relu,
+    /// SiLU (swish), `x * sigmoid(x)` (HF `silu`; the gate of Llama's SwiGLU MLP).
+    Silu,
 }
 
 impl Activation {
@@ -28,6 +30,7 @@ impl Activation {
             "gelu" => Ok(Self::Gelu),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Self::GeluTanh),
             "relu" => Ok(Self::Relu),
+            "silu" | "swish" => Ok(Self::Silu),
             other => Err(ImportError::Config(format!(
                 "unsupported activation `{other}`"
             ))),
@@ -57,6 +60,7 @@ impl Activation {
                 x.mul_scalar(0.5) * (inner.tanh() + 1.0)
             }
             Self::Relu => burn::tensor::activation::relu(x),
+            Self::Silu => burn::tensor::activation::silu(x),
         }
     }
 }

@@ -205,6 +205,46 @@ impl TorchParam {
     }
 }
 
+struct ValueCollector<F: Fn(&str) -> bool> {
+    path: PathStack,
+    keep: F,
+    out: Vec<(String, RawTensor)>,
+}
+
+impl<B: Backend, F: Fn(&str) -> bool> ModuleVisitor<B> for ValueCollector<F> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let name = self.path.torch_name();
+        if !(self.keep)(&name) {
+            return;
+        }
+        let data = param.val().into_data().convert::<f32>();
+        let shape = data.shape.as_slice().to_vec();
+        let values = data.into_vec::<f32>().unwrap_or_default();
+        self.out.push((name, RawTensor::new(shape, values)));
+    }
+}
+
+/// The values of every float parameter of `module` whose torch name satisfies `keep`, in burn
+/// layout, in visiting order.
+pub(crate) fn param_values<B: Backend, M: Module<B>>(
+    module: &M,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<(String, RawTensor)> {
+    let mut c = ValueCollector {
+        path: PathStack::default(),
+        keep,
+        out: Vec::new(),
+    };
+    module.visit(&mut c);
+    c.out
+}
+
 /// Every float parameter of `module` with its torch name and layout under the model's rules.
 pub(crate) fn torch_params_with<B: Backend, M: Module<B>, R: NameRules>(
     module: &M,
@@ -262,6 +302,10 @@ pub(crate) trait NameRules {
     /// Names to look the tensor up under, in order.
     fn aliases(&self, name: &str) -> Vec<String> {
         vec![name.to_string()]
+    }
+    /// Parameters the loader leaves as they are (a partial load, such as adapters only).
+    fn skip(&self, _name: &str) -> bool {
+        false
     }
 }
 
@@ -327,6 +371,9 @@ impl<'a, B: Backend, S: TensorSource, R: NameRules> ModuleMapper<B> for Loader<'
             return param;
         }
         let name = self.path.torch_name();
+        if self.rules.skip(&name) {
+            return param;
+        }
         let is_linear = self.containers.last().map(String::as_str) == Some("Struct:Linear")
             && self.path.stack.last().map(|(n, _)| n.as_str()) == Some("weight");
         let layout = self.rules.layout(&name, is_linear);

@@ -8,6 +8,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::ImportError;
 use crate::load::{RawTensor, TensorSource};
+use crate::pretrained::PretrainedModel;
 
 /// An integer tensor: (shape, values).
 pub type IntTensor = (Vec<usize>, Vec<i64>);
@@ -158,4 +159,54 @@ impl TensorSource for SafetensorsFile {
     fn fetch(&mut self, name: &str) -> Result<Option<RawTensor>, ImportError> {
         self.read_f32(name)
     }
+}
+
+/// Writes f32 tensors (`name`, torch-layout tensor) and `metadata` to a safetensors file.
+pub(crate) fn write_f32(
+    tensors: Vec<(String, RawTensor)>,
+    metadata: std::collections::HashMap<String, String>,
+    path: &Path,
+) -> Result<usize, ImportError> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, t)| {
+            let b = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (n, t.shape, b)
+        })
+        .collect();
+    let safetensors_err = |message: String| ImportError::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    };
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| safetensors_err(e.to_string()))?;
+    safetensors::serialize_to_file(views, &Some(metadata), path)
+        .map_err(|e| safetensors_err(e.to_string()))?;
+    Ok(bytes.len())
+}
+
+/// Saves the parameters of `model` as a PyTorch / HF state dict (torch names and layouts, f32),
+/// e.g. a Llama with its LoRA adapters merged, for transformers to load; returns how many
+/// tensors were written. A tied head is stored once, under the embedding's name.
+pub fn save_state_dict<B: burn::prelude::Backend, M: PretrainedModel<B>>(
+    model: &M,
+    path: impl AsRef<Path>,
+) -> Result<usize, ImportError> {
+    let params = model.torch_params();
+    let tensors = crate::load::param_values::<B, M>(model, |_| true)
+        .into_iter()
+        .zip(&params)
+        .map(|((name, t), p)| {
+            debug_assert_eq!(name, p.name, "one visiting order");
+            (
+                name,
+                RawTensor::new(p.torch_shape(), p.burn_to_torch(&t.data)),
+            )
+        })
+        .collect();
+    let metadata = [("format".to_string(), "pt".to_string())].into();
+    write_f32(tensors, metadata, path.as_ref())
 }

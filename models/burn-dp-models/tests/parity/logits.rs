@@ -9,7 +9,12 @@ use burn_dp_models::{
 
 use crate::support::{fixture, rel_err, Reference, B, TOL};
 
-fn check<const D: usize>(what: &str, logits: Tensor<B, D>, loss: Tensor<B, 1>, r: &Reference) {
+pub(crate) fn check<const D: usize>(
+    what: &str,
+    logits: Tensor<B, D>,
+    loss: Tensor<B, 1>,
+    r: &Reference,
+) {
     let el = rel_err(logits, r.float::<D>("logits"));
     let ep = rel_err(loss, r.float::<1>("loss_per_sample"));
     println!("{what:<48} logits rel err {el:.3e}   loss rel err {ep:.3e}");

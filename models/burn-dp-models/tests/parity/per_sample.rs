@@ -21,7 +21,7 @@ use burn_dp_models::{
 use crate::relu_kinks;
 use crate::support::{fixture, load_resnet, max_abs, Reference, B, TOL};
 
-type Dp = DpAutodiff<B>;
+pub(crate) type Dp = DpAutodiff<B>;
 
 /// A reference clipped sum whose largest entry is below this fraction of the largest entry of
 /// all sums of its kind is rounding noise of a gradient that is zero in exact arithmetic (the
@@ -38,17 +38,35 @@ struct Worst {
 }
 
 /// Norm modes of the transformers, which are cheap on NdArray.
-const ALL_MODES: &[NormMode] = &[NormMode::Ghost, NormMode::Instantiate, NormMode::Auto];
+pub(crate) const ALL_MODES: &[NormMode] = &[NormMode::Ghost, NormMode::Instantiate, NormMode::Auto];
 /// Norm modes of the ResNets. A pass takes ~10 s there (burn-ndarray's direct convolution
 /// backward, as slow for plain `Autodiff<NdArray>`), so `Auto`, which only picks Ghost or
 /// Instantiate per layer, both checked here, is left out.
 const RESNET_MODES: &[NormMode] = &[NormMode::Ghost, NormMode::Instantiate];
 
 /// Checks norms and clipped sums of `model` against the reference `name` in each of `modes`,
-/// with all parameters trainable and bias-only; panics listing every failure.
-fn dp_parity<M: AutodiffModule<Dp>>(
+/// with all parameters trainable and, for a model with biases (the reference's `bias_params`),
+/// bias-only; panics listing every failure.
+pub(crate) fn dp_parity<M: AutodiffModule<Dp>>(
     name: &str,
     model: M,
+    params: &[TorchParam],
+    modes: &[NormMode],
+    losses: impl Fn(&M) -> Tensor<Dp, 1>,
+) {
+    let r = Reference::open(name);
+    let mut settings = vec![("all", "", model.clone(), r.meta_f64("abadi_c"))];
+    if r.file.metadata().expect("metadata")["bias_params"] != "[]" {
+        let bias_only = burn_dp_models::freeze_all_but(model, |n| n.ends_with(".bias"));
+        settings.push(("bitfit", "bitfit.", bias_only, r.meta_f64("bitfit_abadi_c")));
+    }
+    dp_parity_settings(name, &settings, params, modes, losses);
+}
+
+/// [`dp_parity`] for explicit trainable sets: `(what, reference prefix, model, Abadi's C)`.
+pub(crate) fn dp_parity_settings<M: AutodiffModule<Dp>>(
+    name: &str,
+    settings: &[(&str, &str, M, f64)],
     params: &[TorchParam],
     modes: &[NormMode],
     losses: impl Fn(&M) -> Tensor<Dp, 1>,
@@ -57,14 +75,9 @@ fn dp_parity<M: AutodiffModule<Dp>>(
     let r = &Reference::open(name);
     let by_id: HashMap<ParamId, &TorchParam> = params.iter().map(|p| (p.id, p)).collect();
     let gamma = r.meta_f64("gamma");
-    let bias_only = burn_dp_models::freeze_all_but(model.clone(), |n| n.ends_with(".bias"));
-    let settings = [
-        ("all", "", model, r.meta_f64("abadi_c")),
-        ("bitfit", "bitfit.", bias_only, r.meta_f64("bitfit_abadi_c")),
-    ];
     let mut failures = Vec::new();
     let mut zero = BTreeSet::new();
-    for (what, prefix, m, c) in &settings {
+    for (what, prefix, m, c) in settings {
         let expected_norms = r.raw(&format!("{prefix}grad_norm"));
         let expected_names = r.names_with_prefix(&format!("{prefix}auto_clip_sum."));
         assert_eq!(
@@ -172,7 +185,7 @@ fn dp_parity<M: AutodiffModule<Dp>>(
     }
     println!(
         "{name}: {} per-sample passes in {:.1?}",
-        4 * modes.len(),
+        2 * settings.len() * modes.len(),
         start.elapsed()
     );
     assert!(

@@ -1,0 +1,104 @@
+//! Loading HF `LlamaForCausalLM` / `Qwen2ForCausalLM` state dicts, and the per-sample loss.
+
+use burn::prelude::*;
+
+use super::config::LlamaConfig;
+use super::model::Llama;
+use crate::error::ImportError;
+use crate::load::{Layout, LoadOptions, NameRules, TensorSource, TorchParam};
+use crate::onnx::{OnnxFile, OnnxWeights};
+use crate::pretrained::{ModelConfig, PretrainedModel, TokenBatch};
+
+/// Torch names and layouts of a Llama model.
+pub(crate) struct LlamaRules;
+
+impl NameRules for LlamaRules {
+    fn layout(&self, name: &str, is_linear: bool) -> Layout {
+        // Every projection (a `LoraLinear`, whose base weight is no burn `Linear`), the untied
+        // head and the adapters are torch `Linear`s, stored `[out, in]`.
+        if is_linear || name.ends_with("_proj.weight") {
+            Layout::Transposed
+        } else {
+            Layout::Same
+        }
+    }
+    fn aliases(&self, name: &str) -> Vec<String> {
+        let mut v = vec![name.to_string()];
+        if let Some(rest) = name.strip_prefix("model.") {
+            // A bare `LlamaModel` state dict has no `model.` prefix.
+            v.push(rest.to_string());
+        }
+        v
+    }
+}
+
+/// HF weights: a `LlamaForCausalLM` / `Qwen2ForCausalLM` state dict (or a bare `LlamaModel`
+/// one, without the `model.` prefix); a tied head is stored once, as `model.embed_tokens.weight`.
+impl<B: Backend> PretrainedModel<B> for Llama<B> {
+    type Config = LlamaConfig;
+    type Batch = TokenBatch<B>;
+
+    /// Load from any source of torch-named tensors. Adapters (a model built with
+    /// [`Llama::with_lora`]) are not in a base checkpoint: load the base, then add adapters,
+    /// then [`crate::lora::adapters::load_adapters`]. A tied configuration refuses a checkpoint
+    /// whose `lm_head.weight` differs from its token embedding (an untied model: load it with
+    /// `with_tied_head(false)`).
+    fn from_source<S: TensorSource>(
+        config: &LlamaConfig,
+        source: &mut S,
+        device: &B::Device,
+        options: LoadOptions,
+    ) -> Result<Self, ImportError> {
+        config.validate()?;
+        if config.tie_word_embeddings {
+            check_tied_head(source)?;
+        }
+        crate::load::load_params(config.init(device), source, &LlamaRules, options)
+    }
+
+    /// Not implemented for Llama models yet: a typed [`ImportError::OnnxLayout`] saying to load
+    /// the safetensors state dict instead.
+    fn onnx_weights(_config: &LlamaConfig, file: OnnxFile) -> Result<OnnxWeights, ImportError> {
+        Err(ImportError::OnnxLayout {
+            node: file.path().display().to_string(),
+            message: "ONNX import of Llama-family models is not implemented: load the HF \
+                      safetensors state dict with `Llama::from_safetensors`"
+                .into(),
+        })
+    }
+
+    fn torch_params(&self) -> Vec<TorchParam> {
+        crate::load::torch_params_with::<B, _, _>(self, &LlamaRules)
+    }
+
+    /// Mean next-token cross-entropy over the T-1 predicted positions of each sample.
+    fn loss_per_sample(&self, batch: impl Into<TokenBatch<B>>) -> Tensor<B, 1> {
+        let TokenBatch {
+            input_ids,
+            position_ids,
+        } = batch.into();
+        let logits = self.forward(input_ids.clone(), position_ids);
+        crate::loss::lm_loss_per_sample(logits, input_ids)
+    }
+}
+
+/// A tied head needs the source's `lm_head.weight`, where it has one, to be the token
+/// embedding; anything else is an untied checkpoint.
+fn check_tied_head<S: TensorSource>(source: &mut S) -> Result<(), ImportError> {
+    let Some(head) = source.fetch("lm_head.weight")? else {
+        return Ok(());
+    };
+    for name in ["model.embed_tokens.weight", "embed_tokens.weight"] {
+        if let Some(table) = source.fetch(name)? {
+            if table.shape != head.shape || table.data != head.data {
+                return Err(ImportError::Config(format!(
+                    "the configuration ties the output head to the token embedding, but the \
+                     checkpoint's `lm_head.weight` differs from its `{name}` (an untied \
+                     model): load it with `LlamaConfig::with_tied_head(false)`"
+                )));
+            }
+            return Ok(());
+        }
+    }
+    Ok(())
+}

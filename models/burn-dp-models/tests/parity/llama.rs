@@ -1,0 +1,184 @@
+//! The Llama-family port and its LoRA adapters against transformers' `LlamaForCausalLM` /
+//! `Qwen2ForCausalLM` (references written by `tools/fixtures/llama.py`, float64 in PyTorch).
+//!
+//! - `llama-tiny`: GQA (4 query / 2 KV heads), tied head, no biases, and a sequence length equal
+//!   to the batch size (6 × 6): the rotary table has as many rows as the batch and must not be
+//!   taken for batch data. Its `lora.*` references: a plain LoRA (r = 4, α = 8) on `q_proj` and
+//!   `v_proj`, only the adapters trainable.
+//! - `qwen2-tiny`: one KV head for four query heads, q/k/v biases (DP-BiTFiT too), untied head.
+//!
+//! Logits and per-sample losses within 1e-4; per-sample gradient norms and automatic / Abadi
+//! clipped sums within 1e-4 in every norm mode; the adapters' per-sample gradients also against
+//! a batch-of-one loop.
+
+use burn::module::ParamId;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn_dp::PerSample;
+use burn_dp_models::lora::adapters::load_adapters;
+use burn_dp_models::{
+    freeze_all_but, is_adapter_param, Llama, LlamaConfig, LoadOptions, LoraConfig, PretrainedModel,
+};
+
+use crate::per_sample::{dp_parity, dp_parity_settings, Dp, ALL_MODES};
+use crate::support::{fixture, rel_err, rel_err_vec, to_vec, Reference, B, TOL};
+
+fn load<BK: Backend>(model: &str, r: &Reference) -> Llama<BK> {
+    let cfg = LlamaConfig::from_hf_json(&r.config).expect("config");
+    Llama::<BK>::from_safetensors(
+        &cfg,
+        fixture(&format!("{model}.weights.safetensors")),
+        &Default::default(),
+        LoadOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{model}: {e}"))
+}
+
+/// The LoRA settings of the reference's `lora` metadata.
+fn lora_config(r: &Reference) -> LoraConfig {
+    let v: serde_json::Value =
+        serde_json::from_str(&r.file.metadata().expect("metadata")["lora"]).expect("lora json");
+    let targets: Vec<&str> = v["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    LoraConfig::new(
+        v["r"].as_u64().expect("r") as usize,
+        v["alpha"].as_f64().expect("alpha"),
+        &targets,
+    )
+}
+
+/// The base model with the reference's adapters loaded from `<model>.lora.safetensors`.
+fn load_adapted<BK: Backend>(model: &str, r: &Reference) -> Llama<BK> {
+    let lora = lora_config(r);
+    let m = load::<BK>(model, r)
+        .with_lora(&lora, &Default::default())
+        .expect("adapters");
+    load_adapters::<BK, _>(m, &lora, fixture(&format!("{model}.lora.safetensors")))
+        .expect("adapter file")
+}
+
+fn check_logits(what: &str, m: &Llama<B>, r: &Reference, prefix: &str) {
+    let ids = r.int::<2>("input");
+    let el = rel_err(
+        m.forward(ids.clone(), None),
+        r.float::<3>(&format!("{prefix}logits")),
+    );
+    let ep = rel_err(
+        m.loss_per_sample(ids),
+        r.float::<1>(&format!("{prefix}loss_per_sample")),
+    );
+    println!("{what:<36} logits rel err {el:.3e}   loss rel err {ep:.3e}");
+    assert!(el < TOL, "{what}: logits relative error {el:e}");
+    assert!(ep < TOL, "{what}: loss relative error {ep:e}");
+}
+
+#[test]
+fn llama_family_logits_and_names() {
+    for model in ["llama-tiny", "qwen2-tiny"] {
+        let r = Reference::open(model);
+        let m = load::<B>(model, &r);
+        check_logits(model, &m, &r, "");
+        let params: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&r.file.metadata().unwrap()["params"]).unwrap();
+        let mut ours: Vec<String> = m.torch_params().into_iter().map(|p| p.name).collect();
+        ours.sort();
+        let theirs: Vec<String> = params.keys().cloned().collect();
+        assert_eq!(ours, theirs, "{model}: parameter names");
+    }
+    let r = Reference::open("llama-tiny");
+    let adapted = load_adapted::<B>("llama-tiny", &r);
+    check_logits("llama-tiny + LoRA", &adapted, &r, "lora.");
+    let merged = adapted.merge_adapters();
+    check_logits("llama-tiny + LoRA, merged", &merged, &r, "lora.");
+}
+
+fn token_losses(r: &Reference) -> impl Fn(&Llama<Dp>) -> Tensor<Dp, 1> {
+    let ids = r.int::<2>("input").into_data();
+    move |m: &Llama<Dp>| {
+        // Token ids need no batch mark: the embedding lookup marks its output.
+        m.loss_per_sample(Tensor::<Dp, 2, Int>::from_data(
+            ids.clone(),
+            &Default::default(),
+        ))
+    }
+}
+
+#[test]
+fn llama_tiny_per_sample_gradients() {
+    let r = Reference::open("llama-tiny");
+    assert_eq!(
+        r.int::<2>("input").dims(),
+        [6, 6],
+        "T equal to the batch size"
+    );
+    let m = load::<Dp>("llama-tiny", &r);
+    let params = m.torch_params();
+    dp_parity("llama-tiny", m, &params, ALL_MODES, token_losses(&r));
+}
+
+#[test]
+fn qwen2_tiny_per_sample_gradients() {
+    let r = Reference::open("qwen2-tiny");
+    let m = load::<Dp>("qwen2-tiny", &r);
+    let params = m.torch_params();
+    dp_parity("qwen2-tiny", m, &params, ALL_MODES, token_losses(&r));
+}
+
+#[test]
+fn llama_tiny_lora_per_sample_gradients() {
+    let r = Reference::open("llama-tiny");
+    let m = freeze_all_but(load_adapted::<Dp>("llama-tiny", &r), is_adapter_param);
+    let params = m.torch_params();
+    let c = r.meta_f64("lora_abadi_c");
+    let settings = [("lora", "lora.", m.clone(), c)];
+    dp_parity_settings(
+        "llama-tiny",
+        &settings,
+        &params,
+        ALL_MODES,
+        token_losses(&r),
+    );
+
+    // The same per-sample gradients against a batch-of-one loop (ordinary backward passes).
+    let losses = token_losses(&r);
+    let per_sample = burn_dp::per_sample_gradients(&m, losses(&m)).expect("per-sample");
+    assert_eq!(per_sample.len(), 8, "2 layers x (q, v) x (A, B)");
+    let ids = r.int::<2>("input").into_data();
+    let [b, t] = [ids.shape[0], ids.shape[1]];
+    let all: Vec<i64> = ids.to_vec().expect("ids");
+    let mut worst = 0.0f64;
+    for i in 0..b {
+        let one = TensorData::new(all[i * t..(i + 1) * t].to_vec(), [1, t]);
+        let loss = m.loss_per_sample(Tensor::<Dp, 2, Int>::from_data(one, &Default::default()));
+        let grads = GradientsParams::from_grads(loss.sum().backward(), &m);
+        for (id, path, g) in &per_sample {
+            let expected = grad_of(&grads, *id).unwrap_or_else(|| panic!("no gradient for {path}"));
+            let row = g.clone().narrow(0, i, 1).reshape([expected.len() as i32]);
+            let e = rel_err_vec(&to_vec(row), &expected);
+            worst = worst.max(e);
+            assert!(
+                e < TOL,
+                "sample {i} {path}: rel err {e:.3e} against batch of one"
+            );
+        }
+    }
+    println!(
+        "llama-tiny LoRA per-sample gradients vs batch-of-one loop: worst rel err {worst:.2e}"
+    );
+}
+
+/// A 2-D parameter gradient from a batch-of-one backward, flattened.
+fn grad_of(grads: &GradientsParams, id: ParamId) -> Option<Vec<f32>> {
+    let g = grads.get::<PerSample<B>, 2>(id)?;
+    let numel = g.shape().num_elements();
+    Some(
+        burn_dp::lower(g.reshape([numel]))
+            .into_data()
+            .to_vec()
+            .expect("f32"),
+    )
+}
