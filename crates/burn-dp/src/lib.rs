@@ -18,9 +18,11 @@ pub mod clip;
 pub mod engine;
 pub mod error;
 pub mod freeze;
+pub mod loss;
 pub mod memory;
 pub mod noise;
 pub mod optim;
+pub mod plain;
 pub mod privacy;
 pub mod profile;
 pub mod rules;
@@ -39,11 +41,16 @@ pub use engine::{
 };
 pub use error::DpError;
 pub use freeze::{freeze, FreezePolicy, FreezeReport};
+pub use loss::{
+    LossError, PerSampleCrossEntropy, PerSampleCrossEntropyConfig, PerSampleLmLoss,
+    PerSampleLmLossConfig, PerSampleMse,
+};
 pub use memory::{DeviceMemory, DeviceMemoryUsage};
 pub use noise::{NoiseBackend, NoiseSource};
 pub use optim::{
     BatchStats, BatchStatsValues, DpCheckpointState, DpOptimizer, NoiseShare, StepStats,
 };
+pub use plain::into_plain_model;
 pub use privacy::{BudgetPolicy, PrivacyState};
 pub use rules::NormMode;
 pub use sampling::{LogicalBatch, PhysicalBatch, PoissonSampler};
