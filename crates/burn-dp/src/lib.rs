@@ -5,8 +5,13 @@
 //! clipping with flat, per-layer and group styles, DP optimizers with Gaussian noise from ChaCha20,
 //! Poisson sampling, accounting (RDP, PRV, GDP) and checkpoints.
 //!
-//! Swap `Autodiff<B>` for [`DpAutodiff<B>`], mark float inputs with [`batch`], compute one loss per
-//! sample, and let a [`DpOptimizer`] run the backward pass and the step.
+//! Swap `Autodiff<B>` for [`DpAutodiff<B>`], mark float inputs with [`mark_batch`], compute one
+//! loss per sample (the per-sample losses of [`loss`]), and let a [`PrivateTrainer`] run the loop:
+//! [`PrivateTrainer::step`] draws a Poisson batch, asks for its per-sample losses, clips, adds
+//! noise, steps and accounts. [`PrivateSetup`] holds the settings (clipping, [`PrivacyState`] with
+//! σ calibrated to a target ε, data set size, physical batch size, [`NoiseSource`]);
+//! [`into_plain_model`] moves the trained model to the plain backend `B`. The lower-level pieces
+//! ([`PoissonSampler`], [`DpOptimizer`], [`clipped_backward`]) stay public for other loops.
 //!
 //! See `ARCHITECTURE.md` at the repository root for how it works.
 
@@ -36,8 +41,8 @@ pub use burn_dp_accountant as accounting;
 pub use burn_dp_accountant::{AccountantKind, Epsilon, Schedule};
 pub use clip::{Clipping, ClippingFn, ClippingStyle, ParamGroup, ParamSelector};
 pub use engine::{
-    batch, batch_inner, clipped_backward, lower, mark_batch, per_sample_gradients, wrap_independent,
-    ClippedGradients, DpAutodiff, PerSampleConfig,
+    batch, batch_inner, clipped_backward, lower, mark_batch, per_sample_gradients,
+    wrap_independent, ClippedGradients, DpAutodiff, PerSampleConfig,
 };
 pub use error::DpError;
 pub use freeze::{freeze, FreezePolicy, FreezeReport};
