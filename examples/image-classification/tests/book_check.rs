@@ -377,8 +377,7 @@ fn used_names(code: &str) -> HashSet<String> {
                 .take(2)
                 .collect();
             let capitalised = name.chars().next().is_some_and(|c| c.is_uppercase());
-            let used_as_item =
-                rest.starts_with("::") || rest.starts_with(|c| matches!(c, '(' | '{' | '<' | '!'));
+            let used_as_item = rest.starts_with("::") || rest.starts_with(['(', '{', '<', '!']);
             if capitalised || used_as_item {
                 names.insert(name);
             }
