@@ -31,7 +31,9 @@ impl Schedule {
     /// truncates `epochs / q` instead, which is one step fewer when the batch size does not
     /// divide the dataset size; rounding up never under-counts the privacy spent, and it is the
     /// convention of the reference fixtures (42061 examples, batch 1024, 10 epochs → 411 steps).
-    pub fn from_epochs(dataset_size: u64, batch_size: u64, epochs: u64) -> Result<Self> {
+    ///
+    /// Sizes are `usize` like `PrivateSetup::dataset_size` and `Vec::len`.
+    pub fn from_epochs(dataset_size: usize, batch_size: usize, epochs: u64) -> Result<Self> {
         if dataset_size == 0 || batch_size == 0 || batch_size > dataset_size {
             return Err(AccountantError::InvalidSchedule(format!(
                 "need 1 <= batch size <= dataset size, got batch size {batch_size} and dataset \
@@ -43,8 +45,8 @@ impl Schedule {
                 "epochs must be at least 1".into(),
             ));
         }
-        let examples = u128::from(epochs) * u128::from(dataset_size);
-        let steps = u64::try_from(examples.div_ceil(u128::from(batch_size)))
+        let examples = u128::from(epochs) * dataset_size as u128;
+        let steps = u64::try_from(examples.div_ceil(batch_size as u128))
             .map_err(|_| AccountantError::InvalidSchedule("too many steps".into()))?;
         Self::new(batch_size as f64 / dataset_size as f64, steps)
     }

@@ -210,8 +210,8 @@ fn calibration_matches_opacus_get_noise_multiplier() {
         let want = req(row, "opacus_rdp_noise_multiplier");
         // The schedule helper reproduces the fixture's (q, steps) from its dataset description.
         if let (Some(n), Some(b), Some(e)) = (
-            row["dataset_size"].as_u64(),
-            row["batch_size"].as_u64(),
+            row["dataset_size"].as_u64().map(|n| n as usize),
+            row["batch_size"].as_u64().map(|b| b as usize),
             row["epochs"].as_u64(),
         ) {
             let s = Schedule::from_epochs(n, b, e).unwrap();

@@ -81,10 +81,10 @@ struct Common {
     steps: Option<u64>,
     /// Dataset size N (with --batch-size and --epochs: q = B/N, steps = ceil(E N / B)).
     #[arg(long, requires_all = ["batch_size", "epochs"])]
-    dataset_size: Option<u64>,
+    dataset_size: Option<usize>,
     /// Expected batch size B.
     #[arg(long, requires_all = ["dataset_size", "epochs"])]
-    batch_size: Option<u64>,
+    batch_size: Option<usize>,
     /// Number of epochs E.
     #[arg(long, requires_all = ["dataset_size", "batch_size"])]
     epochs: Option<u64>,

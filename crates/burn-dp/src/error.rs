@@ -40,7 +40,7 @@ pub enum DpError {
         found: usize,
     },
     /// The loss handed to the engine is not one value per sample.
-    #[error("the loss must be a vector of per-sample losses [B], got shape {shape:?}")]
+    #[error("the loss must be one value per sample, shape [B], got shape {shape:?}: a batch mean (burn's CrossEntropyLoss or MseLoss, `.mean()`) or a [B, 1] column is not per sample; use burn_dp::loss (PerSampleCrossEntropy, PerSampleMse, PerSampleLmLoss), or reduce only over dimensions >= 1 and reshape to [B]")]
     LossShape {
         /// Shape that was given.
         shape: Vec<usize>,

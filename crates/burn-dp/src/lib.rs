@@ -5,8 +5,13 @@
 //! clipping with flat, per-layer and group styles, DP optimizers with Gaussian noise from ChaCha20,
 //! Poisson sampling, accounting (RDP, PRV, GDP) and checkpoints.
 //!
-//! Swap `Autodiff<B>` for [`DpAutodiff<B>`], mark float inputs with [`batch`], compute one loss per
-//! sample, and let a [`DpOptimizer`] run the backward pass and the step.
+//! Swap `Autodiff<B>` for [`DpAutodiff<B>`], mark float inputs with [`mark_batch`], compute one
+//! loss per sample (the per-sample losses of [`loss`]), and let a [`PrivateTrainer`] run the loop:
+//! [`PrivateTrainer::step`] draws a Poisson batch, asks for its per-sample losses, clips, adds
+//! noise, steps and accounts. [`PrivateSetup`] holds the settings (clipping, [`PrivacyState`] with
+//! σ calibrated to a target ε, data set size, physical batch size, [`NoiseSource`]);
+//! [`into_plain_model`] moves the trained model to the plain backend `B`. The lower-level pieces
+//! ([`PoissonSampler`], [`DpOptimizer`], [`clipped_backward`]) stay public for other loops.
 //!
 //! See `ARCHITECTURE.md` at the repository root for how it works.
 
@@ -17,9 +22,11 @@ pub mod clip;
 pub mod engine;
 pub mod error;
 pub mod freeze;
+pub mod loss;
 pub mod memory;
 pub mod noise;
 pub mod optim;
+pub mod plain;
 pub mod privacy;
 pub mod profile;
 pub mod rules;
@@ -40,11 +47,16 @@ pub use engine::{
 };
 pub use error::DpError;
 pub use freeze::{freeze, FreezePolicy, FreezeReport};
+pub use loss::{
+    LossError, PerSampleCrossEntropy, PerSampleCrossEntropyConfig, PerSampleLmLoss,
+    PerSampleLmLossConfig, PerSampleMse,
+};
 pub use memory::{DeviceMemory, DeviceMemoryUsage};
 pub use noise::{NoiseBackend, NoiseSource};
 pub use optim::{
     BatchStats, BatchStatsValues, DpCheckpointState, DpOptimizer, NoiseShare, StepStats,
 };
+pub use plain::into_plain_model;
 pub use privacy::{BudgetPolicy, PrivacyState};
 pub use rules::NormMode;
 pub use sampling::{LogicalBatch, OpenBatch, PhysicalBatch, PoissonSampler};

@@ -123,7 +123,7 @@ impl PrivateTrainingArgs {
         batch_size: u64,
         epochs: u64,
     ) -> Result<(Schedule, PrivacyState), burn_dp::DpError> {
-        let schedule = Schedule::from_epochs(n as u64, batch_size.min(n as u64), epochs)?;
+        let schedule = Schedule::from_epochs(n, batch_size.min(n as u64) as usize, epochs)?;
         let privacy = PrivacyState::for_target_epsilon(
             self.target_epsilon,
             self.delta,

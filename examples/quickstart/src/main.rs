@@ -14,7 +14,7 @@ use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_dp::{
-    batch, AccountantKind, ClippingFn, DpAutodiff, NoiseSource, PerSample, PerSampleConfig,
+    mark_batch, AccountantKind, ClippingFn, DpAutodiff, NoiseSource, PerSample, PerSampleConfig,
     PrivacyState, PrivateSetup, PrivateTrainer, Schedule,
 };
 use burn_dp_example_data::{Digits as BundledDigits, DigitsError};
@@ -110,7 +110,7 @@ fn train_private(
     type B = DpAutodiff<Inner>;
     let device = Default::default();
     let n = data.train.1.len();
-    let schedule = Schedule::from_epochs(n as u64, EXPECTED_BATCH as u64, EPOCHS)?;
+    let schedule = Schedule::from_epochs(n, EXPECTED_BATCH, EPOCHS)?;
     let privacy =
         PrivacyState::for_target_epsilon(TARGET_EPSILON, DELTA, schedule, AccountantKind::Rdp)?;
     let mut trainer = PrivateTrainer::new(
@@ -130,7 +130,7 @@ fn train_private(
         // accumulates, adds noise, steps and accounts.
         trainer.step(LR, |model, indices| {
             let (x, y) = tensors::<B>(&data.train, indices, &device);
-            model.losses(batch(x), y)
+            model.losses(mark_batch(x), y)
         })?;
         bar.inc(1);
     }

@@ -1,31 +1,44 @@
-//! Per-sample losses, each returning a [B] tensor (the batch loss is their sum).
+//! Per-sample losses, each returning a [B] tensor (the batch loss is their sum): the models'
+//! shorthands for the library's `burn_dp::loss`, which also offers label smoothing, an ignore
+//! index, MSE and masked token losses, with typed errors for bad shapes.
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
+pub use burn_dp::loss::{
+    LossError, PerSampleCrossEntropy, PerSampleCrossEntropyConfig, PerSampleLmLoss,
+    PerSampleLmLossConfig, PerSampleMse,
+};
 
-/// Classification cross-entropy per sample: logits [B, C], integer targets [B] -> [B].
+/// Classification cross-entropy per sample: logits [B, C], integer targets [B] -> [B]
+/// (`burn_dp::loss::PerSampleCrossEntropy` without smoothing or ignore index).
+///
+/// # Shapes
+/// `logits`: `[B, C]`; `targets`: `[B]`; returns `[B]`.
+///
+/// # Panics
+/// If `logits` and `targets` have different batch sizes (the models' heads cannot produce that;
+/// call `PerSampleCrossEntropy::forward` for a typed error).
 pub fn cross_entropy_per_sample<B: Backend>(
     logits: Tensor<B, 2>,
     targets: Tensor<B, 1, Int>,
 ) -> Tensor<B, 1> {
-    let [b, _] = logits.dims();
-    let logp = log_softmax(logits, 1);
-    logp.gather(1, targets.reshape([b, 1])).reshape([b]).neg()
+    PerSampleCrossEntropy::default()
+        .forward(logits, targets)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Language-model loss per sample: mean next-token cross-entropy over the T-1 predicted
-/// positions. `logits` [B, T, V] from `input_ids` [B, T] -> [B].
+/// positions (`burn_dp::loss::PerSampleLmLoss` on the shifted logits and ids).
+///
+/// # Shapes
+/// `logits`: `[B, T, V]` from `input_ids`: `[B, T]`; returns `[B]`.
 pub fn lm_loss_per_sample<B: Backend>(
     logits: Tensor<B, 3>,
     input_ids: Tensor<B, 2, Int>,
 ) -> Tensor<B, 1> {
     let [b, t, v] = logits.dims();
     let pred = logits.slice([0..b, 0..t - 1, 0..v]);
-    let targets = input_ids.slice([0..b, 1..t]).reshape([b, t - 1, 1]);
-    let logp = log_softmax(pred, 2);
-    logp.gather(2, targets)
-        .reshape([b, t - 1])
-        .mean_dim(1)
-        .reshape([b])
-        .neg()
+    let targets = input_ids.slice([0..b, 1..t]);
+    PerSampleLmLoss::default()
+        .forward(pred, targets, None)
+        .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -1,6 +1,7 @@
 //! Oracle-parity tests of the per-sample engine: one test binary with a module per topic (every
 //! extra test binary costs a link of burn on two cores).
 //!
+//! - [`any_model`]: the book's "Making any burn model private" program, trained and checked.
 //! - [`layers`]: every rule against PyTorch's per-sample gradients in `layers.safetensors`.
 //! - [`oracle`]: property tests (`proptest`) against a batch-of-one oracle computed with plain
 //!   `Autodiff<NdArray>`, on random shapes, seeds, batch sizes, bias on and off, in every norm
@@ -8,6 +9,8 @@
 //! - [`conv3d`]: Conv3d against PyTorch (`layers-conv3d.safetensors`) and a batch-of-one oracle.
 //! - [`frozen`]: frozen parameters get no rule call and no gradient.
 //! - [`clipping_styles`]: per-layer and group clipping, and their configuration errors.
+//! - [`modules`]: burn-nn's modules (RNNs, attention, transformer blocks, pooling, encodings,
+//!   norms, dropout) against the oracle, or refused: the book's "What is supported" table.
 //! - [`fail_closed`]: the typed errors for models whose gradients mix samples.
 //! - [`readme`]: the crate README's example, compiled and run (its Rust block is verbatim there).
 //! - [`public_then_private`]: public pre-training on `DpAutodiff`, then DP-BiTFiT and DP full.
@@ -21,11 +24,13 @@
 //! add `mod <topic>;` below and a line above.
 #![allow(clippy::type_complexity)] // (name, values) tables of the fixtures
 
+mod any_model;
 mod clipping_styles;
 mod conv3d;
 mod fail_closed;
 mod frozen;
 mod layers;
+mod modules;
 mod oracle;
 mod public_then_private;
 mod readme;

@@ -74,8 +74,7 @@ fn tensors(indices: &[usize], public: bool) -> (Tensor<B, 2, Int>, Tensor<B, 1, 
 fn setup() -> PrivateSetup {
     PrivateSetup {
         per_sample: PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
-        privacy: PrivacyState::with_noise_multiplier(1.0, 0.25, 1e-5, AccountantKind::Rdp)
-            .unwrap(),
+        privacy: PrivacyState::with_noise_multiplier(1.0, 0.25, 1e-5, AccountantKind::Rdp).unwrap(),
         dataset_size: N,
         physical_batch_size: 8,
         noise: NoiseSource::FixedSeedForExperiments(3),
