@@ -84,7 +84,7 @@ fn private(mode: Mode) -> Result<(usize, Duration), Box<dyn std::error::Error>> 
         model = model.with_lora(&lora(), &device)?;
     }
     let (model, report) = burn_dp::freeze(model, &policy(mode))?;
-    let schedule = Schedule::from_epochs(N as u64, BATCH as u64, 1)?;
+    let schedule = Schedule::from_epochs(N, BATCH, 1)?;
     let privacy = PrivacyState::for_target_epsilon(3.0, 1e-5, schedule, AccountantKind::Rdp)?;
     let mut trainer = PrivateTrainer::new(
         model,

@@ -91,11 +91,16 @@ pub(crate) fn mark(rows: usize) -> Option<Tag> {
     (open.rows == rows).then_some(Tag::batch(rows, open.id))
 }
 
-/// Records a read of a tensor with tag `tag` to the host (`*_into_data`, `lower`): while a batch
-/// is open, reading batch data back poisons the pass, because whatever is computed from the
+/// Records a read of a tensor with tag `tag` to the host (`*_into_data`): while a batch opened by
+/// the training loop ([`open`]) is open, reading batch data back poisons the pass, because whatever is computed from the
 /// values on the host and uploaded again is outside every tag.
 pub(crate) fn host_read(tag: Tag, op: &'static str) {
-    if tag.is_constant() || ALLOWED.with(|a| a.get()) > 0 || open_batch().is_none() {
+    // Only a batch the training loop opened (its lifetime is the step's); a batch opened
+    // implicitly by a mark outside a loop has no known end.
+    if tag.is_constant()
+        || ALLOWED.with(|a| a.get()) > 0
+        || !open_batch().is_some_and(|open| open.inferred)
+    {
         return;
     }
     POISON.with(|p| {

@@ -31,6 +31,7 @@ use burn::nn::{
 use burn::tensor::activation::{gelu, relu, sigmoid, silu, tanh};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use burn_dp::testing::{assert_close, batch_of_one, sample, to_vec};
 use burn_dp::{mark_batch, per_sample_gradients};
 
 use crate::support::*;

@@ -18,7 +18,7 @@ fn train(features: &[[f32; 4]], targets: &[f32]) -> Result<Linear<B>, DpError> {
     let device = Default::default();
     let n = features.len();
     // Expected batch size 64 (Poisson sampling), 10 epochs; σ calibrated to spend ε = 3.
-    let schedule = Schedule::from_epochs(n as u64, 64, 10)?;
+    let schedule = Schedule::from_epochs(n, 64, 10)?;
     let privacy = PrivacyState::for_target_epsilon(3.0, 1e-5, schedule, AccountantKind::Rdp)?;
     let mut trainer = PrivateTrainer::new(
         LinearConfig::new(4, 1).init::<B>(&device),
