@@ -106,6 +106,15 @@ pub struct CanaryRun {
 }
 
 impl GradientCanaryConfig {
+    /// The trade-off curve of the audited mechanism: Gaussian without subsampling (q = 1).
+    pub fn trade_off(&self) -> crate::TradeOff {
+        if self.sample_rate >= 1.0 {
+            crate::TradeOff::Gaussian
+        } else {
+            crate::TradeOff::Unknown
+        }
+    }
+
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), DpError> {
         self.clipping.validate()?;

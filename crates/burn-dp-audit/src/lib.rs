@@ -37,7 +37,7 @@ pub use canary::{
 };
 pub use one_run::{one_run_bound, BlackBoxConfig, BlackBoxOutcome, OneRunBound, SmallClassifier};
 pub use scores::{
-    analyse_scores, roc_curve, EvaluatedTest, ScoreAnalysis, Scores, Side, Test, World,
+    analyse_scores, roc_curve, EvaluatedTest, ScoreAnalysis, Scores, Side, Test, TradeOff, World,
 };
 pub use stats::{
     clopper_pearson, epsilon_from_rates, gdp_delta, gdp_epsilon, gdp_mu_from_errors,
@@ -70,7 +70,7 @@ impl WhiteBoxReport {
         Ok(WhiteBoxReport {
             claimed: config.claimed_epsilon()?,
             runs,
-            analysis: analyse_scores(scores, config.delta, confidence)?,
+            analysis: analyse_scores(scores, config.delta, confidence, config.trade_off())?,
             gdp_mu_expected: (config.sample_rate >= 1.0)
                 .then(|| (config.steps as f64).sqrt() / config.noise_multiplier),
         })

@@ -82,6 +82,18 @@ pub struct EvaluatedTest {
     pub gdp_mu_lower_bound: f64,
 }
 
+/// What is known of the audited mechanism's trade-off curve, which decides whether the Gaussian-DP
+/// μ bound converts into an ε lower bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TradeOff {
+    /// Gaussian (one or more Gaussian steps without subsampling, q = 1): the μ bound gives an ε
+    /// lower bound.
+    Gaussian,
+    /// Not known to be Gaussian (Poisson subsampling, q < 1): only the distribution-free
+    /// (Clopper–Pearson) ε bound holds.
+    Unknown,
+}
+
 /// The outcome of an audit's statistics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreAnalysis {
@@ -98,10 +110,11 @@ pub struct ScoreAnalysis {
     pub clopper_pearson: EvaluatedTest,
     /// The test with the best μ bound on the tuning half, evaluated on the other half.
     pub gdp: EvaluatedTest,
-    /// The ε at δ of a mechanism with trade-off curve `G_μ` for `μ = gdp.gdp_mu_lower_bound`: a
-    /// lower bound on ε *if* the mechanism's trade-off curve has the Gaussian shape (true for the
-    /// Gaussian mechanism and its compositions without subsampling; Nasr et al. 2023, §5.2).
-    pub epsilon_lower_bound_gdp: f64,
+    /// The ε at δ of a mechanism with trade-off curve `G_μ` for `μ = gdp.gdp_mu_lower_bound`:
+    /// a lower bound on ε only where the mechanism's trade-off curve has the Gaussian shape (the
+    /// Gaussian mechanism and its compositions without subsampling, q = 1; Nasr et al. 2023,
+    /// §5.2), so `None` unless the analysis was told so ([`TradeOff::Gaussian`]).
+    pub epsilon_lower_bound_gdp: Option<f64>,
     /// μ estimated from the means and pooled standard deviation of all scores,
     /// `(mean₁ − mean₀) / s` (a point estimate, not a bound).
     pub gdp_mu_estimate: f64,
@@ -181,6 +194,7 @@ pub fn analyse_scores(
     scores: &Scores,
     delta: f64,
     confidence: f64,
+    trade_off: TradeOff,
 ) -> Result<ScoreAnalysis, DpError> {
     if scores.without.len() < 4 || scores.with.len() < 4 {
         return Err(DpError::InvalidConfig(format!(
@@ -240,7 +254,10 @@ pub fn analyse_scores(
     );
     let clopper_pearson = evaluate(best_eps.test, &eval0, &eval1, delta, confidence)?;
     let gdp = evaluate(best_mu.test, &eval0, &eval1, delta, confidence)?;
-    let epsilon_lower_bound_gdp = stats::gdp_epsilon(gdp.gdp_mu_lower_bound, delta)?;
+    let epsilon_lower_bound_gdp = match trade_off {
+        TradeOff::Gaussian => Some(stats::gdp_epsilon(gdp.gdp_mu_lower_bound, delta)?),
+        TradeOff::Unknown => None,
+    };
 
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (m0, m1) = (mean(&scores.without), mean(&scores.with));

@@ -152,13 +152,13 @@ fn white_box_bounds_of_the_real_pipeline_stay_below_epsilon() {
             "{clipping:?}: claimed {eps:.3}, CP bound {:.3}, GDP bound {:.3}, mu estimate {:.3} \
              (expected 0.5), {} observations",
             a.clopper_pearson.epsilon_lower_bound,
-            a.epsilon_lower_bound_gdp,
+            a.epsilon_lower_bound_gdp.unwrap_or(f64::NAN),
             a.gdp_mu_estimate,
             scores.len()
         );
         assert!((eps - 2.1657).abs() < 1e-3, "{eps}");
         assert!(a.clopper_pearson.epsilon_lower_bound <= eps, "{a:?}");
-        assert!(a.epsilon_lower_bound_gdp <= eps, "{a:?}");
+        assert!(a.epsilon_lower_bound_gdp.expect("q = 1") <= eps, "{a:?}");
         // The scores are those of the Gaussian mechanism with μ = 1/σ.
         assert!((a.gdp_mu_estimate - 0.5).abs() < 0.1, "{a:?}");
     }
@@ -175,15 +175,20 @@ fn white_box_bounds_of_broken_pipelines_exceed_epsilon() {
             Breakage::CanaryCountedTwice,
         ] {
             let scores = broken_scores(&c, RUNS, breakage);
-            let a = analyse_scores(&scores, c.delta, 0.95).unwrap();
+            let a = analyse_scores(&scores, c.delta, 0.95, c.trade_off()).unwrap();
             eprintln!(
                 "{clipping:?} {breakage:?}: claimed {eps:.3}, CP bound {:.3}, GDP bound {:.3}, \
                  mu estimate {:.3}",
-                a.clopper_pearson.epsilon_lower_bound, a.epsilon_lower_bound_gdp, a.gdp_mu_estimate
+                a.clopper_pearson.epsilon_lower_bound,
+                a.epsilon_lower_bound_gdp.unwrap_or(f64::NAN),
+                a.gdp_mu_estimate
             );
             // μ doubles (σ halved, or the canary counted twice): the Gaussian-DP bound, which
             // these scores (Gaussian by construction) make valid, separates.
-            assert!(a.epsilon_lower_bound_gdp > eps, "{breakage:?}: {a:?}");
+            assert!(
+                a.epsilon_lower_bound_gdp.expect("q = 1") > eps,
+                "{breakage:?}: {a:?}"
+            );
             if breakage == Breakage::CanaryNotClipped {
                 // Ten times the sensitivity: even the distribution-free bound separates.
                 assert!(a.clopper_pearson.epsilon_lower_bound > eps, "{a:?}");
@@ -251,12 +256,12 @@ fn bad_input_is_a_typed_error() {
         without: vec![0.0; 3],
         with: vec![1.0; 10],
     };
-    assert!(analyse_scores(&few, 1e-5, 0.95).is_err());
+    assert!(analyse_scores(&few, 1e-5, 0.95, TradeOff::Unknown).is_err());
     let nan = Scores {
         without: vec![0.0, 1.0, 2.0, f64::NAN],
         with: vec![1.0; 10],
     };
-    assert!(analyse_scores(&nan, 1e-5, 0.95).is_err());
+    assert!(analyse_scores(&nan, 1e-5, 0.95, TradeOff::Unknown).is_err());
     assert!(one_run_bound(&[1.0, 2.0], &[true, false], 2, 1, 1e-5, 0.95).is_err());
 }
 

@@ -15,7 +15,7 @@ use burn_dp::accounting::{AccountantKind, Schedule};
 use burn_dp::{ClippingFn, DpError, PrivacyState};
 use burn_dp_audit::{
     analyse_scores, one_run_bound, BlackBoxConfig, EvaluatedTest, GradientCanaryConfig, Scores,
-    Side, WhiteBoxReport, World,
+    Side, TradeOff, WhiteBoxReport, World,
 };
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args, ValueEnum};
@@ -390,7 +390,7 @@ pub fn run(args: AuditArgs) -> Result<String, Failure> {
             let text = format!(
                 "claimed epsilon = {:.4} at delta = {:e} ({}, sigma = {sigma:.4}, {} step(s), q = {})\n\
                  epsilon lower bound = {:.4} (Clopper-Pearson, {:.0} % confidence, distribution-free)\n\
-                 epsilon lower bound = {:.4} from Gaussian-DP mu >= {:.4} ({})\n\
+                 epsilon lower bound = {} from Gaussian-DP mu >= {:.4} ({})\n\
                  mu estimate = {:.4}{}; {} runs x {} canaries = {} observations, {jobs} processes",
                 report.claimed.epsilon,
                 args.delta,
@@ -399,7 +399,8 @@ pub fn run(args: AuditArgs) -> Result<String, Failure> {
                 args.sample_rate(),
                 cp.epsilon_lower_bound,
                 args.confidence * 100.0,
-                a.epsilon_lower_bound_gdp,
+                a.epsilon_lower_bound_gdp
+                    .map_or("none".to_string(), |e| format!("{e:.4}")),
                 a.gdp.gdp_mu_lower_bound,
                 if gaussian {
                     "assumes a Gaussian trade-off, as one unsubsampled Gaussian step has"
@@ -493,7 +494,7 @@ pub fn run(args: AuditArgs) -> Result<String, Failure> {
     };
     // A check of the statistics on the plotted scores (not reported as a bound for one-run modes).
     if args.mode != AuditMode::WhiteBox && scores.without.len() >= 4 && scores.with.len() >= 4 {
-        if let Ok(a) = analyse_scores(&scores, args.delta, args.confidence) {
+        if let Ok(a) = analyse_scores(&scores, args.delta, args.confidence, TradeOff::Unknown) {
             out.insert("gdp_mu_estimate".into(), json!(a.gdp_mu_estimate));
         }
     }

@@ -100,11 +100,14 @@ impl Tag {
                     id: Some(open.id),
                 }
             }
-            Some(_) => Tag::Unmarked {
+            // Uploaded during a step the training loop opened: may hold values of the batch.
+            Some(open) if open.inferred => Tag::Unmarked {
                 rows,
                 in_pass: true,
             },
-            None => Tag::Unmarked {
+            // No batch, or one opened implicitly by a mark outside a loop (whose end is not
+            // known: public pre-training leaves one open): a constant, such as loaded weights.
+            _ => Tag::Unmarked {
                 rows,
                 in_pass: false,
             },

@@ -8,36 +8,47 @@
 //!
 //! The rounding error of a floating-point sum is bounded by a multiple of the sum of the absolute
 //! values of its terms (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed. 2002,
-//! eq. (4.4): `|ŝ − s| ≤ γ_{n−1} Σ|x_i|`). So where the computed sum is small against the sum of
-//! its absolute terms (below [`CANCELLATION`] of it), it cannot be trusted, and the sum of the
-//! absolute terms — an upper bound on the true squared norm, computed without cancellation — is
-//! used instead. Clipping by an upper bound of the norm only clips harder: no sample's clipped
-//! contribution exceeds `R`. Elsewhere the relative error of the sum is at most
-//! `γ / CANCELLATION` (about 1e-3 for f32 sums of up to ~10⁵ terms with pairwise or blocked
-//! accumulation), and the value is the ordinary ghost norm, bit for bit.
+//! eq. (4.4): `|ŝ − s| ≤ γ_{n−1} Σ|x_i|`, with errors that in practice grow like `√n · u`). So
+//! where the computed sum of a sample's `n` products is below [`CANCELLATION`] `· √n · u ·
+//! Σ|products|` (`u = 2⁻²⁴`, f32's unit roundoff) — a margin of 64 over that typical rounding
+//! error — it is rounding noise and cannot be trusted, and the sum of the absolute terms, an upper
+//! bound on the true squared norm computed without cancellation, is used instead. Clipping by an
+//! upper bound of the norm only clips harder: no sample's clipped contribution exceeds `R`.
+//! Elsewhere the value is the ordinary ghost norm, bit for bit: a sum that cancels exactly in real
+//! arithmetic but is computed accurately (small against its terms, far above the rounding noise)
+//! stays exact.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-/// The fraction of `Σ|terms|` below which a sum of products is taken to have cancelled.
-pub const CANCELLATION: f32 = 1e-2;
+/// How many typical rounding errors (`√n · u · Σ|terms|`) a sum of `n` products must exceed to
+/// be trusted.
+pub const CANCELLATION: f32 = 64.0;
 
-/// `Σ_k p[i, k]` per sample `i`, or `Σ_k |p[i, k]|` where the former is below
-/// [`CANCELLATION`] of the latter (see the module docs). A NaN stays NaN.
+/// f32's unit roundoff, `2⁻²⁴`.
+const UNIT_ROUNDOFF: f32 = 5.960_464_5e-8;
+
+/// The fraction of `Σ|terms|` below which a sum of `n` terms is rounding noise.
+fn threshold(n: usize) -> f32 {
+    CANCELLATION * (n.max(1) as f32).sqrt() * UNIT_ROUNDOFF
+}
+
+/// `Σ_k p[i, k]` per sample `i`, or `Σ_k |p[i, k]|` where the former is rounding noise against
+/// the latter (see the module docs). A NaN stays NaN.
 ///
 /// # Shapes
 /// `products`: `[B, K]`, the terms of each sample's squared norm; result: `[B]`.
 pub fn guarded_sum<B: Backend>(products: Tensor<B, 2>) -> Tensor<B, 1> {
-    let [b, _] = products.dims();
+    let [b, n] = products.dims();
     let abs = products.clone().abs().sum_dim(1).reshape([b]);
     let sum = products.sum_dim(1).reshape([b]);
-    let unreliable = sum.clone().lower(abs.clone().mul_scalar(CANCELLATION));
+    let unreliable = sum.clone().lower(abs.clone().mul_scalar(threshold(n)));
     sum.mask_where(unreliable, abs)
 }
 
 /// The squared norm of a sum of `K` per-sample terms from their own squared norms `sq_k` and the
 /// ghost total `total = Σ_k sq_k + 2 Σ_{k<l} ⟨G_k, G_l⟩`: `total`, or the Cauchy–Schwarz bound
-/// `(Σ_k ‖G_k‖)² ≥ ‖Σ_k G_k‖²` where `total` is below [`CANCELLATION`] of it (cross terms of tied
+/// `(Σ_k ‖G_k‖)² ≥ ‖Σ_k G_k‖²` where `total` is rounding noise against it (cross terms of tied
 /// weights that cancel).
 ///
 /// # Shapes
@@ -53,7 +64,9 @@ pub fn guarded_total<B: Backend>(total: Tensor<B, 1>, sq: &[Tensor<B, 1>]) -> Te
             acc + s.clone().clamp_min(0.0).sqrt()
         });
     let bound = norms.powi_scalar(2);
-    let unreliable = total.clone().lower(bound.clone().mul_scalar(CANCELLATION));
+    let unreliable = total
+        .clone()
+        .lower(bound.clone().mul_scalar(threshold(sq.len() * sq.len())));
     total.mask_where(unreliable, bound)
 }
 
