@@ -617,8 +617,11 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
     /// target ε, accountant or expected batch size differ from this optimizer's, or are invalid
     /// (a corrupt or edited file); and a fixed-seed checkpoint loaded into an optimizer or sampler
     /// seeded from the OS ([`DpError::FixedSeedCheckpoint`]; see
-    /// [`DpOptimizer::load_checkpoint_adopting_fixed_seed`]). Clipped sums accumulated before the
-    /// load belong to the old model and are dropped. The budget policy stays this optimizer's.
+    /// [`DpOptimizer::load_checkpoint_adopting_fixed_seed`]); an OS-seeded checkpoint loaded into
+    /// a fixed-seed optimizer or sampler ([`DpError::OsSeededCheckpoint`]); and any checkpoint
+    /// loaded into an optimizer that has already taken a DP step ([`DpError::ResumeAfterTraining`]:
+    /// privacy spent stays spent). Clipped sums accumulated before the load belong to the old model
+    /// and are dropped. The budget policy stays this optimizer's.
     pub fn load_checkpoint<M>(
         self,
         dir: &Path,
