@@ -406,7 +406,11 @@ impl<B: Backend> PretrainedModel<B> for Gpt2<B> {
     ) -> Result<Self, ImportError> {
         config.validate()?;
         if config.tie_word_embeddings {
-            check_tied_head(source)?;
+            crate::load::check_tied_head(
+                source,
+                &["transformer.wte.weight", "wte.weight"],
+                "Gpt2Config",
+            )?;
         }
         crate::load::load_params(config.init(device), source, &Gpt2Rules, options)
     }
@@ -428,27 +432,6 @@ impl<B: Backend> PretrainedModel<B> for Gpt2<B> {
         let logits = self.forward(input_ids.clone(), position_ids);
         crate::loss::lm_loss_per_sample(logits, input_ids)
     }
-}
-
-/// A tied head needs the source's `lm_head.weight`, where it has one, to be the token
-/// embedding; anything else is an untied checkpoint.
-fn check_tied_head<S: TensorSource>(source: &mut S) -> Result<(), ImportError> {
-    let Some(head) = source.fetch("lm_head.weight")? else {
-        return Ok(());
-    };
-    for name in ["transformer.wte.weight", "wte.weight"] {
-        if let Some(table) = source.fetch(name)? {
-            if table.shape != head.shape || table.data != head.data {
-                return Err(ImportError::Config(format!(
-                    "the configuration ties the output head to the token embedding, but the \
-                     checkpoint's `lm_head.weight` differs from its `{name}` (an untied \
-                     model): load it with `Gpt2Config::with_tied_head(false)`"
-                )));
-            }
-            return Ok(());
-        }
-    }
-    Ok(())
 }
 
 /// Locate the GPT-2 weights of `config` in an ONNX graph.

@@ -458,3 +458,29 @@ pub(crate) fn fetch_buffer<S: TensorSource>(
     }
     Ok(raw)
 }
+
+/// A tied head needs the source's `lm_head.weight`, where it has one, to be the token embedding
+/// (the first of `tables` the source has); anything else is an untied checkpoint, refused with the
+/// fix for `config` (GPT-2's and Llama's imports).
+pub(crate) fn check_tied_head<S: TensorSource>(
+    source: &mut S,
+    tables: &[&str],
+    config: &str,
+) -> Result<(), ImportError> {
+    let Some(head) = source.fetch("lm_head.weight")? else {
+        return Ok(());
+    };
+    for name in tables {
+        if let Some(table) = source.fetch(name)? {
+            if table.shape != head.shape || table.data != head.data {
+                return Err(ImportError::Config(format!(
+                    "the configuration ties the output head to the token embedding, but the \
+                     checkpoint's `lm_head.weight` differs from its `{name}` (an untied \
+                     model): load it with `{config}::with_tied_head(false)`"
+                )));
+            }
+            return Ok(());
+        }
+    }
+    Ok(())
+}
