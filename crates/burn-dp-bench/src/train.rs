@@ -46,7 +46,9 @@ pub static PROCESS_START: OnceLock<Instant> = OnceLock::new();
 /// `--backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
-    /// The CPU (burn's NdArray).
+    /// The CPU with burn's Flex (SIMD, multi-threaded): the default CPU backend.
+    Flex,
+    /// The CPU with burn's NdArray (deprecated in burn 0.22, kept while burn 0.21 has it).
     Ndarray,
     /// CUDA (needs the bench built with `--features cuda`).
     Cuda,
@@ -558,7 +560,7 @@ pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
             )
         }
     };
-    // The device allocator after the steps (cubecl backends; `null` on NdArray).
+    // The device allocator after the steps (cubecl backends; `null` on Flex and NdArray).
     let memory = Inner::memory_usage(&device);
     let steps = m.times.len().max(1) as f64;
     let mean = m.times.iter().sum::<f64>() / steps;
@@ -610,6 +612,7 @@ pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
 /// Runs one configuration in this process and prints its JSON line (an `"error"` line on failure).
 pub fn run_single(cfg: &Config, backend: BackendKind) -> Result<(), String> {
     let out = match backend {
+        BackendKind::Flex => run_one::<burn_dp::Flex>(cfg, backend),
         BackendKind::Ndarray => run_one::<burn::backend::NdArray<f32>>(cfg, backend),
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => run_one::<burn_dp::Cuda>(cfg, backend),
@@ -855,29 +858,33 @@ pub fn peers_line(one: &Value, peers: &[Value]) -> Value {
 /// memory peak of DP full ÷ non-DP full ≤ 1.15; on CUDA at the anchor shapes, non-DP full ≥ 0.8×
 /// plain PyTorch (TF32) and DP full ≥ 1.5× fastDP book-keeping.
 pub fn ratios(results: &[Value]) -> Vec<Value> {
-    let get = |model: &str, b: u64, mode: &str, key: &str| -> Option<f64> {
+    // Lines of one backend only are paired (a run may hold Flex and NdArray lines).
+    let get = |backend: &Value, model: &str, b: u64, mode: &str, key: &str| -> Option<f64> {
         results
             .iter()
-            .filter(|r| r["peers"].as_u64().unwrap_or(1) == 1)
+            .filter(|r| r["peers"].as_u64().unwrap_or(1) == 1 && r["backend"] == *backend)
             .filter(|r| r["model"] == model && r["batch"] == b && r["mode"] == mode)
             .find_map(|r| r[key].as_f64())
     };
-    let mut seen: Vec<(String, u64)> = Vec::new();
+    let mut seen: Vec<(Value, String, u64)> = Vec::new();
     let mut out = Vec::new();
     for r in results {
         let (Some(model), Some(b)) = (r["model"].as_str(), r["batch"].as_u64()) else {
             continue;
         };
+        let backend = &r["backend"];
         if r["samples_per_s"].is_null()
+            || r["bench"] == "anchor"
             || r["peers"].as_u64().unwrap_or(1) != 1
-            || seen.iter().any(|(m, x)| m == model && *x == b)
+            || seen
+                .iter()
+                .any(|(k, m, x)| k == backend && m == model && *x == b)
         {
             continue;
         }
-        seen.push((model.to_string(), b));
-        let ratio = |num: &str, den: &str, key: &str| {
-            Some(get(model, b, num, key)? / get(model, b, den, key)?)
-        };
+        seen.push((backend.clone(), model.to_string(), b));
+        let get = |mode: &str, key: &str| get(backend, model, b, mode, key);
+        let ratio = |num: &str, den: &str, key: &str| Some(get(num, key)? / get(den, key)?);
         let tput = "samples_per_s";
         let mut line = json!({
             "bench": "train-ratios", "backend": r["backend"], "model": model, "batch": b,
@@ -889,6 +896,8 @@ pub fn ratios(results: &[Value]) -> Vec<Value> {
                 ratio("dp-full", "plain-full", "peak_device_mib"),
             "peak_device_mem_dp_full_over_plain_full_target": 1.15,
             "peak_rss_dp_full_over_plain_full": ratio("dp-full", "plain-full", "peak_rss_gib"),
+            "peak_rss_dp_full_over_plain_full_target": 1.15,
+            "peak_rss_dp_bitfit_over_dp_full": ratio("dp-bitfit", "dp-full", "peak_rss_gib"),
             "start_to_first_step_s_max": results.iter()
                 .filter(|x| x["model"] == model && x["batch"] == b)
                 .filter_map(|x| x["start_to_first_step_s"].as_f64())
@@ -907,10 +916,10 @@ pub fn ratios(results: &[Value]) -> Vec<Value> {
             (anchor, at_anchor_shape, r["backend"].as_str().unwrap_or(""))
         {
             line["plain_full_over_pytorch_tf32"] =
-                json!(get(model, b, "plain-full", tput).map(|s| s / torch));
+                json!(get("plain-full", tput).map(|s| s / torch));
             line["plain_full_over_pytorch_tf32_target"] = json!(0.8);
             line["dp_full_over_fastdp_bookkeeping"] =
-                json!(get(model, b, "dp-full", tput).map(|s| s / fastdp));
+                json!(get("dp-full", tput).map(|s| s / fastdp));
             line["dp_full_over_fastdp_bookkeeping_target"] = json!(1.5);
         }
         out.push(line);

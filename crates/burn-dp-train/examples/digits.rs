@@ -9,7 +9,6 @@
 
 use std::path::PathBuf;
 
-use burn::backend::NdArray;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataset::InMemDataset;
@@ -33,7 +32,7 @@ use burn_train::{
 };
 use clap::Parser;
 
-type Inner = NdArray<f32>;
+type Inner = burn_dp::Flex;
 type Dp = DpAutodiff<Inner>;
 
 const DIGITS: &[u8] = include_bytes!("../../../examples/data/digits.bin");

@@ -34,8 +34,8 @@ pub use burn_dp_accountant as accounting;
 pub use burn_dp_accountant::{AccountantKind, Epsilon, Schedule};
 pub use clip::{Clipping, ClippingFn, ClippingStyle, ParamGroup, ParamSelector};
 pub use engine::{
-    batch, batch_inner, clipped_backward, lower, mark_batch, per_sample_gradients, wrap_independent,
-    ClippedGradients, DpAutodiff, PerSampleConfig,
+    batch, batch_inner, clipped_backward, lower, mark_batch, per_sample_gradients,
+    wrap_independent, ClippedGradients, DpAutodiff, PerSampleConfig,
 };
 pub use error::DpError;
 pub use freeze::{freeze, FreezePolicy, FreezeReport};
@@ -50,6 +50,10 @@ pub use sampling::{LogicalBatch, PhysicalBatch, PoissonSampler};
 pub use setup::{shard_range, PrivateSetup};
 pub use trainer::{PrivateTrainer, StepReport};
 
+/// burn's fast CPU backend (SIMD, gemm, multi-threaded), the default CPU backend of the
+/// examples and the bench: train with `DpAutodiff<Flex>`.
+pub use burn_flex::Flex;
+
 /// The CUDA backend (feature `cuda`): train with `DpAutodiff<Cuda>`.
 #[cfg(feature = "cuda")]
 pub use burn_cuda::Cuda;
@@ -58,7 +62,11 @@ pub use burn_cuda::Cuda;
 mod adversarial_tests;
 #[cfg(all(test, feature = "cubecl-noise"))]
 mod cube_tests;
+// The unit tests of `tests.rs` and `noise_tests.rs` run once on each CPU backend: one body, the
+// backend the wrapper's `Inner`.
 #[cfg(test)]
-mod noise_tests;
+#[path = "tests_on/flex.rs"]
+mod tests_on_flex;
 #[cfg(test)]
-mod tests;
+#[path = "tests_on/ndarray.rs"]
+mod tests_on_ndarray;

@@ -1,7 +1,6 @@
 //! Unit tests of the DP machinery around the engine (the oracle-parity tests of the engine are in
 //! `tests/parity/`).
 
-use burn::backend::NdArray;
 use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::SgdConfig;
@@ -10,7 +9,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::*;
 
-type Inner = NdArray<f32>;
+use super::Inner;
 type Dp = DpAutodiff<Inner>;
 
 #[derive(Module, Debug)]

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use burn::backend::NdArray;
 use burn::optim::SgdConfig;
 use burn_dp::{
     AccountantKind, ClippingFn, NoiseSource, PerSampleConfig, PrivacyState, PrivateSetup,
@@ -24,7 +23,7 @@ use burn_dp_distributed::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-type B = NdArray<f32>;
+type B = burn_dp::Flex;
 
 #[derive(Parser)]
 #[command(
@@ -225,7 +224,7 @@ struct Report {
 }
 
 fn train(args: TrainArgs) -> Result<(), DistributedError> {
-    let device = burn::backend::ndarray::NdArrayDevice::default();
+    let device: <B as burn::tensor::backend::Backend>::Device = Default::default();
     let port = args
         .orchestrator
         .rsplit_once(':')

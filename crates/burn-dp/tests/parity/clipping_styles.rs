@@ -7,7 +7,7 @@ use burn_dp::{
     PerSampleConfig,
 };
 
-use crate::support::*;
+use super::support::*;
 
 /// Group norms and clipped sums from oracle per-sample gradients.
 fn oracle_groups(

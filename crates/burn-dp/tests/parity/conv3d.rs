@@ -1,11 +1,11 @@
 //! Conv3d's rule against PyTorch's per-sample gradients (`layers-conv3d.safetensors`, written by
-//! `tools/fixtures/layers.py`) and against a batch-of-one oracle on plain `Autodiff<NdArray>`.
+//! `tools/fixtures/layers.py`) and against a batch-of-one oracle on plain `Autodiff<Inner>`.
 //!
 //! The fixture folder is `BURN_DP_FIXTURES` when set, else `tests/fixtures/`. A
 //! `BURN_DP_FIXTURES` folder without `layers-conv3d.safetensors` (a copy of the shared fixture set
 //! made before Conv3d had a rule) falls back to the repository's copy under `tests/fixtures/`.
 
-use crate::support::{assert_close, tensor, to_vec, Dp, Fixture, Inner, Plain};
+use super::support::{assert_close, tensor, to_vec, Dp, Fixture, Inner, Plain};
 use burn::module::Param;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::PaddingConfig3d;

@@ -3,7 +3,7 @@
 
 use burn_dp::{batch, clipped_backward, ClippingFn, PerSampleConfig};
 
-use crate::support::*;
+use super::support::*;
 
 #[test]
 fn frozen_parameters_cost_nothing() {
