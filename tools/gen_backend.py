@@ -51,8 +51,8 @@ HAND_WRITTEN = {
     'float_add', 'float_sub', 'float_sum_dim', 'float_reshape', 'float_swap_dims', 'float_permute',
     'float_transpose', 'float_mul', 'float_div', 'float_neg', 'float_mul_scalar', 'float_div_scalar',
     'float_expand', 'float_slice', 'float_slice_assign', 'float_flip',
-    # tags that need shapes
-    'float_matmul',
+    # tags that need shapes; products with an empty operand never reach the backend
+    'float_matmul', 'linear',
     # metadata / data movement that must not lose deferred gradients
     'float_into_data', 'float_device', 'float_to_device', 'float_is_require_grad',
     # ops returning structs holding tensors

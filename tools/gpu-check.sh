@@ -70,7 +70,9 @@ CFGS=${CFGS:-"gpt2-small:32:plain-full gpt2-small:32:dp-full+profile gpt2-small:
   gpt2-small:96:plain-full gpt2-small:96:dp-full gpt2-small:96:dp-bitfit
   gpt2-medium:16:plain-full gpt2-medium:16:dp-full gpt2-medium:16:dp-bitfit
   vit-b16:32:plain-full vit-b16:32:dp-full vit-b16:32:dp-bitfit
-  resnet50-gn:32:plain-full resnet50-gn:32:dp-full resnet50-gn:32:dp-bitfit"}
+  resnet50-gn:32:plain-full resnet50-gn:32:dp-full resnet50-gn:32:dp-bitfit
+  smollm2-135m:16:plain-lora smollm2-135m:16:dp-lora smollm2-135m:16:dp-full
+  smollm2-135m:16:dp-bitfit qwen2.5-0.5b:8:plain-lora qwen2.5-0.5b:8:dp-lora"}
 
 start=$(date +%s)
 mkdir -p "$OUT" || exit 1

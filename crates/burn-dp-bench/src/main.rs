@@ -8,6 +8,8 @@
 //! `bench train`: see `train.rs` (`--peers N`: the data-parallel scaling); `bench ratios FILE...`: the ratios of `bench train` lines
 //! collected elsewhere (`tools/gpu-check.sh`). `bench --help` lists every flag.
 
+mod anchors;
+mod max_batch;
 mod train;
 
 use std::path::PathBuf;
@@ -247,7 +249,8 @@ enum Command {
     /// ratios of the performance goals.
     Train(TrainArgs),
     /// The ratios of the performance goals from JSON lines written by `bench train` (and lines
-    /// with `peak_device_mib` for device memory), e.g. by `tools/gpu-check.sh`.
+    /// with `peak_device_mib` for device memory), e.g. by `tools/gpu-check.sh`; with the
+    /// PyTorch anchors of `tools/cpu-anchors.sh` in the files, burn-dp ÷ each anchor.
     Ratios {
         /// Files of JSON lines (lines that are not JSON objects are skipped).
         #[arg(required = true)]
@@ -257,13 +260,14 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct TrainArgs {
-    /// The backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    /// The backend (`flex`: the CPU's fastest; `ndarray`: the older CPU backend).
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     backend: BackendKind,
     /// Models to run at their anchor batch sizes (default: all), comma-separated.
     #[arg(long, value_enum, value_delimiter = ',')]
     models: Vec<Model>,
-    /// Modes (default: all four), comma-separated.
+    /// Modes (default: the four of the anchors; `plain-lora` and `dp-lora` on Llama-family
+    /// models), comma-separated.
     #[arg(long, value_enum, value_delimiter = ',',
           default_values_t = [Mode::PlainFull, Mode::PlainBitfit, Mode::DpFull, Mode::DpBitfit])]
     modes: Vec<Mode>,
@@ -276,6 +280,9 @@ struct TrainArgs {
     /// Image side for ViT-B/16 and ResNet-50-GN.
     #[arg(long, default_value_t = 224, value_parser = positive)]
     image: usize,
+    /// Rank of the LoRA adapters of `plain-lora` and `dp-lora` (on q and v, α = 2·rank).
+    #[arg(long, default_value_t = 8, value_parser = positive)]
+    lora_rank: usize,
     /// Timed steps per configuration.
     #[arg(long, default_value_t = 10, value_parser = positive)]
     steps: usize,
@@ -305,6 +312,14 @@ struct TrainArgs {
     /// step of every peer compiles kernels first).
     #[arg(long, default_value_t = 600.0)]
     peer_timeout_s: f64,
+    /// Instead of timing: the largest physical batch of each model and mode that trains under
+    /// this many GiB of resident memory (bisection over one-step runs, each its own process,
+    /// killed once above the cap); one `train-max-batch` line per model and mode.
+    #[arg(long, conflicts_with_all = ["single", "batch", "peers"])]
+    max_batch_gib: Option<f64>,
+    /// The largest batch `--max-batch-gib` tries.
+    #[arg(long, default_value_t = 256, value_parser = positive)]
+    max_batch_limit: usize,
     /// (Set by `--peers`.) This process is peer R of the group of `--peers`.
     #[arg(long, hide = true, requires_all = ["single", "peer_root"])]
     peer_rank: Option<u32>,
@@ -412,11 +427,32 @@ fn train_main(args: TrainArgs) -> Result<(), String> {
         single,
         seq: args.seq,
         image: args.image,
+        lora_rank: args.lora_rank,
         steps: args.steps,
         warmup: args.warmup,
         profile: args.profile,
         peer,
     };
+    if let Some(cap) = args.max_batch_gib {
+        if !(cap.is_finite() && cap > 0.0) {
+            return Err(format!(
+                "--max-batch-gib must be a positive number of GiB, got {cap}"
+            ));
+        }
+        let mut models = args.models.clone();
+        if models.is_empty() {
+            models = train::ANCHORS.iter().map(|(m, _)| *m).collect();
+            models.dedup();
+        }
+        return max_batch::run(
+            &models,
+            &args.modes,
+            &cfg,
+            args.backend,
+            cap,
+            args.max_batch_limit,
+        );
+    }
     let configs = match args.single {
         // One configuration, in this process (or as one peer of a group).
         Some(_) if args.peers == 1 || cfg.peer.is_some() => {
@@ -440,7 +476,10 @@ fn ratios_main(files: &[PathBuf]) -> Result<(), String> {
                 .filter(|v| v.is_object()),
         );
     }
-    for line in train::ratios(&lines) {
+    for line in train::ratios(&lines)
+        .into_iter()
+        .chain(anchors::ratios(&lines))
+    {
         println!("{line}");
     }
     Ok(())
@@ -483,6 +522,9 @@ mod tests {
         assert!(parse("bench train --single gpt2-small:2:dp-full --models vit-b16").is_err());
         assert!(parse("bench train --single vit-b16:2:dp-bitfit --backend cuda").is_ok());
         assert!(parse("bench train --peers 0").is_err());
+        assert!(parse("bench train --max-batch-gib 4 --models gpt2-small").is_ok());
+        assert!(parse("bench train --max-batch-gib 4 --batch 2").is_err());
+        assert!(parse("bench train --max-batch-gib x").is_err());
         assert!(
             parse("bench train --peer-rank 1").is_err(),
             "needs --single and a root"

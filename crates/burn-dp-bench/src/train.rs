@@ -33,11 +33,15 @@ use burn_dp::backend::transfer::TransferBytes;
 use burn_dp::profile::{self, Phase, Profile};
 use burn_dp::{
     batch, freeze, AccountantKind, ClippingFn, DpAutodiff, FreezePolicy, NoiseBackend, NoiseSource,
-    PerSampleConfig, PrivacyState, PrivateSetup, PrivateTrainer,
+    ParamSelector, PerSampleConfig, PrivacyState, PrivateSetup, PrivateTrainer,
 };
 use burn_dp_distributed::launch::{self, LocalPeers, PeerOutput};
 use burn_dp_distributed::{AllReduce, AnyTrainer, DistributedError, DistributedTrainer, TcpGroup};
-use burn_dp_models::{Gpt2Config, Norm, PretrainedModel, ResNetConfig, ViTConfig};
+use burn_dp_models::lora::ADAPTER_SUFFIXES;
+use burn_dp_models::{
+    Gpt2Config, LlamaConfig, LoraConfig, Norm, PretrainedModel, ProjectionBias, ResNetConfig,
+    ViTConfig,
+};
 use clap::ValueEnum;
 use serde_json::{json, Value};
 
@@ -47,7 +51,9 @@ pub static PROCESS_START: OnceLock<Instant> = OnceLock::new();
 /// `--backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
-    /// The CPU (burn's NdArray).
+    /// The CPU with burn's Flex (SIMD, multi-threaded): the default CPU backend.
+    Flex,
+    /// The CPU with burn's NdArray (deprecated in burn 0.22, kept while burn 0.21 has it).
     Ndarray,
     /// CUDA (needs the bench built with `--features cuda`).
     Cuda,
@@ -71,6 +77,49 @@ pub enum Model {
     /// ResNet-50 with GroupNorm (32 groups), 1000 classes, images `--image`².
     #[value(name = "resnet50-gn")]
     Resnet50Gn,
+    /// A tiny Llama-family decoder (4 layers, width 128, 4 / 2 heads, q/k/v biases, tied head,
+    /// vocabulary 512; the book's Llama chapter): quick on a CPU.
+    #[value(name = "llama-tiny")]
+    LlamaTiny,
+    /// SmolLM2-135M (Llama: GQA 9 / 3 heads, tied head), sequence `--seq`.
+    #[value(name = "smollm2-135m")]
+    Smollm2_135m,
+    /// Qwen2.5-0.5B (Llama-family with q/k/v biases, GQA 14 / 2, tied head).
+    #[value(name = "qwen2.5-0.5b")]
+    Qwen2_5_0_5b,
+    /// TinyLlama-1.1B (GQA 32 / 4, untied head).
+    #[value(name = "tinyllama-1.1b")]
+    Tinyllama1_1b,
+}
+
+impl Model {
+    /// The Llama-family configuration of a Llama model (`None` for the others).
+    pub fn llama(self) -> Option<LlamaConfig> {
+        match self {
+            Model::LlamaTiny => Some(
+                LlamaConfig::custom(512, 128, 344, 4, 4, 2)
+                    .with_bias(ProjectionBias::Qkv)
+                    .with_tied_head(true),
+            ),
+            Model::Smollm2_135m => Some(LlamaConfig::smollm2_135m()),
+            Model::Qwen2_5_0_5b => Some(LlamaConfig::qwen2_5_0_5b()),
+            Model::Tinyllama1_1b => Some(LlamaConfig::tinyllama_1_1b()),
+            _ => None,
+        }
+    }
+
+    /// Whether the model reads token ids (`--seq`) rather than images (`--image`).
+    fn reads_tokens(self) -> bool {
+        matches!(
+            self,
+            Model::Gpt2Small | Model::Gpt2Medium | Model::Gpt2Large
+        ) || self.llama().is_some()
+    }
+
+    /// The vocabulary of a token model (its random token ids are drawn below it).
+    fn vocab(self) -> usize {
+        self.llama().map_or(50257, |c| c.vocab_size)
+    }
 }
 
 /// A training mode (`--modes`).
@@ -88,7 +137,18 @@ pub enum Mode {
     /// DP-BiTFiT: DP training of the biases only.
     #[value(name = "dp-bitfit")]
     DpBitfit,
+    /// Ordinary LoRA: adapters of rank `--lora-rank` (α = 2·rank) on the attention's q and v
+    /// projections train, the base weights are frozen (Llama-family models only).
+    #[value(name = "plain-lora")]
+    PlainLora,
+    /// DP-LoRA: the same adapters trained with DP (one backward pass; their per-sample norms
+    /// through the linear rule).
+    #[value(name = "dp-lora")]
+    DpLora,
 }
+
+/// The layers that get a LoRA adapter in the `*-lora` modes (what PEFT's Llama default targets).
+pub const LORA_TARGETS: [&str; 2] = ["q_proj", "v_proj"];
 
 /// The name clap parses, also used in the JSON lines.
 fn value_name<T: ValueEnum>(v: &T) -> String {
@@ -117,13 +177,24 @@ impl fmt::Display for BackendKind {
 
 impl Mode {
     fn is_dp(self) -> bool {
-        matches!(self, Mode::DpFull | Mode::DpBitfit)
+        matches!(self, Mode::DpFull | Mode::DpBitfit | Mode::DpLora)
+    }
+
+    /// Whether the mode trains LoRA adapters (the model gets them first).
+    fn is_lora(self) -> bool {
+        matches!(self, Mode::PlainLora | Mode::DpLora)
     }
 
     fn freeze_policy(self) -> FreezePolicy {
         match self {
             Mode::PlainBitfit | Mode::DpBitfit => FreezePolicy::BiasOnly,
             Mode::PlainFull | Mode::DpFull => FreezePolicy::None,
+            Mode::PlainLora | Mode::DpLora => FreezePolicy::Select(ParamSelector::AnyOf(
+                ADAPTER_SUFFIXES
+                    .iter()
+                    .map(|s| ParamSelector::PathSuffix(s.to_string()))
+                    .collect(),
+            )),
         }
     }
 }
@@ -136,6 +207,15 @@ pub const ANCHORS: [(Model, usize); 6] = [
     (Model::Gpt2Large, 8),
     (Model::VitB16, 32),
     (Model::Resnet50Gn, 32),
+];
+
+/// The Llama-family shapes (`--models llama-tiny,smollm2-135m,...`; not in the default sweep,
+/// which is the GPU anchors'), at the batch sizes of `tools/gpu-check.sh`.
+pub const LLAMA_SHAPES: [(Model, usize); 4] = [
+    (Model::LlamaTiny, 16),
+    (Model::Smollm2_135m, 16),
+    (Model::Qwen2_5_0_5b, 8),
+    (Model::Tinyllama1_1b, 4),
 ];
 
 /// PyTorch on the same GPU model, examples/s at the anchor shapes: `(model, batch, plain PyTorch
@@ -170,14 +250,18 @@ pub enum SingleParseError {
     Shape(String),
     /// An unknown model name.
     #[error(
-        "unknown model `{0}` (one of: gpt2-small, gpt2-medium, gpt2-large, vit-b16, resnet50-gn)"
+        "unknown model `{0}` (one of: gpt2-small, gpt2-medium, gpt2-large, vit-b16, resnet50-gn, \
+         llama-tiny, smollm2-135m, qwen2.5-0.5b, tinyllama-1.1b)"
     )]
     Model(String),
     /// A batch size that is not a positive integer.
     #[error("batch size `{0}` is not a positive integer")]
     Batch(String),
     /// An unknown mode name.
-    #[error("unknown mode `{0}` (one of: plain-full, plain-bitfit, dp-full, dp-bitfit)")]
+    #[error(
+        "unknown mode `{0}` (one of: plain-full, plain-bitfit, dp-full, dp-bitfit, plain-lora, \
+         dp-lora)"
+    )]
     Mode(String),
 }
 
@@ -217,6 +301,8 @@ pub struct Config {
     pub seq: usize,
     /// Image side for ViT and ResNet.
     pub image: usize,
+    /// Rank of the adapters of the `*-lora` modes (α = 2·rank).
+    pub lora_rank: usize,
     /// Timed steps.
     pub steps: usize,
     /// Untimed steps before them.
@@ -360,7 +446,7 @@ fn input<B: Backend>(
 ) -> Input<B> {
     let b = cfg.single.batch;
     match cfg.single.model {
-        Model::Gpt2Small | Model::Gpt2Medium | Model::Gpt2Large => {
+        model if model.reads_tokens() => {
             let ids = Tensor::<B, 2>::random(
                 [b, cfg.seq],
                 Distribution::Uniform(0.0, vocab as f64 - 1.0),
@@ -369,7 +455,7 @@ fn input<B: Backend>(
             .int();
             Input::Tokens(ids)
         }
-        Model::VitB16 | Model::Resnet50Gn => {
+        _ => {
             let x = Tensor::<B, 4>::random(
                 [b, 3, cfg.image, cfg.image],
                 Distribution::Normal(0.0, 1.0),
@@ -463,7 +549,15 @@ pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
     let policy = cfg.single.mode.freeze_policy();
     let err = |e: burn_dp::DpError| e.to_string();
     let sync = |d: &Inner::Device| Inner::sync(d).map_err(|e| format!("{e:?}"));
-    let vocab = 50257;
+    let vocab = cfg.single.model.vocab();
+    if cfg.single.mode.is_lora() && cfg.single.model.llama().is_none() {
+        return Err(format!(
+            "{} trains LoRA adapters, which the bench puts on Llama-family models only \
+             (llama-tiny, smollm2-135m, qwen2.5-0.5b, tinyllama-1.1b), not on {}",
+            cfg.single.mode, cfg.single.model
+        ));
+    }
+    let lora = LoraConfig::new(cfg.lora_rank, 2.0 * cfg.lora_rank as f64, &LORA_TARGETS);
     macro_rules! bench_model {
         ($init:expr, $losses:expr, $optim:expr, $lr:expr) => {{
             if cfg.single.mode.is_dp() {
@@ -471,7 +565,7 @@ pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
                 if cfg.peer.is_some() {
                     <B<Inner> as Backend>::seed(&device, PEER_INIT_SEED);
                 }
-                let (model, report) = freeze($init(&device), &policy).map_err(err)?;
+                let (model, report) = freeze($init(&device)?, &policy).map_err(err)?;
                 let (mut trainer, allreduce) = dp_trainer(cfg, model, $optim)?;
                 let inp = input::<B<Inner>>(cfg, vocab, &device, batch);
                 sync(&device)?;
@@ -490,7 +584,7 @@ pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
                 (measured, report)
             } else {
                 type B<I> = burn::backend::Autodiff<I>;
-                let (model, report) = freeze($init(&device), &policy).map_err(err)?;
+                let (model, report) = freeze($init(&device)?, &policy).map_err(err)?;
                 let mut optim = $optim;
                 let inp = input::<B<Inner>>(cfg, vocab, &device, |x| x);
                 sync(&device)?;
@@ -526,7 +620,7 @@ pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
         model @ (Model::Gpt2Small | Model::Gpt2Medium | Model::Gpt2Large) => {
             let c = gpt2(model);
             bench_model!(
-                |d| c.init(d),
+                |d| Ok::<_, String>(c.init(d)),
                 |m: &burn_dp_models::Gpt2<_>, inp: &Input<_>| match inp {
                     Input::Tokens(ids) => m.loss_per_sample(ids.clone()),
                     Input::Images(..) => unreachable!("GPT-2 gets tokens"),
@@ -539,7 +633,7 @@ pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
             let mut c = ViTConfig::base_patch16(1000);
             c.image_size = cfg.image;
             bench_model!(
-                |d| c.init(d),
+                |d| Ok::<_, String>(c.init(d)),
                 |m: &burn_dp_models::ViTForImageClassification<_>, inp: &Input<_>| match inp {
                     Input::Images(x, y) => m.loss_per_sample((x.clone(), y.clone())),
                     Input::Tokens(_) => unreachable!("ViT gets images"),
@@ -548,10 +642,35 @@ pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
                 1e-4
             )
         }
+        model @ (Model::LlamaTiny
+        | Model::Smollm2_135m
+        | Model::Qwen2_5_0_5b
+        | Model::Tinyllama1_1b) => {
+            let c = model
+                .llama()
+                .ok_or("a Llama-family model has its configuration")?;
+            let lora_mode = cfg.single.mode.is_lora();
+            bench_model!(
+                |d| {
+                    let m = c.init(d);
+                    if lora_mode {
+                        m.with_lora(&lora, d).map_err(|e| e.to_string())
+                    } else {
+                        Ok(m)
+                    }
+                },
+                |m: &burn_dp_models::Llama<_>, inp: &Input<_>| match inp {
+                    Input::Tokens(ids) => m.loss_per_sample(ids.clone()),
+                    Input::Images(..) => unreachable!("a Llama model gets tokens"),
+                },
+                AdamWConfig::new().init(),
+                1e-4
+            )
+        }
         Model::Resnet50Gn => {
             let c = ResNetConfig::resnet50(1000).with_norm(Norm::GroupNorm { groups: 32 });
             bench_model!(
-                |d| c.init(d),
+                |d| Ok::<_, String>(c.init(d)),
                 |m: &burn_dp_models::ResNet<_>, inp: &Input<_>| match inp {
                     Input::Images(x, y) => m.loss_per_sample((x.clone(), y.clone())),
                     Input::Tokens(_) => unreachable!("ResNet gets images"),
@@ -561,7 +680,7 @@ pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
             )
         }
     };
-    // The device allocator after the steps (cubecl backends; `null` on NdArray).
+    // The device allocator after the steps (cubecl backends; `null` on Flex and NdArray).
     let memory = Inner::memory_usage(&device);
     let steps = m.times.len().max(1) as f64;
     let mean = m.times.iter().sum::<f64>() / steps;
@@ -613,6 +732,7 @@ pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
 /// Runs one configuration in this process and prints its JSON line (an `"error"` line on failure).
 pub fn run_single(cfg: &Config, backend: BackendKind) -> Result<(), String> {
     let out = match backend {
+        BackendKind::Flex => run_one::<burn_dp::Flex>(cfg, backend),
         BackendKind::Ndarray => run_one::<burn::backend::NdArray<f32>>(cfg, backend),
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => run_one::<burn_dp::Cuda>(cfg, backend),
@@ -638,16 +758,27 @@ pub fn run_single(cfg: &Config, backend: BackendKind) -> Result<(), String> {
     }
 }
 
-/// The configurations of a sweep: the anchors of `models` (all when empty) in priority order,
+/// The configurations of a sweep: the shapes of `models` (the GPU anchors when empty; the Llama
+/// shapes when named) in priority order,
 /// with `batch` overriding the anchor batch sizes (then one configuration per model).
 pub fn sweep(models: &[Model], modes: &[Mode], batch: Option<usize>) -> Vec<Single> {
     let mut out: Vec<Single> = Vec::new();
-    for (model, anchor_batch) in ANCHORS {
-        if !models.is_empty() && !models.contains(&model) {
+    let named = ANCHORS.iter().chain(LLAMA_SHAPES.iter()).copied();
+    for (model, anchor_batch) in named {
+        let wanted = if models.is_empty() {
+            ANCHORS.iter().any(|(m, _)| *m == model)
+        } else {
+            models.contains(&model)
+        };
+        if !wanted {
             continue;
         }
         let batch = batch.unwrap_or(anchor_batch);
-        for &mode in modes {
+        // LoRA modes on models without adapters are left out (a `--single` asks and is told why).
+        for &mode in modes
+            .iter()
+            .filter(|m| !m.is_lora() || model.llama().is_some())
+        {
             let s = Single { model, batch, mode };
             if !out.contains(&s) {
                 out.push(s);
@@ -680,6 +811,8 @@ pub fn run_sweep(
             &cfg.seq.to_string(),
             "--image",
             &cfg.image.to_string(),
+            "--lora-rank",
+            &cfg.lora_rank.to_string(),
             "--steps",
             &cfg.steps.to_string(),
             "--warmup",
@@ -858,29 +991,33 @@ pub fn peers_line(one: &Value, peers: &[Value]) -> Value {
 /// memory peak of DP full ÷ non-DP full ≤ 1.15; on CUDA at the anchor shapes, non-DP full ≥ 0.8×
 /// plain PyTorch (TF32) and DP full ≥ 1.5× fastDP book-keeping.
 pub fn ratios(results: &[Value]) -> Vec<Value> {
-    let get = |model: &str, b: u64, mode: &str, key: &str| -> Option<f64> {
+    // Lines of one backend only are paired (a run may hold Flex and NdArray lines).
+    let get = |backend: &Value, model: &str, b: u64, mode: &str, key: &str| -> Option<f64> {
         results
             .iter()
-            .filter(|r| r["peers"].as_u64().unwrap_or(1) == 1)
+            .filter(|r| r["peers"].as_u64().unwrap_or(1) == 1 && r["backend"] == *backend)
             .filter(|r| r["model"] == model && r["batch"] == b && r["mode"] == mode)
             .find_map(|r| r[key].as_f64())
     };
-    let mut seen: Vec<(String, u64)> = Vec::new();
+    let mut seen: Vec<(Value, String, u64)> = Vec::new();
     let mut out = Vec::new();
     for r in results {
         let (Some(model), Some(b)) = (r["model"].as_str(), r["batch"].as_u64()) else {
             continue;
         };
+        let backend = &r["backend"];
         if r["samples_per_s"].is_null()
+            || r["bench"] == "anchor"
             || r["peers"].as_u64().unwrap_or(1) != 1
-            || seen.iter().any(|(m, x)| m == model && *x == b)
+            || seen
+                .iter()
+                .any(|(k, m, x)| k == backend && m == model && *x == b)
         {
             continue;
         }
-        seen.push((model.to_string(), b));
-        let ratio = |num: &str, den: &str, key: &str| {
-            Some(get(model, b, num, key)? / get(model, b, den, key)?)
-        };
+        seen.push((backend.clone(), model.to_string(), b));
+        let get = |mode: &str, key: &str| get(backend, model, b, mode, key);
+        let ratio = |num: &str, den: &str, key: &str| Some(get(num, key)? / get(den, key)?);
         let tput = "samples_per_s";
         let mut line = json!({
             "bench": "train-ratios", "backend": r["backend"], "model": model, "batch": b,
@@ -892,6 +1029,12 @@ pub fn ratios(results: &[Value]) -> Vec<Value> {
                 ratio("dp-full", "plain-full", "peak_device_mib"),
             "peak_device_mem_dp_full_over_plain_full_target": 1.15,
             "peak_rss_dp_full_over_plain_full": ratio("dp-full", "plain-full", "peak_rss_gib"),
+            "peak_rss_dp_full_over_plain_full_target": 1.15,
+            "peak_rss_dp_bitfit_over_dp_full": ratio("dp-bitfit", "dp-full", "peak_rss_gib"),
+            "dp_lora_over_plain_lora": ratio("dp-lora", "plain-lora", tput),
+            "dp_lora_over_plain_lora_target": 0.8,
+            "dp_lora_over_dp_full": ratio("dp-lora", "dp-full", tput),
+            "peak_rss_dp_lora_over_dp_full": ratio("dp-lora", "dp-full", "peak_rss_gib"),
             "start_to_first_step_s_max": results.iter()
                 .filter(|x| x["model"] == model && x["batch"] == b)
                 .filter_map(|x| x["start_to_first_step_s"].as_f64())
@@ -910,10 +1053,10 @@ pub fn ratios(results: &[Value]) -> Vec<Value> {
             (anchor, at_anchor_shape, r["backend"].as_str().unwrap_or(""))
         {
             line["plain_full_over_pytorch_tf32"] =
-                json!(get(model, b, "plain-full", tput).map(|s| s / torch));
+                json!(get("plain-full", tput).map(|s| s / torch));
             line["plain_full_over_pytorch_tf32_target"] = json!(0.8);
             line["dp_full_over_fastdp_bookkeeping"] =
-                json!(get(model, b, "dp-full", tput).map(|s| s / fastdp));
+                json!(get("dp-full", tput).map(|s| s / fastdp));
             line["dp_full_over_fastdp_bookkeeping_target"] = json!(1.5);
         }
         out.push(line);
@@ -980,6 +1123,31 @@ mod tests {
             small.len(),
             2,
             "B overridden: both GPT-2 small anchors are one configuration"
+        );
+    }
+
+    #[test]
+    fn llama_shapes_and_lora_modes_sweep_only_where_they_apply() {
+        // The default sweep is the GPU anchors'; named Llama models join it, and the LoRA modes
+        // run on Llama-family models only.
+        let default = sweep(&[], &[Mode::DpFull, Mode::DpLora], None);
+        assert!(default.iter().all(|s| s.mode == Mode::DpFull));
+        assert!(default.iter().all(|s| s.model.llama().is_none()));
+        let named = sweep(
+            &[Model::Gpt2Small, Model::Smollm2_135m],
+            &[Mode::PlainLora, Mode::DpLora],
+            Some(4),
+        );
+        let got: Vec<String> = named.iter().map(|s| s.to_string()).collect();
+        assert_eq!(got, ["smollm2-135m:4:plain-lora", "smollm2-135m:4:dp-lora"]);
+        assert_eq!(
+            "qwen2.5-0.5b:8:dp-lora".parse::<Single>().unwrap().model,
+            Model::Qwen2_5_0_5b
+        );
+        // Published parameter counts (the models crate tests them; the bench reports them).
+        assert_eq!(
+            Model::Tinyllama1_1b.llama().unwrap().num_params(),
+            1_100_048_384
         );
     }
 

@@ -2,7 +2,9 @@
 //!
 //! The white-box audit fans its runs out to `--jobs` worker processes (this binary with the hidden
 //! `--worker-runs`): burn-autodiff 0.21 can drop another thread's graph during a concurrent
-//! backward pass (tracel-ai/burn#5573), so the trials run in processes, never in threads.
+//! backward pass (tracel-ai/burn#5573), so the trials run in processes, never in threads. Every
+//! trial trains on `DpAutodiff<Flex>`; a worker's Flex uses one thread (`RAYON_NUM_THREADS=1`:
+//! the workers already fill the cores).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -10,7 +12,6 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use burn::backend::NdArray;
 use burn_dp::accounting::{AccountantKind, Schedule};
 use burn_dp::{ClippingFn, DpError, PrivacyState};
 use burn_dp_audit::{
@@ -24,7 +25,8 @@ use serde_json::{json, Map, Value};
 
 use crate::plot;
 
-type Inner = NdArray<f32>;
+/// The backend of the trials: burn's fast CPU backend.
+type Inner = burn_dp::Flex;
 
 /// `burn-dp audit` options.
 #[derive(Args, Debug, Clone)]
@@ -285,6 +287,8 @@ fn fan_out(args: &AuditArgs, sigma: f64, runs: usize, jobs: usize) -> Result<Sco
         }
         let mut child = Command::new(&exe)
             .args(args.worker_args(sigma, share))
+            // One thread per worker: `jobs` workers already fill the cores.
+            .env("RAYON_NUM_THREADS", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,4 +1,4 @@
-//! Data-parallel DP on NdArray with peer processes on 127.0.0.1 (the crate's `burn-dp-peer`
+//! Data-parallel DP on Flex with peer processes on 127.0.0.1 (the crate's `burn-dp-peer`
 //! binary), against one process on the union of their batches.
 
 use std::net::TcpListener;
@@ -6,7 +6,6 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use burn::backend::NdArray;
 use burn::optim::SgdConfig;
 use burn_dp::{
     AccountantKind, ClippingFn, DpAutodiff, DpOptimizer, NoiseSource, PerSampleConfig,
@@ -20,7 +19,7 @@ mod demo;
 
 use demo::DemoNet;
 
-type B = NdArray<f32>;
+type B = burn_dp::Flex;
 type Dp = DpAutodiff<B>;
 
 const PEER: &str = env!("CARGO_BIN_EXE_burn-dp-peer");

@@ -9,7 +9,6 @@
 
 use std::path::PathBuf;
 
-use burn::backend::NdArray;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataset::InMemDataset;
@@ -34,7 +33,7 @@ use burn_train::{
 };
 use clap::Parser;
 
-type Inner = NdArray<f32>;
+type Inner = burn_dp::Flex;
 type Dp = DpAutodiff<Inner>;
 
 /// DP training of an MLP on the bundled digits with burn-train's Learner.

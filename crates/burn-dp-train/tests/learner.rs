@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use burn::backend::NdArray;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
@@ -34,7 +33,7 @@ use burn_train::renderer::{
 };
 use burn_train::{InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep};
 
-type Inner = NdArray<f32>;
+type Inner = burn_dp::Flex;
 type Dp = DpAutodiff<Inner>;
 type Valid = PerSample<Inner>;
 /// The inner optimizer (SGD) for model type `M`.

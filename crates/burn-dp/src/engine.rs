@@ -315,9 +315,11 @@ fn per_sample_pass<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     }
     check_loss_tag(loss_tag, b)?;
     let device = lower(losses.clone().inner()).device();
-    let mut grads = backend::with_scope(|| losses.sum().backward());
+    // An empty batch has no gradient to take (and burn-flex 0.21's gemm dies on the empty
+    // products of its backward pass).
+    let mut grads = (b > 0).then(|| backend::with_scope(|| losses.sum().backward()));
     let mut collect = Collect::<B> {
-        grads: Some(&mut grads),
+        grads: grads.as_mut(),
         path: Vec::new(),
         out: Vec::new(),
     };
@@ -426,7 +428,7 @@ pub fn clipped_backward<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     backward.end();
     let untouched = resolved
         .iter()
-        .filter(|r| r.grad.is_none())
+        .filter(|r| b > 0 && r.grad.is_none())
         .map(|r| r.path.clone())
         .collect();
     let ids: Vec<(ParamId, &str)> = resolved.iter().map(|r| (r.id, r.path.as_str())).collect();

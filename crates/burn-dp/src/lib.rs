@@ -64,15 +64,23 @@ pub use setup::{shard_range, PrivateSetup};
 pub use state::{declare_public, ModuleSnapshot};
 pub use trainer::{PrivateTrainer, StepReport};
 
+/// burn's fast CPU backend (SIMD, gemm, multi-threaded), the default CPU backend of the
+/// examples and the bench: train with `DpAutodiff<Flex>`.
+pub use burn_flex::Flex;
+
 /// The CUDA backend (feature `cuda`): train with `DpAutodiff<Cuda>`.
 #[cfg(feature = "cuda")]
 pub use burn_cuda::Cuda;
 
-#[cfg(test)]
-mod adversarial_tests;
 #[cfg(all(test, feature = "cubecl-noise"))]
 mod cube_tests;
+// The unit tests of `tests.rs`, `noise_tests.rs` and `adversarial_tests/` run once on each CPU backend: one body, the
+// backend the wrapper's `Inner`.
 #[cfg(test)]
-mod noise_tests;
+#[allow(clippy::duplicate_mod)] // the same test files, once per backend
+#[path = "tests_on/flex.rs"]
+mod tests_on_flex;
 #[cfg(test)]
-mod tests;
+#[allow(clippy::duplicate_mod)]
+#[path = "tests_on/ndarray.rs"]
+mod tests_on_ndarray;

@@ -1,7 +1,7 @@
 //! Device memory in use and reserved, as the backend's allocator reports it: cubecl's memory
 //! statistics (`ComputeClient::memory_usage`) on CUDA, ROCm and wgpu (feature `cubecl-noise`, on
-//! with `cuda` and `wgpu`), nothing on NdArray, whose tensors are ordinary host memory (read the
-//! process's resident set instead).
+//! with `cuda` and `wgpu`), nothing on Flex and NdArray, whose tensors are ordinary host memory
+//! (read the process's resident set instead).
 //!
 //! `bench train` prints it after the timed steps (`device_bytes_in_use`,
 //! `device_bytes_reserved`). cubecl keeps the pages it allocated in its pools, so the reserved
@@ -29,7 +29,7 @@ pub struct DeviceMemoryUsage {
 /// A backend whose device allocator can be asked for its memory use.
 pub trait DeviceMemory: Backend {
     /// The memory the allocator of `device` holds now; `None` where the backend has no device
-    /// allocator to ask (NdArray) or the query failed. Queued work is not waited for: call it
+    /// allocator to ask (Flex, NdArray) or the query failed. Queued work is not waited for: call it
     /// after `Backend::sync` for the memory of finished work.
     fn memory_usage(device: &Self::Device) -> Option<DeviceMemoryUsage>;
 }
@@ -41,6 +41,13 @@ where
     NdArrayTensor: From<SharedArray<E>>,
     NdArrayTensor: From<SharedArray<I>>,
 {
+    fn memory_usage(_device: &Self::Device) -> Option<DeviceMemoryUsage> {
+        None
+    }
+}
+
+/// Flex's tensors live in host memory: no device allocator.
+impl DeviceMemory for burn_flex::Flex {
     fn memory_usage(_device: &Self::Device) -> Option<DeviceMemoryUsage> {
         None
     }
@@ -86,5 +93,10 @@ mod tests {
     #[test]
     fn ndarray_has_no_device_allocator() {
         assert_eq!(NdArray::<f32>::memory_usage(&Default::default()), None);
+    }
+
+    #[test]
+    fn flex_has_no_device_allocator() {
+        assert_eq!(burn_flex::Flex::memory_usage(&Default::default()), None);
     }
 }

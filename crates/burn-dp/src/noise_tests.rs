@@ -1,7 +1,6 @@
 //! Tests of the noise generator (known answers, statistics), of the DP optimizer's noise, and of
 //! the noise and sampler state in checkpoints.
 
-use burn::backend::NdArray;
 use burn::module::{AutodiffModule, Module};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::SgdConfig;
@@ -17,7 +16,7 @@ use crate::noise::chacha::{
 use crate::noise::{NoiseBackend, NoiseDraw, NoiseGenerator, NoiseKey};
 use crate::*;
 
-type Inner = NdArray<f32>;
+use super::Inner;
 type Dp = DpAutodiff<Inner>;
 
 /// RFC 8439's test key 00 01 02 ... 1f as words.
@@ -597,7 +596,7 @@ fn loading_drops_a_stale_accumulation() {
 }
 
 #[test]
-fn ndarray_noise_backend_equals_the_host_stream() {
+fn noise_backend_equals_the_host_stream() {
     let g = NoiseGenerator::new(NoiseSource::FixedSeedForExperiments(71)).unwrap();
     let draw = NoiseDraw {
         key: g.key().clone(),

@@ -40,7 +40,9 @@ pub enum FreezeKind {
 /// `--backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
-    /// The CPU (burn's NdArray).
+    /// The CPU with burn's Flex (SIMD, multi-threaded): the default, the fastest on a CPU.
+    Flex,
+    /// The CPU with burn's NdArray (deprecated in burn 0.22, kept while burn 0.21 has it).
     Ndarray,
     /// CUDA (needs the example built with `--features cuda`).
     Cuda,
@@ -79,8 +81,8 @@ pub struct PrivateTrainingArgs {
     /// head; for GPT-2 the last block, the final LayerNorm and an untied head).
     #[arg(long, value_enum, default_value_t = FreezeKind::None)]
     pub freeze: FreezeKind,
-    /// Backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    /// Backend: `flex` for a CPU, `cuda` for an NVIDIA GPU.
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     pub backend: BackendKind,
     /// Fixed seed for noise and sampling (experiments only: not private against whoever knows
     /// it). Default: the operating system's randomness.

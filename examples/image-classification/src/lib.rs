@@ -458,9 +458,10 @@ fn vit<B: Backend>(
 }
 
 // ANCHOR: backend
-/// Run the example on the backend of `--backend`: the same generic code for NdArray and CUDA.
+/// Run the example on the backend of `--backend`: the same generic code for Flex, NdArray and CUDA.
 pub fn run(args: Args) -> Result<Summary, Error> {
     match args.train.backend {
+        BackendKind::Flex => run_on::<burn_dp::Flex>(&args, Default::default()),
         BackendKind::Ndarray => run_on::<burn::backend::NdArray<f32>>(&args, Default::default()),
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => run_on::<burn_dp::Cuda>(&args, Default::default()),

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Module};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
@@ -20,7 +20,8 @@ use burn_dp::{
 use burn_dp_example_data::{Digits as BundledDigits, DigitsError};
 use indicatif::{ProgressBar, ProgressStyle};
 
-type Inner = NdArray<f32>;
+/// burn's fast CPU backend (`burn::backend::NdArray<f32>` works too, slower).
+type Inner = burn_dp::Flex;
 
 const TARGET_EPSILON: f64 = 3.0;
 const DELTA: f64 = 1e-5;

@@ -477,6 +477,7 @@ fn is_onnx(path: &Path) -> bool {
 /// Run the example.
 pub fn run(args: Args) -> Result<Summary, Error> {
     match args.train.backend {
+        BackendKind::Flex => run_on::<burn_dp::Flex>(&args, Default::default()),
         BackendKind::Ndarray => run_on::<burn::backend::NdArray<f32>>(&args, Default::default()),
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => run_on::<burn_dp::Cuda>(&args, Default::default()),

@@ -2,10 +2,9 @@
 //! the batch into module state) must be a typed error, and each look-alike that does not mix must
 //! train. A new op with a tag rule gets a row here.
 //!
-//! Every forward is a small model on `DpAutodiff<NdArray>`: a marked input `x [B, 4]`, or token
+//! Every forward is a small model on `DpAutodiff<Inner>` (run on Flex and on NdArray, `tests_on/`): a marked input `x [B, 4]`, or token
 //! ids `[B, T]` entering an embedding, one loss per sample `[B]`, then the engine's backward.
 
-use burn::backend::NdArray;
 use burn::module::{Module, RunningState};
 use burn::nn::{
     BatchNorm, BatchNormConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
@@ -19,7 +18,7 @@ use crate::*;
 
 mod in_the_loop;
 
-type Inner = NdArray<f32>;
+use super::Inner;
 type Dp = DpAutodiff<Inner>;
 
 #[derive(Module, Debug)]

@@ -435,7 +435,49 @@ pub fn float_matmul<B: Backend>(lhs: Ps<B>, rhs: Ps<B>) -> Ps<B> {
     let (b, tb) = rhs.into_dense("float_matmul");
     // A rank-2 right-hand side contracts its dimension 0: with per-sample rows, samples mix.
     let tag = layout::matmul(&a.shape(), &b.shape(), ta, tb, true, "float_matmul");
-    PsTensor::dense(B::float_matmul(a, b), tag)
+    PsTensor::dense(matmul_or_zeros::<B>(a, b), tag)
+}
+
+pub fn linear<B: Backend>(x: Ps<B>, weight: Ps<B>, bias: Option<Ps<B>>) -> Ps<B> {
+    let (x, t_x) = x.into_dense("linear");
+    let (weight, t_weight) = weight.into_dense("linear");
+    let (bias, t_bias) = opt_dense(bias, "linear");
+    let tag = Tag::join_all(&[t_x, t_weight.shared("linear"), t_bias.shared("linear")]);
+    // An empty batch: the zero output of its shape, without the backend (burn-flex 0.21's gemm
+    // dies on an empty product, see `matmul_or_zeros`).
+    let xs = x.shape();
+    if xs.num_elements() == 0 {
+        let mut dims: Vec<usize> = (0..xs.num_dims() - 1).map(|i| xs[i]).collect();
+        dims.push(weight.shape()[1]);
+        let (dtype, device) = (x.dtype(), B::float_device(&x));
+        return PsTensor::dense(
+            B::float_zeros(Shape::from(dims), &device, dtype.into()),
+            tag,
+        );
+    }
+    PsTensor::dense(B::linear(x, weight, bias), tag)
+}
+
+/// `B::float_matmul`, except that a product with an empty operand (an empty batch, a zero-width
+/// contraction) is the zero tensor of the product's shape without calling the backend:
+/// burn-flex 0.21's batched gemm dies with SIGSEGV on a `[0, T, d]` left-hand side.
+///
+/// # Shapes
+/// `a`: `[..batch_a, m, k]`, `b`: `[..batch_b, k, n]` (same rank, batch dimensions broadcast);
+/// returns `[..batch, m, n]`.
+pub(crate) fn matmul_or_zeros<B: Backend>(a: FloatTensor<B>, b: FloatTensor<B>) -> FloatTensor<B> {
+    let (sa, sb) = (a.shape(), b.shape());
+    if sa.num_elements() != 0 && sb.num_elements() != 0 {
+        return B::float_matmul(a, b);
+    }
+    let rank = sa.num_dims();
+    let mut dims: Vec<usize> = (0..rank.saturating_sub(2))
+        .map(|i| if sa[i] == 1 { sb[i] } else { sa[i] })
+        .collect();
+    dims.push(sa[rank - 2]);
+    dims.push(sb[rank - 1]);
+    let (dtype, device) = (a.dtype(), B::float_device(&a));
+    B::float_zeros(Shape::from(dims), &device, dtype.into())
 }
 
 // ---------------------------------------------------------------- data and metadata

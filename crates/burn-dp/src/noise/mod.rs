@@ -11,7 +11,8 @@
 //! integer (the next step), the stream can be cut anywhere and computed in any order, and the
 //! same algorithm runs
 //!
-//! - on the host for NdArray, multi-threaded over whole blocks ([`chacha::fill_gaussian`]), and
+//! - on the host for Flex and NdArray, multi-threaded over whole blocks
+//!   ([`chacha::fill_gaussian`]), and
 //! - as one cubecl kernel on cubecl backends (feature `cubecl-noise`, on by `cuda`), so a CUDA
 //!   step draws its noise on the device, with no host work and no host↔device transfer
 //!   proportional to the number of parameters.
@@ -352,6 +353,14 @@ where
             ndarray::ArcArray::from_shape_vec(ndarray::IxDyn(&[draw.n]), draw.host_values())
                 .expect("a vector of n values has shape [n]");
         NdArrayTensor::from(array)
+    }
+}
+
+/// Flex: the host path, multi-threaded, moved into the tensor without a copy (`TensorData::new`
+/// takes the vector's allocation).
+impl NoiseBackend for burn_flex::Flex {
+    fn gaussian_noise(draw: &NoiseDraw, _device: &Self::Device) -> FloatTensor<Self> {
+        burn_flex::FlexTensor::from_data(TensorData::new(draw.host_values(), [draw.n]))
     }
 }
 

@@ -3,9 +3,9 @@
 //! tokens → LayerNorm → Linear) trained with DP through the library's public API only — an
 //! integration test sees nothing else — then moved to the plain backend for inference.
 
-use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn_dp::Flex;
 
 // ANCHOR: model
 use burn::module::Module;
@@ -109,8 +109,8 @@ use burn_dp::{
 pub fn train_private(
     corpus: &Corpus,
     epsilon: f64,
-) -> Result<(TextClassifier<NdArray>, f64), DpError> {
-    type B = DpAutodiff<NdArray>; // instead of Autodiff<NdArray>
+) -> Result<(TextClassifier<Flex>, f64), DpError> {
+    type B = DpAutodiff<Flex>; // instead of Autodiff<Flex>
     let device = Default::default();
     // 4 expected passes over the data in logical batches of 64: q = 64 / N, ⌈4N / 64⌉ steps,
     // σ calibrated so that they spend exactly the target ε.
@@ -139,19 +139,19 @@ pub fn train_private(
         })?;
     }
     let spent = trainer.epsilon()?.epsilon;
-    // The same module on NdArray, for inference or export without the DP backend.
+    // The same module on Flex, for inference or export without the DP backend.
     let plain = into_plain_model(
         trainer.into_model(),
-        TextClassifier::<NdArray>::new(VOCAB, 8, 2, &device),
+        TextClassifier::<Flex>::new(VOCAB, 8, 2, &device),
         &device,
     )?;
     Ok((plain, spent))
 }
 // ANCHOR_END: train
 
-fn accuracy(model: &TextClassifier<NdArray>, corpus: &Corpus) -> f32 {
+fn accuracy(model: &TextClassifier<Flex>, corpus: &Corpus) -> f32 {
     let indices: Vec<usize> = (0..corpus.len()).collect();
-    let (ids, labels) = corpus.batch::<NdArray>(&indices, &Default::default());
+    let (ids, labels) = corpus.batch::<Flex>(&indices, &Default::default());
     let pred = model.forward(ids).argmax(1).reshape([corpus.len()]);
     let right = pred.equal(labels).int().sum().into_scalar().elem::<i64>();
     right as f32 / corpus.len() as f32

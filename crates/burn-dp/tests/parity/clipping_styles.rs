@@ -9,7 +9,7 @@ use burn_dp::{
 
 use burn_dp::testing::{assert_close, batch_of_one, sample, to_vec};
 
-use crate::support::*;
+use super::support::*;
 
 /// Group norms and clipped sums from oracle per-sample gradients.
 fn oracle_groups(

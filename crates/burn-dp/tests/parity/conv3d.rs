@@ -5,7 +5,7 @@
 //! `BURN_DP_FIXTURES` folder without `layers-conv3d.safetensors` (a copy of the shared fixture set
 //! made before Conv3d had a rule) falls back to the repository's copy under `tests/fixtures/`.
 
-use crate::support::{tensor, Dp, Fixture, Inner, Plain};
+use super::support::{tensor, Dp, Fixture, Inner, Plain};
 use burn::module::Param;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::PaddingConfig3d;

@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use burn_dp::{batch, per_sample_gradients, DpError};
 
-use crate::support::*;
+use super::support::*;
 
 #[derive(Module, Debug)]
 struct BnNet<B: Backend> {

@@ -5,7 +5,7 @@ use burn_dp::{batch, clipped_backward, ClippingFn, PerSampleConfig};
 
 use burn_dp::testing::sample;
 
-use crate::support::*;
+use super::support::*;
 
 #[test]
 fn frozen_parameters_cost_nothing() {

@@ -8,7 +8,7 @@ use burn::nn::{EmbeddingConfig, GroupNormConfig, LayerNormConfig, LinearConfig, 
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_dp::batch;
 
-use crate::support::*;
+use super::support::*;
 
 /// PyTorch's Linear weight layout `[B, out, in]` to ours `[B, in, out]`.
 fn torch_linear(v: &[f32], s: &[usize]) -> Vec<f32> {

@@ -1,10 +1,12 @@
 //! Oracle-parity tests of the per-sample engine: one test binary with a module per topic (every
-//! extra test binary costs a link of burn on two cores).
+//! extra test binary costs a link of burn on two cores), the whole suite once per CPU backend
+//! (`backends/flex.rs`, `backends/ndarray.rs`: one body, the backend a type alias `Inner`; test
+//! names start with the backend, e.g. `flex::layers::`).
 //!
 //! - [`any_model`]: the book's "Making any burn model private" program, trained and checked.
 //! - [`layers`]: every rule against PyTorch's per-sample gradients in `layers.safetensors`.
 //! - [`oracle`]: property tests (`proptest`) against a batch-of-one oracle computed with plain
-//!   `Autodiff<NdArray>`, on random shapes, seeds, batch sizes, bias on and off, in every norm
+//!   `Autodiff<Inner>`, on random shapes, seeds, batch sizes, bias on and off, in every norm
 //!   mode; tied parameters and the empty batch.
 //! - [`conv3d`]: Conv3d against PyTorch (`layers-conv3d.safetensors`) and a batch-of-one oracle.
 //! - [`frozen`]: frozen parameters get no rule call and no gradient.
@@ -20,18 +22,19 @@
 //! a missing fixture is a failure. The property tests draw from a fixed proptest seed (see
 //! [`support::proptest_config`]); set `PROPTEST_RNG_SEED` to explore others.
 //!
-//! To add a topic, write `tests/parity/<topic>.rs` (`use crate::support::*;`, its `#[test]`s),
-//! add `mod <topic>;` below and a line above.
+//! To add a topic, write `tests/parity/<topic>.rs` (`use super::support::*;`, its `#[test]`s),
+//! add `#[path = "../<topic>.rs"] mod <topic>;` to both files of `backends/` and a line above.
+//! [`any_model`], [`readme`] and [`public_then_private`] are whole programs on the default CPU
+//! backend (Flex), once.
 #![allow(clippy::type_complexity)] // (name, values) tables of the fixtures
 
+#[allow(clippy::duplicate_mod)] // the same topic files, once per backend
+#[path = "backends/flex.rs"]
+mod flex;
+#[allow(clippy::duplicate_mod)]
+#[path = "backends/ndarray.rs"]
+mod ndarray;
+
 mod any_model;
-mod clipping_styles;
-mod conv3d;
-mod fail_closed;
-mod frozen;
-mod layers;
-mod modules;
-mod oracle;
 mod public_then_private;
 mod readme;
-mod support;

@@ -1,9 +1,9 @@
 //! burn-nn 0.21's modules, one test per row of the book's "What is supported" table
 //! (`book/src/supported.md`): the engine's per-sample gradients, norms and clipped sums against
-//! the batch-of-one oracle (B separate backward passes of plain `Autodiff<NdArray>`), or the typed
+//! the batch-of-one oracle (B separate backward passes of plain `Autodiff<Inner>`), or the typed
 //! refusal of a module that mixes samples or has no rule. Rows already covered elsewhere: Linear,
-//! Conv1d/Conv2d, Embedding, LayerNorm, GroupNorm, RmsNorm, raw `Param`s ([`crate::oracle`]),
-//! Conv3d ([`crate::conv3d`]). Tiny widths, B = 3, fixed values: each test is a few milliseconds.
+//! Conv1d/Conv2d, Embedding, LayerNorm, GroupNorm, RmsNorm, raw `Param`s ([`super::oracle`]),
+//! Conv3d ([`super::conv3d`]). Tiny widths, B = 3, fixed values: each test is a few milliseconds.
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
@@ -34,7 +34,7 @@ use burn::tensor::{Tensor, TensorData};
 use burn_dp::testing::{assert_close, batch_of_one, sample, to_vec};
 use burn_dp::{mark_batch, per_sample_gradients};
 
-use crate::support::*;
+use super::support::*;
 
 const BATCH: usize = 3;
 

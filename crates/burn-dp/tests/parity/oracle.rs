@@ -1,11 +1,12 @@
 //! Property tests: the engine's per-sample gradients, norms and clipped sums against a
-//! batch-of-one oracle (one plain `Autodiff<NdArray>` backward pass per sample), on shapes, batch
+//! batch-of-one oracle (one plain `Autodiff<Inner>` backward pass per sample), on shapes, batch
 //! sizes, bias flags and value seeds drawn by proptest, in every norm mode.
 //!
 //! burn 0.21's NdArray cannot run most forwards on an empty batch (matmul divides by the batch,
 //! `expand` rejects 0), so the empty batch is exercised by the tied model, whose forward runs
 //! ([`tied_empty_batch`] always, and its property draws B from 0..=5); the other properties draw B
-//! from 1..=5.
+//! from 1..=5. burn-flex 0.21 crashes on the oracle's empty batch (`RUNS_EMPTY_BATCH`): on Flex
+//! both start at B = 1.
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
@@ -20,7 +21,7 @@ use proptest::prelude::*;
 
 use burn_dp::testing::{sample, sample_int};
 
-use crate::support::*;
+use super::support::*;
 
 proptest! {
     #![proptest_config(proptest_config())]
@@ -74,7 +75,7 @@ proptest! {
     /// parameter), B from 0.
     #[test]
     fn tied_embedding_and_head(
-        b in 0..=5usize,
+        b in usize::from(!RUNS_EMPTY_BATCH)..=5usize,
         (t, d, vocab) in (1..=5usize, 2..=4usize, 3..=8usize),
         (model_seed, input_seed) in any::<(u64, u64)>(),
     ) {
@@ -85,6 +86,9 @@ proptest! {
 /// The empty batch, whatever the property above draws: no samples, no gradients, no error.
 #[test]
 fn tied_empty_batch() {
+    if !RUNS_EMPTY_BATCH {
+        return;
+    }
     check_tied(0, (3, 2, 4), (1, 2));
 }
 

@@ -3,19 +3,19 @@
 //! an ordinary `backward()` + Adam loop on `DpAutodiff`, then fine-tuned privately: DP-BiTFiT and
 //! DP full. The book includes this file ("What is rejected, and why").
 
-use burn::backend::NdArray;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use burn_dp::Flex;
 use burn_dp::{
     declare_public, freeze, AccountantKind, ClippingFn, DpAutodiff, DpError, FreezePolicy,
     NoiseSource, PerSampleConfig, PrivacyState, PrivateSetup, PrivateTrainer,
 };
 
-type B = DpAutodiff<NdArray<f32>>;
+type B = DpAutodiff<Flex>;
 
 const VOCAB: usize = 20;
 const T: usize = 6;

@@ -2,16 +2,15 @@
 //! of this file.
 
 // ANCHOR: readme
-use burn::backend::NdArray;
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::SgdConfig;
 use burn::tensor::{Tensor, TensorData};
 use burn_dp::{
-    mark_batch, AccountantKind, ClippingFn, DpAutodiff, DpError, NoiseSource, PerSampleConfig,
-    PrivacyState, PrivateSetup, PrivateTrainer, Schedule,
+    mark_batch, AccountantKind, ClippingFn, DpAutodiff, DpError, Flex, NoiseSource,
+    PerSampleConfig, PrivacyState, PrivateSetup, PrivateTrainer, Schedule,
 };
 
-type B = DpAutodiff<NdArray>; // instead of Autodiff<NdArray>
+type B = DpAutodiff<Flex>; // instead of Autodiff<Flex>
 
 /// Linear regression with an (ε = 3, δ = 1e-5) guarantee for every example of the data set.
 fn train(features: &[[f32; 4]], targets: &[f32]) -> Result<Linear<B>, DpError> {

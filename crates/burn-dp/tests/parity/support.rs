@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::Backend;
@@ -15,8 +15,10 @@ use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// The backend under the engine and the oracle.
-pub type Inner = NdArray<f32>;
+/// The backend under the engine and the oracle: the suite's (`backends/*.rs`).
+pub use super::Inner;
+/// Whether the suite's backend runs the empty batch (the suite's `backends/*.rs`).
+pub use super::RUNS_EMPTY_BATCH;
 /// The engine's backend.
 pub type Dp = DpAutodiff<Inner>;
 /// The oracle's backend: plain autodiff, one backward pass per sample.

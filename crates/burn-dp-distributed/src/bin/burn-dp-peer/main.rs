@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use burn::backend::NdArray;
 use burn::optim::SgdConfig;
 use burn_dp::{
     AccountantKind, ClippingFn, NoiseSource, PerSampleConfig, PrivacyState, PrivateSetup,
@@ -29,7 +28,7 @@ use serde::Serialize;
 
 use demo::DemoNet;
 
-type B = NdArray<f32>;
+type B = burn_dp::Flex;
 
 #[derive(Parser)]
 #[command(

@@ -54,11 +54,7 @@ impl<B: Backend> ModuleOps<Self> for PerSample<B> {
         weight: FloatTensor<Self>,
         bias: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        let (x, t_x) = x.into_dense("linear");
-        let (weight, t_weight) = weight.into_dense("linear");
-        let (bias, t_bias) = opt_dense(bias, "linear");
-        let tag = Tag::join_all(&[t_x, t_weight.shared("linear"), t_bias.shared("linear")]);
-        PsTensor::dense(B::linear(x, weight, bias), tag)
+        intercept::linear::<B>(x, weight, bias)
     }
 
     fn linear_x_backward(
