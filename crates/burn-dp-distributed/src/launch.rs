@@ -65,21 +65,48 @@ impl LocalPeers {
         for rank in ranks {
             let mut command = Command::new(program);
             command.args(args(rank));
-            match output {
-                PeerOutput::Inherit => {}
-                PeerOutput::DiscardStdout => {
-                    command.stdout(Stdio::null());
-                }
-                PeerOutput::Capture => {
-                    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-                }
-            }
-            let child = command.spawn().map_err(|e| {
-                DistributedError::Launch(format!("peer {rank} ({}): {e}", program.display()))
-            })?;
-            peers.children.push((rank, Some(child)));
+            peers.push(rank, command, output)?;
         }
         Ok(peers)
+    }
+
+    /// Starts one process, `command` (e.g. `mpirun`, which starts every rank itself), labelled
+    /// `rank` in errors and exits, its output as `output` says.
+    pub fn spawn_command(
+        rank: u32,
+        command: Command,
+        output: PeerOutput,
+    ) -> Result<Self, DistributedError> {
+        let mut peers = LocalPeers {
+            children: Vec::new(),
+        };
+        peers.push(rank, command, output)?;
+        Ok(peers)
+    }
+
+    fn push(
+        &mut self,
+        rank: u32,
+        mut command: Command,
+        output: PeerOutput,
+    ) -> Result<(), DistributedError> {
+        match output {
+            PeerOutput::Inherit => {}
+            PeerOutput::DiscardStdout => {
+                command.stdout(Stdio::null());
+            }
+            PeerOutput::Capture => {
+                command.stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+        }
+        let child = command.spawn().map_err(|e| {
+            DistributedError::Launch(format!(
+                "peer {rank} ({}): {e}",
+                command.get_program().to_string_lossy()
+            ))
+        })?;
+        self.children.push((rank, Some(child)));
+        Ok(())
     }
 
     /// The ranks started.
