@@ -159,10 +159,17 @@ impl LocalPeers {
             let stderr = err.join().unwrap_or_default();
             match status {
                 Ok(s) if s.success() => {}
-                Ok(s) => failed.push(match stderr.lines().last() {
-                    Some(line) => format!("peer {rank}: {s}: {line}"),
-                    None => format!("peer {rank}: {s}"),
-                }),
+                // The first `error:` line (mpirun's own messages follow a rank's), else the last.
+                Ok(s) => failed.push(
+                    match stderr
+                        .lines()
+                        .find(|l| l.starts_with("error:") || l.contains(": error:"))
+                        .or_else(|| stderr.lines().last())
+                    {
+                        Some(line) => format!("peer {rank}: {s}: {line}"),
+                        None => format!("peer {rank}: {s}"),
+                    },
+                ),
                 Err(e) => failed.push(format!("peer {rank}: {e}")),
             }
             exits.push(PeerExit {

@@ -223,6 +223,9 @@ pub fn launcher_world() -> Option<u32> {
         .find_map(|v| std::env::var(v).ok()?.parse().ok())
 }
 
+/// Whether this build carries the feature `mpi`: then [`launch_peers`] runs `mpirun`.
+pub const USES_MPI: bool = cfg!(feature = "mpi");
+
 /// The group of a peer, whatever carries it: what the examples and the bench hold.
 #[derive(Debug)]
 pub enum AnyGroup {
@@ -331,7 +334,7 @@ pub fn launch_peers(
             "cannot start peers {first}..{peers}"
         )));
     }
-    if cfg!(feature = "mpi") {
+    if USES_MPI {
         let command = mpirun_command(program, peers, args);
         return Ok(Launched::Mpirun(LocalPeers::spawn_command(
             0, command, output,
