@@ -847,8 +847,9 @@ pub fn peers_line(one: &Value, peers: &[Value]) -> Value {
             "allreduce_ms_as_measured_here": ar_min,
             "nccl_ring_ms": 2.0 * (k - 1.0) / k * bytes / ASSUMED_NVLINK_BYTES_PER_S * 1e3,
             "assumed_nvlink_bytes_per_s": ASSUMED_NVLINK_BYTES_PER_S,
-            "nccl": "an NCCL all-reduce on the device (no host copy) would cost nccl_ring_ms; \
-                     it is not wired in this build (see the book's chapter Data-parallel training)",
+            "nccl": "an NCCL all-reduce on the device (no host copy, burn-dp-distributed's \
+                     NcclGroup, feature nccl) would cost about nccl_ring_ms; the bench's peers \
+                     all-reduce through the host (see the book's chapter Data-parallel training)",
         },
     })
 }

@@ -20,6 +20,8 @@
 //! - `MpiGroup` (feature `mpi`): MPI's own `MPI_Allreduce` (`MPI_SUM`) between the ranks of a
 //!   job started by `mpirun -np K`, `mpirun -H a,b ...` or Slurm's `srun`; rank and world come
 //!   from MPI. A peer that dies ends the job (MPI aborts the other ranks).
+//! - `NcclGroup` (feature `nccl`, implies `mpi`): on CUDA, the buffer all-reduced in place on the
+//!   device with NCCL, the communicator bootstrapped over MPI (not yet run on GPUs);
 //! - [`TcpGroup`]: a star over TCP through peer 0, the zero-install fallback for one machine
 //!   (what `--peers N` starts when the program is built without `mpi`); a peer that dies is a
 //!   closed connection or a [`DistributedError::Timeout`], not a hang.
@@ -37,12 +39,16 @@ pub mod header;
 pub mod launch;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod peer;
 pub mod tcp;
 pub mod trainer;
 
 #[cfg(feature = "mpi")]
 pub use crate::mpi::MpiGroup;
+#[cfg(feature = "nccl")]
+pub use crate::nccl::NcclGroup;
 pub use all_reduce::AllReduce;
 pub use burn_dp::shard_range;
 pub use error::DistributedError;

@@ -47,6 +47,65 @@ struct Cli {
 enum Cmd {
     /// Run one peer (or, with `--peers N`, start N peers on this machine and wait for them).
     Train(Box<TrainArgs>),
+    /// (Feature `nccl`.) Check NCCL between the GPUs of an MPI job, one GPU per rank (the local
+    /// rank's): `mpirun -np 2 burn-dp-peer nccl-check`.
+    #[cfg(feature = "nccl")]
+    NcclCheck {
+        /// All-reduces to run.
+        #[arg(long, default_value_t = 5)]
+        count: u64,
+        /// f32 elements per all-reduce.
+        #[arg(long, default_value_t = 1 << 24)]
+        elements: usize,
+    },
+}
+
+/// `nccl-check`: `count` all-reduces of `elements` values `rank + 1 + i` on this rank's GPU,
+/// checked against the sum, timed on rank 0.
+#[cfg(feature = "nccl")]
+fn nccl_check(count: u64, elements: usize) -> Result<(), DistributedError> {
+    use burn_dp_distributed::nccl::Cuda;
+    use burn_dp_distributed::{MpiGroup, NcclGroup};
+    let mpi = MpiGroup::join()?;
+    let local = [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "SLURM_LOCALID",
+        "MPI_LOCALRANKID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+    .unwrap_or(0);
+    let device = burn_cuda::CudaDevice { index: local };
+    let mut group = NcclGroup::join(mpi, &device)?;
+    let (rank, world) = (
+        AllReduce::<Cuda>::rank(&group),
+        AllReduce::<Cuda>::world(&group),
+    );
+    for i in 0..count {
+        let value = (rank + 1) as f32 + i as f32;
+        let t = burn::tensor::Tensor::<Cuda, 1>::full([elements], value, &device);
+        let start = Instant::now();
+        let r = group.all_reduce_sum(t, i)?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        let got = r
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| DistributedError::Launch(format!("{e:?}")))?;
+        let expected = (1..=world).map(|k| k as f32 + i as f32).sum::<f32>();
+        if let Some(bad) = got.iter().position(|&v| v != expected) {
+            return Err(DistributedError::Launch(format!(
+                "rank {rank}, all-reduce {i}: element {bad} is {}, expected {expected}",
+                got[bad]
+            )));
+        }
+        if rank == 0 {
+            println!(
+                "nccl all-reduce {i} over {world} GPUs: {elements} f32 in {ms:.3} ms ({:.2} GB/s), ok",
+                4.0 * elements as f64 / ms / 1e6
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args, Clone)]
@@ -274,6 +333,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Train(args) => train(*args),
+        #[cfg(feature = "nccl")]
+        Cmd::NcclCheck { count, elements } => nccl_check(count, elements),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
