@@ -186,7 +186,9 @@ impl PeerArgs {
                     .then_some(AnyGroup::Mpi(group)))
             }
             #[cfg(not(feature = "mpi"))]
-            PeerRole::Mpi => unreachable!("role() refuses MPI without the feature"),
+            PeerRole::Mpi => Err(DistributedError::Config(
+                "started by an MPI launcher, built without the feature `mpi`".into(),
+            )),
         }
     }
 
