@@ -1,5 +1,6 @@
-//! Starting the peer processes of a run on this machine: what `burn-dp-peer launch`, the bench
-//! (`bench train --peers N`) and the examples (`--devices N`) share.
+//! Starting the peer processes of a run on this machine: what `--peers N` of `burn-dp-peer train`,
+//! the bench (`bench train --peers N`) and the examples share ([`crate::launch_peers`]: one
+//! `mpirun` process, or one process per TCP peer).
 //!
 //! A launcher starts one process per rank with [`LocalPeers::spawn`] (the program, usually this
 //! executable, and each rank's arguments) and collects them with [`LocalPeers::wait`]; peers that
@@ -198,7 +199,7 @@ impl Drop for LocalPeers {
 }
 
 /// The arguments a launched peer gets after its own: `--rank r --world K <root_flag> host:port`
-/// (`root_flag` is the program's flag for the root address, e.g. `--orchestrator`).
+/// (`root_flag` is the program's flag for the root address, e.g. `--root`).
 pub fn rank_args(rank: u32, world: u32, root_flag: &str, root: &str) -> Vec<String> {
     vec![
         "--rank".into(),

@@ -402,4 +402,24 @@ mod tests {
             vec!["--a".to_string(), "--b".to_string()]
         );
     }
+
+    /// A program built without the feature `mpi` but started by `mpirun` stops with a typed
+    /// error instead of running K unrelated one-process copies.
+    #[cfg(not(feature = "mpi"))]
+    #[test]
+    fn an_mpi_launch_without_the_feature_is_a_typed_error() {
+        if launched_by_mpi() {
+            return;
+        }
+        // Tests run on one thread (.cargo/config.toml), so no other test sees the variable.
+        std::env::set_var("OMPI_COMM_WORLD_SIZE", "2");
+        let role = PeerArgs::default().role();
+        let join = PeerArgs::default().join();
+        std::env::remove_var("OMPI_COMM_WORLD_SIZE");
+        assert!(
+            matches!(&role, Err(DistributedError::Config(m)) if m.contains("feature `mpi`")),
+            "{role:?}"
+        );
+        assert!(join.is_err());
+    }
 }
