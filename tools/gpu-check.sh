@@ -12,12 +12,22 @@
 #   exe=$(cargo test --release -p burn-dp --features cuda --lib --no-run 2>&1 \
 #     | sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))/\1/p')
 #   strip -o gpu-check/cube_tests "$exe" && xz -T2 -6 -f gpu-check/cube_tests
+#   # optional (issue 26): NCCL between two GPUs of one MPI job (Open MPI on both machines; the
+#   # binary links libmpi)
+#   cargo build --release -p burn-dp-distributed --features nccl --bin burn-dp-peer
+#   strip -o gpu-check/burn-dp-peer "${CARGO_TARGET_DIR:-target}/release/burn-dp-peer" \
+#     && xz -T2 -6 -f gpu-check/burn-dp-peer
 #
 # Run on the GPU machine (repository root; bash, xz, timeout, nvidia-smi):
 #
 #   OUT=/some/dir tools/gpu-check.sh gpu-check/bench.xz
 #
 # What it does:
+# - first, if gpu-check/burn-dp-peer.xz is there (feature `nccl`), `mpirun` is installed and the
+#   machine has 2 GPUs: `mpirun -np 2 burn-dp-peer nccl-check` (5 all-reduces of 16 M f32 with
+#   NCCL on the device, one GPU per rank, each checked against the sum), 120 s at most; output
+#   (or why it was skipped) in $OUT/nccl.txt. The exact command, by hand:
+#     mpirun -np 2 --allow-run-as-root ./burn-dp-peer nccl-check --count 5
 # - first, if gpu-check/cube_tests.xz is there: the CUDA known-answer test of the noise kernel and
 #   DP steps on `DpAutodiff<Cuda>` against NdArray (crates/burn-dp/src/cube_tests.rs), 120 s at
 #   most; output in $OUT/cube_tests.txt.
@@ -105,6 +115,23 @@ if [ -f "$CUBE_XZ" ] && [ "$BACKEND" = cuda ] && [ "$PEERS_ONLY" != 1 ]; then
   echo "running the CUDA cube_tests (limit 120 s)" >&2
   timeout 120 ./cube_tests --ignored --test-threads 1 cube_tests > "$OUT/cube_tests.txt" 2>&1
   echo "{\"cfg\":\"cube_tests\",\"rc\":$?}" >> "$OUT/runs.jsonl"
+fi
+
+PEER_XZ=$(dirname "$BENCH_XZ")/burn-dp-peer.xz
+case "$PEER_XZ" in /*) ;; *) PEER_XZ=$OLDPWD/$PEER_XZ ;; esac
+if [ -f "$PEER_XZ" ] && [ "$BACKEND" = cuda ]; then
+  gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+  if ! command -v mpirun > /dev/null; then
+    echo "skipped: no mpirun (Open MPI) on this machine" > "$OUT/nccl.txt"
+  elif (( gpus < 2 )); then
+    echo "skipped: $gpus GPU(s); NCCL needs one GPU per rank" > "$OUT/nccl.txt"
+  else
+    xz -dc "$PEER_XZ" > burn-dp-peer && chmod +x burn-dp-peer
+    echo "running the NCCL check over 2 GPUs (limit 120 s)" >&2
+    timeout 120 mpirun -np 2 --allow-run-as-root ./burn-dp-peer nccl-check --count 5 \
+      > "$OUT/nccl.txt" 2>&1
+    echo "{\"cfg\":\"nccl-check\",\"rc\":$?}" >> "$OUT/runs.jsonl"
+  fi
 fi
 
 for spec in $CFGS; do

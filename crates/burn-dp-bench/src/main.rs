@@ -28,6 +28,8 @@ use burn::tensor::{Distribution, Int, Tensor};
 use burn_dp::{batch, clipped_backward, ClippingFn, DpAutodiff, NormMode, PerSampleConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use burn_dp_distributed::peer::{launcher_rank, launcher_world};
+use burn_dp_distributed::{PeerArgs, PeerRole};
 use train::{BackendKind, Mode, Model, Single};
 
 type Inner = NdArray<f32>;
@@ -302,30 +304,22 @@ struct TrainArgs {
     /// Run one configuration in this process instead of a sweep.
     #[arg(long, value_name = "MODEL:BATCH:MODE", conflicts_with_all = ["models", "modes", "batch"])]
     single: Option<Single>,
-    /// Data-parallel peers: with N > 1 every DP configuration also runs as N peer processes on
-    /// 127.0.0.1 (one TCP group, each peer a batch of `--batch` from its own shard), and a
-    /// `train-peers` line compares the examples/s of 1 and N peers measured in this run, with the
-    /// all-reduce time per step and its predicted cost on a GPU.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    peers: u32,
-    /// Seconds a peer waits for the others (to join, and at each all-reduce: on CUDA the first
-    /// step of every peer compiles kernels first).
-    #[arg(long, default_value_t = 600.0)]
-    peer_timeout_s: f64,
+    /// Data-parallel peers (the flags of every program, `PeerArgs`): with `--peers N` > 1 every
+    /// DP configuration also runs as N peer processes on this machine (`mpirun -np N` when built
+    /// with the feature `mpi`, else a TCP group on 127.0.0.1; each peer a batch of `--batch`
+    /// from its own shard), and a `train-peers` line compares the examples/s of 1 and N peers
+    /// measured in this run, with the all-reduce time per step and its share of the step. Under
+    /// `mpirun`/`srun`, `--single` runs as one rank of the job.
+    #[command(flatten)]
+    peers: PeerArgs,
     /// Instead of timing: the largest physical batch of each model and mode that trains under
     /// this many GiB of resident memory (bisection over one-step runs, each its own process,
     /// killed once above the cap); one `train-max-batch` line per model and mode.
-    #[arg(long, conflicts_with_all = ["single", "batch", "peers"])]
+    #[arg(long, conflicts_with_all = ["single", "batch"])]
     max_batch_gib: Option<f64>,
     /// The largest batch `--max-batch-gib` tries.
     #[arg(long, default_value_t = 256, value_parser = positive)]
     max_batch_limit: usize,
-    /// (Set by `--peers`.) This process is peer R of the group of `--peers`.
-    #[arg(long, hide = true, requires_all = ["single", "peer_root"])]
-    peer_rank: Option<u32>,
-    /// (Set by `--peers`.) `host:port` where peer 0 listens.
-    #[arg(long, hide = true, requires = "peer_rank")]
-    peer_root: Option<String>,
 }
 
 /// cubecl's autotune levels (`CUBECL_AUTOTUNE_LEVEL`).
@@ -404,19 +398,24 @@ fn train_main(args: TrainArgs) -> Result<(), String> {
     }
     child_args.extend([
         "--peer-timeout-s".to_string(),
-        args.peer_timeout_s.to_string(),
+        args.peers.peer_timeout_s.to_string(),
     ]);
-    let peer = match (args.peer_rank, args.peer_root) {
-        (Some(rank), Some(root)) => Some(train::PeerConfig {
+    let peer = match args.peers.role().map_err(|e| e.to_string())? {
+        PeerRole::Mpi => match (launcher_rank(), launcher_world()) {
+            (_, Some(1)) => None,
+            (Some(rank), Some(world)) => Some(train::PeerConfig {
+                rank,
+                world,
+                args: args.peers.clone(),
+            }),
+            _ => return Err("under MPI: the launcher announced no rank or world".into()),
+        },
+        PeerRole::Tcp { rank, world, .. } => Some(train::PeerConfig {
             rank,
-            world: args.peers,
-            root,
-            timeout: std::time::Duration::try_from_secs_f64(args.peer_timeout_s)
-                .ok()
-                .filter(|t| !t.is_zero())
-                .ok_or("--peer-timeout-s must be a positive number of seconds")?,
+            world,
+            args: args.peers.clone(),
         }),
-        _ => None,
+        PeerRole::Single | PeerRole::Launcher { .. } => None,
     };
     let single = args.single.unwrap_or(Single {
         model: Model::Gpt2Small,
@@ -455,14 +454,14 @@ fn train_main(args: TrainArgs) -> Result<(), String> {
     }
     let configs = match args.single {
         // One configuration, in this process (or as one peer of a group).
-        Some(_) if args.peers == 1 || cfg.peer.is_some() => {
+        Some(_) if args.peers.peers == 1 || cfg.peer.is_some() => {
             return train::run_single(&cfg, args.backend)
         }
         // One configuration, scaled over `--peers` processes.
         Some(single) => vec![single],
         None => train::sweep(&args.models, &args.modes, args.batch),
     };
-    train::run_sweep(&configs, &cfg, args.backend, &child_args, args.peers)
+    train::run_sweep(&configs, &cfg, args.backend, &child_args, args.peers.peers)
 }
 
 fn ratios_main(files: &[PathBuf]) -> Result<(), String> {
@@ -526,13 +525,13 @@ mod tests {
         assert!(parse("bench train --max-batch-gib 4 --batch 2").is_err());
         assert!(parse("bench train --max-batch-gib x").is_err());
         assert!(
-            parse("bench train --peer-rank 1").is_err(),
+            parse("bench train --rank 1").is_err(),
             "needs --single and a root"
         );
         assert!(parse("bench train --peers 2 --models resnet50-gn --batch 2").is_ok());
         assert!(parse(
-            "bench train --single resnet50-gn:2:dp-full --peers 2 --peer-rank 1 \
-             --peer-root 127.0.0.1:1234"
+            "bench train --single resnet50-gn:2:dp-full --rank 1 --world 2 \
+             --root 127.0.0.1:1234"
         )
         .is_ok());
     }

@@ -23,7 +23,7 @@ use std::fmt;
 use std::rc::Rc;
 use std::str::FromStr;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
@@ -35,8 +35,10 @@ use burn_dp::{
     batch, freeze, AccountantKind, ClippingFn, DpAutodiff, FreezePolicy, NoiseBackend, NoiseSource,
     ParamSelector, PerSampleConfig, PrivacyState, PrivateSetup, PrivateTrainer,
 };
-use burn_dp_distributed::launch::{self, LocalPeers, PeerOutput};
-use burn_dp_distributed::{AllReduce, AnyTrainer, DistributedError, DistributedTrainer, TcpGroup};
+use burn_dp_distributed::{
+    launch_peers, AllReduce, AnyGroup, AnyTrainer, DistributedError, DistributedTrainer, Launched,
+    PeerArgs, PeerOutput,
+};
 use burn_dp_models::lora::ADAPTER_SUFFIXES;
 use burn_dp_models::{
     Gpt2Config, LlamaConfig, LoraConfig, Norm, PretrainedModel, ProjectionBias, ResNetConfig,
@@ -316,14 +318,12 @@ pub struct Config {
 /// This process's place in a data-parallel benchmark group.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
-    /// Its rank, `0..world`.
+    /// Its rank, `0..world` (MPI's, or `--rank`).
     pub rank: u32,
     /// Number of peers.
     pub world: u32,
-    /// `host:port` where peer 0 listens.
-    pub root: String,
-    /// How long a peer waits for the others at the join and at each all-reduce.
-    pub timeout: Duration,
+    /// The peer flags it joins the group with.
+    pub args: PeerArgs,
 }
 
 /// Seed of the model initialisation of peers: every replica must start identical (the trainer
@@ -333,10 +333,10 @@ const PEER_INIT_SEED: u64 = 20_251_201;
 /// The all-reduce time of each step of a peer (seconds), shared with its [`TimedGroup`].
 type AllReduceTimes = Rc<RefCell<Vec<f64>>>;
 
-/// A [`TcpGroup`] that records the wall time of each all-reduce (waiting for the slowest peer
-/// included), one entry per step.
+/// A group (MPI or TCP) that records the wall time of each all-reduce (waiting for the slowest
+/// peer included), one entry per step.
 struct TimedGroup {
-    inner: TcpGroup,
+    inner: AnyGroup,
     times: AllReduceTimes,
 }
 
@@ -396,9 +396,20 @@ where
         )),
         Some(p) => {
             let times = Rc::new(RefCell::new(Vec::new()));
+            let inner = p
+                .args
+                .join()
+                .map_err(|e| e.to_string())?
+                .ok_or("a peer of a data-parallel run found no group")?;
+            let (rank, world) = (AllReduce::<B>::rank(&inner), AllReduce::<B>::world(&inner));
+            if (rank, world) != (p.rank, p.world) {
+                return Err(format!(
+                    "the group is rank {rank} of {world}, the launcher announced {} of {}",
+                    p.rank, p.world
+                ));
+            }
             let group = TimedGroup {
-                inner: TcpGroup::join(p.rank, p.world, &p.root, p.timeout)
-                    .map_err(|e| e.to_string())?,
+                inner,
                 times: times.clone(),
             };
             // The replicas are compared at the first step only: the hash reads every
@@ -438,12 +449,7 @@ enum Input<B: Backend> {
     Images(Tensor<B, 4>, Tensor<B, 1, Int>),
 }
 
-fn input<B: Backend>(
-    cfg: &Config,
-    vocab: usize,
-    device: &B::Device,
-    mark: impl Fn(Tensor<B, 4>) -> Tensor<B, 4>,
-) -> Input<B> {
+fn input<B: Backend>(cfg: &Config, vocab: usize, device: &B::Device) -> Input<B> {
     let b = cfg.single.batch;
     match cfg.single.model {
         model if model.reads_tokens() => {
@@ -464,7 +470,7 @@ fn input<B: Backend>(
             let y = Tensor::<B, 2>::random([b, 1], Distribution::Uniform(0.0, 9.0), device)
                 .int()
                 .reshape([b]);
-            Input::Images(mark(x), y)
+            Input::Images(x, y)
         }
     }
 }
@@ -567,11 +573,17 @@ pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
                 }
                 let (model, report) = freeze($init(&device)?, &policy).map_err(err)?;
                 let (mut trainer, allreduce) = dp_trainer(cfg, model, $optim)?;
-                let inp = input::<B<Inner>>(cfg, vocab, &device, batch);
+                let inp = input::<B<Inner>>(cfg, vocab, &device);
                 sync(&device)?;
                 let mut measured = measure(cfg, Instant::now(), || {
                     trainer
                         .step($lr, |m, _all_rows| {
+                            // The images are marked as this step's batch inside the step (a
+                            // tensor marked in an earlier step is refused as mixing batches).
+                            let inp = match &inp {
+                                Input::Images(x, y) => Input::Images(batch(x.clone()), y.clone()),
+                                Input::Tokens(t) => Input::Tokens(t.clone()),
+                            };
                             profile::timed::<Inner, _>(Phase::Forward, &device, || $losses(m, &inp))
                         })
                         .map_err(|e| e.to_string())?;
@@ -586,7 +598,7 @@ pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
                 type B<I> = burn::backend::Autodiff<I>;
                 let (model, report) = freeze($init(&device)?, &policy).map_err(err)?;
                 let mut optim = $optim;
-                let inp = input::<B<Inner>>(cfg, vocab, &device, |x| x);
+                let inp = input::<B<Inner>>(cfg, vocab, &device);
                 sync(&device)?;
                 let mut model = Some(model);
                 let measured = measure(cfg, Instant::now(), || {
@@ -707,6 +719,11 @@ pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
         let ar = allreduce.iter().sum::<f64>() / allreduce.len().max(1) as f64;
         line["peers"] = json!(peer.world);
         line["peer_rank"] = json!(peer.rank);
+        line["transport"] = json!(if burn_dp_distributed::peer::launched_by_mpi() {
+            "mpi"
+        } else {
+            "tcp"
+        });
         line["allreduce_ms"] = json!(ar * 1e3);
         line["global_samples_per_s"] =
             json!((cfg.single.batch * peer.world as usize) as f64 / mean);
@@ -876,42 +893,28 @@ pub fn run_sweep(
     Ok(())
 }
 
-/// Runs one configuration as `peers` processes of one group on 127.0.0.1 (started by
-/// `burn_dp_distributed`'s launcher) and returns each peer's JSON line, by rank.
+/// Runs one configuration as `peers` processes of one group on this machine (`mpirun -np N`
+/// with the feature `mpi`, else TCP peers; `burn_dp_distributed::launch_peers`) and returns each
+/// peer's JSON line, by rank.
 fn run_peers(exe: &std::path::Path, args: &[String], peers: u32) -> Result<Vec<Value>, String> {
-    let root = format!(
-        "127.0.0.1:{}",
-        launch::free_local_port().map_err(|e| e.to_string())?
-    );
-    let exits = LocalPeers::spawn(
-        exe,
-        0..peers,
-        |rank| {
-            let mut a = args.to_vec();
-            a.extend([
-                "--peers".into(),
-                peers.to_string(),
-                "--peer-rank".into(),
-                rank.to_string(),
-                "--peer-root".into(),
-                root.clone(),
-            ]);
-            a
-        },
-        PeerOutput::Capture,
-    )
-    .and_then(LocalPeers::wait)
-    .map_err(|e| e.to_string())?;
-    exits
+    let exits = launch_peers(exe, peers, args, 0, PeerOutput::Capture)
+        .and_then(Launched::wait)
+        .map_err(|e| e.to_string())?;
+    // Under mpirun the ranks' lines arrive on mpirun's output, in any order.
+    let mut lines: Vec<Value> = exits
         .iter()
-        .map(|x| {
-            x.stdout
-                .lines()
-                .last()
-                .and_then(|l| serde_json::from_str::<Value>(l).ok())
-                .ok_or_else(|| format!("peer {} wrote no result", x.rank))
-        })
-        .collect()
+        .flat_map(|x| x.stdout.lines())
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["bench"] == "train")
+        .collect();
+    if let Some(e) = lines.iter().find(|v| v.get("error").is_some()) {
+        return Ok(vec![e.clone()]);
+    }
+    lines.sort_by_key(|v| v["peer_rank"].as_u64());
+    if lines.len() != peers as usize {
+        return Err(format!("{} of {peers} peers wrote a result", lines.len()));
+    }
+    Ok(lines)
 }
 
 /// Assumed host↔device bandwidth of a GPU (PCIe 5.0 x16 with pageable host memory), bytes/s:
@@ -941,16 +944,16 @@ pub fn peers_line(one: &Value, peers: &[Value]) -> Value {
     // What the all-reduce moves: the clipped sums of the trainable parameters (+ hash slots).
     let params = p0["trainable_params"].as_f64().unwrap_or(0.0);
     let bytes = 4.0 * params;
-    // The star: peer 0 receives and sends (K−1)·4P bytes in turn. The peer that arrives last at
-    // the all-reduce waits least: its time is the closest to the transfer alone.
-    let star_bytes = 2.0 * (k - 1.0) * bytes;
-    let tcp_bytes_per_s = ar_min.filter(|&t| t > 0.0).map(|t| star_bytes / (t / 1e3));
+    // What each peer's all-reduce moved per second (the buffer over the time of the fastest
+    // peer, which waited least for the others: closest to the transfer alone).
+    let bytes_per_s = ar_min.filter(|&t| t > 0.0).map(|t| bytes / (t / 1e3));
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     json!({
         "bench": "train-peers", "backend": one["backend"], "model": one["model"],
         "mode": one["mode"], "batch_per_peer": one["batch"], "peers": peers.len(),
+        "transport": p0["transport"],
         "samples_per_s_1_peer": one_tput,
         "samples_per_s_n_peers": k_tput,
         "speedup": k_tput.zip(one_tput).map(|(a, b)| a / b),
@@ -961,7 +964,7 @@ pub fn peers_line(one: &Value, peers: &[Value]) -> Value {
         "allreduce_ms_per_step_min_over_peers": ar_min,
         "allreduce_share_of_step": ar_min.zip(step_ms).map(|(a, s)| a / s),
         "allreduce_bytes_per_peer": bytes,
-        "tcp_bytes_per_s_measured": tcp_bytes_per_s,
+        "allreduce_bytes_per_s_measured": bytes_per_s,
         "cpu_cores": cores,
         "note": format!(
             "throughput_N = N × throughput_1 needs N times the compute: the 1-peer run already \
@@ -969,17 +972,17 @@ pub fn peers_line(one: &Value, peers: &[Value]) -> Value {
              efficiency measures core sharing more than the transport (on 2 cores, 2 peers can \
              at best reach 2× when each peer gets one core)"),
         "gpu_prediction": {
-            "transport": "TcpGroup: each step copies the clipped sums of all 4·P bytes device→host, \
-                          through peer 0 over TCP, and host→device: predicted cost per step = \
-                          4 bytes × params / bandwidth for each copy",
+            "transport": "MpiGroup and TcpGroup copy the clipped sums of all 4·P bytes \
+                          device→host before the all-reduce and host→device after it: predicted \
+                          cost per step = 4 bytes × params / bandwidth for each copy",
             "device_host_copies_ms": 2.0 * bytes / ASSUMED_PCIE_BYTES_PER_S * 1e3,
             "assumed_pcie_bytes_per_s": ASSUMED_PCIE_BYTES_PER_S,
-            "tcp_star_ms_as_measured_here": ar_min,
+            "allreduce_ms_as_measured_here": ar_min,
             "nccl_ring_ms": 2.0 * (k - 1.0) / k * bytes / ASSUMED_NVLINK_BYTES_PER_S * 1e3,
             "assumed_nvlink_bytes_per_s": ASSUMED_NVLINK_BYTES_PER_S,
-            "nccl": "NCCL through burn-collective (device to device, no host copy) is the path \
-                     for GPUs once burn-collective's repeated all-reduce is fixed \
-                     (tracel-ai/burn#4549); the TCP star is the fallback",
+            "nccl": "an NCCL all-reduce on the device (no host copy, burn-dp-distributed's \
+                     NcclGroup, feature nccl) would cost about nccl_ring_ms; the bench's peers \
+                     all-reduce through the host (see the book's chapter Data-parallel training)",
         },
     })
 }

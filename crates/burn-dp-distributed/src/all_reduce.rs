@@ -1,5 +1,5 @@
-//! The collective operation of a data-parallel DP step, whatever carries it ([`TcpGroup`](crate::TcpGroup),
-//! or burn-collective's `PeerGroup` with the `collective` feature).
+//! The collective operation of a data-parallel DP step, whatever carries it (`MpiGroup` with the
+//! feature `mpi`, or [`TcpGroup`](crate::TcpGroup)).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;

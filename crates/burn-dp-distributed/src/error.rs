@@ -8,15 +8,15 @@ pub enum DistributedError {
     /// The DP machinery refused or failed (budget, clipping, checkpoint, ...).
     #[error(transparent)]
     Dp(#[from] burn_dp::DpError),
-    /// A collective operation of burn-collective returned an error (a peer lost, an orchestrator
-    /// that cannot be reached, tensors of different shapes, ...).
+    /// A collective operation returned an error (a peer lost, a root that cannot be reached,
+    /// buffers of different lengths, ...).
     #[error("collective {op} failed on peer {rank}: {detail}")]
     Collective {
-        /// The operation (`register`, `all-reduce`).
+        /// The operation (`join`, `all-reduce`).
         op: &'static str,
         /// This peer's rank.
         rank: u32,
-        /// burn-collective's error.
+        /// What went wrong.
         detail: String,
     },
     /// A collective operation did not complete in time: a peer died, hangs, or never joined.
@@ -24,7 +24,7 @@ pub enum DistributedError {
     /// checkpoint in a new run.
     #[error("collective {op} on peer {rank} did not complete within {seconds} s (step {step}): a peer died, hangs or never joined; restart the run from its last checkpoint")]
     Timeout {
-        /// The operation (`register`, `all-reduce`).
+        /// The operation (`join`, `all-reduce`).
         op: &'static str,
         /// This peer's rank.
         rank: u32,

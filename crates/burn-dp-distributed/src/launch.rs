@@ -1,5 +1,6 @@
-//! Starting the peer processes of a run on this machine: what `burn-dp-peer launch`, the bench
-//! (`bench train --peers N`) and the examples (`--devices N`) share.
+//! Starting the peer processes of a run on this machine: what `--peers N` of `burn-dp-peer train`,
+//! the bench (`bench train --peers N`) and the examples share ([`crate::launch_peers`]: one
+//! `mpirun` process, or one process per TCP peer).
 //!
 //! A launcher starts one process per rank with [`LocalPeers::spawn`] (the program, usually this
 //! executable, and each rank's arguments) and collects them with [`LocalPeers::wait`]; peers that
@@ -65,21 +66,48 @@ impl LocalPeers {
         for rank in ranks {
             let mut command = Command::new(program);
             command.args(args(rank));
-            match output {
-                PeerOutput::Inherit => {}
-                PeerOutput::DiscardStdout => {
-                    command.stdout(Stdio::null());
-                }
-                PeerOutput::Capture => {
-                    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-                }
-            }
-            let child = command.spawn().map_err(|e| {
-                DistributedError::Launch(format!("peer {rank} ({}): {e}", program.display()))
-            })?;
-            peers.children.push((rank, Some(child)));
+            peers.push(rank, command, output)?;
         }
         Ok(peers)
+    }
+
+    /// Starts one process, `command` (e.g. `mpirun`, which starts every rank itself), labelled
+    /// `rank` in errors and exits, its output as `output` says.
+    pub fn spawn_command(
+        rank: u32,
+        command: Command,
+        output: PeerOutput,
+    ) -> Result<Self, DistributedError> {
+        let mut peers = LocalPeers {
+            children: Vec::new(),
+        };
+        peers.push(rank, command, output)?;
+        Ok(peers)
+    }
+
+    fn push(
+        &mut self,
+        rank: u32,
+        mut command: Command,
+        output: PeerOutput,
+    ) -> Result<(), DistributedError> {
+        match output {
+            PeerOutput::Inherit => {}
+            PeerOutput::DiscardStdout => {
+                command.stdout(Stdio::null());
+            }
+            PeerOutput::Capture => {
+                command.stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+        }
+        let child = command.spawn().map_err(|e| {
+            DistributedError::Launch(format!(
+                "peer {rank} ({}): {e}",
+                command.get_program().to_string_lossy()
+            ))
+        })?;
+        self.children.push((rank, Some(child)));
+        Ok(())
     }
 
     /// The ranks started.
@@ -132,10 +160,17 @@ impl LocalPeers {
             let stderr = err.join().unwrap_or_default();
             match status {
                 Ok(s) if s.success() => {}
-                Ok(s) => failed.push(match stderr.lines().last() {
-                    Some(line) => format!("peer {rank}: {s}: {line}"),
-                    None => format!("peer {rank}: {s}"),
-                }),
+                // The first `error:` line (mpirun's own messages follow a rank's), else the last.
+                Ok(s) => failed.push(
+                    match stderr
+                        .lines()
+                        .find(|l| l.starts_with("error:") || l.contains(": error:"))
+                        .or_else(|| stderr.lines().last())
+                    {
+                        Some(line) => format!("peer {rank}: {s}: {line}"),
+                        None => format!("peer {rank}: {s}"),
+                    },
+                ),
                 Err(e) => failed.push(format!("peer {rank}: {e}")),
             }
             exits.push(PeerExit {
@@ -164,7 +199,7 @@ impl Drop for LocalPeers {
 }
 
 /// The arguments a launched peer gets after its own: `--rank r --world K <root_flag> host:port`
-/// (`root_flag` is the program's flag for the root address, e.g. `--orchestrator`).
+/// (`root_flag` is the program's flag for the root address, e.g. `--root`).
 pub fn rank_args(rank: u32, world: u32, root_flag: &str, root: &str) -> Vec<String> {
     vec![
         "--rank".into(),

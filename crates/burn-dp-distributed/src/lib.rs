@@ -1,7 +1,7 @@
 //! # burn-dp-distributed
 //!
-//! Data-parallel differentially private training for [burn-dp](burn_dp) on burn's collective
-//! operations (`burn-collective`): one process per peer (device), on one machine or several.
+//! Data-parallel differentially private training for [burn-dp](burn_dp) over MPI (or TCP on one
+//! machine): one process per peer (device), on one machine or several.
 //!
 //! The DP step stays sound under data parallelism:
 //! - each peer clips and accumulates its own Poisson draw (rate q over its shard of the data set)
@@ -16,40 +16,43 @@
 //! - a collective call that does not complete in time is [`DistributedError::Timeout`] (a peer
 //!   died), not a hang; the last checkpoint resumes the run with the same ε.
 //!
-//! The all-reduce is the [`AllReduce`] trait: [`TcpGroup`] (a star over TCP through peer 0, the
-//! default of `burn-dp-peer`) or `PeerGroup` (feature `collective`: burn-collective's cross-node
-//! path, which in 0.21.0
-//! completes one all-reduce per registration and then waits forever: its node barrier never clears
-//! its list of synced nodes and its transfer ids repeat, tracel-ai/burn#4549; the timeout turns
-//! that into [`DistributedError::Timeout`], `burn-dp-peer probe` shows it).
+//! The all-reduce is the [`AllReduce`] trait, carried by an existing engine:
+//! - `MpiGroup` (feature `mpi`): MPI's own `MPI_Allreduce` (`MPI_SUM`) between the ranks of a
+//!   job started by `mpirun -np K`, `mpirun -H a,b ...` or Slurm's `srun`; rank and world come
+//!   from MPI. A peer that dies ends the job (MPI aborts the other ranks).
+//! - `NcclGroup` (feature `nccl`, implies `mpi`): on CUDA, the buffer all-reduced in place on the
+//!   device with NCCL, the communicator bootstrapped over MPI (not yet run on GPUs);
+//! - [`TcpGroup`]: a star over TCP through peer 0, the zero-install fallback for one machine
+//!   (what `--peers N` starts when the program is built without `mpi`); a peer that dies is a
+//!   closed connection or a [`DistributedError::Timeout`], not a hang.
 //!
-//! Launch `K` peers on one machine with `burn-dp-peer launch --peers K ...`, or start
-//! `burn-dp-peer train --rank r --world K --orchestrator host:port --host <this host>` on each
-//! machine (see the book's chapter "Data-parallel training").
-
+//! Every program takes the same flags for its peers, [`PeerArgs`] (`--peers N` on one machine;
+//! nothing under `mpirun`/`srun`), and holds an [`AnyGroup`] (see the book's chapter
+//! "Data-parallel training").
 //!
-//! [`launch`] starts the peers of a run on this machine (`burn-dp-peer launch`, `bench train
-//! --peers`, the examples' `--devices`). The opt-in feature `collective` adds burn-collective's
-//! `PeerGroup` (and `burn-dp-peer --transport collective`, `burn-dp-peer probe`); without it the
-//! crate needs no burn-collective (what the examples, the bench and `burn-dp-peer`'s default use:
-//! [`TcpGroup`]).
+//! burn-collective 0.21.0's cross-node path is not used: it completes one all-reduce per
+//! registration and then waits forever (tracel-ai/burn#4549).
 
 pub mod all_reduce;
 pub mod error;
-#[cfg(feature = "collective")]
-pub mod group;
 pub mod header;
 pub mod launch;
+#[cfg(feature = "mpi")]
+pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
+pub mod peer;
 pub mod tcp;
 pub mod trainer;
 
+#[cfg(feature = "mpi")]
+pub use crate::mpi::MpiGroup;
+#[cfg(feature = "nccl")]
+pub use crate::nccl::NcclGroup;
 pub use all_reduce::AllReduce;
-#[cfg(feature = "collective")]
-pub use burn_collective::AllReduceStrategy;
 pub use burn_dp::shard_range;
 pub use error::DistributedError;
-#[cfg(feature = "collective")]
-pub use group::{NodeConfig, PeerGroup};
 pub use launch::{free_local_port, LocalPeers, PeerExit, PeerOutput};
+pub use peer::{launch_peers, AnyGroup, Launched, PeerArgs, PeerRole};
 pub use tcp::TcpGroup;
 pub use trainer::{parameter_hash, AnyTrainer, DistributedTrainer};

@@ -1,7 +1,6 @@
 //! A star all-reduce over TCP between peer processes (peer 0 sums, in rank order, and sends the
-//! sum back): the multi-process transport while burn-collective 0.21's cross-node path cannot run
-//! two all-reduces in a row (its node barrier never clears its list of synced peers, and its
-//! transfer ids repeat, tracel-ai/burn#4549; see the crate docs).
+//! sum back): the zero-install fallback for the peers of one machine (`--peers N` in a build
+//! without the feature `mpi`); across machines, use MPI (`MpiGroup`).
 //!
 //! Every socket has the group's timeout: a peer that dies is seen as a closed connection
 //! ([`DistributedError::Collective`]) or a silent one ([`DistributedError::Timeout`]), never as a

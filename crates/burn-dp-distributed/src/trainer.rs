@@ -5,7 +5,7 @@
 //!     draw the local batch: Poisson at rate q over shard r of the data set
 //!     clip and accumulate its physical batches            (no noise; empty batch: zeros)
 //!     flat = [Σ c_i g_i of every parameter, visit order]  + N(0, σ²R²) on slice r of every parameter
-//!     flat = all-reduce(flat ‖ parameter hash slots)     (burn-collective, one buffer)
+//!     flat = all-reduce(flat ‖ parameter hash slots)     (MPI or TCP, one buffer)  
 //!     check the hashes (every `check_every` steps): the replicas are identical
 //!     θ = inner.step(lr, θ, flat / (q·N))                 (global expected batch size)
 //!     account one step at the global q
@@ -45,8 +45,8 @@ pub fn parameter_hash<B: burn::tensor::backend::Backend, M: AutodiffModule<DpAut
 }
 
 /// DP training of one replica in a group of peers (one process each): owns a [`PrivateTrainer`]
-/// over this peer's shard and the group `G` (burn-collective's [`PeerGroup`](crate::PeerGroup) or
-/// [`TcpGroup`](crate::TcpGroup)).
+/// over this peer's shard and the group `G` (`MpiGroup` with the feature `mpi`,
+/// [`TcpGroup`](crate::TcpGroup), or either as [`AnyGroup`](crate::AnyGroup)).
 pub struct DistributedTrainer<M, O, B: NoiseBackend, G> {
     trainer: PrivateTrainer<M, O, B>,
     group: G,

@@ -40,14 +40,13 @@ fn run_peers(
     extra: &dyn Fn(u32) -> Vec<String>,
     watchdog: Duration,
 ) -> Vec<Output> {
-    let orchestrator = free_port();
+    let root = free_port();
     let children: Vec<Child> = (0..world)
         .map(|rank| {
             Command::new(PEER)
                 .arg("train")
                 .args(["--rank", &rank.to_string(), "--world", &world.to_string()])
-                .args(["--orchestrator", &format!("127.0.0.1:{orchestrator}")])
-                .args(["--data-port", &free_port().to_string()])
+                .args(["--root", &format!("127.0.0.1:{root}")])
                 .args(args)
                 .args(extra(rank))
                 .stdout(Stdio::piped())
@@ -511,4 +510,145 @@ fn joining_an_absent_group_times_out() {
         ),
         "{err}"
     );
+}
+
+/// `mpirun -np 2 burn-dp-peer train <args>` (feature `mpi`), killed after `watchdog`.
+#[cfg(feature = "mpi")]
+fn run_mpirun(args: &[String], watchdog: Duration) -> Output {
+    let mut train = strings(&["train"]);
+    train.extend(args.iter().cloned());
+    let mut child = burn_dp_distributed::peer::mpirun_command(Path::new(PEER), 2, &train)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mpirun (Open MPI: apt-get install openmpi-bin libopenmpi-dev)");
+    let start = Instant::now();
+    while child.try_wait().ok().flatten().is_none() {
+        if start.elapsed() > watchdog {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Issue 26: two ranks under `mpirun` (MPI_Allreduce, rank and world from MPI) train the same
+/// parameters, bit for bit, as two TCP peers with the same seed (which equal one process on the
+/// union of their batches, above), and account the same ε.
+#[cfg(feature = "mpi")]
+#[test]
+fn two_mpi_ranks_equal_two_tcp_peers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let common = |out: &Path| {
+        strings(&[
+            "--steps",
+            "6",
+            "--noise-multiplier",
+            "0.7",
+            "--sample-rate",
+            &Q.to_string(),
+            "--dataset-size",
+            &N.to_string(),
+            "--physical-batch-size",
+            &PHYSICAL.to_string(),
+            "--fixed-seed-for-experiments",
+            "5",
+            "--check-every",
+            "1",
+            "--record",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ])
+    };
+    let mpi_out = dir.path().join("mpi-{rank}.json");
+    let o = run_mpirun(&common(&mpi_out), Duration::from_secs(300));
+    assert!(
+        o.status.success(),
+        "mpirun: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let tcp_out = dir.path().join("tcp-{rank}.json");
+    assert_ok(&run_peers(
+        2,
+        &common(&tcp_out),
+        &|_| vec![],
+        Duration::from_secs(300),
+    ));
+    for r in 0..2 {
+        let m = report(&dir.path().join(format!("mpi-{r}.json")));
+        let t = report(&dir.path().join(format!("tcp-{r}.json")));
+        assert_eq!(m["world"].as_u64(), Some(2), "MPI's world");
+        assert_eq!(m["rank"].as_u64(), Some(r), "MPI's rank");
+        assert_eq!(m["records"], t["records"], "rank {r}: MPI and TCP differ");
+        assert_eq!(m["epsilon"], t["epsilon"], "rank {r}: ε differs");
+    }
+}
+
+/// Issue 26: a rank that dies under `mpirun` ends the job (MPI aborts the others: no hang), and
+/// the last checkpoint resumes under `mpirun` with the ε and parameters of the uninterrupted run.
+#[cfg(feature = "mpi")]
+#[test]
+fn a_dead_mpi_rank_ends_the_job_and_the_checkpoint_resumes_with_the_same_epsilon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ckpt = dir.path().join("ckpt");
+    let out = dir.path().join("peer-{rank}.json");
+    let mut common = strings(&[
+        "--noise-multiplier",
+        "1.0",
+        "--sample-rate",
+        &Q.to_string(),
+        "--dataset-size",
+        &N.to_string(),
+        "--physical-batch-size",
+        &PHYSICAL.to_string(),
+        "--fixed-seed-for-experiments",
+        "11",
+        "--record",
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    let with_ckpt = |mut a: Vec<String>, extra: &[&str]| {
+        a.extend(strings(&[
+            "--checkpoint-dir",
+            ckpt.to_str().expect("utf-8"),
+        ]));
+        a.extend(strings(extra));
+        a
+    };
+    let first = with_ckpt(
+        common.clone(),
+        &[
+            "--steps",
+            "6",
+            "--checkpoint-every",
+            "2",
+            "--die-at-step",
+            "3",
+            "--die-rank",
+            "1",
+        ],
+    );
+    let o = run_mpirun(&first, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the job must fail: {stderr}");
+    assert!(stderr.contains("dying before step 3"), "{stderr}");
+    let resumed = with_ckpt(common.clone(), &["--steps", "3", "--resume"]);
+    let o = run_mpirun(&resumed, Duration::from_secs(120));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let resumed: Vec<Value> = (0..2)
+        .map(|r| report(&dir.path().join(format!("peer-{r}.json"))))
+        .collect();
+    common.extend(strings(&["--steps", "5"]));
+    let o = run_mpirun(&common, Duration::from_secs(120));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (r, p) in resumed.iter().enumerate() {
+        let straight = report(&dir.path().join(format!("peer-{r}.json")));
+        assert_eq!(p["epsilon"], straight["epsilon"], "rank {r}: ε differs");
+        assert_eq!(
+            p["params"], straight["params"],
+            "rank {r}: parameters differ"
+        );
+    }
 }

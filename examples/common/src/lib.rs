@@ -945,8 +945,12 @@ pub fn example_main<E: Example>() -> std::process::ExitCode {
     let result = flags
         .distributed
         .check(sweeping || replot, *flags.non_private)
-        .and_then(|()| {
-            if replot {
+        .and_then(|()| flags.distributed.run_mpirun())
+        .and_then(|launched| {
+            if launched.is_some() {
+                // mpirun ran the job; its rank 0 printed the results.
+                Ok(None)
+            } else if replot {
                 replot_sweep(&out, E::SWEEP_TITLE).map(|_| None)
             } else if sweeping {
                 sweep(&args).map(|rows| Some(serde_json::json!({ "sweep_rows": rows.len() })))
@@ -993,65 +997,67 @@ pub fn write_sweep(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Data-parallel fine-tuning (`--devices`, `--rank`/`--world`/`--coordinator`)
+// Data-parallel fine-tuning (the peer flags of every program: `--peers`, or MPI's rank and world)
 // ---------------------------------------------------------------------------------------------
 
-/// The data-parallel flags both examples share (`#[command(flatten)]`): one process per device on
-/// this machine (`--devices N`), or one peer of a multi-machine run (`--rank`, `--world`,
-/// `--coordinator`). With neither, the run is the ordinary one-process run.
+/// The data-parallel flags both examples share (`#[command(flatten)]`): burn-dp-distributed's
+/// [`PeerArgs`](burn_dp_distributed::PeerArgs), the flags of the bench and `burn-dp-peer` too.
+/// `--peers N` (alias `--devices`) starts N peers on this machine (`mpirun -np N` when built
+/// with the feature `mpi`, else a TCP group on 127.0.0.1); under `mpirun`/`srun` rank and world
+/// come from MPI. With neither, the run is the ordinary one-process run.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DistributedArgs {
-    /// Peer processes on this machine (one per device): the run starts N − 1 more copies of
-    /// itself (ranks 1..N, on 127.0.0.1) that fine-tune with it (`burn-dp-distributed`: each
-    /// peer samples its shard, the noise is drawn once over the group); rank 0 writes the
-    /// results. On one GPU the peers share it.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..),
-          conflicts_with_all = ["rank", "world", "coordinator"])]
-    pub devices: u32,
-    /// This process's rank in a multi-machine run (`0..--world`; rank 0 writes the results).
-    #[arg(long, requires_all = ["world", "coordinator"])]
-    pub rank: Option<u32>,
-    /// Number of peers of a multi-machine run.
-    #[arg(long, requires_all = ["rank", "coordinator"])]
-    pub world: Option<u32>,
-    /// `host:port` where rank 0 listens for the other peers (rank 0 binds it).
-    #[arg(long, requires = "rank")]
-    pub coordinator: Option<String>,
-    /// Seconds a peer waits for the others (to join, and at each step) before it stops with an
-    /// error (a peer that died); on CUDA the first step of every peer compiles kernels first.
-    #[arg(long, default_value_t = 600.0)]
-    pub peer_timeout_s: f64,
+    /// The peer flags.
+    #[command(flatten)]
+    pub peers: burn_dp_distributed::PeerArgs,
 }
 
 impl DistributedArgs {
     /// Whether the fine-tuning runs over more than one peer.
     pub fn is_data_parallel(&self) -> bool {
-        self.devices > 1 || self.world.is_some_and(|w| w > 1)
+        self.peers.is_data_parallel()
     }
 
     /// Whether this process writes the results (rank 0, or a one-process run).
     pub fn is_leader(&self) -> bool {
-        self.rank.unwrap_or(0) == 0
+        self.peers.is_leader()
     }
 
     /// Refuses what data-parallel runs do not support: `--sweep` (its runs would each start
-    /// peers of the whole sweep) and `--non-private` (the baseline is one process).
+    /// peers of the whole sweep) and `--non-private` (the baseline is one process); and peer
+    /// flags that do not go together.
     pub fn check(&self, sweep: bool, non_private: bool) -> Result<(), Error> {
+        self.peers.role()?;
         if self.is_data_parallel() && (sweep || non_private) {
             return Err(
-                "--devices / --world run the private fine-tuning of one run: not with \
-                        --sweep or --non-private"
+                "--peers / MPI run the private fine-tuning of one run: not with --sweep or \
+                 --non-private"
                     .into(),
             );
         }
         Ok(())
     }
 
-    fn timeout(&self) -> Result<Duration, Error> {
-        Duration::try_from_secs_f64(self.peer_timeout_s)
-            .ok()
-            .filter(|t| !t.is_zero())
-            .ok_or_else(|| "--peer-timeout-s must be a positive number of seconds".into())
+    /// With `--peers N` in a build with the feature `mpi`: runs `mpirun -np N` of this
+    /// executable with the same arguments but `--peers` (every rank of the job; rank 0 prints
+    /// the results) and returns its exit status; otherwise `None` (the TCP peers are started by
+    /// [`DpTrainer::new`]).
+    pub fn run_mpirun(&self) -> Result<Option<()>, Error> {
+        use burn_dp_distributed::{launch_peers, Launched, PeerOutput, PeerRole};
+        let PeerRole::Launcher { peers } = self.peers.role()? else {
+            return Ok(None);
+        };
+        if !burn_dp_distributed::peer::USES_MPI {
+            return Ok(None);
+        }
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("cannot find this executable to start peers: {e}"))?;
+        let args = burn_dp_distributed::PeerArgs::peer_args(std::env::args().skip(1));
+        eprintln!("data-parallel: mpirun -np {peers} {}", exe.display());
+        match launch_peers(&exe, peers, &args, 0, PeerOutput::Inherit)? {
+            Launched::Mpirun(p) | Launched::Tcp { peers: p, .. } => p.wait()?,
+        };
+        Ok(Some(()))
     }
 }
 
@@ -1060,8 +1066,8 @@ impl DistributedArgs {
 /// `--devices N`, rank 0 also owns the processes of ranks 1..N it started.
 pub struct DpTrainer<M, O, B: burn_dp::NoiseBackend> {
     /// The trainer: `step`, `epsilon` and `model` are the same in both forms.
-    pub trainer: burn_dp_distributed::AnyTrainer<M, O, B, burn_dp_distributed::TcpGroup>,
-    /// The peer processes this one started (`--devices`), waited for at the end.
+    pub trainer: burn_dp_distributed::AnyTrainer<M, O, B, burn_dp_distributed::AnyGroup>,
+    /// The TCP peer processes this one started (`--peers` without MPI), waited for at the end.
     launched: Option<burn_dp_distributed::LocalPeers>,
 }
 
@@ -1077,9 +1083,10 @@ where
     /// The trainer of `dist` for `setup`: [`burn_dp::PrivateTrainer::new`] itself in a
     /// one-process run (the same run bit for bit); else this process's peer of a data-parallel
     /// group over the same `setup.dataset_size` examples at the same q (every peer reports the
-    /// same ε). With `--devices N` this process is rank 0 and first starts ranks 1..N: this
-    /// executable with the same arguments, `--devices` replaced by `--rank r --world N
-    /// --coordinator 127.0.0.1:PORT`, `--quiet`, their standard output discarded.
+    /// same ε). Under MPI the group is the MPI job. With `--peers N` over TCP (a build without
+    /// the feature `mpi`) this process is rank 0 and first starts ranks 1..N: this executable
+    /// with the same arguments, `--peers` replaced by `--rank r --world N --root
+    /// 127.0.0.1:PORT`, `--quiet`, their standard output discarded.
     pub fn new(
         dist: &DistributedArgs,
         model: M,
@@ -1087,7 +1094,8 @@ where
         setup: burn_dp::PrivateSetup,
     ) -> Result<Self, Error> {
         use burn_dp_distributed::{
-            launch, AnyTrainer, DistributedTrainer, LocalPeers, PeerOutput, TcpGroup,
+            launch_peers, AnyGroup, AnyTrainer, DistributedTrainer, Launched, PeerArgs, PeerOutput,
+            PeerRole, TcpGroup,
         };
         if !dist.is_data_parallel() {
             let trainer = burn_dp::PrivateTrainer::new(model, inner, setup)?;
@@ -1096,12 +1104,8 @@ where
                 launched: None,
             });
         }
-        let timeout = dist.timeout()?;
-        let (rank, world, root, launched) = match (dist.rank, dist.world, &dist.coordinator) {
-            (Some(rank), Some(world), Some(root)) => (rank, world, root.clone(), None),
-            _ => {
-                let world = dist.devices;
-                let root = format!("127.0.0.1:{}", launch::free_local_port()?);
+        let (group, launched) = match dist.peers.role()? {
+            PeerRole::Launcher { peers: world } => {
                 let exe = std::env::current_exe()
                     .map_err(|e| format!("cannot find this executable to start peers: {e}"))?;
                 let args = std::env::args_os()
@@ -1109,30 +1113,37 @@ where
                     .map(|a| {
                         a.into_string().map_err(|a| {
                             format!(
-                                "--devices passes every argument to its peers: {a:?} is not UTF-8"
+                                "--peers passes every argument to its peers: {a:?} is not UTF-8"
                             )
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                let mut own = launch::args_without(args, "--devices");
+                let mut own = PeerArgs::peer_args(args);
                 if !own.iter().any(|a| a == "--quiet") {
                     own.push("--quiet".into());
                 }
-                let peers = LocalPeers::spawn(
-                    &exe,
-                    1..world,
-                    |r| {
-                        let mut a = own.clone();
-                        a.extend(launch::rank_args(r, world, "--coordinator", &root));
-                        a
-                    },
-                    PeerOutput::DiscardStdout,
-                )?;
+                let Launched::Tcp { peers, root } =
+                    launch_peers(&exe, world, &own, 1, PeerOutput::DiscardStdout)?
+                else {
+                    return Err(
+                        "mpirun is started before the run (DistributedArgs::run_mpirun)".into(),
+                    );
+                };
                 eprintln!("data-parallel: started peers 1..{world} of {world} on {root}");
-                (0, world, root, Some(peers))
+                let group = TcpGroup::join(0, world, &root, dist.peers.timeout()?)?;
+                (AnyGroup::Tcp(group), Some(peers))
             }
+            _ => match dist.peers.join()? {
+                Some(group) => (group, None),
+                None => {
+                    let trainer = burn_dp::PrivateTrainer::new(model, inner, setup)?;
+                    return Ok(DpTrainer {
+                        trainer: AnyTrainer::Single(trainer),
+                        launched: None,
+                    });
+                }
+            },
         };
-        let group = TcpGroup::join(rank, world, &root, timeout)?;
         let trainer = DistributedTrainer::new(model, inner, setup, group, REPLICA_CHECK_EVERY)?;
         Ok(DpTrainer {
             trainer: AnyTrainer::Peer(trainer),

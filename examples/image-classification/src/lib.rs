@@ -88,7 +88,7 @@ pub struct Args {
     /// The results sweep (`--sweep` and its grid).
     #[command(flatten)]
     pub results: common::SweepArgs,
-    /// Data-parallel fine-tuning (`--devices`, or `--rank`/`--world`/`--coordinator`).
+    /// Data-parallel fine-tuning (`--peers`/`--devices`, or MPI's rank and world under `mpirun`).
     #[command(flatten)]
     pub distributed: common::DistributedArgs,
     /// Samples per forward/backward pass (memory); logical batches are cut into these.

@@ -1,29 +1,31 @@
-//! `burn-dp-peer`: one peer of a data-parallel DP run on the demo task ([`demo`]),
-//! or a launcher of `K` such peers on this machine.
+//! `burn-dp-peer`: one peer of a data-parallel DP run on the demo task ([`demo`]), or the launcher
+//! of `N` such peers on this machine (the peer flags of every program, `PeerArgs`).
 //!
 //! ```text
-//! burn-dp-peer launch --peers 2 -- --steps 100 --noise-multiplier 1.0 --sample-rate 0.05
-//! burn-dp-peer train --rank 0 --world 2 --orchestrator 10.0.0.1:29400 --host 10.0.0.1 ...
+//! burn-dp-peer train --peers 2 --steps 100 --noise-multiplier 1.0 --sample-rate 0.05
+//! mpirun -np 2 burn-dp-peer train --steps 100 ...          (feature `mpi`)
+//! mpirun -H a,b -np 2 burn-dp-peer train --steps 100 ...   (two machines)
+//! srun -n 2 burn-dp-peer train --steps 100 ...             (Slurm)
 //! ```
 //!
-//! Peers all-reduce over TCP (`TcpGroup`); with the feature `collective`, `--transport collective`
-//! uses burn-collective's `PeerGroup` instead and `probe` checks that path alone.
+//! Built with the feature `mpi`, `--peers N` runs `mpirun -np N` and the peers all-reduce with
+//! MPI; without it they meet over TCP on 127.0.0.1 (`TcpGroup`).
 
 mod demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use burn::optim::SgdConfig;
 use burn_dp::{
     AccountantKind, ClippingFn, NoiseSource, PerSampleConfig, PrivacyState, PrivateSetup,
 };
-use burn_dp_distributed::launch::{self, LocalPeers, PeerOutput};
-use burn_dp_distributed::{AllReduce, DistributedError, DistributedTrainer, TcpGroup};
-#[cfg(feature = "collective")]
-use burn_dp_distributed::{AllReduceStrategy, NodeConfig, PeerGroup};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use burn_dp_distributed::{
+    launch_peers, AllReduce, DistributedError, DistributedTrainer, PeerArgs, PeerOutput, PeerRole,
+    TcpGroup,
+};
+use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use demo::DemoNet;
@@ -42,128 +44,74 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run one peer.
+    /// Run one peer (or, with `--peers N`, start N peers on this machine and wait for them).
     Train(Box<TrainArgs>),
-    /// Start `--peers` peers of `train` on this machine (127.0.0.1) and wait for them; the
-    /// arguments after `--` go to every peer (`{rank}` in `--out` becomes the peer's rank).
-    Launch {
-        /// Number of peer processes.
-        #[arg(long)]
-        peers: u32,
-        /// Orchestrator port; peer r's data service listens on port + 1 + r.
-        #[arg(long, default_value_t = 29400)]
-        port: u16,
-        /// Arguments of `train` for every peer.
-        #[arg(last = true)]
-        rest: Vec<String>,
-    },
-    /// Check the collective path alone: `--count` all-reduces of a small tensor.
-    #[cfg(feature = "collective")]
-    Probe {
-        /// This peer's rank.
-        #[arg(long)]
-        rank: u32,
-        /// Number of peers.
-        #[arg(long)]
-        world: u32,
-        /// Orchestrator port (hosted by peer 0); data ports follow it.
-        #[arg(long)]
-        port: u16,
+    /// (Feature `nccl`.) Check NCCL between the GPUs of an MPI job, one GPU per rank (the local
+    /// rank's): `mpirun -np 2 burn-dp-peer nccl-check`.
+    #[cfg(feature = "nccl")]
+    NcclCheck {
         /// All-reduces to run.
-        #[arg(long)]
+        #[arg(long, default_value_t = 5)]
         count: u64,
-        /// Seconds each may take.
-        #[arg(long, default_value_t = 20.0)]
-        timeout_s: f64,
+        /// f32 elements per all-reduce.
+        #[arg(long, default_value_t = 1 << 24)]
+        elements: usize,
     },
 }
 
-#[cfg(feature = "collective")]
-fn probe(
-    rank: u32,
-    world: u32,
-    port: u16,
-    count: u64,
-    timeout_s: f64,
-) -> Result<(), DistributedError> {
-    let timeout = Duration::try_from_secs_f64(timeout_s)
-        .map_err(|e| DistributedError::Config(format!("--timeout-s: {e}")))?;
-    let config = NodeConfig::localhost(rank, world, port, timeout);
-    let device = Default::default();
-    let mut group = PeerGroup::<B>::join(&config, device)?;
+/// `nccl-check`: `count` all-reduces of `elements` values `rank + 1 + i` on this rank's GPU,
+/// checked against the sum, timed on rank 0.
+#[cfg(feature = "nccl")]
+fn nccl_check(count: u64, elements: usize) -> Result<(), DistributedError> {
+    use burn_dp_distributed::nccl::Cuda;
+    use burn_dp_distributed::{MpiGroup, NcclGroup};
+    let mpi = MpiGroup::join()?;
+    let local = [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "SLURM_LOCALID",
+        "MPI_LOCALRANKID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+    .unwrap_or(0);
+    let device = burn_cuda::CudaDevice { index: local };
+    let mut group = NcclGroup::join(mpi, &device)?;
+    let (rank, world) = (
+        AllReduce::<Cuda>::rank(&group),
+        AllReduce::<Cuda>::world(&group),
+    );
     for i in 0..count {
-        let t = burn::tensor::Tensor::<B, 1>::from_data(
-            burn::tensor::TensorData::new(vec![(rank + 1) as f32 + i as f32; 16], [16]),
-            &device,
-        );
-        let r = group
-            .all_reduce_sum(t, i)?
+        let value = (rank + 1) as f32 + i as f32;
+        let t = burn::tensor::Tensor::<Cuda, 1>::full([elements], value, &device);
+        let start = Instant::now();
+        let r = group.all_reduce_sum(t, i)?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        let got = r
             .into_data()
             .to_vec::<f32>()
-            .unwrap_or_default();
+            .map_err(|e| DistributedError::Launch(format!("{e:?}")))?;
         let expected = (1..=world).map(|k| k as f32 + i as f32).sum::<f32>();
-        if r.iter().any(|&v| v != expected) {
+        if let Some(bad) = got.iter().position(|&v| v != expected) {
             return Err(DistributedError::Launch(format!(
-                "all-reduce {i}: {r:?} != {expected}"
+                "rank {rank}, all-reduce {i}: element {bad} is {}, expected {expected}",
+                got[bad]
             )));
         }
-        eprintln!("peer {rank}: all-reduce {i} ok");
+        if rank == 0 {
+            println!(
+                "nccl all-reduce {i} over {world} GPUs: {elements} f32 in {ms:.3} ms ({:.2} GB/s), ok",
+                4.0 * elements as f64 / ms / 1e6
+            );
+        }
     }
     Ok(())
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Transport {
-    /// burn-collective's cross-node path (orchestrator + WebSocket). burn-collective 0.21.0
-    /// completes one all-reduce per registration: use for `probe`, not for training.
-    #[cfg(feature = "collective")]
-    Collective,
-    /// A star all-reduce over TCP through peer 0 (at --orchestrator).
-    Tcp,
-}
-
-/// burn-collective's all-reduce algorithm.
-#[derive(Clone, Copy, ValueEnum)]
-enum Strategy {
-    Centralized,
-    Tree,
-    Ring,
-}
-
 #[derive(Args, Clone)]
 struct TrainArgs {
-    /// This peer's rank.
-    #[arg(long, default_value_t = 0)]
-    rank: u32,
-    /// Number of peers.
-    #[arg(long, default_value_t = 1)]
-    world: u32,
-    /// host:port of the orchestrator (hosted by peer 0 unless --no-host-orchestrator).
-    #[arg(long, default_value = "127.0.0.1:29400")]
-    orchestrator: String,
-    #[cfg_attr(not(feature = "collective"), allow(dead_code))]
-    /// Peer 0 does not start the orchestrator (it runs elsewhere; `--transport collective`).
-    #[arg(long)]
-    no_host_orchestrator: bool,
-    #[cfg_attr(not(feature = "collective"), allow(dead_code))]
-    /// The host other peers reach this peer at (`--transport collective`).
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    #[cfg_attr(not(feature = "collective"), allow(dead_code))]
-    /// This peer's data port (default: orchestrator port + 1 + rank; `--transport collective`).
-    #[arg(long)]
-    data_port: Option<u16>,
-    #[cfg_attr(not(feature = "collective"), allow(dead_code))]
-    /// All-reduce algorithm between peers (burn-collective transport; needs the feature
-    /// `collective`).
-    #[arg(long, value_enum, default_value = "centralized")]
-    strategy: Strategy,
-    /// How peers all-reduce.
-    #[arg(long, value_enum, default_value = "tcp")]
-    transport: Transport,
-    /// Seconds a collective operation may take before the peer stops with an error.
-    #[arg(long, default_value_t = 60.0)]
-    timeout_s: f64,
+    /// The peers of the run (`--peers N`; under `mpirun`/`srun`, MPI's rank and world).
+    #[command(flatten)]
+    peers: PeerArgs,
     /// DP steps to take in this run.
     #[arg(long)]
     steps: u64,
@@ -210,6 +158,10 @@ struct TrainArgs {
     /// Testing faults: exit abruptly (code 3) before this step.
     #[arg(long)]
     die_at_step: Option<u64>,
+    /// Testing faults: only this rank dies at `--die-at-step` (default: every rank; under
+    /// `mpirun` every rank gets the same flags).
+    #[arg(long, requires = "die_at_step")]
+    die_rank: Option<u32>,
     /// Testing faults: start from a model that differs from the other peers' (by 1e-3 in one
     /// bias), which the replica check must refuse.
     #[arg(long)]
@@ -238,50 +190,25 @@ struct Report {
 }
 
 fn train(args: TrainArgs) -> Result<(), DistributedError> {
-    let timeout = Duration::try_from_secs_f64(args.timeout_s)
-        .map_err(|e| DistributedError::Config(format!("--timeout-s: {e}")))?;
     let noise = match args.fixed_seed_for_experiments {
         Some(seed) => NoiseSource::FixedSeedForExperiments(seed),
         None => NoiseSource::Os,
     };
-    match args.transport {
-        #[cfg(feature = "collective")]
-        Transport::Collective => {
-            let group = PeerGroup::<B>::join(&node_config(&args, timeout)?, Default::default())?;
-            let group = run(&args, noise, group)?;
-            group.finish()
-        }
-        Transport::Tcp => {
-            let group = TcpGroup::join(args.rank, args.world, &args.orchestrator, timeout)?;
-            run(&args, noise, group).map(|_| ())
+    if let PeerRole::Launcher { peers } = args.peers.role()? {
+        let exe = std::env::current_exe().map_err(|e| DistributedError::Launch(e.to_string()))?;
+        let rest = PeerArgs::peer_args(std::env::args().skip(1));
+        return launch_peers(&exe, peers, &rest, 0, PeerOutput::Inherit)?
+            .wait()
+            .map(|_| ());
+    }
+    match args.peers.join()? {
+        Some(group) => run(&args, noise, group).map(|_| ()),
+        // One process: a group of one (no peer to reach).
+        None => {
+            let timeout = args.peers.timeout()?;
+            run(&args, noise, TcpGroup::join(0, 1, "127.0.0.1:0", timeout)?).map(|_| ())
         }
     }
-}
-
-/// burn-collective's settings of this peer.
-#[cfg(feature = "collective")]
-fn node_config(args: &TrainArgs, timeout: Duration) -> Result<NodeConfig, DistributedError> {
-    let port = args
-        .orchestrator
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok())
-        .ok_or_else(|| DistributedError::Config("--orchestrator must be host:port".into()))?;
-    Ok(NodeConfig {
-        rank: args.rank,
-        world: args.world,
-        orchestrator: args.orchestrator.clone(),
-        host_orchestrator: args.rank == 0 && !args.no_host_orchestrator,
-        host: args.host.clone(),
-        data_port: args
-            .data_port
-            .unwrap_or_else(|| port.saturating_add(1).saturating_add(args.rank as u16)),
-        strategy: match args.strategy {
-            Strategy::Centralized => AllReduceStrategy::Centralized,
-            Strategy::Tree => AllReduceStrategy::Tree(2),
-            Strategy::Ring => AllReduceStrategy::Ring,
-        },
-        timeout,
-    })
 }
 
 fn run<G: AllReduce<B>>(
@@ -290,6 +217,7 @@ fn run<G: AllReduce<B>>(
     group: G,
 ) -> Result<G, DistributedError> {
     let device = Default::default();
+    let (rank, world) = (group.rank(), group.world());
     let privacy = PrivacyState::with_noise_multiplier(
         args.noise_multiplier,
         args.sample_rate,
@@ -334,11 +262,8 @@ fn run<G: AllReduce<B>>(
     let mut examples = 0;
     let start = Instant::now();
     for step in 0..args.steps {
-        if args.die_at_step == Some(step) {
-            eprintln!(
-                "peer {}: dying before step {step} (--die-at-step)",
-                args.rank
-            );
+        if args.die_at_step == Some(step) && args.die_rank.is_none_or(|r| r == rank) {
+            eprintln!("peer {rank}: dying before step {step} (--die-at-step)");
             std::process::exit(3);
         }
         let mut drawn = Vec::new();
@@ -362,7 +287,7 @@ fn run<G: AllReduce<B>>(
                 trainer.save_checkpoint(dir)?;
                 if args.record {
                     // What was saved, for comparing with what a resumed run starts from.
-                    let path = dir.join(format!("peer-{}.params.json", args.rank));
+                    let path = dir.join(format!("peer-{rank}.params.json"));
                     let json = serde_json::to_string(&demo::flat_parameters(trainer.model()))
                         .map_err(|e| DistributedError::Launch(format!("params: {e}")))?;
                     std::fs::write(&path, json).map_err(|e| {
@@ -374,8 +299,8 @@ fn run<G: AllReduce<B>>(
     }
     let seconds = start.elapsed().as_secs_f64();
     let report = Report {
-        rank: args.rank,
-        world: args.world,
+        rank,
+        world,
         steps: args.steps,
         examples,
         seconds,
@@ -384,10 +309,9 @@ fn run<G: AllReduce<B>>(
         params: demo::flat_parameters(trainer.model()),
         records,
     };
-    if args.rank == 0 {
+    if rank == 0 {
         println!(
-            "peer 0 of {}: {} steps in {seconds:.2} s ({:.1} steps/s), {} local examples, ε = {:.4}",
-            args.world,
+            "peer 0 of {world}: {} steps in {seconds:.2} s ({:.1} steps/s), {} local examples, ε = {:.4}",
             args.steps,
             args.steps as f64 / seconds.max(1e-9),
             examples,
@@ -395,7 +319,7 @@ fn run<G: AllReduce<B>>(
         );
     }
     if let Some(out) = &args.out {
-        let path = out.replace("{rank}", &args.rank.to_string());
+        let path = out.replace("{rank}", &rank.to_string());
         let json = serde_json::to_string(&report)
             .map_err(|e| DistributedError::Launch(format!("report: {e}")))?;
         std::fs::write(&path, json)
@@ -404,41 +328,12 @@ fn run<G: AllReduce<B>>(
     Ok(trainer.into_parts().1)
 }
 
-fn launch(peers: u32, port: u16, rest: &[String]) -> Result<(), DistributedError> {
-    if peers == 0 {
-        return Err(DistributedError::Config(
-            "--peers must be at least 1".into(),
-        ));
-    }
-    let exe = std::env::current_exe().map_err(|e| DistributedError::Launch(e.to_string()))?;
-    let root = format!("127.0.0.1:{port}");
-    let peers = LocalPeers::spawn(
-        &exe,
-        0..peers,
-        |rank| {
-            let mut args = vec!["train".to_string()];
-            args.extend(launch::rank_args(rank, peers, "--orchestrator", &root));
-            args.extend(rest.iter().cloned());
-            args
-        },
-        PeerOutput::Inherit,
-    )?;
-    peers.wait().map(|_| ())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Train(args) => train(*args),
-        Cmd::Launch { peers, port, rest } => launch(peers, port, &rest),
-        #[cfg(feature = "collective")]
-        Cmd::Probe {
-            rank,
-            world,
-            port,
-            count,
-            timeout_s,
-        } => probe(rank, world, port, count, timeout_s),
+        #[cfg(feature = "nccl")]
+        Cmd::NcclCheck { count, elements } => nccl_check(count, elements),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
