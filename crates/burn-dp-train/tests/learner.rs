@@ -376,6 +376,46 @@ fn learner_equals_private_trainer_to_the_bit() {
     }
 }
 
+/// Sum and sum of squares (in f64) of the weights: a checksum of the model.
+fn checksum(w: &[f32]) -> (f64, f64) {
+    w.iter().fold((0.0, 0.0), |(s, q), &v| {
+        (s + f64::from(v), q + f64::from(v) * f64::from(v))
+    })
+}
+
+/// Issue 23's regression: fixed-seed Learner runs (one with empty Poisson batches) give the
+/// models and ε recorded before the DP step was redesigned, bit for bit.
+#[test]
+fn learner_run_is_bit_for_bit_the_recorded_one() {
+    let mut got = Vec::new();
+    for (n, q, physical, seed) in [(40, 0.25, 3, 17), (8, 0.1, 2, 5)] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = session(privacy(None, q), n, physical, seed);
+        // Fixed weights (no backend RNG).
+        let mut fc: Linear<Dp> = LinearConfig::new(4, 1).init(&Default::default());
+        let w = [0.3f32, -0.2, 0.45, 0.1];
+        fc.weight = burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(w.to_vec(), [4, 1]),
+            &Default::default(),
+        ));
+        fc.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(vec![0.05f32], [1]),
+            &Default::default(),
+        )));
+        let learned = learn(&s, Net { fc }, n, Run::new(dir.path(), 2, 3));
+        let (sum, squares) = checksum(&net_weights(&learned));
+        let eps = s.epsilon().unwrap();
+        println!("n {n} sum {sum:e} squares {squares:e} eps {eps:e}");
+        got.push((sum, squares, eps));
+    }
+    // Recorded from the code before issue 23's redesign (commit e471ff4).
+    let recorded = vec![
+        (1.276459749788046e-1, 2.3178918750956046e-1, 5.619492773016559e0),
+        (-3.940211273729801e-1, 2.3647078598878812e-1, 3.0260196518145817e0),
+    ];
+    assert_eq!(got, recorded);
+}
+
 /// The ε metric shown after step k is the accountant's ε after k steps of (σ, q), and the last
 /// one is the session's; σ is shown as configured.
 #[test]
