@@ -484,6 +484,105 @@ mod tests {
         down: Linear<B>,
     }
 
+    /// Sum and sum of squares (in f64) of every parameter of `m`: a checksum of the model.
+    fn checksum<M: Module<Dp>>(m: &M) -> (f64, f64) {
+        struct Sums(f64, f64);
+        impl burn::module::ModuleVisitor<Dp> for Sums {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<Dp, D>>) {
+                for v in param.val().into_data().to_vec::<f32>().unwrap() {
+                    self.0 += f64::from(v);
+                    self.1 += f64::from(v) * f64::from(v);
+                }
+            }
+        }
+        let mut sums = Sums(0.0, 0.0);
+        m.visit(&mut sums);
+        (sums.0, sums.1)
+    }
+
+    /// Issue 23's regression: a fixed-seed run of 6 steps of a 4 → 8 → 1 network (physical
+    /// batches of 3, Abadi clipping), straight and through a checkpoint after
+    /// step 2, gives the model and ε recorded before the DP step was redesigned, bit for bit.
+    #[test]
+    fn fixed_seed_run_is_bit_for_bit_the_recorded_one() {
+        type Sgd2 = OptimizerAdaptor<burn::optim::Sgd<PerSample<NdArray<f32>>>, Wide<Dp>, Dp>;
+        let dev = Default::default();
+        let forward = |m: &Wide<Dp>, idx: &[usize]| {
+            let h = burn::tensor::activation::relu(m.up.forward(batch(data(idx))));
+            m.down.forward(h).powf_scalar(2.0).reshape([idx.len()])
+        };
+        // Fixed weights (no backend RNG): w_ij = sin(salt + 0.37·k) / 2.
+        let linear = |d_in: usize, d_out: usize, salt: f32| {
+            let values = |n: usize, at: f32| -> Vec<f32> {
+                (0..n).map(|k| (at + 0.37 * k as f32).sin() * 0.5).collect()
+            };
+            let mut fc: Linear<Dp> = LinearConfig::new(d_in, d_out).init(&dev);
+            fc.weight = burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(values(d_in * d_out, salt), [d_in, d_out]),
+                &dev,
+            ));
+            fc.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(values(d_out, salt + 1.0), [d_out]),
+                &dev,
+            )));
+            fc
+        };
+        let make = || -> PrivateTrainer<Wide<Dp>, Sgd2, NdArray<f32>> {
+            let model = Wide {
+                up: linear(4, 8, 0.3),
+                down: linear(8, 1, 1.1),
+            };
+            PrivateTrainer::new(
+                model,
+                SgdConfig::new().init(),
+                PrivateSetup {
+                    per_sample: PerSampleConfig::new(ClippingFn::Abadi { max_norm: 0.5 }),
+                    privacy: PrivacyState::with_noise_multiplier(
+                        0.8,
+                        0.1,
+                        1e-5,
+                        AccountantKind::Rdp,
+                    )
+                    .unwrap(),
+                    dataset_size: N,
+                    physical_batch_size: 3,
+                    noise: NoiseSource::FixedSeedForExperiments(2023),
+                },
+            )
+            .unwrap()
+        };
+        let mut straight = make();
+        let start = checksum(straight.model());
+        let mut drawn = Vec::new();
+        for _ in 0..6 {
+            drawn.push(straight.step(0.1, forward).unwrap().samples);
+        }
+        let (sum, squares) = checksum(straight.model());
+        let eps = straight.epsilon().unwrap().epsilon;
+        println!("drawn {drawn:?} sum {sum:e} squares {squares:e} eps {eps:e}");
+        // Recorded from the code before issue 23's redesign (commit e471ff4).
+        assert_eq!(start, (3.914271416142583e0, 6.3546217012451125e0));
+        assert_eq!(drawn, [8, 6, 5, 3, 3, 2]);
+        assert_eq!(
+            (sum, squares, eps),
+            (3.2832184955477715e0, 6.094404758724843e0, 4.776319846178567e0)
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = make();
+        for _ in 0..2 {
+            first.step(0.1, forward).unwrap();
+        }
+        first.save_checkpoint(dir.path()).unwrap();
+        let mut resumed = make();
+        resumed.resume(dir.path()).unwrap();
+        for _ in 0..4 {
+            resumed.step(0.1, forward).unwrap();
+        }
+        assert_eq!(checksum(resumed.model()), (sum, squares));
+        assert_eq!(resumed.epsilon().unwrap().epsilon, eps);
+    }
+
     /// Host↔device bytes of one DP step (after a first, uncounted one) of a 16 → `hidden` → 1
     /// network, and its parameter count.
     fn bytes_of_one_step(hidden: usize) -> (crate::backend::transfer::TransferBytes, usize) {
