@@ -371,7 +371,7 @@ fn learner_equals_private_trainer_to_the_bit() {
         assert_eq!(s.steps().unwrap(), 8);
         assert_eq!(net_weights(&learned), net_weights(&trainer.model().valid()));
         assert_ne!(net_weights(&learned), net_weights(&start.valid()));
-        assert_eq!(s.epsilon().unwrap(), trainer.epsilon().unwrap().epsilon);
+        assert_eq!(s.epsilon().unwrap(), trainer.epsilon().unwrap());
         assert_eq!(s.status().unwrap(), SessionStatus::Running);
     }
 }
@@ -404,14 +404,22 @@ fn learner_run_is_bit_for_bit_the_recorded_one() {
         )));
         let learned = learn(&s, Net { fc }, n, Run::new(dir.path(), 2, 3));
         let (sum, squares) = checksum(&net_weights(&learned));
-        let eps = s.epsilon().unwrap();
+        let eps = s.epsilon().unwrap().epsilon;
         println!("n {n} sum {sum:e} squares {squares:e} eps {eps:e}");
         got.push((sum, squares, eps));
     }
     // Recorded from the code before issue 23's redesign (commit e471ff4).
     let recorded = vec![
-        (1.276459749788046e-1, 2.3178918750956046e-1, 5.619492773016559e0),
-        (-3.940211273729801e-1, 2.3647078598878812e-1, 3.0260196518145817e0),
+        (
+            1.276459749788046e-1,
+            2.3178918750956046e-1,
+            5.619492773016559e0,
+        ),
+        (
+            -3.940211273729801e-1,
+            2.3647078598878812e-1,
+            3.0260196518145817e0,
+        ),
     ];
     assert_eq!(got, recorded);
 }
@@ -433,7 +441,7 @@ fn epsilon_metric_is_the_accountants() {
         accountant.step(1.0, 0.25, 1).unwrap();
         assert_eq!(*eps, accountant.epsilon(DELTA).unwrap().epsilon);
     }
-    assert_eq!(shown.last().copied(), Some(s.epsilon().unwrap()));
+    assert_eq!(shown.last().copied(), Some(s.epsilon().unwrap().epsilon));
     let sigma = recorded.of(NoiseMultiplierMetric::NAME);
     assert_eq!(sigma, vec![1.0; 6]);
 }
@@ -453,7 +461,7 @@ fn budget_stops_the_learner() {
     assert!((3..200).contains(&steps), "{steps}");
     assert_eq!(steps, trainer.optimizer().privacy().steps());
     assert_eq!(net_weights(&learned), net_weights(&trainer.model().valid()));
-    let eps = s.epsilon().unwrap();
+    let eps = s.epsilon().unwrap().epsilon;
     assert!(eps <= target, "{eps}");
     match s.status().unwrap() {
         SessionStatus::BudgetExhausted {

@@ -128,7 +128,7 @@ fn dp_steps<C: NoiseBackend>(mode: NormMode, steps: usize) -> Vec<Vec<f32>> {
         SgdConfig::new().init::<DpAutodiff<C>, Net<DpAutodiff<C>>>(),
         PerSampleConfig::new(ClippingFn::AUTOMATIC).with_norm_mode(mode),
         privacy,
-        &sampler,
+        sampler.clone(),
         source,
     )
     .unwrap();

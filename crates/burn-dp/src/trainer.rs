@@ -1,17 +1,16 @@
-//! The private training loop: Poisson sampling, fixed-shape physical batches, the padding mask,
-//! clip and accumulate, the DP step, the privacy budget and checkpoints, in one place.
+//! The private training loop: the [`DpOptimizer`]'s draw → clip and accumulate → finish, plus
+//! the model.
 //!
 //! A program supplies only "the per-sample losses of these examples"; the loop does the rest, so
 //! no program can forget the mask on padded rows, divide by the wrong batch size, or sample at a
 //! rate the accountant does not know:
 //!
 //! ```text
-//! each step:  check the budget for one more step          (refuse before touching any data)
-//!             draw a logical batch (Poisson, rate q)
+//! each step:  draw a logical batch (Poisson, rate q)        (the budget is checked first)
 //!             for each fixed-shape physical batch:
 //!                 losses = your closure(model, indices)    [P] per-sample losses
 //!                 clip and accumulate  losses · mask       (padding rows contribute zero)
-//!             add noise → scale by q·N → inner step → account
+//!             finish: add noise → account → reduce → scale by q·N → inner step
 //! ```
 //!
 //! The sampling rate q comes from the [`PrivacyState`](crate::PrivacyState) alone: the sampler draws at that rate and
@@ -21,37 +20,21 @@ use std::path::Path;
 
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use burn_dp_accountant::{Accountant, AccountantKind, Epsilon};
+use burn_dp_accountant::Epsilon;
 
 use crate::engine::DpAutodiff;
 use crate::error::DpError;
 use crate::noise::NoiseBackend;
-use crate::optim::{DpOptimizer, FlatAllReduce, NoiseShare, Reducer, SingleProcess};
+use crate::optim::{DpOptimizer, FlatAllReduce, NoiseShare, Reducer, SingleProcess, StepReport};
 use crate::sampling::PoissonSampler;
 use crate::setup::PrivateSetup;
 use crate::state::{check_parameters, ModuleSnapshot};
 
-/// What one DP step of a [`PrivateTrainer`] did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepReport {
-    /// Steps taken so far (this one included).
-    pub step: u64,
-    /// Examples drawn into the logical batch (Poisson: random, possibly zero). Not private: do not
-    /// publish per-step values of it beside the model without accounting for it.
-    pub samples: usize,
-    /// Physical batches the logical batch was cut into.
-    pub physical_batches: usize,
-    /// ε spent so far at the run's δ: an upper bound from the RDP and PRV accountants, an
-    /// approximation (neither bound) from GDP, as [`StepReport::epsilon_is_estimate`] says.
-    pub epsilon: f64,
-    /// `true` when [`StepReport::epsilon`] is an estimate rather than an upper bound (the GDP
-    /// accountant): never publish it as the run's guarantee.
-    pub epsilon_is_estimate: bool,
-}
-
-/// DP training of one model: owns the model, the DP optimizer and the Poisson sampler.
+/// DP training of one model: the model and the [`DpOptimizer`] (which owns the inner optimizer,
+/// the Poisson sampler and the privacy state).
 ///
 /// The model stays inside the trainer so that an error (a refused budget, a forward that mixes
 /// samples) never loses it: [`PrivateTrainer::model`] still holds the last good model, and no
@@ -59,7 +42,6 @@ pub struct StepReport {
 pub struct PrivateTrainer<M, O, B: Backend> {
     model: M,
     optim: DpOptimizer<O, B>,
-    sampler: PoissonSampler,
     steps: u64,
 }
 
@@ -97,14 +79,13 @@ where
         setup: PrivateSetup,
         sampler: PoissonSampler,
     ) -> Result<Self, DpError> {
-        let optim = setup.optimizer(inner, &sampler)?;
+        let optim = setup.optimizer(inner, sampler)?;
         if model.devices().is_empty() {
             return Err(DpError::InvalidConfig("the model has no parameters".into()));
         }
         Ok(PrivateTrainer {
             model,
             optim,
-            sampler,
             steps: 0,
         })
     }
@@ -145,9 +126,10 @@ where
         self.step_reduced(lr, losses, &mut FlatAllReduce::new(share, all_reduce))
     }
 
-    /// The DP step with any [`Reducer`]: draw → for each physical batch, the per-sample losses,
-    /// clipped and accumulated → [`DpOptimizer::finish`] (noise of the reducer's share, account,
-    /// reduce, scale, inner step). [`PrivateTrainer::step`] is this with [`SingleProcess`].
+    /// The DP step with any [`Reducer`]: [`DpOptimizer::draw`] → for each physical batch,
+    /// [`DpOptimizer::clip_and_accumulate`] of the per-sample losses → [`DpOptimizer::finish`]
+    /// (noise of the reducer's share, account, reduce, scale, inner step).
+    /// [`PrivateTrainer::step`] is this with [`SingleProcess`].
     ///
     /// # Shapes
     /// `losses` returns `[P]`, one loss per row of `indices`.
@@ -164,52 +146,31 @@ where
         // The model must not already hold batch data (trained outside a DP step on this
         // backend): refused before the budget is touched, naming the parameter.
         check_parameters(&self.model, true)?;
-        self.optim.privacy().check_next_step()?;
-        let logical = self.sampler.next_batch();
-        let physical = logical.physical();
-        let model = self.model.clone();
+        let logical = self.optim.draw()?;
         // A refused forward may already have written into state shared with the model
         // (BatchNorm's running statistics): it is put back.
         let snapshot = ModuleSnapshot::take(&self.model);
-        let next = if logical.is_empty() {
-            self.optim.finish(lr, model, reducer)
-        } else {
-            let mut accumulate = || -> Result<(), DpError> {
-                for batch_rows in &physical {
-                    // Opened before the forward: the batch's host data is recognised as the
-                    // batch, and its rows get this batch's identity.
-                    let _open = batch_rows.open();
-                    let per_sample = losses(&self.model, &batch_rows.indices);
-                    // Masks the padding rows itself (the mask is not the user's marking).
-                    self.optim.backward(&self.model, per_sample, batch_rows)?;
-                }
-                Ok(())
-            };
-            match accumulate() {
-                Ok(()) => self.optim.finish(lr, model, reducer),
-                Err(e) => {
-                    self.optim.discard_accumulated();
-                    snapshot.restore(&self.model);
-                    return Err(e);
-                }
+        let mut step = || -> Result<M, DpError> {
+            for batch in &logical.physical() {
+                self.optim
+                    .clip_and_accumulate(&self.model, batch, |m, idx| {
+                        Ok::<_, DpError>(losses(m, idx))
+                    })?;
             }
+            self.optim.finish(lr, self.model.clone(), reducer)
         };
-        match next {
+        match step() {
             Ok(model) => self.model = model,
             Err(e) => {
-                self.optim.discard_accumulated();
+                self.optim.abandon();
                 snapshot.restore(&self.model);
                 return Err(e);
             }
         }
         self.steps += 1;
-        Ok(StepReport {
-            step: self.steps,
-            samples: logical.indices.len(),
-            physical_batches: physical.len(),
-            epsilon: self.optim.epsilon()?.epsilon,
-            epsilon_is_estimate: self.optim.privacy().accountant.kind() == AccountantKind::Gdp,
-        })
+        self.optim
+            .last_step_report()?
+            .ok_or_else(|| DpError::InvalidConfig("the DP step left no report".into()))
     }
 
     /// The model as trained so far.
@@ -227,7 +188,7 @@ where
         self.optim.epsilon()
     }
 
-    /// The DP optimizer (σ, q, δ, clipping).
+    /// The DP step object (σ, q, δ, clipping, the sampler).
     pub fn optimizer(&self) -> &DpOptimizer<O, B> {
         &self.optim
     }
@@ -237,11 +198,13 @@ where
         self.steps
     }
 
-    /// Saves the model, the optimizer, the DP state and the sampler in `dir` (see
-    /// [`DpOptimizer::save_checkpoint`]).
+    /// Saves the model (`model.mpk`) and what the DP step owns (the inner optimizer, the DP state
+    /// and the sampler: see [`DpOptimizer::save_checkpoint`]) in `dir`.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<(), DpError> {
-        self.optim
-            .save_checkpoint(dir, &self.model, Some(&self.sampler))
+        self.optim.save_checkpoint::<M>(dir)?;
+        NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+            .record(self.model.clone().into_record(), dir.join("model"))
+            .map_err(|e| DpError::Checkpoint(e.to_string()))
     }
 
     /// Resumes from a checkpoint written by [`PrivateTrainer::save_checkpoint`]: the model, the
@@ -251,12 +214,13 @@ where
     /// loading into one that has would replace the privacy it spent by the checkpoint's. On any
     /// error the trainer is unchanged.
     pub fn resume(&mut self, dir: &Path) -> Result<(), DpError> {
-        let mut sampler = self.sampler.clone();
-        let model =
-            self.optim
-                .load_checkpoint_into(dir, self.model.clone(), Some(&mut sampler), false)?;
-        self.model = model;
-        self.sampler = sampler;
+        let device = self.model.devices().first().cloned().unwrap_or_default();
+        // Every file is read before anything changes; the DP step's load is all-or-nothing.
+        let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+            .load(dir.join("model"), &device)
+            .map_err(|e| DpError::Checkpoint(e.to_string()))?;
+        self.optim.load_checkpoint::<M>(dir, &device)?;
+        self.model = self.model.clone().load_record(record);
         Ok(())
     }
 }
@@ -349,18 +313,18 @@ mod tests {
             t.step(0.1, losses).unwrap();
         }
         let noise = NoiseSource::FixedSeedForExperiments(11);
-        let mut sampler = PoissonSampler::new(N, 0.25, 3, noise).unwrap();
+        let sampler = PoissonSampler::new(N, 0.25, 3, noise).unwrap();
         let mut optim = DpOptimizer::new(
             SgdConfig::new().init::<Dp, Net<Dp>>(),
             PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
             privacy(None),
-            &sampler,
+            sampler,
             noise,
         )
         .unwrap();
         let mut model = start;
         for _ in 0..4 {
-            let logical = sampler.next_batch();
+            let logical = optim.draw().unwrap();
             if logical.is_empty() {
                 model = optim.step_empty(0.1, model).unwrap();
                 continue;
@@ -376,6 +340,74 @@ mod tests {
         assert_eq!(weights(t.model()), weights(&model));
         assert_eq!(t.steps(), 4);
         assert_eq!(t.epsilon().unwrap(), optim.epsilon().unwrap());
+    }
+
+    /// Issue 23: the step object refuses out-of-order use with a typed error (a second draw, a
+    /// physical batch without a draw or past the last, a step before every physical batch), and
+    /// a refused step leaves the logical batch open until it is stepped on or abandoned.
+    #[test]
+    fn the_step_refuses_out_of_order_use() {
+        use crate::optim::SingleProcess;
+        let noise = NoiseSource::FixedSeedForExperiments(4);
+        let mut optim = DpOptimizer::new(
+            SgdConfig::new().init::<Dp, Net<Dp>>(),
+            PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
+            privacy(None),
+            PoissonSampler::new(N, 0.25, 3, noise).unwrap(),
+            noise,
+        )
+        .unwrap();
+        let model = trainer(None, 4).into_model();
+        let forward = |m: &Net<Dp>, idx: &[usize]| Ok::<_, DpError>(losses(m, idx));
+        let batch = PhysicalBatch::unpadded(vec![0, 1, 2]);
+        let err = optim
+            .clip_and_accumulate(&model, &batch, forward)
+            .unwrap_err();
+        assert!(
+            matches!(err, DpError::StepOutOfOrder { step: 0, .. }),
+            "{err}"
+        );
+        let logical = optim.draw().unwrap();
+        let physical = logical.physical();
+        assert!(physical.len() >= 2, "{logical:?}");
+        assert_eq!(optim.open_step(), Some(0));
+        let err = optim.draw().unwrap_err();
+        assert_eq!(err, DpError::LogicalBatchOpen { step: 0 });
+        optim
+            .clip_and_accumulate(&model, &physical[0], forward)
+            .unwrap();
+        let err = optim
+            .finish(0.1, model.clone(), &mut SingleProcess)
+            .unwrap_err();
+        assert!(
+            matches!(err, DpError::StepOutOfOrder { step: 0, .. }),
+            "{err}"
+        );
+        assert!(optim.checkpoint_state().is_err(), "saved mid-batch");
+        assert_eq!((optim.privacy().steps(), optim.open_step()), (0, Some(0)));
+        for p in &physical[1..] {
+            optim.clip_and_accumulate(&model, p, forward).unwrap();
+        }
+        let err = optim
+            .clip_and_accumulate(&model, &physical[0], forward)
+            .unwrap_err();
+        assert!(
+            matches!(err, DpError::StepOutOfOrder { step: 0, .. }),
+            "{err}"
+        );
+        // The refused batch was dropped: nothing to step on, a new draw is allowed.
+        assert!(!optim.is_open());
+        optim.draw().unwrap();
+        optim.abandon();
+        let logical = optim.draw().unwrap();
+        for p in &logical.physical() {
+            optim.clip_and_accumulate(&model, p, forward).unwrap();
+        }
+        optim.finish(0.1, model, &mut SingleProcess).unwrap();
+        let report = optim.last_step_report().unwrap().unwrap();
+        assert_eq!(report.samples, logical.indices.len());
+        assert_eq!(report.privacy.steps, 1);
+        assert_eq!(report.privacy.epsilon, optim.epsilon().unwrap());
     }
 
     /// A forward that returns the wrong number of losses is a typed error; the model is unchanged
@@ -559,13 +591,18 @@ mod tests {
         }
         let (sum, squares) = checksum(straight.model());
         let eps = straight.epsilon().unwrap().epsilon;
+        assert_eq!(straight.steps(), 6);
         println!("drawn {drawn:?} sum {sum:e} squares {squares:e} eps {eps:e}");
         // Recorded from the code before issue 23's redesign (commit e471ff4).
         assert_eq!(start, (3.914271416142583e0, 6.3546217012451125e0));
         assert_eq!(drawn, [8, 6, 5, 3, 3, 2]);
         assert_eq!(
             (sum, squares, eps),
-            (3.2832184955477715e0, 6.094404758724843e0, 4.776319846178567e0)
+            (
+                3.2832184955477715e0,
+                6.094404758724843e0,
+                4.776319846178567e0
+            )
         );
 
         let dir = tempfile::tempdir().unwrap();
