@@ -77,3 +77,5 @@ mod cube_tests;
 mod noise_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trainer_tests;

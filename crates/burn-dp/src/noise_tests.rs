@@ -285,7 +285,7 @@ fn optimizer(
     sigma: f64,
     source: NoiseSource,
     style: ClippingStyle,
-) -> DpOptimizer<impl burn::optim::Optimizer<Net<Dp>, Dp> + Clone, Inner> {
+) -> DpOptimizer<impl burn::optim::Optimizer<Net<Dp>, Dp>, Inner> {
     optimizer_sampling(sigma, source, source, style)
 }
 
@@ -295,7 +295,7 @@ fn optimizer_sampling(
     source: NoiseSource,
     sampling: NoiseSource,
     style: ClippingStyle,
-) -> DpOptimizer<impl burn::optim::Optimizer<Net<Dp>, Dp> + Clone, Inner> {
+) -> DpOptimizer<impl burn::optim::Optimizer<Net<Dp>, Dp>, Inner> {
     let privacy =
         PrivacyState::with_noise_multiplier(sigma, 0.01, 1e-5, AccountantKind::Rdp).unwrap();
     DpOptimizer::new(
