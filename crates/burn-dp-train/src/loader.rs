@@ -65,9 +65,13 @@ impl<B: NoiseBackend, T> PrivateBatch<B, T> {
 
     /// The whole train step of a private model: for each fixed-shape physical batch of this
     /// logical batch, `losses(model, batch)` returns the per-sample losses `[P]` (mark float
-    /// inputs with [`burn_dp::batch`]; padding rows repeat example 0 and are masked here, so
-    /// compute them like any other row); they are multiplied by the padding mask, clipped per
-    /// sample and accumulated. The Learner's optimizer then adds the noise once and steps.
+    /// inputs with [`burn_dp::batch`]; padding rows repeat an example of the batch and are masked
+    /// here, so compute them like any other row); they are multiplied by the padding mask, clipped
+    /// per sample and accumulated (the session's [`burn_dp::DpStep::clip_and_accumulate`]). The
+    /// Learner's optimizer then adds the noise once and steps.
+    ///
+    /// `losses` runs while the session's state is locked: it must not call the session
+    /// ([`crate::PrivateTraining`]'s methods would wait for the lock forever).
     ///
     /// Return the result unchanged from `TrainStep::step`: its gradients are empty on purpose
     /// (the clipped sums stay in the session, out of the Learner's reach), and its item carries

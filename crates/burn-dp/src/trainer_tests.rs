@@ -279,10 +279,26 @@ fn an_os_seeded_checkpoint_is_refused_by_a_fixed_seed_trainer() {
     os.step(0.1, losses).unwrap();
     os.save_checkpoint(dir.path()).unwrap();
     let mut fixed = trainer(None, 9);
+    let before = weights(fixed.model());
     let err = fixed.resume(dir.path()).unwrap_err();
     assert!(matches!(err, DpError::OsSeededCheckpoint { .. }), "{err}");
     assert_eq!(fixed.steps(), 0);
     assert_eq!(fixed.epsilon().unwrap().epsilon, 0.0);
+    // Nothing changed: the model, and the sampler and noise stream continue as in a trainer
+    // that was never asked to resume.
+    assert_eq!(weights(fixed.model()), before);
+    let mut untouched = trainer(None, 9);
+    for _ in 0..3 {
+        let (a, b) = (
+            fixed.step(0.1, losses).unwrap(),
+            untouched.step(0.1, losses).unwrap(),
+        );
+        assert_eq!(a, b);
+    }
+    assert_eq!(
+        fixed.optimizer().next_noise_step(),
+        untouched.optimizer().next_noise_step()
+    );
 }
 
 #[derive(Module, Debug)]
