@@ -143,6 +143,14 @@ pub struct Epsilon {
     pub optimal_order: Option<f64>,
 }
 
+impl Epsilon {
+    /// `true` when [`Epsilon::epsilon`] is an estimate rather than an upper bound (the GDP
+    /// accountant): never publish it as a run's guarantee.
+    pub fn is_estimate(&self) -> bool {
+        self.accountant == AccountantKind::Gdp
+    }
+}
+
 /// A stateful privacy accountant: records the mechanism's history and reports ε.
 pub trait Accountant {
     /// Which method this is.

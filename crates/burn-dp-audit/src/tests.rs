@@ -71,7 +71,7 @@ fn broken_run(c: &GradientCanaryConfig, membership: &[bool], breakage: Breakage)
         per_sample.clone(),
         c.privacy_state().unwrap(),
         // The divisor q·N over every canary, as the real run has.
-        &PoissonSampler::new(
+        PoissonSampler::new(
             c.background + c.canaries,
             c.sample_rate,
             c.physical_batch_size,

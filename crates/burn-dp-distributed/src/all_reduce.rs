@@ -24,3 +24,23 @@ pub trait AllReduce<B: Backend> {
         step: u64,
     ) -> Result<Tensor<B, 1>, DistributedError>;
 }
+
+/// The values of a flat buffer on the host, for a transport that moves host memory (the MPI and
+/// TCP groups): a device → host copy, converted to `f32`.
+///
+/// # Shapes
+/// `tensor`: `[n]`; returns `n` values.
+pub(crate) fn host_values<B: Backend>(
+    tensor: Tensor<B, 1>,
+    rank: u32,
+) -> Result<Vec<f32>, DistributedError> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| DistributedError::Collective {
+            op: "all-reduce",
+            rank,
+            detail: format!("{e:?}"),
+        })
+}

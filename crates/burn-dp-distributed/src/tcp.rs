@@ -195,15 +195,7 @@ impl<B: Backend> AllReduce<B> for TcpGroup {
         step: u64,
     ) -> Result<Tensor<B, 1>, DistributedError> {
         let device = tensor.device();
-        let mut values = tensor
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .map_err(|e| DistributedError::Collective {
-                op: "all-reduce",
-                rank: self.rank,
-                detail: format!("{e:?}"),
-            })?;
+        let mut values = crate::all_reduce::host_values(tensor, self.rank)?;
         let n = values.len();
         let (rank, timeout) = (self.rank, self.timeout);
         let err = |e| io_error(rank, "all-reduce", step, timeout, e);

@@ -158,7 +158,7 @@ fn two_peers_equal_one_process_on_the_union_of_their_batches() {
         SgdConfig::new().init::<Dp, DemoNet<Dp>>(),
         PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
         privacy(sigma),
-        &sampler,
+        sampler,
         NoiseSource::FixedSeedForExperiments(7),
     )
     .expect("optimizer");

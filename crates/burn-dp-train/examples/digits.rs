@@ -230,7 +230,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("stopped at the privacy budget (one more step: ε = {next_epsilon:.3})")
         }
     }
-    let epsilon = session.epsilon()?;
+    let epsilon = session.epsilon()?.epsilon;
     // ANCHOR_END: status
     let (x, y) = {
         let batch: DigitsBatch<PerSample<Inner>> = DigitsBatcher.batch(digits()?.1, &device);

@@ -1,5 +1,7 @@
 //! The Learner's training data loader: one item per Poisson logical batch, and the train step
-//! that clips and accumulates its fixed-shape physical batches with the padding mask applied.
+//! that clips and accumulates its fixed-shape physical batches with the padding mask applied
+//! (the session's [`burn_dp::DpStep::clip_and_accumulate`], the loop body
+//! [`burn_dp::PrivateTrainer`] runs too).
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,12 +11,12 @@ use burn::data::dataset::Dataset;
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
-use burn_dp::{clipped_backward_masked, DpAutodiff, ModuleSnapshot, NoiseBackend, PhysicalBatch};
+use burn_dp::{DpAutodiff, ModuleSnapshot, NoiseBackend, PhysicalBatch, PrivacySpent};
 use burn_train::TrainOutput;
 
 use crate::error::DpTrainError;
-use crate::metric::{PrivacySpent, PrivateStepOutput};
-use crate::session::Link;
+use crate::metric::PrivateStepOutput;
+use crate::shared::Link;
 
 /// Builds the user's batch type for a list of example indices (the data set and its batcher).
 trait BuildBatch<B: NoiseBackend, T>: Send + Sync {
@@ -63,9 +65,13 @@ impl<B: NoiseBackend, T> PrivateBatch<B, T> {
 
     /// The whole train step of a private model: for each fixed-shape physical batch of this
     /// logical batch, `losses(model, batch)` returns the per-sample losses `[P]` (mark float
-    /// inputs with [`burn_dp::batch`]; padding rows repeat example 0 and are masked here, so
-    /// compute them like any other row); they are multiplied by the padding mask, clipped per
-    /// sample and accumulated. The Learner's optimizer then adds the noise once and steps.
+    /// inputs with [`burn_dp::batch`]; padding rows repeat an example of the batch and are masked
+    /// here, so compute them like any other row); they are multiplied by the padding mask, clipped
+    /// per sample and accumulated (the session's [`burn_dp::DpStep::clip_and_accumulate`]). The
+    /// Learner's optimizer then adds the noise once and steps.
+    ///
+    /// `losses` runs while the session's state is locked: it must not call the session
+    /// ([`crate::PrivateTraining`]'s methods would wait for the lock forever).
     ///
     /// Return the result unchanged from `TrainStep::step`: its gradients are empty on purpose
     /// (the clipped sums stay in the session, out of the Learner's reach), and its item carries
@@ -105,28 +111,24 @@ impl<B: NoiseBackend, T> PrivateBatch<B, T> {
         M: AutodiffModule<DpAutodiff<B>>,
         F: FnMut(&M, T) -> Tensor<DpAutodiff<B>, 1>,
     {
-        let config = self.link.begin(self.step)?;
         // A refused forward may already have written into state shared with the model
         // (BatchNorm's running statistics): it is put back.
         let snapshot = ModuleSnapshot::take(model);
-        let mut accumulate = || -> Result<(), DpTrainError> {
+        let (source, device) = (&self.source, &self.device);
+        let collected = self.link.collect(self.step, &mut |dp| {
             for physical in &self.physical {
-                // Opened before the data is built: the batch's host data is recognised as the
-                // batch, and its rows get this batch's identity.
-                let _open = physical.open();
-                let data = self.source.build(&physical.indices, &self.device)?;
-                let per_sample = losses(model, data);
-                // Masks the padding rows itself (the mask is not the user's marking).
-                let clipped = clipped_backward_masked(&config, model, per_sample, physical)?;
-                self.link.accumulate(self.step, clipped)?;
+                // The batch is opened before its data is built (see `clip_and_accumulate`).
+                dp.clip_and_accumulate(model, physical, |m, indices| {
+                    let data = source.build(indices, device)?;
+                    Ok::<_, DpTrainError>(losses(m, data))
+                })?;
             }
             Ok(())
-        };
-        if let Err(e) = accumulate() {
+        });
+        if collected.is_err() {
             snapshot.restore(model);
-            return Err(e);
         }
-        self.link.finish(self.step, self.physical.is_empty())
+        collected
     }
 }
 

@@ -9,27 +9,15 @@
 use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
 
+use burn_dp::PrivacySpent;
 use burn_train::metric::{
     format_float, Adaptor, ItemLazy, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric,
     NumericAttributes, NumericEntry, SerializedEntry,
 };
 
-/// The privacy spent after one DP step, as the accountant reports it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PrivacySpent {
-    /// ε spent so far at `delta`.
-    pub epsilon: f64,
-    /// δ of the run.
-    pub delta: f64,
-    /// The noise multiplier σ of the step.
-    pub noise_multiplier: f64,
-    /// DP steps accounted so far.
-    pub steps: u64,
-}
-
 /// What a private train step gives the Learner for its metrics: the privacy spent once the
-/// optimizer has taken the step (filled by the optimizer; read when the Learner's metric
-/// thread syncs the item, which it does after the step).
+/// optimizer has taken the step ([`PrivacySpent`], filled by the optimizer; the Learner's metric
+/// thread reads it after the step). It is its own synced item: the metrics read the same cell.
 #[derive(Debug, Clone)]
 pub struct PrivateStepOutput {
     pub(crate) report: Arc<OnceLock<PrivacySpent>>,
@@ -42,28 +30,24 @@ impl PrivateStepOutput {
             report: Arc::new(OnceLock::new()),
         }
     }
-}
 
-/// The synced form of [`PrivateStepOutput`]: the privacy spent after the step, `None` if the
-/// step was refused.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PrivateStepReport {
-    /// ε, δ, σ and the step count after the step.
-    pub spent: Option<PrivacySpent>,
-}
-
-impl ItemLazy for PrivateStepOutput {
-    type ItemSync = PrivateStepReport;
-
-    fn sync(self) -> PrivateStepReport {
-        PrivateStepReport {
-            spent: self.report.get().copied(),
-        }
+    /// The privacy spent after the step: steps, ε at the run's δ, σ (`None` if the step was
+    /// refused, or is not taken yet).
+    pub fn spent(&self) -> Option<&PrivacySpent> {
+        self.report.get()
     }
 }
 
-impl Adaptor<PrivateStepReport> for PrivateStepReport {
-    fn adapt(&self) -> PrivateStepReport {
+impl ItemLazy for PrivateStepOutput {
+    type ItemSync = PrivateStepOutput;
+
+    fn sync(self) -> PrivateStepOutput {
+        self
+    }
+}
+
+impl Adaptor<PrivateStepOutput> for PrivateStepOutput {
+    fn adapt(&self) -> PrivateStepOutput {
         self.clone()
     }
 }
@@ -113,7 +97,7 @@ impl PrivacyQuantity for EpsilonSpent {
     const DESCRIPTION: &'static str = "privacy spent so far: ε at the run's δ (DP accountant)";
     const HIGHER_IS_BETTER: bool = false;
     fn of(spent: &PrivacySpent) -> f64 {
-        spent.epsilon
+        spent.epsilon.epsilon
     }
 }
 
@@ -168,7 +152,7 @@ impl<Q: PrivacyQuantity> Default for PrivacyMetric<Q> {
 }
 
 impl<Q: PrivacyQuantity> Metric for PrivacyMetric<Q> {
-    type Input = PrivateStepReport;
+    type Input = PrivateStepOutput;
 
     fn name(&self) -> MetricName {
         self.name.clone()
@@ -186,8 +170,8 @@ impl<Q: PrivacyQuantity> Metric for PrivacyMetric<Q> {
         .into()
     }
 
-    fn update(&mut self, item: &PrivateStepReport, _: &MetricMetadata) -> SerializedEntry {
-        self.latest.update(item.spent.as_ref().map(Q::of), 4)
+    fn update(&mut self, item: &PrivateStepOutput, _: &MetricMetadata) -> SerializedEntry {
+        self.latest.update(item.spent().map(Q::of), 4)
     }
 
     fn clear(&mut self) {}

@@ -8,7 +8,7 @@ use burn_dp::{DpAutodiff, DpCheckpointState, NoiseBackend};
 use serde::{Deserialize, Serialize};
 
 use crate::error::DpTrainError;
-use crate::session::{Phase, Shared};
+use crate::shared::{Shared, State};
 
 /// The optimizer to give burn-train's `Learner` ([`crate::PrivateTraining::optimizer`]).
 ///
@@ -74,7 +74,7 @@ where
         let dp = if poisoned {
             RecordedDpState::Unavailable(DpTrainError::StatePoisoned.to_string())
         } else {
-            match state.dp.checkpoint_state(Some(&state.sampler)) {
+            match state.dp.checkpoint_state() {
                 Ok(s) => RecordedDpState::State(Box::new(s)),
                 Err(e) => RecordedDpState::Unavailable(e.to_string()),
             }
@@ -121,12 +121,9 @@ impl<O, B: NoiseBackend> LearnerDpOptimizer<O, B> {
                 state.draws
             )));
         }
-        state
-            .dp
-            .restore_checkpoint_state(dp_state, Some(&mut state.sampler), false, ORIGIN)?;
+        state.dp.restore_checkpoint_state(dp_state, false, ORIGIN)?;
         let restored = state.dp.inner().clone().load_record(inner);
         state.dp.set_inner(restored);
-        state.phase = Phase::Idle;
         Ok(())
     }
 }
@@ -137,8 +134,8 @@ impl<O, B: NoiseBackend> Shared<O, B> {
     fn state_for_record(
         &self,
     ) -> Result<
-        std::sync::MutexGuard<'_, crate::session::State<O, B>>,
-        PoisonError<std::sync::MutexGuard<'_, crate::session::State<O, B>>>,
+        std::sync::MutexGuard<'_, State<O, B>>,
+        PoisonError<std::sync::MutexGuard<'_, State<O, B>>>,
     > {
         self.state.lock()
     }

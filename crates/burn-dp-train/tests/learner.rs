@@ -370,9 +370,57 @@ fn learner_equals_private_trainer_to_the_bit() {
         assert_eq!(s.steps().unwrap(), 8);
         assert_eq!(net_weights(&learned), net_weights(&trainer.model().valid()));
         assert_ne!(net_weights(&learned), net_weights(&start.valid()));
-        assert_eq!(s.epsilon().unwrap(), trainer.epsilon().unwrap().epsilon);
+        assert_eq!(s.epsilon().unwrap(), trainer.epsilon().unwrap());
         assert_eq!(s.status().unwrap(), SessionStatus::Running);
     }
+}
+
+/// Sum and sum of squares (in f64) of the weights: a checksum of the model.
+fn checksum(w: &[f32]) -> (f64, f64) {
+    w.iter().fold((0.0, 0.0), |(s, q), &v| {
+        (s + f64::from(v), q + f64::from(v) * f64::from(v))
+    })
+}
+
+/// Issue 23's regression: fixed-seed Learner runs (one with empty Poisson batches) give the
+/// models and ε recorded before the DP step was redesigned, bit for bit.
+#[test]
+fn learner_run_is_bit_for_bit_the_recorded_one() {
+    let mut got = Vec::new();
+    for (n, q, physical, seed) in [(40, 0.25, 3, 17), (8, 0.1, 2, 5)] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = session(privacy(None, q), n, physical, seed);
+        // Fixed weights (no backend RNG).
+        let mut fc: Linear<Dp> = LinearConfig::new(4, 1).init(&Default::default());
+        let w = [0.3f32, -0.2, 0.45, 0.1];
+        fc.weight = burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(w.to_vec(), [4, 1]),
+            &Default::default(),
+        ));
+        fc.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(vec![0.05f32], [1]),
+            &Default::default(),
+        )));
+        let learned = learn(&s, Net { fc }, n, Run::new(dir.path(), 2, 3));
+        let (sum, squares) = checksum(&net_weights(&learned));
+        let eps = s.epsilon().unwrap().epsilon;
+        println!("n {n} sum {sum:e} squares {squares:e} eps {eps:e}");
+        got.push((sum, squares, eps));
+    }
+    // Recorded from the code before issue 23's redesign (commit e471ff4).
+    let recorded = vec![
+        (
+            1.276459749788046e-1,
+            2.3178918750956046e-1,
+            5.619492773016559e0,
+        ),
+        (
+            -3.940211273729801e-1,
+            2.3647078598878812e-1,
+            3.0260196518145817e0,
+        ),
+    ];
+    assert_eq!(got, recorded);
 }
 
 /// The ε metric shown after step k is the accountant's ε after k steps of (σ, q), and the last
@@ -392,7 +440,7 @@ fn epsilon_metric_is_the_accountants() {
         accountant.step(1.0, 0.25, 1).unwrap();
         assert_eq!(*eps, accountant.epsilon(DELTA).unwrap().epsilon);
     }
-    assert_eq!(shown.last().copied(), Some(s.epsilon().unwrap()));
+    assert_eq!(shown.last().copied(), Some(s.epsilon().unwrap().epsilon));
     let sigma = recorded.of(NoiseMultiplierMetric::NAME);
     assert_eq!(sigma, vec![1.0; 6]);
 }
@@ -412,7 +460,7 @@ fn budget_stops_the_learner() {
     assert!((3..200).contains(&steps), "{steps}");
     assert_eq!(steps, trainer.optimizer().privacy().steps());
     assert_eq!(net_weights(&learned), net_weights(&trainer.model().valid()));
-    let eps = s.epsilon().unwrap();
+    let eps = s.epsilon().unwrap().epsilon;
     assert!(eps <= target, "{eps}");
     match s.status().unwrap() {
         SessionStatus::BudgetExhausted {

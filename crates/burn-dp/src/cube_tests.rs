@@ -21,7 +21,7 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use crate::noise::chacha::gaussian_vec;
 use crate::noise::{NoiseBackend, NoiseDraw, NoiseKey};
-use crate::noise_tests::{beyond, fraction_close, moments, params, Net};
+use crate::tests_on_ndarray::noise_tests::{beyond, fraction_close, moments, params, Net};
 use crate::*;
 
 /// The kernel's output for `draw`, read back to the host.
@@ -128,7 +128,7 @@ fn dp_steps<C: NoiseBackend>(mode: NormMode, steps: usize) -> Vec<Vec<f32>> {
         SgdConfig::new().init::<DpAutodiff<C>, Net<DpAutodiff<C>>>(),
         PerSampleConfig::new(ClippingFn::AUTOMATIC).with_norm_mode(mode),
         privacy,
-        &sampler,
+        sampler.clone(),
         source,
     )
     .unwrap();

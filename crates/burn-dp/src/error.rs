@@ -104,6 +104,22 @@ pub enum DpError {
     /// `step` was called with no clipped gradients accumulated since the last step.
     #[error("no per-sample gradients were accumulated since the last step: call DpOptimizer::backward first (or step_empty for an empty Poisson batch)")]
     NoGradients,
+    /// The DP step's calls came out of order: it runs `draw` → `clip_and_accumulate` for every
+    /// physical batch of the drawn logical batch → `finish`, once per logical batch.
+    #[error("the DP step of logical batch {step} is out of order: {what}")]
+    StepOutOfOrder {
+        /// The logical batch (DP step index) the step object is at.
+        step: u64,
+        /// What was asked out of turn.
+        what: &'static str,
+    },
+    /// A logical batch was drawn while the previous one had not been stepped on (its noise would
+    /// cover two batches).
+    #[error("logical batch {step} was drawn but not stepped on before the next draw: each logical batch gets exactly one DP step")]
+    LogicalBatchOpen {
+        /// The logical batch (DP step index) still open.
+        step: u64,
+    },
     /// The accumulated gradients do not match the model's trainable parameters.
     #[error("gradients do not match the model: {0}")]
     ParamMismatch(String),

@@ -54,7 +54,8 @@ pub use loss::{
 pub use memory::{DeviceMemory, DeviceMemoryUsage};
 pub use noise::{NoiseBackend, NoiseSource};
 pub use optim::{
-    BatchStats, BatchStatsValues, DpCheckpointState, DpOptimizer, NoiseShare, StepStats,
+    BatchStats, BatchStatsValues, DpCheckpointState, DpOptimizer, DpStep, NoiseShare, PrivacySpent,
+    StepReport, StepStats,
 };
 pub use plain::into_plain_model;
 pub use privacy::{BudgetPolicy, PrivacyState};
@@ -62,7 +63,7 @@ pub use rules::NormMode;
 pub use sampling::{LogicalBatch, OpenBatch, PhysicalBatch, PoissonSampler};
 pub use setup::{shard_range, PrivateSetup};
 pub use state::{declare_public, ModuleSnapshot};
-pub use trainer::{PrivateTrainer, StepReport};
+pub use trainer::PrivateTrainer;
 
 /// burn's fast CPU backend (SIMD, gemm, multi-threaded), the default CPU backend of the
 /// examples and the bench: train with `DpAutodiff<Flex>`.
@@ -84,3 +85,5 @@ mod tests_on_flex;
 #[allow(clippy::duplicate_mod)]
 #[path = "tests_on/ndarray.rs"]
 mod tests_on_ndarray;
+#[cfg(test)]
+mod trainer_tests;

@@ -285,6 +285,16 @@ fn optimizer(
     source: NoiseSource,
     style: ClippingStyle,
 ) -> DpOptimizer<impl burn::optim::Optimizer<Net<Dp>, Dp>, Inner> {
+    optimizer_sampling(sigma, source, source, style)
+}
+
+/// [`optimizer`] whose sampler is seeded from `sampling`.
+fn optimizer_sampling(
+    sigma: f64,
+    source: NoiseSource,
+    sampling: NoiseSource,
+    style: ClippingStyle,
+) -> DpOptimizer<impl burn::optim::Optimizer<Net<Dp>, Dp>, Inner> {
     let privacy =
         PrivacyState::with_noise_multiplier(sigma, 0.01, 1e-5, AccountantKind::Rdp).unwrap();
     DpOptimizer::new(
@@ -292,11 +302,13 @@ fn optimizer(
         PerSampleConfig::new(ClippingFn::AUTOMATIC).with_style(style),
         privacy,
         // q·N = 0.01 · 400 = EXPECTED_BATCH
-        &PoissonSampler::new(400, 0.01, 4, source).unwrap(),
+        PoissonSampler::new(400, 0.01, 4, sampling).unwrap(),
         source,
     )
     .unwrap()
 }
+
+use super::tests::{load_with_model, save_with_model};
 
 /// Per-sample losses of `rows` multiplied by zero: every clipped sum is exactly zero.
 fn zero_losses(model: &Net<Dp>, rows: usize) -> Tensor<Dp, 1> {
@@ -424,14 +436,18 @@ fn fixed_seed_resume_draws_identical_noise() {
     let source = NoiseSource::FixedSeedForExperiments(31);
     let mut o = optimizer(1.0, source, ClippingStyle::Flat);
     let (_, m) = updates(&mut o, net(), 3, true);
-    o.save_checkpoint(dir.path(), &m, None).unwrap();
+    save_with_model(&o, dir.path(), &m).unwrap();
     let (straight, _) = updates(&mut o, m, 3, true);
 
     // Another process: another seed and a fresh model; the checkpoint's stream wins.
     let other = NoiseSource::FixedSeedForExperiments(32);
-    let (mut o, m) = optimizer(1.0, other, ClippingStyle::Flat)
-        .load_checkpoint(dir.path(), net(), None)
-        .unwrap();
+    let (mut o, m) = load_with_model(
+        optimizer(1.0, other, ClippingStyle::Flat),
+        dir.path(),
+        net(),
+        false,
+    )
+    .unwrap();
     assert_eq!(o.next_noise_step(), 3);
     let (resumed, _) = updates(&mut o, m, 3, true);
     assert!(resumed == straight, "resumed noise differs");
@@ -445,10 +461,9 @@ fn read_state(dir: &std::path::Path) -> serde_json::Value {
 #[test]
 fn os_seeded_runs_write_no_generator_state_and_resume_with_a_fresh_key() {
     let dir = tempfile::tempdir().unwrap();
-    let sampler = PoissonSampler::new(400, 0.01, 4, NoiseSource::Os).unwrap();
     let mut o = optimizer(1.0, NoiseSource::Os, ClippingStyle::Flat);
     let (_, m) = updates(&mut o, net(), 2, true);
-    o.save_checkpoint(dir.path(), &m, Some(&sampler)).unwrap();
+    save_with_model(&o, dir.path(), &m).unwrap();
     let state = read_state(dir.path());
     assert_eq!(state["noise"], serde_json::json!({ "source": "os" }));
     assert_eq!(state["sampler"], serde_json::json!({ "rng": null }));
@@ -462,9 +477,8 @@ fn os_seeded_runs_write_no_generator_state_and_resume_with_a_fresh_key() {
 
     // Two resumptions of the same OS checkpoint draw different noise (each a fresh OS key).
     let resume = || {
-        let (mut o, m) = optimizer(1.0, NoiseSource::Os, ClippingStyle::Flat)
-            .load_checkpoint(dir.path(), net(), None)
-            .unwrap();
+        let os = optimizer(1.0, NoiseSource::Os, ClippingStyle::Flat);
+        let (mut o, m) = load_with_model(os, dir.path(), net(), false).unwrap();
         assert!(!o.is_fixed_seed());
         updates(&mut o, m, 1, true).0
     };
@@ -474,60 +488,65 @@ fn os_seeded_runs_write_no_generator_state_and_resume_with_a_fresh_key() {
 #[test]
 fn an_os_seeded_optimizer_refuses_a_fixed_seed_checkpoint_unless_asked() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sampler =
-        PoissonSampler::new(400, 0.01, 4, NoiseSource::FixedSeedForExperiments(5)).unwrap();
-    sampler.next_batch();
     let mut o = optimizer(
         1.0,
         NoiseSource::FixedSeedForExperiments(41),
         ClippingStyle::Flat,
     );
+    o.draw().unwrap();
+    o.abandon();
     let (_, m) = updates(&mut o, net(), 2, true);
-    o.save_checkpoint(dir.path(), &m, Some(&sampler)).unwrap();
+    save_with_model(&o, dir.path(), &m).unwrap();
     let (straight, _) = updates(&mut o, m, 1, true);
+    let next_draw = o.draw().unwrap();
 
     let os = || optimizer(1.0, NoiseSource::Os, ClippingStyle::Flat);
-    match os().load_checkpoint(dir.path(), net(), None) {
+    match load_with_model(os(), dir.path(), net(), false) {
         Err(DpError::FixedSeedCheckpoint { what, .. }) => assert_eq!(what, "noise generator"),
         other => panic!("expected FixedSeedCheckpoint, got {:?}", other.err()),
     }
     // A fixed-seed optimizer with an OS-seeded sampler: the sampler is refused.
-    let mut os_sampler = PoissonSampler::new(400, 0.01, 4, NoiseSource::Os).unwrap();
-    let fixed = optimizer(
+    let fixed = optimizer_sampling(
         1.0,
         NoiseSource::FixedSeedForExperiments(1),
+        NoiseSource::Os,
         ClippingStyle::Flat,
     );
-    match fixed.load_checkpoint(dir.path(), net(), Some(&mut os_sampler)) {
+    match load_with_model(fixed, dir.path(), net(), false) {
         Err(DpError::FixedSeedCheckpoint { what, .. }) => assert_eq!(what, "sampler"),
         other => panic!("expected FixedSeedCheckpoint, got {:?}", other.err()),
     }
-    // Asked explicitly: the fixed-seed stream continues exactly.
-    let (mut o, m) = os()
-        .load_checkpoint_adopting_fixed_seed(dir.path(), net(), Some(&mut os_sampler))
-        .unwrap();
-    assert!(o.is_fixed_seed() && os_sampler.is_fixed_seed());
+    // Asked explicitly: the fixed-seed streams continue exactly.
+    let (mut o, m) = load_with_model(os(), dir.path(), net(), true).unwrap();
+    assert!(o.is_fixed_seed() && o.sampler().is_fixed_seed());
     assert!(updates(&mut o, m, 1, true).0 == straight);
+    assert_eq!(o.draw().unwrap(), next_draw);
 }
 
 #[test]
 fn a_resumed_sampler_continues_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let source = NoiseSource::FixedSeedForExperiments(8);
-    let mut sampler = PoissonSampler::new(400, 0.01, 4, source).unwrap();
+    let mut o = optimizer(1.0, source, ClippingStyle::Flat);
+    let draw = |o: &mut DpOptimizer<_, Inner>| {
+        let b = o.draw().unwrap();
+        o.abandon();
+        b
+    };
     for _ in 0..5 {
-        sampler.next_batch();
+        draw(&mut o);
     }
-    let o = optimizer(1.0, source, ClippingStyle::Flat);
-    o.save_checkpoint(dir.path(), &net(), Some(&sampler))
-        .unwrap();
-    let straight: Vec<_> = (0..5).map(|_| sampler.next_batch()).collect();
-    let mut resumed =
-        PoissonSampler::new(400, 0.01, 4, NoiseSource::FixedSeedForExperiments(9)).unwrap();
-    optimizer(1.0, source, ClippingStyle::Flat)
-        .load_checkpoint(dir.path(), net(), Some(&mut resumed))
-        .unwrap();
-    let again: Vec<_> = (0..5).map(|_| resumed.next_batch()).collect();
+    save_with_model(&o, dir.path(), &net()).unwrap();
+    let straight: Vec<_> = (0..5).map(|_| draw(&mut o)).collect();
+    let other = NoiseSource::FixedSeedForExperiments(9);
+    let (mut resumed, _) = load_with_model(
+        optimizer(1.0, other, ClippingStyle::Flat),
+        dir.path(),
+        net(),
+        false,
+    )
+    .unwrap();
+    let again: Vec<_> = (0..5).map(|_| draw(&mut resumed)).collect();
     assert_eq!(again, straight);
 }
 
@@ -537,15 +556,19 @@ fn loaded_privacy_state_is_validated() {
     let source = NoiseSource::FixedSeedForExperiments(51);
     let mut o = optimizer(1.0, source, ClippingStyle::Flat);
     let (_, m) = updates(&mut o, net(), 2, true);
-    o.save_checkpoint(dir.path(), &m, None).unwrap();
+    save_with_model(&o, dir.path(), &m).unwrap();
     let good = read_state(dir.path());
     let load_edited = |edit: &dyn Fn(&mut serde_json::Value)| {
         let mut state = good.clone();
         edit(&mut state);
         std::fs::write(dir.path().join("dp_state.json"), state.to_string()).unwrap();
-        optimizer(1.0, source, ClippingStyle::Flat)
-            .load_checkpoint(dir.path(), net(), None)
-            .map(|_| ())
+        load_with_model(
+            optimizer(1.0, source, ClippingStyle::Flat),
+            dir.path(),
+            net(),
+            false,
+        )
+        .map(|_| ())
     };
     assert_eq!(load_edited(&|_| {}), Ok(()));
     type Edit<'a> = (&'a str, &'a dyn Fn(&mut serde_json::Value));
@@ -586,11 +609,11 @@ fn loading_drops_a_stale_accumulation() {
     let source = NoiseSource::FixedSeedForExperiments(61);
     let o = optimizer(1.0, source, ClippingStyle::Flat);
     let model = net();
-    o.save_checkpoint(dir.path(), &model, None).unwrap();
+    save_with_model(&o, dir.path(), &model).unwrap();
     let mut o = optimizer(1.0, source, ClippingStyle::Flat);
     o.backward_unpadded(&model, zero_losses(&model, 2)).unwrap();
     assert!(o.accumulated_sum(&model.fc1.weight.id).is_some());
-    let (mut o, model) = o.load_checkpoint(dir.path(), model, None).unwrap();
+    let (mut o, model) = load_with_model(o, dir.path(), model, false).unwrap();
     assert!(o.accumulated_sum(&model.fc1.weight.id).is_none());
     assert!(matches!(o.step(1.0, model), Err(DpError::NoGradients)));
 }

@@ -262,7 +262,7 @@ mod tests {
             SgdConfig::new().init(),
             PerSampleConfig::new(ClippingFn::AUTOMATIC),
             privacy,
-            &PoissonSampler::new(40, 0.1, 4, NoiseSource::FixedSeedForExperiments(1)).unwrap(),
+            PoissonSampler::new(40, 0.1, 4, NoiseSource::FixedSeedForExperiments(1)).unwrap(),
             NoiseSource::FixedSeedForExperiments(1),
         )
         .unwrap();

@@ -20,7 +20,7 @@ use crate::sampling::PoissonSampler;
 /// ```text
 /// PrivateSetup ──sampler()────────────→ PoissonSampler   (rate privacy.sample_rate over N rows)
 ///              ──peer_sampler(r, K)───→ PoissonSampler   (the same rate over peer r's shard)
-///              ──optimizer(inner, &s)─→ DpOptimizer      (divides by s.expected_batch_size())
+///              ──optimizer(inner, s)──→ DpOptimizer      (owns s; divides by s.expected_batch_size())
 /// ```
 #[derive(Debug, Clone)]
 pub struct PrivateSetup {
@@ -68,12 +68,12 @@ impl PrivateSetup {
         )
     }
 
-    /// The DP optimizer around `inner` for batches drawn by `sampler` (its q must be
+    /// The DP step object around `inner` that draws its batches with `sampler` (its q must be
     /// `privacy.sample_rate`; the step divides by its expected batch size).
     pub fn optimizer<O, B: Backend>(
         self,
         inner: O,
-        sampler: &PoissonSampler,
+        sampler: PoissonSampler,
     ) -> Result<DpOptimizer<O, B>, DpError> {
         DpOptimizer::new(inner, self.per_sample, self.privacy, sampler, self.noise)
     }

@@ -99,10 +99,53 @@ fn opt(sigma: f64, seed: u64) -> DpOptimizer<impl burn::optim::Optimizer<Net<Dp>
         SgdConfig::new().init::<Dp, Net<Dp>>(),
         PerSampleConfig::new(ClippingFn::AUTOMATIC),
         privacy,
-        &sampler(seed),
+        sampler(seed),
         NoiseSource::FixedSeedForExperiments(seed),
     )
     .unwrap()
+}
+
+/// What `PrivateTrainer::save_checkpoint` does, for a hand-written loop: the step object's files
+/// and the model's.
+pub(crate) fn save_with_model<O, M>(
+    o: &DpOptimizer<O, Inner>,
+    dir: &std::path::Path,
+    m: &M,
+) -> Result<(), DpError>
+where
+    M: AutodiffModule<Dp>,
+    O: burn::optim::Optimizer<M, Dp>,
+{
+    use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+    o.save_checkpoint::<M>(dir)?;
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .record(m.clone().into_record(), dir.join("model"))
+        .map_err(|e| DpError::Checkpoint(e.to_string()))
+}
+
+/// What `PrivateTrainer::resume` does, for a hand-written loop: the step object's load (adopting
+/// a fixed seed if asked), then the model's.
+pub(crate) fn load_with_model<O, M>(
+    mut o: DpOptimizer<O, Inner>,
+    dir: &std::path::Path,
+    m: M,
+    adopt_fixed_seed: bool,
+) -> Result<(DpOptimizer<O, Inner>, M), DpError>
+where
+    M: AutodiffModule<Dp>,
+    O: burn::optim::Optimizer<M, Dp>,
+{
+    use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+    let device = Default::default();
+    if adopt_fixed_seed {
+        o.load_checkpoint_adopting_fixed_seed::<M>(dir, &device)?;
+    } else {
+        o.load_checkpoint::<M>(dir, &device)?;
+    }
+    let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .load(dir.join("model"), &device)
+        .map_err(|e| DpError::Checkpoint(e.to_string()))?;
+    Ok((o, m.load_record(record)))
 }
 
 fn flat_params(m: &Net<Dp>) -> Vec<f32> {
@@ -199,11 +242,9 @@ fn resume_gives_the_same_parameters_and_epsilon() {
         o.backward_unpadded(&m, losses(&m, rows, None)).unwrap();
         m = o.step(0.1, m).unwrap();
     }
-    o.save_checkpoint(dir.path(), &m, None).unwrap();
+    save_with_model(&o, dir.path(), &m).unwrap();
     let at_save = flat_params(&m);
-    let (o2, m2) = opt(1.1, 999)
-        .load_checkpoint(dir.path(), net(), None)
-        .unwrap();
+    let (o2, m2) = load_with_model(opt(1.1, 999), dir.path(), net(), false).unwrap();
     close(&flat_params(&m2), &at_save, 0.0);
     assert_eq!(
         crate::engine::trainable::<Inner, _>(&m2).len(),
@@ -212,9 +253,7 @@ fn resume_gives_the_same_parameters_and_epsilon() {
     );
     drop(o2);
     // A fresh process: new model, new optimizer (different seed: the checkpoint's stream wins).
-    let (mut o, mut m) = opt(1.1, 999)
-        .load_checkpoint(dir.path(), net(), None)
-        .unwrap();
+    let (mut o, mut m) = load_with_model(opt(1.1, 999), dir.path(), net(), false).unwrap();
     for rows in &batches[2..] {
         o.backward_unpadded(&m, losses(&m, rows, None)).unwrap();
         m = o.step(0.1, m).unwrap();
@@ -283,7 +322,7 @@ fn misuse_is_a_typed_error() {
         SgdConfig::new().init::<Dp, Net<Dp>>(),
         PerSampleConfig::new(ClippingFn::AUTOMATIC),
         privacy,
-        &PoissonSampler::new(8, 0.5, 4, NoiseSource::Os).unwrap(),
+        PoissonSampler::new(8, 0.5, 4, NoiseSource::Os).unwrap(),
         NoiseSource::Os,
     )
     .unwrap();
@@ -431,7 +470,7 @@ fn non_finite_samples_contribute_exactly_zero() {
         .backward_unpadded(&model, losses_of(&model, x, &[0, 1, 2], None))
         .unwrap();
     let read = stats.read().unwrap();
-    assert_eq!((read.samples, read.non_finite.clone()), (3, vec![1]));
+    assert_eq!((read.rows, read.non_finite.clone()), (3, vec![1]));
     assert!(read.norms[1].is_nan() && read.norms[0].is_finite());
     assert!(sum_of(&o, &model).iter().all(|v| v.is_finite()));
     let stats = o
@@ -442,7 +481,7 @@ fn non_finite_samples_contribute_exactly_zero() {
     assert!(flat_params(&model).iter().all(|v| v.is_finite()));
     let step = o.last_step_stats().unwrap().unwrap();
     assert_eq!(
-        (step.samples, step.physical_batches, step.non_finite),
+        (step.rows, step.physical_batches, step.non_finite),
         (5, 2, 1)
     );
     assert!(step.norm_sum.is_finite() && step.norm_max > 0.0, "{step:?}");
@@ -536,7 +575,7 @@ fn gdp_can_neither_calibrate_nor_enforce_a_budget() {
             SgdConfig::new().init::<Dp, Net<Dp>>(),
             PerSampleConfig::new(ClippingFn::AUTOMATIC),
             privacy,
-            &sampler(1),
+            sampler(1),
             NoiseSource::FixedSeedForExperiments(1),
         )
         .unwrap()
@@ -569,7 +608,7 @@ fn privacy_sampler_and_scaling_share_one_sample_rate() {
     // whose q differs from the accounted q, and divides by the sampler's q·N.
     let privacy =
         PrivacyState::with_noise_multiplier(1e-9, 0.01, 1e-5, AccountantKind::Rdp).unwrap();
-    let build = |privacy: &PrivacyState, sampler: &PoissonSampler| {
+    let build = |privacy: &PrivacyState, sampler: PoissonSampler| {
         DpOptimizer::new(
             SgdConfig::new().init::<Dp, Net<Dp>>(),
             PerSampleConfig::new(ClippingFn::AUTOMATIC),
@@ -579,7 +618,7 @@ fn privacy_sampler_and_scaling_share_one_sample_rate() {
         )
     };
     let seeded = |n, q| PoissonSampler::new(n, q, 4, NoiseSource::FixedSeedForExperiments(1));
-    match build(&privacy, &seeded(400, 0.02).unwrap()) {
+    match build(&privacy, seeded(400, 0.02).unwrap()) {
         Err(DpError::SamplingMismatch {
             sample_rate, found, ..
         }) => assert_eq!((sample_rate, found), (0.01, 0.02)),
@@ -590,7 +629,7 @@ fn privacy_sampler_and_scaling_share_one_sample_rate() {
     // The update is -lr · sum / (q·N) (sigma ~ 0): q·N = 4, then 8.
     let model = net();
     for n in [400, 800] {
-        let mut o = build(&privacy, &seeded(n, 0.01).unwrap()).unwrap();
+        let mut o = build(&privacy, seeded(n, 0.01).unwrap()).unwrap();
         o.backward_unpadded(&model, losses(&model, &[0, 1, 2], None))
             .unwrap();
         let sum = sum_of(&o, &model);
@@ -604,41 +643,28 @@ fn privacy_sampler_and_scaling_share_one_sample_rate() {
         close(&after, &want, 1e-5);
     }
 
-    // Checkpoints: a sampler, or a checkpoint, at another rate is refused.
+    // Checkpoints: a checkpoint at another rate is refused.
     let dir = tempfile::tempdir().unwrap();
-    let o = build(&privacy, &seeded(400, 0.01).unwrap()).unwrap();
-    assert!(matches!(
-        o.save_checkpoint(dir.path(), &model, Some(&seeded(400, 0.05).unwrap())),
-        Err(DpError::SamplingMismatch { .. })
-    ));
-    assert!(matches!(
-        o.save_checkpoint(dir.path(), &model, Some(&seeded(800, 0.01).unwrap())),
-        Err(DpError::SamplingMismatch { .. })
-    ));
-    o.save_checkpoint(dir.path(), &model, Some(&seeded(400, 0.01).unwrap()))
-        .unwrap();
+    let o = build(&privacy, seeded(400, 0.01).unwrap()).unwrap();
+    o.save_checkpoint::<Net<Dp>>(dir.path()).unwrap();
     let other_q =
         PrivacyState::with_noise_multiplier(1e-9, 0.02, 1e-5, AccountantKind::Rdp).unwrap();
-    let loaded = build(&other_q, &seeded(400, 0.02).unwrap())
+    let device = Default::default();
+    let loaded = build(&other_q, seeded(400, 0.02).unwrap())
         .unwrap()
-        .load_checkpoint(dir.path(), net(), None);
+        .load_checkpoint::<Net<Dp>>(dir.path(), &device);
     assert!(
         matches!(loaded, Err(DpError::SamplingMismatch { what, .. }) if what.contains("sample rate"))
     );
-    let loaded = build(&privacy, &seeded(800, 0.01).unwrap())
+    let loaded = build(&privacy, seeded(800, 0.01).unwrap())
         .unwrap()
-        .load_checkpoint(dir.path(), net(), None);
+        .load_checkpoint::<Net<Dp>>(dir.path(), &device);
     assert!(
         matches!(loaded, Err(DpError::SamplingMismatch { what, .. }) if what.contains("batch size"))
     );
-    let mut wrong = seeded(400, 0.05).unwrap();
-    let loaded = build(&privacy, &seeded(400, 0.01).unwrap())
+    assert!(build(&privacy, seeded(400, 0.01).unwrap())
         .unwrap()
-        .load_checkpoint(dir.path(), net(), Some(&mut wrong));
-    assert!(matches!(loaded, Err(DpError::SamplingMismatch { .. })));
-    assert!(build(&privacy, &seeded(400, 0.01).unwrap())
-        .unwrap()
-        .load_checkpoint(dir.path(), net(), None)
+        .load_checkpoint::<Net<Dp>>(dir.path(), &device)
         .is_ok());
 }
 
@@ -692,20 +718,26 @@ fn resumed_sampler_continues_exactly() {
     b.restore(&serde_json::from_str(&json).unwrap());
     assert_eq!(draw(&mut b), continued);
 
-    // Through an optimizer checkpoint as well.
+    // Through an optimizer checkpoint as well: the step object's own sampler.
     let dir = tempfile::tempdir().unwrap();
-    let mut s = PoissonSampler::new(400, 0.01, 4, NoiseSource::FixedSeedForExperiments(3)).unwrap();
-    draw(&mut s);
-    opt(1.0, 3)
-        .save_checkpoint(dir.path(), &net(), Some(&s))
+    let logical = |o: &mut DpOptimizer<_, Inner>| -> Vec<Vec<usize>> {
+        (0..6)
+            .map(|_| {
+                let b = o.draw().unwrap().indices;
+                o.abandon();
+                b
+            })
+            .collect()
+    };
+    let mut o = opt(1.0, 3);
+    logical(&mut o);
+    o.save_checkpoint::<Net<Dp>>(dir.path()).unwrap();
+    let continued = logical(&mut o);
+    let mut fresh = opt(1.0, 42);
+    fresh
+        .load_checkpoint::<Net<Dp>>(dir.path(), &Default::default())
         .unwrap();
-    let continued = draw(&mut s);
-    let mut fresh =
-        PoissonSampler::new(400, 0.01, 4, NoiseSource::FixedSeedForExperiments(42)).unwrap();
-    opt(1.0, 3)
-        .load_checkpoint(dir.path(), net(), Some(&mut fresh))
-        .unwrap();
-    assert_eq!(draw(&mut fresh), continued);
+    assert_eq!(logical(&mut fresh), continued);
 
     // An OS-seeded sampler has no state to write.
     assert!(PoissonSampler::new(100, 0.1, 8, NoiseSource::Os)
@@ -923,7 +955,7 @@ fn a_logical_batch_reads_the_device_at_most_once() {
         assert_eq!(stepping, 0, "{k} physical batches");
         assert_eq!(reading, 1, "{k} physical batches");
         assert_eq!(
-            (stats.samples, stats.physical_batches, stats.non_finite),
+            (stats.rows, stats.physical_batches, stats.non_finite),
             (2 * k, k, 1),
             "{stats:?}"
         );
@@ -951,7 +983,7 @@ fn step_stats_match_the_per_batch_norms() {
         SgdConfig::new().init::<Dp, Net<Dp>>(),
         PerSampleConfig::new(ClippingFn::Abadi { max_norm: 1.2 }),
         privacy,
-        &sampler(4),
+        sampler(4),
         NoiseSource::FixedSeedForExperiments(4),
     )
     .unwrap();
@@ -972,10 +1004,7 @@ fn step_stats_match_the_per_batch_norms() {
         clipped > 0 && clipped < 6,
         "the threshold splits the samples: {norms:?}"
     );
-    assert_eq!(
-        (got.samples, got.physical_batches, got.non_finite),
-        (6, 2, 0)
-    );
+    assert_eq!((got.rows, got.physical_batches, got.non_finite), (6, 2, 0));
     assert_eq!(got.clipped, Some(clipped));
     assert!((got.norm_sum - sum).abs() <= 1e-5 * sum, "{got:?} {sum}");
     assert_eq!(got.norm_max, f64::from(max));
@@ -987,7 +1016,7 @@ fn step_stats_match_the_per_batch_norms() {
     assert_eq!(
         empty,
         StepStats {
-            samples: 0,
+            rows: 0,
             physical_batches: 0,
             non_finite: 0,
             clipped: None,

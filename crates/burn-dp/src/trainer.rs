@@ -1,17 +1,16 @@
-//! The private training loop: Poisson sampling, fixed-shape physical batches, the padding mask,
-//! clip and accumulate, the DP step, the privacy budget and checkpoints, in one place.
+//! The private training loop: the [`DpOptimizer`]'s draw → clip and accumulate → finish, plus
+//! the model.
 //!
 //! A program supplies only "the per-sample losses of these examples"; the loop does the rest, so
 //! no program can forget the mask on padded rows, divide by the wrong batch size, or sample at a
 //! rate the accountant does not know:
 //!
 //! ```text
-//! each step:  check the budget for one more step          (refuse before touching any data)
-//!             draw a logical batch (Poisson, rate q)
+//! each step:  draw a logical batch (Poisson, rate q)        (the budget is checked first)
 //!             for each fixed-shape physical batch:
 //!                 losses = your closure(model, indices)    [P] per-sample losses
 //!                 clip and accumulate  losses · mask       (padding rows contribute zero)
-//!             add noise → scale by q·N → inner step → account
+//!             finish: add noise → account → reduce → scale by q·N → inner step
 //! ```
 //!
 //! The sampling rate q comes from the [`PrivacyState`](crate::PrivacyState) alone: the sampler draws at that rate and
@@ -21,37 +20,21 @@ use std::path::Path;
 
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use burn_dp_accountant::{Accountant, AccountantKind, Epsilon};
+use burn_dp_accountant::Epsilon;
 
 use crate::engine::DpAutodiff;
 use crate::error::DpError;
 use crate::noise::NoiseBackend;
-use crate::optim::{DpOptimizer, FlatAllReduce, NoiseShare, Reducer, SingleProcess};
+use crate::optim::{DpOptimizer, FlatAllReduce, NoiseShare, Reducer, SingleProcess, StepReport};
 use crate::sampling::PoissonSampler;
 use crate::setup::PrivateSetup;
 use crate::state::{check_parameters, ModuleSnapshot};
 
-/// What one DP step of a [`PrivateTrainer`] did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepReport {
-    /// Steps taken so far (this one included).
-    pub step: u64,
-    /// Examples drawn into the logical batch (Poisson: random, possibly zero). Not private: do not
-    /// publish per-step values of it beside the model without accounting for it.
-    pub samples: usize,
-    /// Physical batches the logical batch was cut into.
-    pub physical_batches: usize,
-    /// ε spent so far at the run's δ: an upper bound from the RDP and PRV accountants, an
-    /// approximation (neither bound) from GDP, as [`StepReport::epsilon_is_estimate`] says.
-    pub epsilon: f64,
-    /// `true` when [`StepReport::epsilon`] is an estimate rather than an upper bound (the GDP
-    /// accountant): never publish it as the run's guarantee.
-    pub epsilon_is_estimate: bool,
-}
-
-/// DP training of one model: owns the model, the DP optimizer and the Poisson sampler.
+/// DP training of one model: the model and the [`DpOptimizer`] (which owns the inner optimizer,
+/// the Poisson sampler and the privacy state).
 ///
 /// The model stays inside the trainer so that an error (a refused budget, a forward that mixes
 /// samples) never loses it: [`PrivateTrainer::model`] still holds the last good model, and no
@@ -59,7 +42,6 @@ pub struct StepReport {
 pub struct PrivateTrainer<M, O, B: Backend> {
     model: M,
     optim: DpOptimizer<O, B>,
-    sampler: PoissonSampler,
     steps: u64,
 }
 
@@ -97,14 +79,13 @@ where
         setup: PrivateSetup,
         sampler: PoissonSampler,
     ) -> Result<Self, DpError> {
-        let optim = setup.optimizer(inner, &sampler)?;
+        let optim = setup.optimizer(inner, sampler)?;
         if model.devices().is_empty() {
             return Err(DpError::InvalidConfig("the model has no parameters".into()));
         }
         Ok(PrivateTrainer {
             model,
             optim,
-            sampler,
             steps: 0,
         })
     }
@@ -145,9 +126,10 @@ where
         self.step_reduced(lr, losses, &mut FlatAllReduce::new(share, all_reduce))
     }
 
-    /// The DP step with any [`Reducer`]: draw → for each physical batch, the per-sample losses,
-    /// clipped and accumulated → [`DpOptimizer::finish`] (noise of the reducer's share, account,
-    /// reduce, scale, inner step). [`PrivateTrainer::step`] is this with [`SingleProcess`].
+    /// The DP step with any [`Reducer`]: [`DpOptimizer::draw`] → for each physical batch,
+    /// [`DpOptimizer::clip_and_accumulate`] of the per-sample losses → [`DpOptimizer::finish`]
+    /// (noise of the reducer's share, account, reduce, scale, inner step).
+    /// [`PrivateTrainer::step`] is this with [`SingleProcess`].
     ///
     /// # Shapes
     /// `losses` returns `[P]`, one loss per row of `indices`.
@@ -164,52 +146,31 @@ where
         // The model must not already hold batch data (trained outside a DP step on this
         // backend): refused before the budget is touched, naming the parameter.
         check_parameters(&self.model, true)?;
-        self.optim.privacy().check_next_step()?;
-        let logical = self.sampler.next_batch();
-        let physical = logical.physical();
-        let model = self.model.clone();
+        let logical = self.optim.draw()?;
         // A refused forward may already have written into state shared with the model
         // (BatchNorm's running statistics): it is put back.
         let snapshot = ModuleSnapshot::take(&self.model);
-        let next = if logical.is_empty() {
-            self.optim.finish(lr, model, reducer)
-        } else {
-            let mut accumulate = || -> Result<(), DpError> {
-                for batch_rows in &physical {
-                    // Opened before the forward: the batch's host data is recognised as the
-                    // batch, and its rows get this batch's identity.
-                    let _open = batch_rows.open();
-                    let per_sample = losses(&self.model, &batch_rows.indices);
-                    // Masks the padding rows itself (the mask is not the user's marking).
-                    self.optim.backward(&self.model, per_sample, batch_rows)?;
-                }
-                Ok(())
-            };
-            match accumulate() {
-                Ok(()) => self.optim.finish(lr, model, reducer),
-                Err(e) => {
-                    self.optim.discard_accumulated();
-                    snapshot.restore(&self.model);
-                    return Err(e);
-                }
+        let mut step = || -> Result<M, DpError> {
+            for batch in &logical.physical() {
+                self.optim
+                    .clip_and_accumulate(&self.model, batch, |m, idx| {
+                        Ok::<_, DpError>(losses(m, idx))
+                    })?;
             }
+            self.optim.finish(lr, self.model.clone(), reducer)
         };
-        match next {
+        match step() {
             Ok(model) => self.model = model,
             Err(e) => {
-                self.optim.discard_accumulated();
+                self.optim.abandon();
                 snapshot.restore(&self.model);
                 return Err(e);
             }
         }
         self.steps += 1;
-        Ok(StepReport {
-            step: self.steps,
-            samples: logical.indices.len(),
-            physical_batches: physical.len(),
-            epsilon: self.optim.epsilon()?.epsilon,
-            epsilon_is_estimate: self.optim.privacy().accountant.kind() == AccountantKind::Gdp,
-        })
+        self.optim
+            .last_step_report()?
+            .ok_or_else(|| DpError::InvalidConfig("the DP step left no report".into()))
     }
 
     /// The model as trained so far.
@@ -227,7 +188,7 @@ where
         self.optim.epsilon()
     }
 
-    /// The DP optimizer (σ, q, δ, clipping).
+    /// The DP step object (σ, q, δ, clipping, the sampler).
     pub fn optimizer(&self) -> &DpOptimizer<O, B> {
         &self.optim
     }
@@ -237,11 +198,13 @@ where
         self.steps
     }
 
-    /// Saves the model, the optimizer, the DP state and the sampler in `dir` (see
-    /// [`DpOptimizer::save_checkpoint`]).
+    /// Saves the model (`model.mpk`) and what the DP step owns (the inner optimizer, the DP state
+    /// and the sampler: see [`DpOptimizer::save_checkpoint`]) in `dir`.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<(), DpError> {
-        self.optim
-            .save_checkpoint(dir, &self.model, Some(&self.sampler))
+        self.optim.save_checkpoint::<M>(dir)?;
+        NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+            .record(self.model.clone().into_record(), dir.join("model"))
+            .map_err(|e| DpError::Checkpoint(e.to_string()))
     }
 
     /// Resumes from a checkpoint written by [`PrivateTrainer::save_checkpoint`]: the model, the
@@ -251,309 +214,13 @@ where
     /// loading into one that has would replace the privacy it spent by the checkpoint's. On any
     /// error the trainer is unchanged.
     pub fn resume(&mut self, dir: &Path) -> Result<(), DpError> {
-        let mut sampler = self.sampler.clone();
-        let model =
-            self.optim
-                .load_checkpoint_into(dir, self.model.clone(), Some(&mut sampler), false)?;
-        self.model = model;
-        self.sampler = sampler;
+        let device = self.model.devices().first().cloned().unwrap_or_default();
+        // Every file is read before anything changes; the DP step's load is all-or-nothing.
+        let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+            .load(dir.join("model"), &device)
+            .map_err(|e| DpError::Checkpoint(e.to_string()))?;
+        self.optim.load_checkpoint::<M>(dir, &device)?;
+        self.model = self.model.clone().load_record(record);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use burn::backend::NdArray;
-    use burn::module::Module;
-    use burn::nn::{Linear, LinearConfig};
-    use burn::optim::adaptor::OptimizerAdaptor;
-    use burn::optim::SgdConfig;
-    use burn::tensor::backend::Backend;
-    use burn::tensor::{Tensor, TensorData};
-
-    use crate::*;
-
-    type Dp = DpAutodiff<NdArray<f32>>;
-
-    #[derive(Module, Debug)]
-    struct Net<B: Backend> {
-        fc: Linear<B>,
-    }
-
-    const N: usize = 40;
-
-    fn data(indices: &[usize]) -> Tensor<Dp, 2> {
-        let x: Vec<f32> = indices
-            .iter()
-            .flat_map(|&i| (0..4).map(move |j| ((i * 4 + j) as f32 * 0.61).sin()))
-            .collect();
-        Tensor::from_data(TensorData::new(x, [indices.len(), 4]), &Default::default())
-    }
-
-    fn losses(model: &Net<Dp>, indices: &[usize]) -> Tensor<Dp, 1> {
-        let b = indices.len();
-        model
-            .fc
-            .forward(batch(data(indices)))
-            .powf_scalar(2.0)
-            .reshape([b])
-    }
-
-    fn privacy(target: Option<f64>) -> PrivacyState {
-        match target {
-            None => PrivacyState::with_noise_multiplier(1.0, 0.25, 1e-5, AccountantKind::Rdp),
-            Some(eps) => PrivacyState::for_target_epsilon(
-                eps,
-                1e-5,
-                Schedule {
-                    sample_rate: 0.25,
-                    steps: 3,
-                },
-                AccountantKind::Rdp,
-            ),
-        }
-        .unwrap()
-    }
-
-    type Sgd = OptimizerAdaptor<burn::optim::Sgd<PerSample<NdArray<f32>>>, Net<Dp>, Dp>;
-
-    fn trainer(target: Option<f64>, seed: u64) -> PrivateTrainer<Net<Dp>, Sgd, NdArray<f32>> {
-        let model = Net {
-            fc: LinearConfig::new(4, 1).init(&Default::default()),
-        };
-        PrivateTrainer::new(
-            model,
-            SgdConfig::new().init(),
-            PrivateSetup {
-                per_sample: PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
-                privacy: privacy(target),
-                dataset_size: N,
-                physical_batch_size: 3,
-                noise: NoiseSource::FixedSeedForExperiments(seed),
-            },
-        )
-        .unwrap()
-    }
-
-    fn weights(m: &Net<Dp>) -> Vec<f32> {
-        m.fc.weight.val().into_data().to_vec::<f32>().unwrap()
-    }
-
-    /// The trainer is the hand-written loop (sampler at q, physical batches, mask, backward,
-    /// step or step_empty) with the same seed, to the last bit.
-    #[test]
-    fn trainer_equals_the_written_out_loop() {
-        let mut t = trainer(None, 11);
-        let start = t.model().clone();
-        for _ in 0..4 {
-            t.step(0.1, losses).unwrap();
-        }
-        let noise = NoiseSource::FixedSeedForExperiments(11);
-        let mut sampler = PoissonSampler::new(N, 0.25, 3, noise).unwrap();
-        let mut optim = DpOptimizer::new(
-            SgdConfig::new().init::<Dp, Net<Dp>>(),
-            PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
-            privacy(None),
-            &sampler,
-            noise,
-        )
-        .unwrap();
-        let mut model = start;
-        for _ in 0..4 {
-            let logical = sampler.next_batch();
-            if logical.is_empty() {
-                model = optim.step_empty(0.1, model).unwrap();
-                continue;
-            }
-            for p in logical.physical() {
-                let _open = p.open();
-                optim
-                    .backward(&model, losses(&model, &p.indices), &p)
-                    .unwrap();
-            }
-            model = optim.step(0.1, model).unwrap();
-        }
-        assert_eq!(weights(t.model()), weights(&model));
-        assert_eq!(t.steps(), 4);
-        assert_eq!(t.epsilon().unwrap(), optim.epsilon().unwrap());
-    }
-
-    /// A forward that returns the wrong number of losses is a typed error; the model is unchanged
-    /// and nothing of the failed step is kept (the next step works).
-    #[test]
-    fn a_failed_step_keeps_the_model_and_no_partial_batch() {
-        let mut t = trainer(None, 5);
-        let before = weights(t.model());
-        let err = t
-            .step(0.1, |m, idx| {
-                let l = losses(m, idx);
-                Tensor::cat(vec![l.clone(), l], 0)
-            })
-            .unwrap_err();
-        assert!(matches!(err, DpError::LossShape { .. }), "{err}");
-        assert_eq!(weights(t.model()), before);
-        assert_eq!(t.steps(), 0);
-        t.step(0.1, losses).unwrap();
-        assert_eq!(t.steps(), 1);
-    }
-
-    /// The budget is checked before any data is read: the step past the target is refused, the
-    /// closure is never called, and the model stays as it was.
-    #[test]
-    fn budget_is_refused_before_reading_data() {
-        let mut t = trainer(Some(4.0), 3);
-        let mut taken = 0;
-        loop {
-            match t.step(0.1, losses) {
-                Ok(_) => taken += 1,
-                Err(DpError::BudgetExceeded { .. }) => break,
-                Err(e) => panic!("{e}"),
-            }
-            assert!(taken < 100, "the budget was never enforced");
-        }
-        assert!(taken >= 3);
-        let before = weights(t.model());
-        let mut called = false;
-        let err = t.step(0.1, |m, idx| {
-            called = true;
-            losses(m, idx)
-        });
-        assert!(matches!(err, Err(DpError::BudgetExceeded { .. })));
-        assert!(!called);
-        assert_eq!(weights(t.model()), before);
-    }
-
-    /// Issue 22.7: privacy spent stays spent. A trainer that has trained refuses a checkpoint (ε
-    /// would go back to the checkpoint's), and is left as it was; a fresh one resumes.
-    #[test]
-    fn resuming_a_trainer_that_has_trained_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut t = trainer(None, 3);
-        for _ in 0..2 {
-            t.step(0.1, losses).unwrap();
-        }
-        t.save_checkpoint(dir.path()).unwrap();
-        let at_two = t.epsilon().unwrap().epsilon;
-        for _ in 0..3 {
-            t.step(0.1, losses).unwrap();
-        }
-        let (eps, w) = (t.epsilon().unwrap().epsilon, weights(t.model()));
-        let err = t.resume(dir.path()).unwrap_err();
-        assert!(
-            matches!(err, DpError::ResumeAfterTraining { steps: 5, .. }),
-            "{err}"
-        );
-        assert_eq!(t.epsilon().unwrap().epsilon, eps);
-        assert_eq!(weights(t.model()), w);
-        t.step(0.1, losses).unwrap();
-        // A trainer built anew continues from step 2.
-        let mut fresh = trainer(None, 3);
-        fresh.resume(dir.path()).unwrap();
-        assert_eq!(fresh.epsilon().unwrap().epsilon, at_two);
-    }
-
-    /// Issue 22.7: an OS-seeded run's checkpoint does not continue under a fixed seed (the noise
-    /// would be public to the seed holder from there on).
-    #[test]
-    fn an_os_seeded_checkpoint_is_refused_by_a_fixed_seed_trainer() {
-        let dir = tempfile::tempdir().unwrap();
-        let model = Net {
-            fc: LinearConfig::new(4, 1).init(&Default::default()),
-        };
-        let setup = |noise| PrivateSetup {
-            per_sample: PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
-            privacy: privacy(None),
-            dataset_size: N,
-            physical_batch_size: 3,
-            noise,
-        };
-        let mut os: PrivateTrainer<_, Sgd, NdArray<f32>> =
-            PrivateTrainer::new(model, SgdConfig::new().init(), setup(NoiseSource::Os)).unwrap();
-        os.step(0.1, losses).unwrap();
-        os.save_checkpoint(dir.path()).unwrap();
-        let mut fixed = trainer(None, 9);
-        let err = fixed.resume(dir.path()).unwrap_err();
-        assert!(matches!(err, DpError::OsSeededCheckpoint { .. }), "{err}");
-        assert_eq!(fixed.steps(), 0);
-        assert_eq!(fixed.epsilon().unwrap().epsilon, 0.0);
-    }
-
-    #[derive(Module, Debug)]
-    struct Wide<B: Backend> {
-        up: Linear<B>,
-        down: Linear<B>,
-    }
-
-    /// Host↔device bytes of one DP step (after a first, uncounted one) of a 16 → `hidden` → 1
-    /// network, and its parameter count.
-    fn bytes_of_one_step(hidden: usize) -> (crate::backend::transfer::TransferBytes, usize) {
-        let dev = Default::default();
-        let model = Wide {
-            up: LinearConfig::new(16, hidden).init(&dev),
-            down: LinearConfig::new(hidden, 1).init(&dev),
-        };
-        let params = model.num_params();
-        let mut t = PrivateTrainer::new(
-            model,
-            SgdConfig::new().init(),
-            PrivateSetup {
-                per_sample: PerSampleConfig::new(ClippingFn::Automatic { gamma: 0.01 }),
-                privacy: PrivacyState::with_noise_multiplier(1.0, 1.0, 1e-5, AccountantKind::Rdp)
-                    .unwrap(),
-                dataset_size: 4,
-                physical_batch_size: 4,
-                noise: NoiseSource::FixedSeedForExperiments(1),
-            },
-        )
-        .unwrap();
-        let forward = |m: &Wide<Dp>, idx: &[usize]| {
-            let x: Vec<f32> = idx
-                .iter()
-                .flat_map(|&i| (0..16).map(move |j| ((i * 16 + j) as f32).cos()))
-                .collect();
-            let x = Tensor::<Dp, 2>::from_data(TensorData::new(x, [idx.len(), 16]), &dev);
-            let h = burn::tensor::activation::relu(m.up.forward(batch(x)));
-            m.down.forward(h).reshape([idx.len()])
-        };
-        t.step(0.1, forward).unwrap();
-        crate::backend::transfer::reset();
-        t.step(0.1, forward).unwrap();
-        (crate::backend::transfer::read(), params)
-    }
-
-    /// Issue 10.3: a DP step moves the data, per-sample norms and a few scalars between host and
-    /// device, never anything proportional to the parameter count (noise is drawn on the device).
-    /// Counts are process-global: this relies on the tests running on one thread.
-    #[test]
-    fn a_dp_step_moves_no_bytes_per_parameter() {
-        let (small, p_small) = bytes_of_one_step(64_000);
-        let (big, p_big) = bytes_of_one_step(640_000);
-        assert!(
-            p_small < 2_000_000 && p_big >= 10_000_000,
-            "{p_small} {p_big}"
-        );
-        assert_eq!(
-            small, big,
-            "host↔device bytes grew with the parameter count ({p_small} → {p_big} parameters)"
-        );
-        assert!(big.total() < 4096, "{big:?}");
-    }
-
-    /// The counters see the library's own host paths: noise drawn on the host and uploaded (what
-    /// a backend without a noise kernel does, and what every step did before device noise) is
-    /// counted, 4 bytes per parameter, so the test above would catch it.
-    #[test]
-    fn host_drawn_noise_is_counted() {
-        let key = crate::noise::NoiseKey::from_fixed_seed(3);
-        crate::backend::transfer::reset();
-        let draw = crate::noise::NoiseDraw {
-            key,
-            step: 0,
-            first_block: 0,
-            n: 1000,
-            std: 1.0,
-        };
-        let _ = crate::noise::gaussian_noise_via_host::<NdArray<f32>>(&draw, &Default::default());
-        assert_eq!(crate::backend::transfer::read().to_device, 4000);
     }
 }

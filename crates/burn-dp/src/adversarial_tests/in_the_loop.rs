@@ -220,7 +220,7 @@ fn clipped_sums_without_the_mask_cannot_be_accumulated() {
         SgdConfig::new().init::<Dp, Net<Dp>>(),
         config.clone(),
         privacy,
-        &sampler,
+        sampler,
         noise,
     )
     .unwrap();

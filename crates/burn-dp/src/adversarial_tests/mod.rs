@@ -478,6 +478,8 @@ fn the_books_table_of_refusals_matches_the_errors() {
         "NoPerSampleRule",
         "ResumeAfterTraining",
         "OsSeededCheckpoint",
+        "LogicalBatchOpen",
+        "StepOutOfOrder",
         "SettingsDiffer",
         "Ranks",
     ] {

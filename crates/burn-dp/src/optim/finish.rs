@@ -23,7 +23,7 @@ use burn::optim::Optimizer;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
-use super::{DeviceStepStats, DpOptimizer, NoiseShare};
+use super::{DeviceStepStats, DpOptimizer, DpStep, LastStep, NoiseShare};
 use crate::engine::{self, DpAutodiff};
 use crate::error::DpError;
 use crate::noise::chacha::{blocks_for, NORMALS_PER_BLOCK};
@@ -114,23 +114,62 @@ where
 impl<O, B: NoiseBackend> DpOptimizer<O, B> {
     /// The DP step on the accumulated logical batch (none: an empty Poisson batch, whose update
     /// is noise only): draw the noise of the reducer's share → add it to the clipped sums → account
-    /// → reduce → scale by the expected logical batch size `q·N` → inner step.
+    /// → reduce → scale by the expected logical batch size `q·N` → inner step. It closes the
+    /// logical batch [`DpStep::draw`] opened (if one did).
     ///
-    /// Refused before anything changes (the accumulated sums are kept, the step is not
-    /// accounted): a budget that one more step would exceed, a model that trains no parameter or
-    /// other parameters than the accumulated ones, an invalid noise std, an invalid share. The step
-    /// is accounted before `reducer.reduce` (the noised parts leave the process there): if the
-    /// reduction fails, ε counts the step, the model is unchanged and the batch is dropped.
+    /// Refused before anything changes (the logical batch stays open, the step is not
+    /// accounted): a drawn batch with physical batches not yet accumulated
+    /// ([`DpError::StepOutOfOrder`]), a budget that one more step would exceed, a model that
+    /// trains no parameter or other parameters than the accumulated ones, an invalid noise std,
+    /// an invalid share. The step is accounted before `reducer.reduce` (the noised parts leave the
+    /// process there): if the reduction fails, ε counts the step, the model is unchanged and the
+    /// batch is dropped.
     pub fn finish<M, R>(&mut self, lr: f64, model: M, reducer: &mut R) -> Result<M, DpError>
     where
         M: AutodiffModule<DpAutodiff<B>>,
         O: Optimizer<M, DpAutodiff<B>>,
         R: Reducer<B>,
     {
+        let (parts, device) = self.step.noised_sums(&model, reducer)?;
+        // 4. scale by the expected logical batch size, then the inner optimizer's step
+        let step_phase = profile::start::<B>(Phase::OptimizerStep, &device);
+        let update: HashMap<ParamId, Tensor<B, 1>> = parts
+            .into_iter()
+            .map(|(id, part)| (id, part.div_scalar(self.expected_batch_size)))
+            .collect();
+        let grads = engine::register_gradients(update, &model);
+        let model = self.inner.step(lr, model, grads);
+        step_phase.end();
+        Ok(model)
+    }
+}
+
+impl<B: NoiseBackend> DpStep<B> {
+    /// Steps 1–3 of [`DpOptimizer::finish`], up to the update's scaling: every trainable
+    /// parameter's clipped sum plus this process's share of the noise, accounted, then summed over
+    /// the peers; with the device of the first parameter.
+    #[allow(clippy::type_complexity)]
+    fn noised_sums<M, R>(
+        &mut self,
+        model: &M,
+        reducer: &mut R,
+    ) -> Result<(Vec<(ParamId, Tensor<B, 1>)>, B::Device), DpError>
+    where
+        M: AutodiffModule<DpAutodiff<B>>,
+        R: Reducer<B>,
+    {
+        if self
+            .drawn
+            .is_some_and(|d| d.accumulated < d.physical_batches)
+        {
+            return Err(self.out_of_order(
+                "the step before every physical batch of the drawn logical batch was accumulated",
+            ));
+        }
         let share = reducer.share();
         share.validate()?;
         self.privacy.check_next_step()?;
-        let params = engine::trainable::<B, M>(&model);
+        let params = engine::trainable::<B, M>(model);
         if params.is_empty() {
             return Err(DpError::InvalidConfig(
                 "the model trains no parameter".into(),
@@ -200,7 +239,11 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
         }
         noise_phase.end();
         self.privacy.record_step()?;
-        self.last_step = Some(acc.map_or_else(DeviceStepStats::empty, |a| a.stats));
+        let drawn = self.drawn.take();
+        self.last_step = Some(LastStep {
+            stats: acc.map_or_else(DeviceStepStats::empty, |a| a.stats),
+            drawn: drawn.map(|d| (d.samples, d.physical_batches)),
+        });
         // 3. the sum over the peers (one process: the parts themselves)
         let parts = reducer.reduce(parts)?;
         if parts.len() != params.len() {
@@ -210,16 +253,6 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
                 params.len()
             )));
         }
-        // 4. scale by the expected logical batch size, then the inner optimizer's step
-        let step_phase = profile::start::<B>(Phase::OptimizerStep, &device);
-        let update: HashMap<ParamId, Tensor<B, 1>> = params
-            .iter()
-            .zip(parts)
-            .map(|(p, part)| (p.id, part.div_scalar(self.expected_batch_size)))
-            .collect();
-        let grads = engine::register_gradients(update, &model);
-        let model = self.inner.step(lr, model, grads);
-        step_phase.end();
-        Ok(model)
+        Ok((params.iter().map(|p| p.id).zip(parts).collect(), device))
     }
 }

@@ -6,6 +6,6 @@ type Inner = burn::backend::NdArray<f32>;
 #[path = "../adversarial_tests/mod.rs"]
 mod adversarial_tests;
 #[path = "../noise_tests.rs"]
-mod noise_tests;
+pub(crate) mod noise_tests;
 #[path = "../tests.rs"]
 mod tests;
