@@ -171,8 +171,8 @@ where
     }
 
     /// ε spent so far (the global q and the number of steps; the same on every peer).
-    pub fn epsilon(&self) -> Result<f64, DistributedError> {
-        Ok(self.trainer.epsilon()?.epsilon)
+    pub fn epsilon(&self) -> Result<burn_dp::Epsilon, DistributedError> {
+        Ok(self.trainer.epsilon()?)
     }
 
     /// Each peer saves its checkpoint in `dir/peer-<rank>` (the model and optimizer, identical on

@@ -304,7 +304,7 @@ fn run<G: AllReduce<B>>(
         steps: args.steps,
         examples,
         seconds,
-        epsilon: trainer.epsilon()?,
+        epsilon: trainer.epsilon()?.epsilon,
         initial_params,
         params: demo::flat_parameters(trainer.model()),
         records,
