@@ -28,7 +28,7 @@ use burn::tensor::{Distribution, Int, Tensor};
 use burn_dp::{batch, clipped_backward, ClippingFn, DpAutodiff, NormMode, PerSampleConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use burn_dp_distributed::peer::{launcher_rank, launcher_world};
+use burn_dp_distributed::{launcher_rank, launcher_world};
 use burn_dp_distributed::{PeerArgs, PeerRole};
 use train::{BackendKind, Mode, Model, Single};
 

@@ -13,7 +13,7 @@
 //! `first_step_s`: that step alone), the host↔device bytes and device → host reads of a timed
 //! step (`to_device_bytes_per_step`, `to_host_bytes_per_step`, `host_reads_per_step`) and, on
 //! cubecl backends, the device allocator's memory after the steps (`device_bytes_in_use`,
-//! `device_bytes_reserved`; [`burn_dp::memory`]). With `--profile`, as many steps again run after
+//! `device_bytes_reserved`; [`burn_dp::DeviceMemory`]). With `--profile`, as many steps again run after
 //! the timed ones, cut into the phases of [`burn_dp::profile`] with the device synchronised
 //! around each (`phases_ms`, per step; `unphased_ms` is the rest of the step), so the throughput
 //! figures stay free of the profile's synchronisations.
@@ -33,16 +33,15 @@ use burn_dp::backend::transfer::TransferBytes;
 use burn_dp::profile::{self, Phase, Profile};
 use burn_dp::{
     batch, freeze, AccountantKind, ClippingFn, DpAutodiff, FreezePolicy, NoiseBackend, NoiseSource,
-    ParamSelector, PerSampleConfig, PrivacyState, PrivateSetup, PrivateTrainer,
+    PerSampleConfig, PrivacyState, PrivateSetup, PrivateTrainer,
 };
 use burn_dp_distributed::{
     launch_peers, AllReduce, AnyGroup, AnyTrainer, DistributedError, DistributedTrainer, Launched,
     PeerArgs, PeerOutput,
 };
-use burn_dp_models::lora::ADAPTER_SUFFIXES;
 use burn_dp_models::{
-    Gpt2Config, LlamaConfig, LoraConfig, Norm, PretrainedModel, ProjectionBias, ResNetConfig,
-    ViTConfig,
+    adapters_policy, Gpt2Config, LlamaConfig, LoraConfig, Norm, PretrainedModel, ProjectionBias,
+    ResNetConfig, ViTConfig,
 };
 use clap::ValueEnum;
 use serde_json::{json, Value};
@@ -191,12 +190,7 @@ impl Mode {
         match self {
             Mode::PlainBitfit | Mode::DpBitfit => FreezePolicy::BiasOnly,
             Mode::PlainFull | Mode::DpFull => FreezePolicy::None,
-            Mode::PlainLora | Mode::DpLora => FreezePolicy::Select(ParamSelector::AnyOf(
-                ADAPTER_SUFFIXES
-                    .iter()
-                    .map(|s| ParamSelector::PathSuffix(s.to_string()))
-                    .collect(),
-            )),
+            Mode::PlainLora | Mode::DpLora => adapters_policy(false),
         }
     }
 }
@@ -719,7 +713,7 @@ pub fn run_one<Inner: burn_dp::NoiseBackend + burn_dp::DeviceMemory>(
         let ar = allreduce.iter().sum::<f64>() / allreduce.len().max(1) as f64;
         line["peers"] = json!(peer.world);
         line["peer_rank"] = json!(peer.rank);
-        line["transport"] = json!(if burn_dp_distributed::peer::launched_by_mpi() {
+        line["transport"] = json!(if burn_dp_distributed::launched_by_mpi() {
             "mpi"
         } else {
             "tcp"

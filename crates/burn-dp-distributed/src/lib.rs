@@ -33,26 +33,29 @@
 //! burn-collective 0.21.0's cross-node path is not used: it completes one all-reduce per
 //! registration and then waits forever (tracel-ai/burn#4549).
 
-pub mod all_reduce;
-pub mod error;
-pub mod header;
-pub mod launch;
+mod all_reduce;
+mod error;
+mod header;
+mod launch;
 #[cfg(feature = "mpi")]
-pub mod mpi;
+mod mpi;
 #[cfg(feature = "nccl")]
-pub mod nccl;
-pub mod peer;
-pub mod tcp;
-pub mod trainer;
+mod nccl;
+mod peer;
+mod tcp;
+mod trainer;
 
 #[cfg(feature = "mpi")]
 pub use crate::mpi::MpiGroup;
 #[cfg(feature = "nccl")]
 pub use crate::nccl::NcclGroup;
 pub use all_reduce::AllReduce;
-pub use burn_dp::shard_range;
 pub use error::DistributedError;
+pub use header::settings_digest;
 pub use launch::{free_local_port, LocalPeers, PeerExit, PeerOutput};
-pub use peer::{launch_peers, AnyGroup, Launched, PeerArgs, PeerRole};
+pub use peer::{
+    launch_peers, launched_by_mpi, launcher_rank, launcher_world, mpirun_command, AnyGroup,
+    Launched, PeerArgs, PeerRole, USES_MPI,
+};
 pub use tcp::TcpGroup;
 pub use trainer::{parameter_hash, AnyTrainer, DistributedTrainer};

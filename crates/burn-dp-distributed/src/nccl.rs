@@ -34,8 +34,7 @@ use crate::all_reduce::AllReduce;
 use crate::error::DistributedError;
 use crate::mpi::MpiGroup;
 
-/// burn-dp's CUDA backend (burn-cuda with fusion).
-pub type Cuda = burn_dp::Cuda;
+use burn_dp::Cuda;
 /// The backend under fusion, whose tensors own the device buffers.
 type Cube = CubeBackend<CudaRuntime, f32, i32, u8>;
 

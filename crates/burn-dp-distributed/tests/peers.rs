@@ -484,7 +484,7 @@ fn shards_partition_the_data_set() {
     for (n, k) in [(48, 2), (49, 3), (5, 4), (0, 2)] {
         let mut seen = vec![0; n];
         for r in 0..k {
-            for i in burn_dp_distributed::shard_range(n, r, k) {
+            for i in burn_dp::shard_range(n, r, k) {
                 seen[i] += 1;
             }
         }
@@ -517,7 +517,7 @@ fn joining_an_absent_group_times_out() {
 fn run_mpirun(args: &[String], watchdog: Duration) -> Output {
     let mut train = strings(&["train"]);
     train.extend(args.iter().cloned());
-    let mut child = burn_dp_distributed::peer::mpirun_command(Path::new(PEER), 2, &train)
+    let mut child = burn_dp_distributed::mpirun_command(Path::new(PEER), 2, &train)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -22,15 +22,13 @@
 //! Modules depend one way: `session` → (`loader`, `optimizer`) → `shared` (the session's state).
 #![warn(missing_docs)]
 
-pub mod error;
-pub mod loader;
-pub mod metric;
-pub mod optimizer;
-pub mod session;
+mod error;
+mod loader;
+mod metric;
+mod optimizer;
+mod session;
 mod shared;
 
-/// The privacy spent after a DP step (moved to [`burn_dp::PrivacySpent`]).
-pub use burn_dp::PrivacySpent;
 pub use error::DpTrainError;
 pub use loader::{PoissonDataLoader, PrivateBatch, PrivateTrainLoader};
 pub use metric::{

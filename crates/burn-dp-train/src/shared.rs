@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
-use burn_dp::optim::SingleProcess;
+use burn_dp::SingleProcess;
 use burn_dp::{DpAutodiff, DpError, DpOptimizer, DpStep, LogicalBatch, NoiseBackend, PrivacySpent};
 use burn_train::Interrupter;
 

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+
+use crate::paths::{visit_params, ModulePath, ParamVisitor};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorPrimitive};
@@ -230,7 +232,6 @@ pub(crate) struct Collected<B: Backend> {
 
 struct Collect<'a, B: Backend> {
     grads: Option<&'a mut <DpAutodiff<B> as burn::tensor::backend::AutodiffBackend>::Gradients>,
-    path: Vec<String>,
     out: Vec<Collected<B>>,
 }
 
@@ -240,23 +241,18 @@ pub(crate) fn trainable<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
 ) -> Vec<Collected<B>> {
     let mut collect = Collect::<B> {
         grads: None,
-        path: Vec::new(),
         out: Vec::new(),
     };
-    model.visit(&mut collect);
+    visit_params(model, &mut collect);
     collect.out
 }
 
-impl<B: Backend> ModuleVisitor<DpAutodiff<B>> for Collect<'_, B> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<DpAutodiff<B>, D>>) {
+impl<B: Backend> ParamVisitor<DpAutodiff<B>> for Collect<'_, B> {
+    fn visit<const D: usize>(
+        &mut self,
+        path: &ModulePath,
+        param: &Param<Tensor<DpAutodiff<B>, D>>,
+    ) {
         let value = param.val();
         if !value.is_require_grad() || self.out.iter().any(|c| c.id == param.id) {
             return;
@@ -269,7 +265,7 @@ impl<B: Backend> ModuleVisitor<DpAutodiff<B>> for Collect<'_, B> {
         let device = lower(value.clone().inner()).device();
         self.out.push(Collected {
             id: param.id,
-            path: self.path.join("."),
+            path: path.dotted(),
             shape: value.dims().to_vec(),
             device,
             grad,
@@ -320,10 +316,9 @@ fn per_sample_pass<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     let mut grads = (b > 0).then(|| backend::with_scope(|| losses.sum().backward()));
     let mut collect = Collect::<B> {
         grads: grads.as_mut(),
-        path: Vec::new(),
         out: Vec::new(),
     };
-    model.visit(&mut collect);
+    visit_params(model, &mut collect);
     let mut resolved = Vec::new();
     for c in collect.out {
         let grad = match c.grad {

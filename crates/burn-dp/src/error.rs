@@ -40,7 +40,7 @@ pub enum DpError {
         found: usize,
     },
     /// The loss handed to the engine is not one value per sample.
-    #[error("the loss must be one value per sample, shape [B], got shape {shape:?}: a batch mean (burn's CrossEntropyLoss or MseLoss, `.mean()`) or a [B, 1] column is not per sample; use burn_dp::loss (PerSampleCrossEntropy, PerSampleMse, PerSampleLmLoss), or reduce only over dimensions >= 1 and reshape to [B]")]
+    #[error("the loss must be one value per sample, shape [B], got shape {shape:?}: a batch mean (burn's CrossEntropyLoss or MseLoss, `.mean()`) or a [B, 1] column is not per sample; use burn_dp::PerSampleCrossEntropy, PerSampleMse or PerSampleLmLoss, or reduce only over dimensions >= 1 and reshape to [B]")]
     LossShape {
         /// Shape that was given.
         shape: Vec<usize>,
@@ -202,9 +202,9 @@ pub(crate) fn mixing_hint(op: &str) -> &'static str {
     } else if has("swap_dims") || has("permute") || has("transpose") {
         "A layout op moved the batch dimension 0 (BatchNorm in training mode does `swap_dims(0, 1)` to normalise over the batch): keep samples in dimension 0; use LayerNorm, GroupNorm or RmsNorm instead of BatchNorm."
     } else if has("reshape") || has("expand") {
-        "A reshape or expand changed dimension 0 (`[B, T, d]` to `[B*T, d]`, `losses.mean().expand([b])`): keep the batch in dimension 0 and return one loss per sample, e.g. `token_losses.sum_dim(1)` rather than a flattened mean; burn_dp::loss has per-sample losses."
+        "A reshape or expand changed dimension 0 (`[B, T, d]` to `[B*T, d]`, `losses.mean().expand([b])`): keep the batch in dimension 0 and return one loss per sample, e.g. `token_losses.sum_dim(1)` rather than a flattened mean; burn_dp::PerSampleCrossEntropy, PerSampleMse and PerSampleLmLoss are per-sample losses."
     } else if has("mean") || has("sum") || has("max") || has("min") || has("prod") || has("var") {
-        "A reduction over the batch (`x.mean_dim(0)`, `losses.mean()`, BatchNorm statistics, class counts from the batch's labels): compute every statistic per sample (`x.mean_dim(1)`) or from public data, and return `[B]` per-sample losses without averaging them over the batch (burn_dp::loss)."
+        "A reduction over the batch (`x.mean_dim(0)`, `losses.mean()`, BatchNorm statistics, class counts from the batch's labels): compute every statistic per sample (`x.mean_dim(1)`) or from public data, and return `[B]` per-sample losses without averaging them over the batch (burn_dp::PerSampleCrossEntropy, PerSampleMse, PerSampleLmLoss)."
     } else if has("matmul") || has("linear") || has("conv") || has("embedding") {
         "Batch data was used as a shared operand (a weight, or the right-hand side of a rank-2 matmul such as `xᵀx` or attention across the batch): multiply per sample, with the batch in dimension 0 of both operands."
     } else if has("gather")

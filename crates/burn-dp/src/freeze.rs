@@ -1,12 +1,13 @@
 //! Parameter-freezing policies: which parameters train. A frozen parameter is untracked by
 //! autodiff, so no rule runs for it and nothing is cached (this is what makes DP-BiTFiT cheap).
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::clip::ParamSelector;
 use crate::error::DpError;
+use crate::paths::{map_params, ModulePath, ParamMapper};
 
 /// Which parameters train.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,22 +66,16 @@ pub struct FreezeReport {
 
 struct Freezer {
     selector: ParamSelector,
-    path: Vec<String>,
     report: FreezeReport,
 }
 
-impl<B: Backend> ModuleMapper<B> for Freezer {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let path = self.path.join(".");
-        let train = self.selector.matches(&param.id, &path);
+impl<B: Backend> ParamMapper<B> for Freezer {
+    fn map<const D: usize>(
+        &mut self,
+        path: &ModulePath,
+        param: Param<Tensor<B, D>>,
+    ) -> Param<Tensor<B, D>> {
+        let train = self.selector.matches(&param.id, &path.dotted());
         let n = param.lazy_shape().num_elements();
         self.report.total += n;
         if train {
@@ -98,14 +93,13 @@ pub fn freeze<B: Backend, M: Module<B>>(
 ) -> Result<(M, FreezeReport), DpError> {
     let mut freezer = Freezer {
         selector: policy.selector(),
-        path: Vec::new(),
         report: FreezeReport {
             trainable: 0,
             total: 0,
             trainable_tensors: 0,
         },
     };
-    let model = model.map(&mut freezer);
+    let model = map_params(model, &mut freezer);
     if freezer.report.trainable_tensors == 0 {
         return Err(DpError::Selection(format!(
             "freezing policy {policy:?} leaves no trainable parameter"

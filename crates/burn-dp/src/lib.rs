@@ -6,8 +6,8 @@
 //! Poisson sampling, accounting (RDP, PRV, GDP) and checkpoints.
 //!
 //! Swap `Autodiff<B>` for [`DpAutodiff<B>`], mark float inputs with [`mark_batch`], compute one
-//! loss per sample (the per-sample losses of [`loss`]), and let a [`PrivateTrainer`] run the loop:
-//! [`PrivateTrainer::step`] draws a Poisson batch, asks for its per-sample losses, clips, adds
+//! loss per sample ([`PerSampleCrossEntropy`], [`PerSampleLmLoss`], [`PerSampleMse`] or your
+//! own), and let a [`PrivateTrainer`] run the loop: [`PrivateTrainer::step`] draws a Poisson batch, asks for its per-sample losses, clips, adds
 //! noise, steps and accounts. [`PrivateSetup`] holds the settings (clipping, [`PrivacyState`] with
 //! σ calibrated to a target ε, data set size, physical batch size, [`NoiseSource`]);
 //! [`into_plain_model`] moves the trained model to the plain backend `B`. The lower-level pieces
@@ -18,25 +18,27 @@
 #![warn(missing_docs)]
 
 pub mod backend;
-pub mod clip;
-pub mod engine;
-pub mod error;
-pub mod freeze;
-pub mod loss;
-pub mod memory;
-pub mod noise;
-pub mod optim;
-pub mod plain;
-pub mod privacy;
+mod clip;
+mod engine;
+mod error;
+mod freeze;
+mod loss;
+mod memory;
+mod noise;
+mod optim;
+mod paths;
+mod plain;
+mod privacy;
 pub mod profile;
 pub mod rules;
-pub mod sampling;
-pub mod setup;
-pub mod state;
+mod sampling;
+mod setup;
+mod state;
 pub mod testing;
-pub mod trainer;
+mod trainer;
 
-pub use backend::{read_without_privacy, BatchId, PerSample};
+pub use backend::decorator::PerSample;
+pub use backend::pass::{read_without_privacy, BatchId};
 /// Privacy accounting (the `burn-dp-accountant` crate).
 pub use burn_dp_accountant as accounting;
 pub use burn_dp_accountant::{AccountantKind, Epsilon, Schedule};
@@ -52,15 +54,16 @@ pub use loss::{
     PerSampleLmLossConfig, PerSampleMse,
 };
 pub use memory::{DeviceMemory, DeviceMemoryUsage};
-pub use noise::{NoiseBackend, NoiseSource};
+pub use noise::{NoiseBackend, NoiseCheckpoint, NoiseSource, RngState};
 pub use optim::{
-    BatchStats, BatchStatsValues, DpCheckpointState, DpOptimizer, DpStep, NoiseShare, PrivacySpent,
-    StepReport, StepStats,
+    BatchStats, BatchStatsValues, DpCheckpointState, DpOptimizer, DpStep, FlatAllReduce,
+    NoiseShare, PrivacySpent, Reducer, SingleProcess, StepReport, StepStats,
 };
+pub use paths::{map_params, visit_params, ModulePath, ParamMapper, ParamVisitor};
 pub use plain::into_plain_model;
 pub use privacy::{BudgetPolicy, PrivacyState};
 pub use rules::NormMode;
-pub use sampling::{LogicalBatch, OpenBatch, PhysicalBatch, PoissonSampler};
+pub use sampling::{LogicalBatch, OpenBatch, PhysicalBatch, PoissonSampler, SamplerState};
 pub use setup::{shard_range, PrivateSetup};
 pub use state::{declare_public, ModuleSnapshot};
 pub use trainer::PrivateTrainer;

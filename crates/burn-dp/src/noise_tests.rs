@@ -13,7 +13,7 @@ use crate::noise::chacha::{
     box_muller, chacha20_block, counter_words, fill_gaussian, fill_gaussian_single_thread,
     gaussian_vec, normals_of_block, NORMALS_PER_BLOCK,
 };
-use crate::noise::{NoiseBackend, NoiseDraw, NoiseGenerator, NoiseKey};
+use crate::noise::{NoiseDraw, NoiseGenerator, NoiseKey};
 use crate::*;
 
 use super::Inner;
@@ -628,7 +628,7 @@ fn noise_backend_equals_the_host_stream() {
         n: 1000,
         std: 0.3,
     };
-    let t = <Inner as NoiseBackend>::gaussian_noise(&draw, &Default::default());
+    let t = <Inner as crate::noise::DrawNoise>::gaussian_noise(&draw, &Default::default());
     let t = Tensor::<Inner, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(t));
     assert_eq!(t.dims(), [1000]);
     let v = t.into_data().to_vec::<f32>().unwrap();

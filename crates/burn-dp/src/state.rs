@@ -13,6 +13,7 @@ use burn::tensor::{Tensor, TensorPrimitive};
 use crate::backend::{PsTensor, Tag};
 use crate::engine::DpAutodiff;
 use crate::error::DpError;
+use crate::paths::{visit_params, ModulePath, ParamVisitor};
 
 fn tag_of<B: Backend, const D: usize>(t: &Tensor<DpAutodiff<B>, D>) -> Tag {
     t.clone().inner().into_primitive().tensor().tag()
@@ -20,22 +21,17 @@ fn tag_of<B: Backend, const D: usize>(t: &Tensor<DpAutodiff<B>, D>) -> Tag {
 
 /// The module path and tag of the first float tensor of `model` that `bad` rejects.
 struct Find<F> {
-    path: Vec<String>,
     trainable_only: bool,
     bad: F,
     found: Option<(String, Tag)>,
 }
 
-impl<B: Backend, F: FnMut(Tag) -> bool> ModuleVisitor<DpAutodiff<B>> for Find<F> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<DpAutodiff<B>, D>>) {
+impl<B: Backend, F: FnMut(Tag) -> bool> ParamVisitor<DpAutodiff<B>> for Find<F> {
+    fn visit<const D: usize>(
+        &mut self,
+        path: &ModulePath,
+        param: &Param<Tensor<DpAutodiff<B>, D>>,
+    ) {
         if self.found.is_some() {
             return;
         }
@@ -45,7 +41,7 @@ impl<B: Backend, F: FnMut(Tag) -> bool> ModuleVisitor<DpAutodiff<B>> for Find<F>
         }
         let tag = tag_of(&value);
         if (self.bad)(tag) {
-            self.found = Some((self.path.join("."), tag));
+            self.found = Some((path.dotted(), tag));
         }
     }
 }
@@ -56,12 +52,11 @@ fn find<B: Backend, M: AutodiffModule<DpAutodiff<B>>>(
     bad: impl FnMut(Tag) -> bool,
 ) -> Option<(String, Tag)> {
     let mut find = Find {
-        path: Vec::new(),
         trainable_only,
         bad,
         found: None,
     };
-    model.visit(&mut find);
+    visit_params(model, &mut find);
     find.found
 }
 

@@ -15,12 +15,13 @@
 //! crate) uses them; so do burn-dp's parity tests. The checks panic with what differs, as test
 //! assertions do.
 
-use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 
 use crate::clip::ClippingFn;
 use crate::engine::{clipped_backward, per_sample_gradients, DpAutodiff, PerSampleConfig};
+use crate::paths::{visit_params, ModulePath, ParamVisitor};
 use crate::rules::NormMode;
 
 /// Per parameter, in the model's visiting order: the module path and the per-sample gradients,
@@ -98,18 +99,11 @@ pub fn sample_int<B: Backend, const D: usize>(
 /// parameter the loss does not reach).
 struct GradsOf<'a, B: AutodiffBackend> {
     grads: &'a B::Gradients,
-    path: Vec<String>,
     out: PerSampleRows,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for GradsOf<'_, B> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+impl<B: AutodiffBackend> ParamVisitor<B> for GradsOf<'_, B> {
+    fn visit<const D: usize>(&mut self, path: &ModulePath, param: &Param<Tensor<B, D>>) {
         let v = param.val();
         if !v.is_require_grad() {
             return;
@@ -119,7 +113,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradsOf<'_, B> {
             .grad(self.grads)
             .map(to_vec)
             .unwrap_or_else(|| vec![0.0; n]);
-        self.out.push((self.path.join("."), g));
+        self.out.push((path.dotted(), g));
     }
 }
 
@@ -141,10 +135,9 @@ pub fn batch_of_one<B: AutodiffBackend, M: AutodiffModule<B>>(
         let grads = loss.sum().backward();
         let mut v = GradsOf::<B> {
             grads: &grads,
-            path: vec![],
             out: vec![],
         };
-        model.visit(&mut v);
+        visit_params(model, &mut v);
         v.out
     };
     if b == 0 {

@@ -475,6 +475,10 @@ fn host_drawn_noise_is_counted() {
         n: 1000,
         std: 1.0,
     };
-    let _ = crate::noise::gaussian_noise_via_host::<NdArray<f32>>(&draw, &Default::default());
+    let _: burn::tensor::ops::FloatTensor<NdArray<f32>> =
+        crate::backend::transfer::upload_inner::<NdArray<f32>>(
+            burn::tensor::TensorData::new(draw.host_values(), [draw.n]),
+            &Default::default(),
+        );
     assert_eq!(crate::backend::transfer::read().to_device, 4000);
 }

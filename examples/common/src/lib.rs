@@ -450,19 +450,13 @@ where
 // ---------------------------------------------------------------------------------------------
 
 struct CollectParams {
-    path: Vec<String>,
     tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
 
-impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for CollectParams {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(
+impl<B: burn::tensor::backend::Backend> burn_dp::ParamVisitor<B> for CollectParams {
+    fn visit<const D: usize>(
         &mut self,
+        path: &burn_dp::ModulePath,
         param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
     ) {
         let t = param.val();
@@ -472,7 +466,7 @@ impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Colle
             .convert::<f32>()
             .into_vec::<f32>()
             .unwrap_or_default();
-        self.tensors.push((self.path.join("."), shape, data));
+        self.tensors.push((path.dotted(), shape, data));
     }
 }
 
@@ -482,10 +476,9 @@ pub fn named_params<B: burn::tensor::backend::Backend, M: burn::module::Module<B
     module: &M,
 ) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut c = CollectParams {
-        path: Vec::new(),
         tensors: Vec::new(),
     };
-    module.visit(&mut c);
+    burn_dp::visit_params(module, &mut c);
     c.tensors
 }
 
@@ -520,24 +513,18 @@ pub fn save_safetensors<B: burn::tensor::backend::Backend, M: burn::module::Modu
 }
 
 struct LoadParams<'a, B: burn::tensor::backend::Backend> {
-    path: Vec<String>,
     file: &'a safetensors::SafeTensors<'a>,
     device: B::Device,
     errors: Vec<String>,
 }
 
-impl<B: burn::tensor::backend::Backend> burn::module::ModuleMapper<B> for LoadParams<'_, B> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-    fn map_float<const D: usize>(
+impl<B: burn::tensor::backend::Backend> burn_dp::ParamMapper<B> for LoadParams<'_, B> {
+    fn map<const D: usize>(
         &mut self,
+        path: &burn_dp::ModulePath,
         param: burn::module::Param<burn::tensor::Tensor<B, D>>,
     ) -> burn::module::Param<burn::tensor::Tensor<B, D>> {
-        let name = self.path.join(".");
+        let name = path.dotted();
         let shape = param.val().dims().to_vec();
         let view = match self.file.tensor(&name) {
             Ok(v) => v,
@@ -587,12 +574,11 @@ pub fn load_safetensors<B: burn::tensor::backend::Backend, M: burn::module::Modu
     let file = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut loader = LoadParams::<B> {
-        path: Vec::new(),
         file: &file,
         device: device.clone(),
         errors: Vec::new(),
     };
-    let module = module.map(&mut loader);
+    let module = burn_dp::map_params(module, &mut loader);
     if !loader.errors.is_empty() {
         return Err(format!("{}: {}", path.display(), loader.errors.join("; ")).into());
     }
@@ -1047,7 +1033,7 @@ impl DistributedArgs {
         let PeerRole::Launcher { peers } = self.peers.role()? else {
             return Ok(None);
         };
-        if !burn_dp_distributed::peer::USES_MPI {
+        if !burn_dp_distributed::USES_MPI {
             return Ok(None);
         }
         let exe = std::env::current_exe()

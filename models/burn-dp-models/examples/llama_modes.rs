@@ -13,12 +13,11 @@ use burn::backend::{Autodiff, NdArray};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn_dp::{
-    AccountantKind, ClippingFn, DpAutodiff, FreezePolicy, NoiseSource, ParamSelector,
-    PerSampleConfig, PrivacyState, PrivateSetup, PrivateTrainer, Schedule,
+    AccountantKind, ClippingFn, DpAutodiff, FreezePolicy, NoiseSource, PerSampleConfig,
+    PrivacyState, PrivateSetup, PrivateTrainer, Schedule,
 };
-use burn_dp_models::lora::ADAPTER_SUFFIXES;
 use burn_dp_models::{
-    freeze_all_but, is_adapter_param, Llama, LlamaConfig, LoraConfig, PretrainedModel,
+    adapters_policy, is_adapter_param, Llama, LlamaConfig, LoraConfig, PretrainedModel,
     ProjectionBias,
 };
 
@@ -61,12 +60,7 @@ fn policy(mode: Mode) -> FreezePolicy {
     match mode {
         Mode::Full => FreezePolicy::None,
         Mode::BiTFiT => FreezePolicy::BiasOnly,
-        Mode::Lora => FreezePolicy::Select(ParamSelector::AnyOf(
-            ADAPTER_SUFFIXES
-                .iter()
-                .map(|s| ParamSelector::PathSuffix(s.to_string()))
-                .collect(),
-        )),
+        Mode::Lora => adapters_policy(false),
     }
 }
 
@@ -119,7 +113,7 @@ fn non_private_lora() -> Result<(usize, Duration), Box<dyn std::error::Error>> {
     type B = Autodiff<Inner>;
     let device = Default::default();
     let model = config().init::<B>(&device).with_lora(&lora(), &device)?;
-    let mut model = freeze_all_but(model, is_adapter_param);
+    let (mut model, _) = burn_dp::freeze(model, &adapters_policy(false))?;
     let trainable = model
         .torch_params()
         .iter()

@@ -27,10 +27,9 @@ pub use error::ImportError;
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig, ProjectionBias};
 pub use load::{
-    count_params, freeze_all_but, param_names, Layout, LoadOptions, RawTensor, TensorSource,
-    TorchParam,
+    count_params, param_names, Layout, LoadOptions, RawTensor, TensorSource, TorchParam,
 };
-pub use lora::{is_adapter_param, LoraConfig, LoraError, LoraLinear};
+pub use lora::{adapters_policy, is_adapter_param, LoraConfig, LoraError, LoraLinear};
 pub use loss::{cross_entropy_per_sample, lm_loss_per_sample};
 pub use onnx::{OnnxFile, OnnxWeights};
 pub use pretrained::{ImageBatch, ModelConfig, PretrainedModel, TokenBatch};

@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::TensorData;
+
+use burn_dp::{map_params, visit_params, ModulePath, ParamMapper, ParamVisitor};
 
 use crate::error::ImportError;
 
@@ -66,59 +68,41 @@ impl LoadOptions {
     }
 }
 
-/// Path of module fields, with enum variant names dropped (they are no torch names).
-#[derive(Default)]
-struct PathStack {
-    stack: Vec<(String, bool)>,
-}
-
-impl PathStack {
-    fn enter(&mut self, name: &str, container_type: &str) {
-        self.stack
-            .push((name.to_string(), container_type.starts_with("Enum:")));
-    }
-    fn exit(&mut self) {
-        self.stack.pop();
-    }
-    fn torch_name(&self) -> String {
-        let parts: Vec<&str> = self
-            .stack
-            .iter()
-            .filter(|(_, skip)| !skip)
-            .map(|(n, _)| n.as_str())
-            .collect();
-        let mut name = parts.join(".");
-        // burn's LayerNorm / GroupNorm call their affine parameters gamma / beta.
-        if let Some(stem) = name.strip_suffix(".gamma") {
-            name = format!("{stem}.weight");
-        } else if let Some(stem) = name.strip_suffix(".beta") {
-            name = format!("{stem}.bias");
-        }
+/// The torch name of the parameter at `path`: its field names without enum variant names (they
+/// are no torch names), with burn's LayerNorm / GroupNorm `gamma` / `beta` called `weight` /
+/// `bias`.
+fn torch_name(path: &ModulePath) -> String {
+    let parts: Vec<&str> = path
+        .fields()
+        .iter()
+        .filter(|(_, container)| !container.starts_with("Enum:"))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let name = parts.join(".");
+    if let Some(stem) = name.strip_suffix(".gamma") {
+        format!("{stem}.weight")
+    } else if let Some(stem) = name.strip_suffix(".beta") {
+        format!("{stem}.bias")
+    } else {
         name
     }
 }
 
+/// Whether the parameter at `path` is the weight of a burn `Linear` (stored transposed to torch).
+fn is_linear_weight(path: &ModulePath) -> bool {
+    path.container() == Some("Struct:Linear") && path.name() == Some("weight")
+}
+
 struct NameCollector {
-    path: PathStack,
-    containers: Vec<String>,
     out: Vec<(ParamId, String, Vec<usize>, bool)>,
 }
 
-impl<B: Backend> ModuleVisitor<B> for NameCollector {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.enter(name, container_type);
-        self.containers.push(container_type.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-        self.containers.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let linear = self.containers.last().map(String::as_str) == Some("Struct:Linear")
-            && self.path.stack.last().map(|(n, _)| n.as_str()) == Some("weight");
+impl<B: Backend> ParamVisitor<B> for NameCollector {
+    fn visit<const D: usize>(&mut self, path: &ModulePath, param: &Param<Tensor<B, D>>) {
+        let linear = is_linear_weight(path);
         self.out.push((
             param.id,
-            self.path.torch_name(),
+            torch_name(path),
             param.lazy_shape().iter().copied().collect::<Vec<usize>>(),
             linear,
         ));
@@ -130,12 +114,8 @@ impl<B: Backend> ModuleVisitor<B> for NameCollector {
 pub(crate) fn collect_params<B: Backend, M: Module<B>>(
     module: &M,
 ) -> Vec<(ParamId, String, Vec<usize>, bool)> {
-    let mut c = NameCollector {
-        path: PathStack::default(),
-        containers: Vec::new(),
-        out: Vec::new(),
-    };
-    module.visit(&mut c);
+    let mut c = NameCollector { out: Vec::new() };
+    visit_params(module, &mut c);
     c.out
 }
 
@@ -206,20 +186,13 @@ impl TorchParam {
 }
 
 struct ValueCollector<F: Fn(&str) -> bool> {
-    path: PathStack,
     keep: F,
     out: Vec<(String, RawTensor)>,
 }
 
-impl<B: Backend, F: Fn(&str) -> bool> ModuleVisitor<B> for ValueCollector<F> {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.enter(name, container_type);
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let name = self.path.torch_name();
+impl<B: Backend, F: Fn(&str) -> bool> ParamVisitor<B> for ValueCollector<F> {
+    fn visit<const D: usize>(&mut self, path: &ModulePath, param: &Param<Tensor<B, D>>) {
+        let name = torch_name(path);
         if !(self.keep)(&name) {
             return;
         }
@@ -237,11 +210,10 @@ pub(crate) fn param_values<B: Backend, M: Module<B>>(
     keep: impl Fn(&str) -> bool,
 ) -> Vec<(String, RawTensor)> {
     let mut c = ValueCollector {
-        path: PathStack::default(),
         keep,
         out: Vec::new(),
     };
-    module.visit(&mut c);
+    visit_params(module, &mut c);
     c.out
 }
 
@@ -259,34 +231,6 @@ pub(crate) fn torch_params_with<B: Backend, M: Module<B>, R: NameRules>(
             burn_shape,
         })
         .collect()
-}
-
-struct Freezer<F: Fn(&str) -> bool> {
-    path: PathStack,
-    trainable: F,
-}
-
-impl<B: Backend, F: Fn(&str) -> bool> ModuleMapper<B> for Freezer<F> {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.enter(name, container_type);
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let keep = (self.trainable)(&self.path.torch_name());
-        param.set_require_grad(keep)
-    }
-}
-
-/// Freeze every float parameter whose torch name (as [`param_names`] reports it) does not
-/// satisfy `trainable`, and make the others trainable: e.g. DP-BiTFiT with
-/// `freeze_all_but(model, |n| n.ends_with(".bias"))`. A minimal helper for tests and examples.
-pub fn freeze_all_but<B: Backend, M: Module<B>>(module: M, trainable: impl Fn(&str) -> bool) -> M {
-    module.map(&mut Freezer {
-        path: PathStack::default(),
-        trainable,
-    })
 }
 
 /// The per-model rules a loader needs.
@@ -312,8 +256,6 @@ pub(crate) trait NameRules {
 struct Loader<'a, S: TensorSource, R: NameRules> {
     source: &'a mut S,
     rules: &'a R,
-    path: PathStack,
-    containers: Vec<String>,
     error: Option<ImportError>,
     bar: Option<indicatif::ProgressBar>,
 }
@@ -357,25 +299,20 @@ impl<'a, S: TensorSource, R: NameRules> Loader<'a, S, R> {
     }
 }
 
-impl<'a, B: Backend, S: TensorSource, R: NameRules> ModuleMapper<B> for Loader<'a, S, R> {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.enter(name, container_type);
-        self.containers.push(container_type.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-        self.containers.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+impl<'a, B: Backend, S: TensorSource, R: NameRules> ParamMapper<B> for Loader<'a, S, R> {
+    fn map<const D: usize>(
+        &mut self,
+        path: &ModulePath,
+        param: Param<Tensor<B, D>>,
+    ) -> Param<Tensor<B, D>> {
         if self.error.is_some() {
             return param;
         }
-        let name = self.path.torch_name();
+        let name = torch_name(path);
         if self.rules.skip(&name) {
             return param;
         }
-        let is_linear = self.containers.last().map(String::as_str) == Some("Struct:Linear")
-            && self.path.stack.last().map(|(n, _)| n.as_str()) == Some("weight");
+        let is_linear = is_linear_weight(path);
         let layout = self.rules.layout(&name, is_linear);
         let shape = param.lazy_shape().iter().copied().collect::<Vec<usize>>();
         let device = param.lazy_device();
@@ -421,12 +358,10 @@ pub(crate) fn load_params<B: Backend, M: Module<B>, S: TensorSource, R: NameRule
     let mut loader = Loader {
         source,
         rules,
-        path: PathStack::default(),
-        containers: Vec::new(),
         error: None,
         bar,
     };
-    let module = module.map(&mut loader);
+    let module = map_params(module, &mut loader);
     if let Some(bar) = &loader.bar {
         bar.finish_and_clear();
     }

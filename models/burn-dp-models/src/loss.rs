@@ -1,15 +1,13 @@
 //! Per-sample losses, each returning a [B] tensor (the batch loss is their sum): the models'
-//! shorthands for the library's `burn_dp::loss`, which also offers label smoothing, an ignore
-//! index, MSE and masked token losses, with typed errors for bad shapes.
+//! shorthands for burn-dp's per-sample losses (`burn_dp::PerSampleCrossEntropy`,
+//! `PerSampleLmLoss`, `PerSampleMse`), which also offer label smoothing, an ignore index and
+//! masked token losses, with typed errors for bad shapes.
 
 use burn::prelude::*;
-pub use burn_dp::loss::{
-    LossError, PerSampleCrossEntropy, PerSampleCrossEntropyConfig, PerSampleLmLoss,
-    PerSampleLmLossConfig, PerSampleMse,
-};
+use burn_dp::{PerSampleCrossEntropy, PerSampleLmLoss};
 
 /// Classification cross-entropy per sample: logits [B, C], integer targets [B] -> [B]
-/// (`burn_dp::loss::PerSampleCrossEntropy` without smoothing or ignore index).
+/// (`burn_dp::PerSampleCrossEntropy` without smoothing or ignore index).
 ///
 /// # Shapes
 /// `logits`: `[B, C]`; `targets`: `[B]`; returns `[B]`.
@@ -27,7 +25,7 @@ pub fn cross_entropy_per_sample<B: Backend>(
 }
 
 /// Language-model loss per sample: mean next-token cross-entropy over the T-1 predicted
-/// positions (`burn_dp::loss::PerSampleLmLoss` on the shifted logits and ids).
+/// positions (`burn_dp::PerSampleLmLoss` on the shifted logits and ids).
 ///
 /// # Shapes
 /// `logits`: `[B, T, V]` from `input_ids`: `[B, T]`; returns `[B]`.

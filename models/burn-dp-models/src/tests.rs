@@ -546,8 +546,9 @@ fn torch_params_layouts_and_freezing() {
         vec![0., 3., 1., 4., 2., 5., 6., 9., 7., 10., 8., 11.]
     );
 
-    // Bias-only: exactly the torch names ending in `.bias` stay trainable.
-    let frozen = freeze_all_but(vit, |n| n.ends_with(".bias"));
+    // burn-dp's bias-only policy (burn paths: `.bias` and LayerNorm's `.beta`) trains exactly
+    // the parameters whose torch names end in `.bias`.
+    let (frozen, _) = burn_dp::freeze(vit, &burn_dp::FreezePolicy::BiasOnly).unwrap();
     let mut visitor = Trainable(Vec::new());
     frozen.visit(&mut visitor);
     let names: std::collections::HashMap<_, _> =

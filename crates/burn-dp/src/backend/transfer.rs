@@ -114,6 +114,7 @@ where
     data
 }
 
+#[cfg(test)]
 /// Uploads host data to the inner backend, counted (the library's own writes).
 pub(crate) fn upload_inner<B: burn_backend::Backend>(
     data: TensorData,

@@ -49,6 +49,7 @@
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
+#[cfg(test)]
 /// "expand 32-byte k", the ChaCha constants (RFC 8439 §2.3).
 pub const CHACHA_CONSTANTS: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574];
 
@@ -59,11 +60,12 @@ pub const NORMALS_PER_BLOCK: usize = 10;
 pub(crate) const TWO_POW_M32: f32 = 2.328_306_4e-10;
 /// 2⁻²⁴ (exact in f32).
 pub(crate) const TWO_POW_M24: f32 = 5.960_464_5e-8;
-/// 2π · 2⁻²⁴, rounded once to f32 (the same constant on host and device).
 /// 2^23: subtracted from a 24-bit angle word to centre the angle on zero.
 pub(crate) const TWO_POW_23: f32 = 8_388_608.0;
+/// 2π · 2⁻²⁴, rounded once to f32 (the same constant on host and device).
 pub(crate) const TWO_PI_TWO_POW_M24: f32 = std::f32::consts::TAU * TWO_POW_M24;
 
+#[cfg(test)]
 #[inline(always)]
 fn quarter_round(x: &mut [u32; 16], a: usize, b: usize, c: usize, d: usize) {
     x[a] = x[a].wrapping_add(x[b]);
@@ -76,6 +78,7 @@ fn quarter_round(x: &mut [u32; 16], a: usize, b: usize, c: usize, d: usize) {
     x[b] = (x[b] ^ x[c]).rotate_left(7);
 }
 
+#[cfg(test)]
 /// The ChaCha20 block function (RFC 8439 §2.3): 20 rounds over
 /// `constants | key | words12_15`, plus the input. `words12_15` is RFC 8439's
 /// `counter | nonce` (or burn-dp's `block lo | block hi | step lo | step hi`).
@@ -101,6 +104,7 @@ pub fn chacha20_block(key: &[u32; 8], words12_15: [u32; 4]) -> [u32; 16] {
     x
 }
 
+#[cfg(test)]
 /// The block function's input words 12..15 for block `block` of noise step `step`.
 pub fn counter_words(step: u64, block: u64) -> [u32; 4] {
     [

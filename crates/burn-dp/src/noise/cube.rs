@@ -21,7 +21,7 @@ use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeDim};
 
 use super::chacha::{NORMALS_PER_BLOCK, TWO_PI_TWO_POW_M24, TWO_POW_23, TWO_POW_M24, TWO_POW_M32};
-use super::{NoiseBackend, NoiseDraw};
+use super::{DrawNoise, NoiseDraw};
 
 /// One ChaCha20 quarter round (RFC 8439 §2.1), rotations as two shifts (cubecl has no rotate).
 #[cube]
@@ -181,7 +181,7 @@ pub fn gaussian_noise_cube<R: CubeRuntime>(
     output
 }
 
-impl<R, F, I, BT> NoiseBackend for CubeBackend<R, F, I, BT>
+impl<R, F, I, BT> DrawNoise for CubeBackend<R, F, I, BT>
 where
     R: CubeRuntime,
     F: FloatElement,
@@ -201,14 +201,14 @@ struct GaussianNoiseOp<B: FusionBackend> {
     device: burn::tensor::Device<B>,
 }
 
-impl<B: FusionBackend + NoiseBackend> Operation<B::FusionRuntime> for GaussianNoiseOp<B> {
+impl<B: FusionBackend + DrawNoise> Operation<B::FusionRuntime> for GaussianNoiseOp<B> {
     fn execute(&self, handles: &mut HandleContainer<B::Handle>) {
         let tensor = B::gaussian_noise(&self.draw, &self.device);
         handles.register_float_tensor::<B>(&self.out.id, tensor);
     }
 }
 
-impl<B: FusionBackend + NoiseBackend> NoiseBackend for Fusion<B> {
+impl<B: FusionBackend + DrawNoise> DrawNoise for Fusion<B> {
     fn gaussian_noise(draw: &NoiseDraw, device: &Self::Device) -> FloatTensor<Self> {
         let client = get_client::<B>(device);
         let out = TensorIr::uninit(

@@ -7,11 +7,8 @@
 //! burn [`Linear`]s. Their per-sample gradients come from burn-dp's linear rule like any other
 //! `Linear`'s: exact, in one backward pass, ghost norm or instantiation chosen by cost.
 //!
-//! DP-LoRA trains only the adapters: freeze everything else with
-//! [`freeze_all_but`](crate::freeze_all_but)`(model, is_adapter_param)` or, in burn-dp,
-//! `FreezePolicy::Select(ParamSelector::AnyOf(vec![PathSuffix(".lora_a.weight".into()),
-//! PathSuffix(".lora_b.weight".into())]))` (add `FreezePolicy::BiasOnly`'s selector to train
-//! the biases too). [`adapters`] saves and loads the adapters on their own and merges them into
+//! DP-LoRA trains only the adapters: `burn_dp::freeze(model, &adapters_policy(false))`
+//! ([`adapters_policy`]`(true)` trains the biases too). [`adapters`] saves and loads the adapters on their own and merges them into
 //! the base weights for export.
 
 pub mod adapters;
@@ -19,6 +16,7 @@ pub mod adapters;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
+use burn_dp::{FreezePolicy, ParamSelector};
 use serde::{Deserialize, Serialize};
 
 /// The torch-name suffixes of adapter parameters (`model.layers.0.self_attn.q_proj.lora_a.weight`).
@@ -27,6 +25,20 @@ pub const ADAPTER_SUFFIXES: [&str; 2] = [".lora_a.weight", ".lora_b.weight"];
 /// Whether the parameter named `name` (torch name or burn module path) belongs to an adapter.
 pub fn is_adapter_param(name: &str) -> bool {
     ADAPTER_SUFFIXES.iter().any(|s| name.ends_with(s))
+}
+
+/// The freezing policy of LoRA fine-tuning: the adapters train (and, with `with_biases`, every
+/// bias, as `FreezePolicy::BiasOnly` selects them), everything else is frozen. For
+/// `burn_dp::freeze`, which reports what trains and refuses a model without adapters.
+pub fn adapters_policy(with_biases: bool) -> FreezePolicy {
+    let mut selectors: Vec<ParamSelector> = ADAPTER_SUFFIXES
+        .iter()
+        .map(|s| ParamSelector::PathSuffix(s.to_string()))
+        .collect();
+    if with_biases {
+        selectors.push(FreezePolicy::BiasOnly.selector());
+    }
+    FreezePolicy::Select(ParamSelector::AnyOf(selectors))
 }
 
 /// Which linear layers get an adapter, of what rank and scale.

@@ -17,7 +17,7 @@ use burn::prelude::*;
 use burn_dp::PerSample;
 use burn_dp_models::lora::adapters::load_adapters;
 use burn_dp_models::{
-    freeze_all_but, is_adapter_param, Llama, LlamaConfig, LoadOptions, LoraConfig, PretrainedModel,
+    adapters_policy, Llama, LlamaConfig, LoadOptions, LoraConfig, PretrainedModel,
 };
 
 use crate::per_sample::{dp_parity, dp_parity_settings, Dp, ALL_MODES};
@@ -132,7 +132,11 @@ fn qwen2_tiny_per_sample_gradients() {
 #[test]
 fn llama_tiny_lora_per_sample_gradients() {
     let r = Reference::open("llama-tiny");
-    let m = freeze_all_but(load_adapted::<Dp>("llama-tiny", &r), is_adapter_param);
+    let (m, _) = burn_dp::freeze(
+        load_adapted::<Dp>("llama-tiny", &r),
+        &adapters_policy(false),
+    )
+    .unwrap();
     let params = m.torch_params();
     let c = r.meta_f64("lora_abadi_c");
     let settings = [("lora", "lora.", m.clone(), c)];

@@ -57,7 +57,7 @@ pub(crate) fn dp_parity<M: AutodiffModule<Dp>>(
     let r = Reference::open(name);
     let mut settings = vec![("all", "", model.clone(), r.meta_f64("abadi_c"))];
     if r.file.metadata().expect("metadata")["bias_params"] != "[]" {
-        let bias_only = burn_dp_models::freeze_all_but(model, |n| n.ends_with(".bias"));
+        let (bias_only, _) = burn_dp::freeze(model, &burn_dp::FreezePolicy::BiasOnly).unwrap();
         settings.push(("bitfit", "bitfit.", bias_only, r.meta_f64("bitfit_abadi_c")));
     }
     dp_parity_settings(name, &settings, params, modes, losses);

@@ -63,7 +63,7 @@ enum Cmd {
 /// checked against the sum, timed on rank 0.
 #[cfg(feature = "nccl")]
 fn nccl_check(count: u64, elements: usize) -> Result<(), DistributedError> {
-    use burn_dp_distributed::nccl::Cuda;
+    use burn_dp::Cuda;
     use burn_dp_distributed::{MpiGroup, NcclGroup};
     let mpi = MpiGroup::join()?;
     let local = [
