@@ -42,6 +42,7 @@ mod mpi;
 #[cfg(feature = "nccl")]
 mod nccl;
 mod peer;
+mod replica_check;
 mod tcp;
 mod trainer;
 
@@ -57,5 +58,6 @@ pub use peer::{
     launch_peers, launched_by_mpi, launcher_rank, launcher_world, mpirun_command, AnyGroup,
     Launched, PeerArgs, PeerRole, USES_MPI,
 };
+pub use replica_check::{parameter_hash, ReplicaCheck};
 pub use tcp::TcpGroup;
-pub use trainer::{parameter_hash, AnyTrainer, DistributedTrainer};
+pub use trainer::{AnyTrainer, DistributedTrainer};

@@ -5,44 +5,27 @@
 //!     draw the local batch: Poisson at rate q over shard r of the data set
 //!     clip and accumulate its physical batches            (no noise; empty batch: zeros)
 //!     flat = [Σ c_i g_i of every parameter, visit order]  + N(0, σ²R²) on slice r of every parameter
-//!     flat = all-reduce(flat ‖ parameter hash slots)     (MPI or TCP, one buffer)  
-//!     check the hashes (every `check_every` steps): the replicas are identical
+//!     flat = all-reduce(flat ‖ step header)               (MPI or TCP, one buffer)
+//!     check the header: one peer per rank, equal settings, (every `check_every` steps) equal
+//!     replicas                                            (`ReplicaCheck`, a reducer decorator)
 //!     θ = inner.step(lr, θ, flat / (q·N))                 (global expected batch size)
 //!     account one step at the global q
 //! ```
 
 use std::path::Path;
 
-use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use burn_dp::{
-    DpAutodiff, DpError, NoiseBackend, NoiseShare, PrivateSetup, PrivateTrainer, StepReport,
+    DpAutodiff, DpError, FlatAllReduce, NoiseBackend, NoiseShare, PrivateSetup, PrivateTrainer,
+    StepReport,
 };
 
 use crate::all_reduce::AllReduce;
 use crate::error::DistributedError;
 use crate::header;
-
-/// FNV-1a over the bytes of every float parameter of `model` (visit order): equal models give
-/// equal hashes on every peer.
-pub fn parameter_hash<B: burn::tensor::backend::Backend, M: AutodiffModule<DpAutodiff<B>>>(
-    model: &M,
-) -> u64 {
-    struct Hasher(u64);
-    impl<B: burn::tensor::backend::Backend> ModuleVisitor<DpAutodiff<B>> for Hasher {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<DpAutodiff<B>, D>>) {
-            let data = param.val().into_data();
-            for &b in data.as_bytes() {
-                self.0 ^= b as u64;
-                self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-    }
-    let mut h = Hasher(0xcbf2_9ce4_8422_2325);
-    model.visit::<Hasher>(&mut h);
-    h.0
-}
+use crate::replica_check::{parameter_hash, ReplicaCheck};
 
 /// DP training of one replica in a group of peers (one process each): owns a [`PrivateTrainer`]
 /// over this peer's shard and the group `G` (`MpiGroup` with the feature `mpi`,
@@ -110,44 +93,16 @@ where
         let check = step.is_multiple_of(self.check_every);
         let (rank, world) = (self.group.rank(), self.group.world());
         let params = check.then(|| parameter_hash::<B, M>(self.trainer.model()));
-        let own = header::encode(rank, world, self.settings, params);
-        let settings = self.settings;
         let share = NoiseShare {
             shard: rank as usize,
             shards: world as usize,
         };
         let group = &mut self.group;
-        let mut failure: Option<DistributedError> = None;
-        let result = self.trainer.step_all_reduced(lr, losses, share, |flat| {
-            let len = flat.dims()[0];
-            let device = flat.device();
-            let n = own.len();
-            let own = Tensor::<B, 1>::from_data(TensorData::new(own, [n]), &device);
-            let mut fail = |e: DistributedError| {
-                let msg = e.to_string();
-                failure = Some(e);
-                DpError::AllReduce(msg)
-            };
-            let reduced = group
-                .all_reduce_sum(Tensor::cat(vec![flat, own], 0), step)
-                .map_err(&mut fail)?;
-            let summed = reduced
-                .clone()
-                .narrow(0, len, n)
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap_or_default();
-            header::check(&summed, world, settings, check, step).map_err(&mut fail)?;
-            Ok(reduced.narrow(0, 0, len))
-        });
-        match result {
-            Ok(report) => {
-                self.steps += 1;
-                Ok(report)
-            }
-            Err(e) => Err(failure.take().unwrap_or(DistributedError::Dp(e))),
-        }
+        let all_reduce = FlatAllReduce::new(share, |flat| group.all_reduce_sum(flat, step));
+        let mut reducer = ReplicaCheck::new(all_reduce, rank, world, self.settings, params, step);
+        let report = self.trainer.step_reduced(lr, losses, &mut reducer)?;
+        self.steps += 1;
+        Ok(report)
     }
 
     /// The replica as trained so far.

@@ -184,10 +184,10 @@ pub enum DpError {
     /// The operating system's randomness failed, or a noise stream is used up.
     #[error("randomness: {0}")]
     Randomness(String),
-    /// The all-reduce of a data-parallel step failed (see
-    /// [`DpOptimizer::step_all_reduced`](crate::DpOptimizer::step_all_reduced)); the step is
-    /// accounted, the model is unchanged.
-    #[error("all-reduce of the clipped sums failed: {0}")]
+    /// A [`Reducer`](crate::Reducer) broke its contract (it returned parts of other lengths, or
+    /// a flat all-reduce was used twice); the step is accounted, the model is unchanged. A
+    /// transport's own failures are the reducer's typed [`Reducer::Error`](crate::Reducer::Error).
+    #[error("the reduction of the clipped sums broke its contract: {0}")]
     AllReduce(String),
 }
 

@@ -112,16 +112,17 @@ where
     ///
     /// # Shapes
     /// `losses` returns `[P]`; `all_reduce` takes and returns the flat `[Σ_k numel_k]`.
-    pub fn step_all_reduced<F, R>(
+    pub fn step_all_reduced<F, R, E>(
         &mut self,
         lr: f64,
         losses: F,
         share: NoiseShare,
         all_reduce: R,
-    ) -> Result<StepReport, DpError>
+    ) -> Result<StepReport, E>
     where
         F: FnMut(&M, &[usize]) -> Tensor<DpAutodiff<B>, 1>,
-        R: FnOnce(Tensor<B, 1>) -> Result<Tensor<B, 1>, DpError>,
+        R: FnOnce(Tensor<B, 1>) -> Result<Tensor<B, 1>, E>,
+        E: From<DpError>,
     {
         self.step_reduced(lr, losses, &mut FlatAllReduce::new(share, all_reduce))
     }
@@ -138,7 +139,7 @@ where
         lr: f64,
         mut losses: F,
         reducer: &mut R,
-    ) -> Result<StepReport, DpError>
+    ) -> Result<StepReport, R::Error>
     where
         F: FnMut(&M, &[usize]) -> Tensor<DpAutodiff<B>, 1>,
         R: Reducer<B>,
@@ -150,7 +151,7 @@ where
         // A refused forward may already have written into state shared with the model
         // (BatchNorm's running statistics): it is put back.
         let snapshot = ModuleSnapshot::take(&self.model);
-        let mut step = || -> Result<M, DpError> {
+        let mut step = || -> Result<M, R::Error> {
             for batch in &logical.physical() {
                 self.optim
                     .clip_and_accumulate(&self.model, batch, |m, idx| {
@@ -168,9 +169,10 @@ where
             }
         }
         self.steps += 1;
-        self.optim
+        Ok(self
+            .optim
             .last_step_report()?
-            .ok_or_else(|| DpError::InvalidConfig("the DP step left no report".into()))
+            .ok_or_else(|| DpError::InvalidConfig("the DP step left no report".into()))?)
     }
 
     /// The model as trained so far.

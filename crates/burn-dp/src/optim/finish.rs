@@ -31,18 +31,24 @@ use crate::noise::NoiseBackend;
 use crate::profile::{self, Phase};
 
 /// How the noised clipped sums of one process become the step's sum: the identity for one
-/// process, an all-reduce over the peers of a data-parallel run.
+/// process, an all-reduce over the peers of a data-parallel run. Reducers compose: a decorator
+/// (burn-dp-distributed's replica check) wraps another and adds parts of its own.
 pub trait Reducer<B: Backend> {
+    /// What a failed reduction is, and what the step using this reducer returns (the step's own
+    /// refusals convert from [`DpError`]): [`DpError`] for one process, the transport's typed
+    /// error for peers.
+    type Error: From<DpError>;
+
     /// The part of the noise this process adds.
     fn share(&self) -> NoiseShare;
 
-    /// The element-wise sum over the peers of every parameter's part (one process: `parts`
-    /// unchanged). Every peer calls it with the same shapes in the same order.
+    /// The element-wise sum over the peers of every part (one process: `parts` unchanged).
+    /// Every peer calls it with the same shapes in the same order.
     ///
     /// # Shapes
     /// `parts`: one `[numel_k]` per trainable parameter, in the model's visiting order; returns
     /// the same shapes.
-    fn reduce(&mut self, parts: Vec<Tensor<B, 1>>) -> Result<Vec<Tensor<B, 1>>, DpError>;
+    fn reduce(&mut self, parts: Vec<Tensor<B, 1>>) -> Result<Vec<Tensor<B, 1>>, Self::Error>;
 }
 
 /// One process: all the noise, nothing to reduce.
@@ -50,6 +56,8 @@ pub trait Reducer<B: Backend> {
 pub struct SingleProcess;
 
 impl<B: Backend> Reducer<B> for SingleProcess {
+    type Error = DpError;
+
     fn share(&self) -> NoiseShare {
         NoiseShare::all()
     }
@@ -60,7 +68,7 @@ impl<B: Backend> Reducer<B> for SingleProcess {
 }
 
 /// A data-parallel peer whose transport sums one flat buffer: the parts are concatenated into
-/// `[Σ_k numel_k]`, summed by the closure, and cut back.
+/// `[Σ_k numel_k]`, summed by the closure (whose error is the step's), and cut back.
 pub struct FlatAllReduce<F> {
     share: NoiseShare,
     all_reduce: Option<F>,
@@ -76,39 +84,56 @@ impl<F> FlatAllReduce<F> {
     }
 }
 
-impl<B, F> Reducer<B> for FlatAllReduce<F>
+impl<B, F, E> Reducer<B> for FlatAllReduce<F>
 where
     B: Backend,
-    F: FnOnce(Tensor<B, 1>) -> Result<Tensor<B, 1>, DpError>,
+    F: FnOnce(Tensor<B, 1>) -> Result<Tensor<B, 1>, E>,
+    E: From<DpError>,
 {
+    type Error = E;
+
     fn share(&self) -> NoiseShare {
         self.share
     }
 
-    fn reduce(&mut self, parts: Vec<Tensor<B, 1>>) -> Result<Vec<Tensor<B, 1>>, DpError> {
+    fn reduce(&mut self, parts: Vec<Tensor<B, 1>>) -> Result<Vec<Tensor<B, 1>>, E> {
         let all_reduce = self
             .all_reduce
             .take()
             .ok_or_else(|| DpError::AllReduce("a flat all-reduce reduces one step".into()))?;
-        let numels: Vec<usize> = parts.iter().map(|p| p.dims()[0]).collect();
-        let len: usize = numels.iter().sum();
-        let reduced = all_reduce(Tensor::cat(parts, 0))?;
-        if reduced.dims() != [len] {
-            return Err(DpError::AllReduce(format!(
-                "the reduced buffer has shape {:?}, expected [{len}]",
-                reduced.dims()
-            )));
-        }
-        let mut offset = 0;
-        Ok(numels
-            .into_iter()
-            .map(|n| {
-                let part = reduced.clone().narrow(0, offset, n);
-                offset += n;
-                part
-            })
-            .collect())
+        split_flat(all_reduce, parts)
     }
+}
+
+/// Concatenates `parts` into one flat buffer, sums it with `all_reduce`, and cuts the result
+/// back into parts of the same lengths (a returned buffer of another length is
+/// [`DpError::AllReduce`]).
+///
+/// # Shapes
+/// `parts`: `[numel_k]` each; `all_reduce` takes and returns `[Σ_k numel_k]`.
+fn split_flat<B: Backend, E: From<DpError>>(
+    all_reduce: impl FnOnce(Tensor<B, 1>) -> Result<Tensor<B, 1>, E>,
+    parts: Vec<Tensor<B, 1>>,
+) -> Result<Vec<Tensor<B, 1>>, E> {
+    let numels: Vec<usize> = parts.iter().map(|p| p.dims()[0]).collect();
+    let len: usize = numels.iter().sum();
+    let reduced = all_reduce(Tensor::cat(parts, 0))?;
+    if reduced.dims() != [len] {
+        return Err(DpError::AllReduce(format!(
+            "the reduced buffer has shape {:?}, expected [{len}]",
+            reduced.dims()
+        ))
+        .into());
+    }
+    let mut offset = 0;
+    Ok(numels
+        .into_iter()
+        .map(|n| {
+            let part = reduced.clone().narrow(0, offset, n);
+            offset += n;
+            part
+        })
+        .collect())
 }
 
 impl<O, B: NoiseBackend> DpOptimizer<O, B> {
@@ -124,7 +149,7 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
     /// an invalid share. The step is accounted before `reducer.reduce` (the noised parts leave the
     /// process there): if the reduction fails, ε counts the step, the model is unchanged and the
     /// batch is dropped.
-    pub fn finish<M, R>(&mut self, lr: f64, model: M, reducer: &mut R) -> Result<M, DpError>
+    pub fn finish<M, R>(&mut self, lr: f64, model: M, reducer: &mut R) -> Result<M, R::Error>
     where
         M: AutodiffModule<DpAutodiff<B>>,
         O: Optimizer<M, DpAutodiff<B>>,
@@ -153,7 +178,7 @@ impl<B: NoiseBackend> DpStep<B> {
         &mut self,
         model: &M,
         reducer: &mut R,
-    ) -> Result<(Vec<(ParamId, Tensor<B, 1>)>, B::Device), DpError>
+    ) -> Result<(Vec<(ParamId, Tensor<B, 1>)>, B::Device), R::Error>
     where
         M: AutodiffModule<DpAutodiff<B>>,
         R: Reducer<B>,
@@ -162,18 +187,18 @@ impl<B: NoiseBackend> DpStep<B> {
             .drawn
             .is_some_and(|d| d.accumulated < d.physical_batches)
         {
-            return Err(self.out_of_order(
-                "the step before every physical batch of the drawn logical batch was accumulated",
-            ));
+            return Err(self
+                .out_of_order(
+                    "the step before every physical batch of the drawn logical batch was accumulated",
+                )
+                .into());
         }
         let share = reducer.share();
         share.validate()?;
         self.privacy.check_next_step()?;
         let params = engine::trainable::<B, M>(model);
         if params.is_empty() {
-            return Err(DpError::InvalidConfig(
-                "the model trains no parameter".into(),
-            ));
+            return Err(DpError::InvalidConfig("the model trains no parameter".into()).into());
         }
         let ids: Vec<(ParamId, &str)> = params.iter().map(|p| (p.id, p.path.as_str())).collect();
         let sensitivity = match &self.accumulated {
@@ -182,12 +207,14 @@ impl<B: NoiseBackend> DpStep<B> {
                     return Err(DpError::ParamMismatch(format!(
                         "trainable parameter `{}` has no accumulated gradient",
                         p.path
-                    )));
+                    ))
+                    .into());
                 }
                 if a.sums.len() != params.len() {
                     return Err(DpError::ParamMismatch(
                         "gradients hold parameters the model does not train".into(),
-                    ));
+                    )
+                    .into());
                 }
                 a.sensitivity
             }
@@ -198,7 +225,8 @@ impl<B: NoiseBackend> DpStep<B> {
         if !(std_f32.is_finite() && std_f32 > 0.0) {
             return Err(DpError::InvalidConfig(format!(
                 "the noise std σ·R = {std} is not a positive f32"
-            )));
+            ))
+            .into());
         }
         // Draw: the step of the noise stream is reserved before anything is drawn, never reused.
         let step = self.noise.begin_step()?;
@@ -251,7 +279,8 @@ impl<B: NoiseBackend> DpStep<B> {
                 "the reducer returned {} parts for {} parameters",
                 parts.len(),
                 params.len()
-            )));
+            ))
+            .into());
         }
         Ok((params.iter().map(|p| p.id).zip(parts).collect(), device))
     }

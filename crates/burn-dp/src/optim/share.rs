@@ -123,7 +123,7 @@ mod tests {
             optim
                 .step_all_reduced(0.1, model.clone(), share, |flat| {
                     seen = Some(flat.to_data().to_vec::<f32>().unwrap());
-                    Ok(flat)
+                    Ok::<_, DpError>(flat)
                 })
                 .unwrap();
             seen.unwrap()

@@ -272,17 +272,18 @@ impl<O, B: NoiseBackend> DpOptimizer<O, B> {
     ///
     /// # Shapes
     /// `all_reduce` takes and returns `[Σ_k numel_k]`.
-    pub fn step_all_reduced<M, F>(
+    pub fn step_all_reduced<M, F, E>(
         &mut self,
         lr: f64,
         model: M,
         share: NoiseShare,
         all_reduce: F,
-    ) -> Result<M, DpError>
+    ) -> Result<M, E>
     where
         M: AutodiffModule<DpAutodiff<B>>,
         O: Optimizer<M, DpAutodiff<B>>,
-        F: FnOnce(Tensor<B, 1>) -> Result<Tensor<B, 1>, DpError>,
+        F: FnOnce(Tensor<B, 1>) -> Result<Tensor<B, 1>, E>,
+        E: From<DpError>,
     {
         self.finish(lr, model, &mut FlatAllReduce::new(share, all_reduce))
     }
