@@ -218,7 +218,18 @@ fn two_peers_equal_one_process_on_the_union_of_their_batches() {
     for p in &peers {
         assert!((p["epsilon"].as_f64().expect("epsilon") - eps).abs() < 1e-9);
     }
+    // Fixed-seed regression: the replicas' final parameters, as recorded (sum, sum of squares).
+    let last = floats(&peers[0]["records"][steps - 1]["params"]);
+    let sum: f64 = last.iter().map(|&v| v as f64).sum();
+    let squares: f64 = last.iter().map(|&v| (v as f64).powi(2)).sum();
+    assert!(
+        (sum - RECORDED_TWO_PEERS.0).abs() < 1e-6 && (squares - RECORDED_TWO_PEERS.1).abs() < 1e-6,
+        "two-peer run: sum {sum:?}, sum of squares {squares:?} (recorded {RECORDED_TWO_PEERS:?})"
+    );
 }
+
+/// The final parameters' sum and sum of squares of the fixed-seed two-peer run above.
+const RECORDED_TWO_PEERS: (f64, f64) = (f64::NAN, f64::NAN);
 
 /// With noise on (OS keys), the update's variance is σ²R²/(qN)² (the noise was drawn once),
 /// not K times that. Large σ makes the noise dominate the clipped sum (|S| ≤ |batch|·R).

@@ -680,7 +680,7 @@ where
         let clipping = common::clipping(args.train.clipping, args.train.max_norm);
         // The trainer owns the model, the DP optimizer and the Poisson sampler (at the privacy
         // state's q); physical batches only bound memory.
-        let mut trainer = common::DpTrainer::new(
+        let mut trainer = common::PrivateRun::new(
             &args.distributed,
             model,
             AdamWConfig::new().init::<B<I>, M>(),

@@ -139,7 +139,7 @@ const EXAMPLE_CODE_MARK: &str = "<!-- example code:";
 ///   of the crate; listings from anywhere else cannot, since they compile against the public API);
 /// - unless marked with [`EXAMPLE_CODE_MARK`], no `common::` path (the examples' shared crate)
 ///   and no item declared in the examples' sources (`examples/*/src`, helpers such as
-///   `DpTrainer`, flag structs) other than in the listing's own file and not also a public item
+///   `PrivateRun`, flag structs) other than in the listing's own file and not also a public item
 ///   of the crates: a listing presents the library's API, not the examples'.
 #[test]
 fn book_listings_use_public_api() {
@@ -181,7 +181,7 @@ fn book_listings_use_public_api() {
         }
     }
     assert!(
-        example_items.contains("DpTrainer") && private.len() > 20,
+        example_items.contains("PrivateRun") && private.len() > 20,
         "declarations parsed"
     );
 

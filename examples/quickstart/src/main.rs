@@ -3,6 +3,8 @@
 //!
 //! `cargo run --release` (from the repository root) runs it and prints one JSON line:
 //! `{"epsilon": …, "delta": …, "accuracy": …, "non_private_accuracy": …, "seconds": …}`.
+//! `cargo run --release -- --seed N` fixes the weights' initialisation, the sampling and the
+//! noise: a reproducible experiment, not private against whoever knows N.
 
 use std::time::Instant;
 
@@ -106,6 +108,7 @@ use burn::tensor::ElementConversion;
 /// DP-SGD with automatic clipping, Poisson sampling and σ calibrated to the target ε.
 fn train_private(
     data: &Digits,
+    noise: NoiseSource,
     bar: &ProgressBar,
 ) -> Result<(Classifier<PerSample<Inner>>, f64), burn_dp::DpError> {
     type B = DpAutodiff<Inner>;
@@ -122,7 +125,7 @@ fn train_private(
             privacy,
             dataset_size: n,
             physical_batch_size: EXPECTED_BATCH, // rows per forward: memory, not privacy
-            noise: NoiseSource::Os,
+            noise, // NoiseSource::Os; a fixed seed only for reproducible experiments
         },
     )?;
     bar.set_length(schedule.steps);
@@ -161,8 +164,37 @@ fn train_plain(data: &Digits) -> Classifier<Inner> {
     model.valid()
 }
 
+/// `--seed N`: the noise source and the seed of the weights' initialisation.
+fn noise_from_args() -> Result<(NoiseSource, Option<u64>), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => Ok((NoiseSource::Os, None)),
+        [flag, n] if flag == "--seed" => {
+            let seed = n
+                .parse()
+                .map_err(|_| format!("--seed takes an integer, got `{n}`"))?;
+            eprintln!("fixed seed {seed}: a reproducible experiment, not private against whoever knows the seed");
+            Ok((NoiseSource::FixedSeedForExperiments(seed), Some(seed)))
+        }
+        _ => Err(format!(
+            "usage: quickstart [--seed N] (got {})",
+            args.join(" ")
+        )),
+    }
+}
+
 fn main() {
     let start = Instant::now();
+    let (noise, seed) = match noise_from_args() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Some(seed) = seed {
+        <Inner as Backend>::seed(&Default::default(), seed);
+    }
     let data = match load() {
         Ok(data) => data,
         Err(e) => {
@@ -174,7 +206,7 @@ fn main() {
         ProgressStyle::with_template("DP-SGD {bar:40} {pos}/{len} steps {elapsed}")
             .expect("template"),
     );
-    let (model, epsilon) = match train_private(&data, &bar) {
+    let (model, epsilon) = match train_private(&data, noise, &bar) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");

@@ -743,7 +743,7 @@ fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summa
         let noise = common::noise_source(args.train.seed);
         let (schedule, privacy) = args.train.privacy(n, args.batch_size, args.epochs)?;
         let sigma = privacy.noise_multiplier;
-        let mut trainer = common::DpTrainer::new(
+        let mut trainer = common::PrivateRun::new(
             &args.distributed,
             model,
             AdamWConfig::new().init::<B<I>, Gpt2<B<I>>>(),
