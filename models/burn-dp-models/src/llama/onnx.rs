@@ -4,7 +4,8 @@
 //! The exporter keeps the torch names of the RMSNorm scales, the token embedding and the biases,
 //! but stores every projection transposed (`[in, out]`) under a generated name (`val_155`), and
 //! a tied head appears once, under the name `lm_head.weight`, read by both the embedding
-//! `Gather` and the head's `MatMul` (through a `Transpose`). The weights are therefore found by
+//! `Gather` and the head's `MatMul` (through a `Transpose`; a separate constant equal to the
+//! table also counts as tied). The weights are therefore found by
 //! structure: one embedding `Gather`, `2L + 1` RMSNorm scales, `7L + 1` linear nodes (q, k, v,
 //! o, gate, up, down per layer, then the head), and every projection is checked to read the
 //! norm it should (q, k and v the layer's input norm, gate and up the post-attention norm, the
@@ -67,7 +68,9 @@ pub(crate) fn onnx_weights(
     }
     let embedding = &s.emb[0].1;
     let head = &s.linear[7 * l];
-    let head_is_embedding = head.1.name == embedding.name;
+    // The exporter stores a tied head once; a separate copy of the table counts as tied too.
+    let head_is_embedding = head.1.name == embedding.name
+        || (config.tie_word_embeddings && holds_table(&file, &head.1, embedding)?);
     match (config.tie_word_embeddings, head_is_embedding) {
         (true, true) => {}
         (false, false) => a.set("lm_head.weight", &head.1, true)?,
@@ -134,6 +137,22 @@ pub(crate) fn onnx_weights(
     a.set("model.norm.weight", &final_norm.1, false)?;
     check_reads(&file, head, "lm_head", &final_norm.0)?;
     Ok(a.finish(file))
+}
+
+/// Whether the head's weight (seen by the graph as `[d, V]`) holds the embedding table `[V, d]`.
+fn holds_table(
+    file: &OnnxFile,
+    head: &ConstRef,
+    embedding: &ConstRef,
+) -> Result<bool, ImportError> {
+    let as_table = ConstRef {
+        name: head.name.clone(),
+        transposed: !head.transposed,
+    };
+    if file.shape(&as_table)? != file.shape(embedding)? {
+        return Ok(false);
+    }
+    Ok(file.read(&as_table)?.data == file.read(embedding)?.data)
 }
 
 /// Assign a projection's weight (torch stores `[out, in]`, the graph uses `[in, out]`) and bias.

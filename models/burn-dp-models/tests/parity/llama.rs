@@ -18,9 +18,10 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn_dp::PerSample;
 use burn_dp_models::lora::adapters::load_adapters;
+use burn_dp_models::onnx::Slot;
 use burn_dp_models::{
     freeze_all_but, is_adapter_param, ImportError, Llama, LlamaConfig, LoadOptions, LoraConfig,
-    PretrainedModel, ProjectionBias,
+    OnnxFile, PretrainedModel, ProjectionBias,
 };
 
 use crate::per_sample::{dp_parity, dp_parity_settings, Dp, ALL_MODES};
@@ -233,13 +234,31 @@ fn llama_family_onnx_import() {
             );
         }
         check_logits(&what, &m, &r, "");
+        // One RMSNorm slot per norm (2 per layer and the final one), found by structure.
+        let file = OnnxFile::open(fixture(&format!("{model}.dynamo.onnx"))).expect("onnx");
+        let n = rms_slots(&file);
+        assert_eq!(n, 2 * cfg.num_hidden_layers + 1, "{what}: RMSNorm slots");
     }
+    // GPT-2's LayerNorms are no RMSNorms.
+    let gpt2 = OnnxFile::open(fixture("gpt2-tiny.dynamo.onnx")).expect("onnx");
+    assert_eq!(rms_slots(&gpt2), 0, "gpt2-tiny: RMSNorm slots");
+}
+
+fn rms_slots(file: &OnnxFile) -> usize {
+    let slots = file.slots().expect("slots");
+    slots
+        .iter()
+        .filter(|s| matches!(s, Slot::RmsNorm { .. }))
+        .count()
 }
 
 /// The message of an [`ImportError::OnnxLayout`]; panics on another variant.
 fn layout_message(what: &str, r: Result<Llama<B>, ImportError>) -> String {
     match r {
-        Err(ImportError::OnnxLayout { message, .. }) => message,
+        Err(ImportError::OnnxLayout { node, message }) => {
+            println!("{what}: at {node}: {message}");
+            message
+        }
         Err(e) => panic!("{what}: expected OnnxLayout, got {e:?}"),
         Ok(_) => panic!("{what}: loaded"),
     }
