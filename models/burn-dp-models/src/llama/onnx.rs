@@ -5,13 +5,12 @@
 //! but stores every projection transposed (`[in, out]`) under a generated name (`val_155`), and
 //! a tied head appears once, under the name `lm_head.weight`, read by both the embedding
 //! `Gather` and the head's `MatMul` (through a `Transpose`; a separate constant equal to the
-//! table also counts as tied). The weights are therefore found by
-//! structure: one embedding `Gather`, `2L + 1` RMSNorm scales, `7L + 1` linear nodes (q, k, v,
-//! o, gate, up, down per layer, then the head), and every projection is checked to read the
-//! norm it should (q, k and v the layer's input norm, gate and up the post-attention norm, the
-//! head the final norm). Gate and up are told apart by the down projection, which reads
-//! `act(gate) · up`; q, k and v keep the exporter's execution order (that of the torch
-//! forward).
+//! table also counts as tied). The weights are therefore found by structure: one embedding
+//! `Gather`, `2L + 1` RMSNorm scales, `7L + 1` linear nodes (q, k, v, o, gate, up, down per
+//! layer, then the head), and every projection is checked to read the norm it should (q, k and
+//! v the layer's input norm, gate and up the post-attention norm, the head the final norm). Gate
+//! and up are told apart by the down projection, which reads `act(gate) · up`; q, k and v keep
+//! the exporter's execution order (that of the torch forward).
 
 use super::config::LlamaConfig;
 use crate::error::ImportError;
