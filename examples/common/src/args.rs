@@ -1,6 +1,5 @@
 //! The flags every example shares: privacy, clipping, freezing, backend, run control.
 
-
 use burn_dp::{
     AccountantKind, ClippingFn, FreezePolicy, NoiseSource, PerSampleConfig, PrivacyState, Schedule,
 };

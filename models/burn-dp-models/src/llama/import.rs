@@ -1,4 +1,5 @@
-//! Loading HF `LlamaForCausalLM` / `Qwen2ForCausalLM` state dicts, and the per-sample loss.
+//! Loading HF `LlamaForCausalLM` / `Qwen2ForCausalLM` state dicts and ONNX exports, and the
+//! per-sample loss.
 
 use burn::prelude::*;
 
@@ -33,7 +34,8 @@ impl NameRules for LlamaRules {
 }
 
 /// HF weights: a `LlamaForCausalLM` / `Qwen2ForCausalLM` state dict (or a bare `LlamaModel`
-/// one, without the `model.` prefix); a tied head is stored once, as `model.embed_tokens.weight`.
+/// one, without the `model.` prefix); a tied head is stored once, as `model.embed_tokens.weight`;
+/// or an ONNX export of the language model (weights located through the graph).
 impl<B: Backend> PretrainedModel<B> for Llama<B> {
     type Config = LlamaConfig;
     type Batch = TokenBatch<B>;
@@ -60,15 +62,17 @@ impl<B: Backend> PretrainedModel<B> for Llama<B> {
         crate::load::load_params(config.init(device), source, &LlamaRules, options)
     }
 
-    /// Not implemented for Llama models yet: a typed [`ImportError::OnnxLayout`] saying to load
-    /// the safetensors state dict instead.
-    fn onnx_weights(_config: &LlamaConfig, file: OnnxFile) -> Result<OnnxWeights, ImportError> {
-        Err(ImportError::OnnxLayout {
-            node: file.path().display().to_string(),
-            message: "ONNX import of Llama-family models is not implemented: load the HF \
-                      safetensors state dict with `Llama::from_safetensors`"
-                .into(),
-        })
+    /// Locate the weights in an export of `LlamaForCausalLM` / `Qwen2ForCausalLM` by
+    /// `torch.onnx.export(..., dynamo=True)` (opset 18; weights inside the file). The weights
+    /// are found by the graph's structure (one embedding `Gather`, `2L + 1` RMSNorm scales,
+    /// `7L + 1` linear nodes, each projection reading the norm it should), not by name: the
+    /// exporter stores the projections transposed under generated names and a tied head once,
+    /// as `lm_head.weight`. A graph of another shape (another model, layer count, head tying or
+    /// bias setting than `config`) is a typed [`ImportError::OnnxLayout`] naming the node and
+    /// what was expected; another width or head count an [`ImportError::ShapeMismatch`] naming
+    /// the weight.
+    fn onnx_weights(config: &LlamaConfig, file: OnnxFile) -> Result<OnnxWeights, ImportError> {
+        super::onnx::onnx_weights(config, file)
     }
 
     fn torch_params(&self) -> Vec<TorchParam> {

@@ -386,3 +386,75 @@ fn base_of(m: &Llama<B>) -> Llama<B> {
     }
     m
 }
+
+/// `llama-tiny.dynamo.onnx` with its graph edited by `edit`, written to `dir/name`.
+fn edited_export(
+    dir: &std::path::Path,
+    name: &str,
+    edit: impl FnOnce(&mut onnx_ir::GraphProto),
+) -> std::path::PathBuf {
+    use protobuf::Message;
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/llama-tiny.dynamo.onnx"
+    ))
+    .unwrap();
+    let mut model = onnx_ir::ModelProto::parse_from_bytes(&bytes).unwrap();
+    edit(model.graph.mut_or_insert_default());
+    let path = dir.join(name);
+    std::fs::write(&path, model.write_to_bytes().unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn onnx_locator_follows_the_graph_not_the_order() {
+    let dir = std::env::temp_dir().join(format!("burn-dp-llama-onnx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = LlamaConfig::custom(256, 64, 128, 2, 4, 2).with_tied_head(true);
+    let load = |p: &std::path::Path| Llama::<B>::from_onnx(&cfg, p, &dev(), LoadOptions::default());
+    let values = |m: &Llama<B>| crate::load::param_values::<B, _>(m, |_| true);
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/llama-tiny.dynamo.onnx"
+    );
+    let original = values(&load(std::path::Path::new(fixture)).unwrap());
+
+    // Layer 0's up projection moved before its gate projection: the down projection, which
+    // reads `act(gate) · up`, tells them apart.
+    let swapped = edited_export(&dir, "swapped.onnx", |g| {
+        let up = g
+            .node
+            .iter()
+            .position(|n| n.name == "node_linear_5")
+            .unwrap();
+        let gate = g
+            .node
+            .iter()
+            .position(|n| n.name == "node_linear_4")
+            .unwrap();
+        let node = g.node.remove(up);
+        g.node.insert(gate, node);
+    });
+    let m = load(&swapped).unwrap();
+    for ((name, a), (_, b)) in original.iter().zip(&values(&m)) {
+        assert!(a.shape == b.shape && a.data == b.data, "{name}");
+    }
+
+    // Layer 0's query projection reading the residual stream instead of the input norm.
+    let rewired = edited_export(&dir, "rewired.onnx", |g| {
+        let q = g.node.iter_mut().find(|n| n.name == "node_linear").unwrap();
+        q.input[0] = "embedding".into();
+    });
+    match load(&rewired) {
+        Err(ImportError::OnnxLayout { node, message }) => {
+            assert_eq!(node, "node_linear");
+            assert!(
+                message.contains("model.layers.0.self_attn.q_proj")
+                    && message.contains("node_mul_4"),
+                "{message}"
+            );
+        }
+        other => panic!("expected OnnxLayout, got {:?}", other.err()),
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -9,15 +9,19 @@
 //!
 //! Logits and per-sample losses within 1e-4; per-sample gradient norms and automatic / Abadi
 //! clipped sums within 1e-4 in every norm mode; the adapters' per-sample gradients also against
-//! a batch-of-one loop.
+//! a batch-of-one loop. Both models also load from their `torch.onnx.export(..., dynamo=True)`
+//! exports (`M.dynamo.onnx`): the same parameters as from safetensors, bit for bit, and a graph
+//! of another model or configuration is a typed error.
 
-use burn::module::ParamId;
+use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn_dp::PerSample;
 use burn_dp_models::lora::adapters::load_adapters;
+use burn_dp_models::onnx::Slot;
 use burn_dp_models::{
-    adapters_policy, Llama, LlamaConfig, LoadOptions, LoraConfig, PretrainedModel,
+    adapters_policy, ImportError, Llama, LlamaConfig, LoadOptions, LoraConfig, OnnxFile,
+    PretrainedModel, ProjectionBias,
 };
 
 use crate::per_sample::{dp_parity, dp_parity_settings, Dp, ALL_MODES};
@@ -181,4 +185,160 @@ fn grad_of(grads: &GradientsParams, id: ParamId) -> Option<Vec<f32>> {
     let g = grads.get::<PerSample<B>, 2>(id)?;
     let numel = g.shape().num_elements();
     Some(g.reshape([numel]).into_data().to_vec().expect("f32"))
+}
+
+/// The values of every float parameter, in visiting order.
+struct Values(Vec<Vec<f32>>);
+
+impl<BK: Backend> ModuleVisitor<BK> for Values {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<BK, D>>) {
+        let data = param.val().into_data().convert::<f32>();
+        self.0.push(data.to_vec().expect("f32"));
+    }
+}
+
+fn values(m: &Llama<B>) -> Vec<Vec<f32>> {
+    let mut v = Values(Vec::new());
+    m.visit(&mut v);
+    v.0
+}
+
+fn from_onnx(model: &str, cfg: &LlamaConfig) -> Result<Llama<B>, ImportError> {
+    Llama::<B>::from_onnx(
+        cfg,
+        fixture(&format!("{model}.dynamo.onnx")),
+        &Default::default(),
+        LoadOptions::default(),
+    )
+}
+
+#[test]
+fn llama_family_onnx_import() {
+    for model in ["llama-tiny", "qwen2-tiny"] {
+        let r = Reference::open(model);
+        let cfg = LlamaConfig::from_hf_json(&r.config).expect("config");
+        let what = format!("{model} dynamo onnx");
+        let m = from_onnx(model, &cfg).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(
+            m.lm_head.is_none(),
+            cfg.tie_word_embeddings,
+            "{what}: tying"
+        );
+        let st = load::<B>(model, &r);
+        let names = st.torch_params();
+        let (expected, found) = (values(&st), values(&m));
+        assert_eq!(expected.len(), names.len(), "{what}: parameter count");
+        assert_eq!(found.len(), names.len(), "{what}: parameter count");
+        for ((p, e), f) in names.iter().zip(&expected).zip(&found) {
+            // The exporter stores the same float32 values (transposed): bit for bit.
+            assert!(
+                e == f,
+                "{what}: `{}` differs from the safetensors import",
+                p.name
+            );
+        }
+        check_logits(&what, &m, &r, "");
+        // One RMSNorm slot per norm (2 per layer and the final one), found by structure.
+        let file = OnnxFile::open(fixture(&format!("{model}.dynamo.onnx"))).expect("onnx");
+        let n = rms_slots(&file);
+        assert_eq!(n, 2 * cfg.num_hidden_layers + 1, "{what}: RMSNorm slots");
+    }
+    // GPT-2's LayerNorms are no RMSNorms.
+    let gpt2 = OnnxFile::open(fixture("gpt2-tiny.dynamo.onnx")).expect("onnx");
+    assert_eq!(rms_slots(&gpt2), 0, "gpt2-tiny: RMSNorm slots");
+}
+
+fn rms_slots(file: &OnnxFile) -> usize {
+    let slots = file.slots().expect("slots");
+    slots
+        .iter()
+        .filter(|s| matches!(s, Slot::RmsNorm { .. }))
+        .count()
+}
+
+/// The message of an [`ImportError::OnnxLayout`]; panics on another variant.
+fn layout_message(what: &str, r: Result<Llama<B>, ImportError>) -> String {
+    match r {
+        Err(ImportError::OnnxLayout { node, message }) => {
+            println!("{what}: at {node}: {message}");
+            message
+        }
+        Err(e) => panic!("{what}: expected OnnxLayout, got {e:?}"),
+        Ok(_) => panic!("{what}: loaded"),
+    }
+}
+
+#[test]
+fn llama_onnx_import_refuses_other_graphs() {
+    let llama = LlamaConfig::from_hf_json(&Reference::open("llama-tiny").config).expect("config");
+    let qwen2 = LlamaConfig::from_hf_json(&Reference::open("qwen2-tiny").config).expect("config");
+
+    // GPT-2's export: two embedding tables (wte, wpe), LayerNorms, no RMSNorm.
+    let gpt2 = Llama::<B>::from_onnx(
+        &llama,
+        fixture("gpt2-tiny.dynamo.onnx"),
+        &Default::default(),
+        LoadOptions::default(),
+    );
+    let m = layout_message("gpt2 as llama", gpt2);
+    assert!(m.contains("expected 1 embedding Gather node"), "{m}");
+
+    // Another layer count.
+    let three = LlamaConfig {
+        num_hidden_layers: 3,
+        ..llama.clone()
+    };
+    let m = layout_message("3 layers", from_onnx("llama-tiny", &three));
+    assert!(
+        m.contains("expected 7 RMSNorm scales") && m.contains("found 5"),
+        "{m}"
+    );
+
+    // Another width: the shapes are the loader's to check, naming the weight.
+    let narrow = LlamaConfig {
+        hidden_size: 32,
+        head_dim: 8,
+        ..llama.clone()
+    };
+    match from_onnx("llama-tiny", &narrow) {
+        Err(ImportError::ShapeMismatch {
+            name,
+            expected,
+            found,
+        }) => {
+            assert_eq!(name, "model.embed_tokens.weight");
+            assert_eq!((expected, found), (vec![256, 32], vec![256, 64]));
+        }
+        other => panic!("narrow: expected ShapeMismatch, got {:?}", other.err()),
+    }
+
+    // Head tying and biases other than the export's.
+    let m = layout_message(
+        "tied export, untied config",
+        from_onnx("llama-tiny", &llama.clone().with_tied_head(false)),
+    );
+    assert!(
+        m.contains("tied head") && m.contains("lm_head.weight"),
+        "{m}"
+    );
+    let m = layout_message(
+        "untied export, tied config",
+        from_onnx("qwen2-tiny", &qwen2.clone().with_tied_head(true)),
+    );
+    assert!(m.contains("untied head"), "{m}");
+    let m = layout_message(
+        "biases in the graph, none in the config",
+        from_onnx("qwen2-tiny", &qwen2.with_bias(ProjectionBias::None)),
+    );
+    assert!(
+        m.contains("model.layers.0.self_attn.q_proj` has a bias")
+            && m.contains("model.layers.0.self_attn.q_proj.bias"),
+        "{m}"
+    );
+    match from_onnx("llama-tiny", &llama.with_bias(ProjectionBias::Qkv)) {
+        Err(ImportError::MissingWeight { name, .. }) => {
+            assert_eq!(name, "model.layers.0.self_attn.q_proj.bias")
+        }
+        other => panic!("no biases in the graph: got {:?}", other.err()),
+    }
 }

@@ -6,6 +6,7 @@
 //! tied embedding appears once, as `lm_head.weight`) and fold BatchNorm into the preceding Conv
 //! (`<conv>.weight_bias`, `onnx::Conv_194`). The importer walks the nodes in order and collects
 //! the operations that carry weights (Conv, Gemm, MatMul (+ bias Add), LayerNormalization,
+//! RMSNorm (decomposed into `Mul(scale, x · Reciprocal(Sqrt(…)))`, or `RMSNormalization`),
 //! Gather on a constant table, BatchNormalization, Expand/Add of a raw constant), then assigns
 //! them to the torch parameter names of the model in execution order, checking that weights
 //! which kept their torch name sit where expected. Shapes are checked by the loader.
@@ -18,6 +19,12 @@ use protobuf::Message;
 
 use crate::error::ImportError;
 use crate::load::{RawTensor, TensorSource};
+
+mod graph;
+mod slots;
+
+pub use slots::Slot;
+pub(crate) use slots::{count_err, Slots};
 
 /// A constant of the graph, possibly seen through `Transpose(perm=[1,0])` / `Identity` nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,61 +53,6 @@ struct Node {
     int_lists: HashMap<String, Vec<i64>>,
 }
 
-/// A weight-carrying operation of the graph, in execution order.
-#[derive(Debug, Clone)]
-pub enum Slot {
-    /// `Conv`: weight [O, I, kh, kw] and optional bias.
-    Conv {
-        /// Node name.
-        node: String,
-        /// Weight.
-        weight: ConstRef,
-        /// Bias.
-        bias: Option<ConstRef>,
-    },
-    /// `Gemm` / `MatMul` (+ `Add`) with a constant weight; `weight` is seen as [in, out].
-    Linear {
-        /// Node name.
-        node: String,
-        /// Weight as [in, out].
-        weight: ConstRef,
-        /// Bias.
-        bias: Option<ConstRef>,
-    },
-    /// `LayerNormalization`.
-    LayerNorm {
-        /// Node name.
-        node: String,
-        /// Scale.
-        scale: ConstRef,
-        /// Bias.
-        bias: Option<ConstRef>,
-    },
-    /// `Gather` from a constant 2-D float table (an embedding).
-    Embedding {
-        /// Node name.
-        node: String,
-        /// Table [n, d].
-        weight: ConstRef,
-    },
-    /// `BatchNormalization` (not folded).
-    BatchNorm {
-        /// Node name.
-        node: String,
-        /// scale, bias, mean, var.
-        params: [ConstRef; 4],
-    },
-    /// A raw rank-3 constant used by `Expand` (class token) or `Add` (position embeddings).
-    Raw {
-        /// Node name.
-        node: String,
-        /// `Expand` or `Add`.
-        op: String,
-        /// The constant.
-        value: ConstRef,
-    },
-}
-
 /// A parsed ONNX file (memory-mapped; initializers are not copied).
 pub struct OnnxFile {
     path: PathBuf,
@@ -108,6 +60,7 @@ pub struct OnnxFile {
     nodes: Vec<Node>,
     producers: HashMap<String, usize>,
     consumers: HashMap<String, Vec<usize>>,
+    by_name: HashMap<String, usize>,
 }
 
 impl std::fmt::Debug for OnnxFile {
@@ -198,7 +151,9 @@ impl OnnxFile {
         }
         let mut producers = HashMap::new();
         let mut consumers: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_name = HashMap::new();
         for (i, n) in nodes.iter().enumerate() {
+            by_name.insert(n.name.clone(), i);
             for o in &n.outputs {
                 producers.insert(o.clone(), i);
             }
@@ -212,6 +167,7 @@ impl OnnxFile {
             nodes,
             producers,
             consumers,
+            by_name,
         })
     }
 
@@ -347,126 +303,6 @@ impl OnnxFile {
         }
         Ok(RawTensor::new(vec![k, r], out))
     }
-
-    /// The weight-carrying operations, in node (execution) order.
-    pub fn slots(&self) -> Result<Vec<Slot>, ImportError> {
-        let mut slots = Vec::new();
-        let mut bias_adds: HashSet<usize> = HashSet::new();
-        let input = |n: &Node, i: usize| n.inputs.get(i).and_then(|v| self.resolve(v));
-        for (idx, n) in self.nodes.iter().enumerate() {
-            match n.op.as_str() {
-                "Conv" => {
-                    let weight = input(n, 1).ok_or_else(|| {
-                        layout_err(&n.name, "Conv weight is not a constant of the graph")
-                    })?;
-                    slots.push(Slot::Conv {
-                        node: n.name.clone(),
-                        weight,
-                        bias: input(n, 2),
-                    });
-                }
-                "Gemm" => {
-                    let Some(b) = input(n, 1) else { continue };
-                    if n.ints.get("transA").copied().unwrap_or(0) != 0 {
-                        return Err(layout_err(
-                            &n.name,
-                            "Gemm with transA=1 is not a linear layer",
-                        ));
-                    }
-                    for k in ["alpha", "beta"] {
-                        if let Some(&f) = n.floats.get(k) {
-                            if f != 1.0 && !(k == "beta" && n.inputs.len() < 3) {
-                                return Err(layout_err(&n.name, format!("Gemm with {k}={f}")));
-                            }
-                        }
-                    }
-                    let weight = if n.ints.get("transB").copied().unwrap_or(0) != 0 {
-                        b.t()
-                    } else {
-                        b
-                    };
-                    slots.push(Slot::Linear {
-                        node: n.name.clone(),
-                        weight,
-                        bias: input(n, 2),
-                    });
-                }
-                "MatMul" => {
-                    let Some(weight) = input(n, 1) else { continue };
-                    if !self.is_float(&weight) || self.shape(&weight)?.len() != 2 {
-                        continue;
-                    }
-                    let mut bias = None;
-                    if let Some(out) = n.outputs.first() {
-                        let cons = self.consumers.get(out).cloned().unwrap_or_default();
-                        if let [c] = cons.as_slice() {
-                            let add = &self.nodes[*c];
-                            if add.op == "Add" {
-                                let other = add.inputs.iter().find(|i| *i != out);
-                                if let Some(b) = other.and_then(|o| self.resolve(o)) {
-                                    if self.shape(&b)?.len() == 1 {
-                                        bias = Some(b);
-                                        bias_adds.insert(*c);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    slots.push(Slot::Linear {
-                        node: n.name.clone(),
-                        weight,
-                        bias,
-                    });
-                }
-                "LayerNormalization" => {
-                    let scale = input(n, 1).ok_or_else(|| {
-                        layout_err(&n.name, "LayerNormalization scale is not a constant")
-                    })?;
-                    slots.push(Slot::LayerNorm {
-                        node: n.name.clone(),
-                        scale,
-                        bias: input(n, 2),
-                    });
-                }
-                "Gather" => {
-                    let Some(w) = input(n, 0) else { continue };
-                    let indices_const = input(n, 1).is_some();
-                    if self.is_float(&w) && self.shape(&w)?.len() == 2 && !indices_const {
-                        slots.push(Slot::Embedding {
-                            node: n.name.clone(),
-                            weight: w,
-                        });
-                    }
-                }
-                "BatchNormalization" => {
-                    let get = |i: usize| {
-                        input(n, i).ok_or_else(|| {
-                            layout_err(&n.name, "BatchNormalization parameter is not a constant")
-                        })
-                    };
-                    slots.push(Slot::BatchNorm {
-                        node: n.name.clone(),
-                        params: [get(1)?, get(2)?, get(3)?, get(4)?],
-                    });
-                }
-                "Expand" | "Add" if !bias_adds.contains(&idx) => {
-                    for i in &n.inputs {
-                        if let Some(c) = self.resolve(i) {
-                            if self.is_float(&c) && self.shape(&c)?.len() == 3 {
-                                slots.push(Slot::Raw {
-                                    node: n.name.clone(),
-                                    op: n.op.clone(),
-                                    value: c,
-                                });
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(slots)
-    }
 }
 
 /// Torch-named weights located in an ONNX graph; tensors are read (and converted) on demand.
@@ -559,40 +395,4 @@ impl Assign {
             map: self.map,
         }
     }
-}
-
-/// Split slots by kind.
-#[derive(Default)]
-pub(crate) struct Slots {
-    pub conv: Vec<(String, ConstRef, Option<ConstRef>)>,
-    pub linear: Vec<(String, ConstRef, Option<ConstRef>)>,
-    pub ln: Vec<(String, ConstRef, Option<ConstRef>)>,
-    pub emb: Vec<(String, ConstRef)>,
-    pub bn: Vec<(String, [ConstRef; 4])>,
-    pub raw: Vec<(String, String, ConstRef)>,
-}
-
-impl Slots {
-    pub(crate) fn of(file: &OnnxFile) -> Result<Self, ImportError> {
-        let mut s = Self::default();
-        for slot in file.slots()? {
-            match slot {
-                Slot::Conv { node, weight, bias } => s.conv.push((node, weight, bias)),
-                Slot::Linear { node, weight, bias } => s.linear.push((node, weight, bias)),
-                Slot::LayerNorm { node, scale, bias } => s.ln.push((node, scale, bias)),
-                Slot::Embedding { node, weight } => s.emb.push((node, weight)),
-                Slot::BatchNorm { node, params } => s.bn.push((node, params)),
-                Slot::Raw { node, op, value } => s.raw.push((node, op, value)),
-            }
-        }
-        Ok(s)
-    }
-}
-
-/// Error for a count mismatch of some kind of operation.
-pub(crate) fn count_err(file: &OnnxFile, what: &str, expected: usize, found: usize) -> ImportError {
-    layout_err(
-        file.path().display().to_string(),
-        format!("expected {expected} {what}, found {found}"),
-    )
 }
