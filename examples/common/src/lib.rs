@@ -5,6 +5,7 @@
 mod args;
 mod distributed;
 mod example;
+mod fine_tune;
 mod outputs;
 mod plain;
 mod plot;
@@ -16,6 +17,7 @@ mod weights;
 pub use args::*;
 pub use distributed::*;
 pub use example::*;
+pub use fine_tune::{fine_tune, FineTuned, FineTuning};
 pub use outputs::*;
 pub use plain::*;
 pub use plot::{curve_svg, sweep_svg};

@@ -10,13 +10,12 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::optim::AdamWConfig;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateSetup};
+use burn_dp::{batch, freeze, DpAutodiff, PerSample};
 use burn_dp_example_data::Digits;
-use burn_dp_examples_common::{self as common, BackendKind, Curve, Error, PlainTraining};
+use burn_dp_examples_common::{self as common, BackendKind, Error, PlainTraining};
 use burn_dp_models::{
     cross_entropy_per_sample, BlockKind, LoadOptions, Norm, PretrainedModel, ResNet, ResNetConfig,
     ViTConfig, ViTForImageClassification,
@@ -645,100 +644,48 @@ where
         eprintln!("test accuracy of the public pre-trained model: {a:.4}");
     }
     let curve_images = test.subset(&(0..test.len().min(CURVE_HELD_OUT)).collect::<Vec<_>>());
-    let (mut loss_curve, mut eps_curve) = (Curve::default(), Curve::default());
-    let (model, report, steps, planned, q, sigma, epsilon) = if args.non_private {
-        // The non-private baseline: the same shared plain loop as the pre-training, on the
-        // private part (no privacy: only for comparison).
-        let (model, report) = freeze(model, &common::freeze_policy(args.train.freeze, &[head]))?;
-        let batch = (args.batch_size as usize).max(1);
-        let model = common::train_non_private(
-            model,
-            n,
-            PlainTraining {
-                epochs: args.epochs,
-                batch_size: batch,
-                lr: args.train.learning_rate(DEFAULT_LR),
-                seed: args.train.seed.unwrap_or(0),
-            },
-            "NON-PRIVATE fine-tuning",
-            args.train.quiet,
-            |model: &M, idx| {
-                let (x, y) = train.tensors::<B<I>>(idx, &dev);
-                cross_entropy_per_sample(model.logits(x), y)
-            },
-        );
-        let steps = args.epochs * n.div_ceil(batch) as u64;
-        let inner = model.valid();
-        (inner, report, steps, steps, 0.0, 0.0, f64::INFINITY)
-    } else {
-        let noise = common::noise_source(args.train.seed);
-        // ANCHOR: setup
-        // DP-BiTFiT (`--freeze bias`) trains only the biases; frozen parameters cost nothing.
-        let (model, report) = freeze(model, &common::freeze_policy(args.train.freeze, &[head]))?;
-        let (schedule, privacy) = args.train.privacy(n, args.batch_size, args.epochs)?;
-        let sigma = privacy.noise_multiplier;
-        let clipping = common::clipping(args.train.clipping, args.train.max_norm);
-        // The trainer owns the model, the DP optimizer and the Poisson sampler (at the privacy
-        // state's q); physical batches only bound memory.
-        let mut trainer = common::PrivateRun::new(
-            &args.distributed,
-            model,
-            AdamWConfig::new().init::<B<I>, M>(),
-            PrivateSetup {
-                per_sample: clipping,
-                privacy,
-                dataset_size: n,
-                physical_batch_size: args.physical_batch_size,
-                noise,
-            },
-        )?;
-        // ANCHOR_END: setup
-        eprintln!(
-            "training {} of {} parameters ({} tensors); σ = {sigma:.4} for ε = {} at δ = {} over {} steps (q = {:.4})",
-            report.trainable, report.total, report.trainable_tensors, args.train.target_epsilon, args.train.delta, schedule.steps, schedule.sample_rate
-        );
-        common::announce_first_step(args.train.backend, args.train.quiet);
-        let steps = args
-            .train
-            .max_steps
-            .map_or(schedule.steps, |m| m.min(schedule.steps));
-        let bar = common::progress(steps, "DP fine-tuning", args.train.quiet);
-        let every = (steps / 50).max(1);
-        for step in 1..=steps {
-            // ANCHOR: step
-            // Per-sample losses of the drawn examples; padding rows are masked by the trainer.
-            trainer.step(args.train.learning_rate(DEFAULT_LR), |model, indices| {
-                let (x, y) = train.tensors::<B<I>>(indices, &dev);
-                cross_entropy_per_sample(model.logits(batch(x)), y)
-            })?;
-            // ANCHOR_END: step
-            if step % every == 0 || step == steps {
-                eps_curve.push(step, trainer.epsilon()?.epsilon);
-                // The published curve: the noised model's loss on held-out images, never the
-                // loss of a private batch.
-                let loss = held_out_loss(
-                    &trainer.model().valid(),
-                    &curve_images,
-                    args.physical_batch_size,
-                    &dev,
-                );
-                loss_curve.push(step, loss);
-            }
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let epsilon = trainer.epsilon()?.epsilon;
-        let inner = trainer.into_model()?.valid();
-        (
-            inner,
-            report,
-            steps,
-            schedule.steps,
-            schedule.sample_rate,
-            sigma,
-            epsilon,
-        )
-    };
+    // DP-BiTFiT (`--freeze bias`) trains only the biases; frozen parameters cost nothing.
+    let (model, report) = freeze(model, &common::freeze_policy(args.train.freeze, &[head]))?;
+    let tuned = common::fine_tune(
+        common::FineTuning {
+            train: &args.train,
+            non_private: args.non_private,
+            distributed: &args.distributed,
+            dataset_size: n,
+            batch_size: args.batch_size,
+            epochs: args.epochs,
+            physical_batch_size: args.physical_batch_size,
+            lr: args.train.learning_rate(DEFAULT_LR),
+            trainable: report,
+        },
+        model,
+        // Per-sample losses of the examples `indices`, the images marked as the batch.
+        |model: &M, indices| {
+            let (x, y) = train.tensors::<B<I>>(indices, &dev);
+            cross_entropy_per_sample(model.logits(batch(x)), y)
+        },
+        // The published curve: the noised model's loss on held-out images, never the loss of a
+        // private batch.
+        |model: &M| {
+            held_out_loss(
+                &model.valid(),
+                &curve_images,
+                args.physical_batch_size,
+                &dev,
+            )
+        },
+    )?;
+    let common::FineTuned {
+        steps,
+        planned_steps: planned,
+        sample_rate: q,
+        noise_multiplier: sigma,
+        epsilon,
+        loss_curve,
+        epsilon_curve: eps_curve,
+        ..
+    } = tuned;
+    let model = tuned.model.valid();
     let accuracy = accuracy(&model, test, args.physical_batch_size, &dev);
     let seconds = ctx.start.elapsed().as_secs_f64();
     let metrics = serde_json::json!({
