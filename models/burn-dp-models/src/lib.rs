@@ -8,34 +8,47 @@
 
 #![warn(missing_docs)]
 
-pub mod act;
+mod act;
 mod block;
-pub mod error;
-pub mod gpt2;
-pub mod llama;
-pub mod load;
-pub mod lora;
-pub mod loss;
-pub mod onnx;
-pub mod pretrained;
-pub mod resnet;
-pub mod st;
-pub mod vit;
+mod error;
+mod gpt2;
+mod llama;
+mod load;
+mod lora;
+mod loss;
+mod onnx;
+mod pretrained;
+mod resnet;
+mod st;
+mod vit;
 
 pub use act::Activation;
 pub use error::ImportError;
-pub use gpt2::{Gpt2, Gpt2Config};
-pub use llama::{Llama, LlamaConfig, ProjectionBias};
+pub use gpt2::{Gpt2, Gpt2Attention, Gpt2Block, Gpt2Config, Gpt2Mlp, Gpt2Transformer};
+pub use llama::{
+    Llama, LlamaAttention, LlamaConfig, LlamaDecoderLayer, LlamaMlp, LlamaModel, ProjectionBias,
+    Rotary, LLAMA_LINEARS,
+};
 pub use load::{
     count_params, param_names, Layout, LoadOptions, RawTensor, TensorSource, TorchParam,
 };
-pub use lora::{adapters_policy, is_adapter_param, LoraConfig, LoraError, LoraLinear};
+/// Saving, loading and merging LoRA adapters on their own (PEFT's layout).
+pub use lora::adapters;
+pub use lora::{
+    adapters_policy, is_adapter_param, LoraConfig, LoraError, LoraLinear, ADAPTER_SUFFIXES,
+};
 pub use loss::{cross_entropy_per_sample, lm_loss_per_sample};
-pub use onnx::{OnnxFile, OnnxWeights};
+pub use onnx::{ConstRef, OnnxFile, OnnxWeights, Slot};
 pub use pretrained::{ImageBatch, ModelConfig, PretrainedModel, TokenBatch};
-pub use resnet::{BlockKind, Norm, ResNet, ResNetConfig};
-pub use st::{save_state_dict, SafetensorsFile};
-pub use vit::{ViTConfig, ViTForImageClassification};
+pub use resnet::{
+    fold_batchnorm, BasicBlock, Block, BlockKind, Bottleneck, FrozenBatchNorm, Norm, NormLayer,
+    ResNet, ResNetConfig,
+};
+pub use st::{save_state_dict, IntTensor, SafetensorsFile};
+pub use vit::{
+    ViTAttention, ViTConfig, ViTEmbeddings, ViTForImageClassification, ViTLayer, ViTMlp, ViTModel,
+    ViTPatchEmbeddings,
+};
 
 #[cfg(test)]
 mod tests;

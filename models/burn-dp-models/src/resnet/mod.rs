@@ -4,12 +4,12 @@
 //! - [`modules`]: the burn modules ([`ResNet`], its blocks and normalisation layers).
 //! - [`import`]: loading torchvision weights from safetensors and ONNX (BatchNorm folding).
 
-pub mod config;
-pub mod import;
-pub mod modules;
+mod config;
+mod import;
+mod modules;
 
 pub use config::{BlockKind, Norm, ResNetConfig};
-pub use import::{fold_batchnorm, onnx_weights};
+pub use import::fold_batchnorm;
 pub use modules::{BasicBlock, Block, Bottleneck, FrozenBatchNorm, NormLayer, ResNet};
 
 /// BatchNorm epsilon of torchvision.

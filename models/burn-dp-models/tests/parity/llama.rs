@@ -17,8 +17,8 @@ use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn_dp::PerSample;
-use burn_dp_models::lora::adapters::load_adapters;
-use burn_dp_models::onnx::Slot;
+use burn_dp_models::adapters::load_adapters;
+use burn_dp_models::Slot;
 use burn_dp_models::{
     adapters_policy, ImportError, Llama, LlamaConfig, LoadOptions, LoraConfig, OnnxFile,
     PretrainedModel, ProjectionBias,
