@@ -213,3 +213,60 @@ fn published_artefacts_do_not_depend_on_one_record() {
     assert_eq!(a, b);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Fixed-seed regression of a small complete run (public pre-training, 12 DP steps of the tiny
+/// GPT-2, greedy generation and BLEU on 12 held-out meaning representations): the numbers were
+/// recorded before the example's loop moved to `common::fine_tune` and the model became generic
+/// (issue 23, issue 25), and must not change with refactoring.
+#[test]
+fn fixed_seed_run_gives_the_recorded_result() {
+    let out = std::env::temp_dir().join(format!("burn-dp-t2t-regression-{}", std::process::id()));
+    let pretrained = out.join("pretrained.safetensors");
+    let s = run(Args::parse_from([
+        "table-to-text",
+        "--public-rows",
+        "300",
+        "--private-rows",
+        "256",
+        "--test-mrs",
+        "12",
+        "--pretrain-epochs",
+        "2",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "64",
+        "--physical-batch-size",
+        "32",
+        "--max-new-tokens",
+        "24",
+        "--quiet",
+        "--seed",
+        "1",
+        "--pretrained",
+        &pretrained.to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+    ]))
+    .expect("run");
+    let got = (
+        s.steps,
+        s.epsilon,
+        s.pretrained_bleu.unwrap_or(f64::NAN),
+        s.bleu,
+    );
+    eprintln!("recorded: {got:?}");
+    assert_eq!(got.0, RECORDED.0);
+    for (name, a, b) in [
+        ("epsilon", got.1, RECORDED.1),
+        ("pre-trained BLEU", got.2, RECORDED.2),
+        ("BLEU", got.3, RECORDED.3),
+    ] {
+        assert!((a - b).abs() < 1e-9, "{name}: {a} (recorded {b})");
+    }
+    std::fs::remove_dir_all(&out).ok();
+}
+
+/// Steps, ε, BLEU of the public pre-trained model and BLEU after DP fine-tuning.
+const RECORDED: (u64, f64, f64, f64) =
+    (12, 2.994384113541888, 1.2868131525565527, 1.305902390123544);
