@@ -397,12 +397,6 @@ pub fn sequences(rows: &[Row], tok: &Tokenizer, len: usize) -> Sequences {
     out
 }
 
-pub(crate) fn is_onnx(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
-}
-
 /// Run the example.
 pub fn run(args: Args) -> Result<Summary, Error> {
     match args.train.backend {

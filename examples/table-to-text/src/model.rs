@@ -36,6 +36,7 @@ pub enum ModelError {
     Lora(#[from] LoraError),
 }
 
+// ANCHOR: causal_lm
 /// The LoRA configuration of `--lora-rank R`: rank R, α = 2R (so the update is scaled by 2),
 /// adapters on [`LORA_TARGETS`].
 pub fn lora_config(rank: usize) -> LoraConfig {
@@ -62,6 +63,7 @@ pub trait CausalLm<B: Backend>: Module<B> + Sized {
     /// The model with its adapters merged into the base weights (itself if it has none).
     fn merged(self) -> Self;
 }
+// ANCHOR_END: causal_lm
 
 impl<B: Backend> CausalLm<B> for Gpt2<B> {
     const NAME: &'static str = "GPT-2";

@@ -2,7 +2,7 @@
 //! public pre-training (cached), the fine-tuning (private or not; full, DP-BiTFiT, last layers
 //! or LoRA), greedy generation and BLEU, and the files written.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -18,7 +18,7 @@ use crate::model::{
     ADAPTER_SEED,
 };
 use crate::{
-    check_pretraining_key, corpus, is_onnx, load, pretrained_path, pretraining_key, sequences,
+    check_pretraining_key, corpus, load, pretrained_path, pretraining_key, sequences,
     settings_path, Args, HeldOut, Row, Size, Summary, Tokenizer, CURVE_HELD_OUT, DEFAULT_LR,
     PRETRAIN_SEED,
 };
@@ -386,4 +386,11 @@ where
         metrics,
         pretrained_bleu,
     })
+}
+
+/// Whether `path` is an ONNX file (by its extension).
+fn is_onnx(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
 }
