@@ -4,7 +4,8 @@
 # target ε, automatic clipping, `--seed 1`, release build on the default backend (Flex). Every
 # configuration runs as its own process, so the peak resident memory in its metrics.json
 # (`peak_rss_mib`, VmHWM) is its own. A configuration whose metrics.json exists is skipped, so
-# an interrupted grid resumes. Writes OUT/results.md.
+# an interrupted grid resumes. Then, one at a time, the step-time pair: 8 steps of non-private
+# LoRA and of DP-LoRA (rank 8, the same logical batch of 512). Writes OUT/results.md.
 #
 #   examples/table-to-text/llama-grid.sh [OUT]    (default target/examples/table-to-text/llama-grid)
 #
@@ -48,18 +49,26 @@ for eps in $EPSILONS; do
 done
 wait
 
+# The step-time pair, one process at a time whatever JOBS is.
+JOBS=1
+running=0
+one timing-non-private-lora-r8 --non-private --freeze lora --lora-rank 8 --epochs 2 --max-eval 1
+one timing-dp-lora-r8 --freeze lora --lora-rank 8 --max-steps 8 --max-eval 1
+
 table() {
     echo "| method | lr | target ε | ε spent | BLEU | trainable | steps | s / epoch | s / step | peak RSS (MiB) |"
     echo "|---|---|---|---|---|---|---|---|---|---|"
     local first
     first=$(ls "$OUT"/runs/*/metrics.json | head -1)
     jq -r '"| public pre-training only | - | ∞ | 0.00 | \(.pretrained_bleu * 1000 | round / 1000) | 0 | 0 | - | - | - |"' "$first"
-    for f in "$OUT"/runs/non-private-*/metrics.json "$OUT"/runs/dp-*/metrics.json; do
+    for f in "$OUT"/runs/non-private-*/metrics.json "$OUT"/runs/dp-*/metrics.json \
+        "$OUT"/runs/timing-*/metrics.json; do
         [ -f "$f" ] || continue
         jq -r '
           def r(n): (. * pow(10; n) | round) / pow(10; n);
           (if .freeze == "Lora" then "LoRA r=\(.lora.rank)" elif .freeze == "Bias" then "BiTFiT" else "full" end) as $what
-          | (if .private then "DP " + $what else "non-private " + $what end)
+          | (if .held_out_mrs == 1 then "step time: " else "" end)
+            + (if .private then "DP " + $what else "non-private " + $what end)
           + " | \(.lr) | \(if .private then (.target_epsilon | tostring) else "∞" end)"
           + " | \(if .private then (.epsilon | r(2) | tostring) else "∞" end)"
           + " | \(.bleu | r(3)) | \(.trainable_parameters) | \(.steps)"

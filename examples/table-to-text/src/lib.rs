@@ -1,6 +1,7 @@
-//! DP fine-tuning of GPT-2 on table-to-text generation (the E2E task: a meaning representation
-//! `name[The Eagle], eatType[coffee shop], ...` → a sentence), full or DP-BiTFiT, with greedy
-//! decoding and corpus BLEU-4 on a held-out split. `run` is the whole example.
+//! DP fine-tuning of GPT-2 or a tiny Llama-family decoder on table-to-text generation (the E2E
+//! task: a meaning representation `name[The Eagle], eatType[coffee shop], ...` → a sentence),
+//! full, DP-BiTFiT or DP-LoRA, with greedy decoding and corpus BLEU-4 on a held-out split. `run`
+//! is the whole example.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ pub const DEFAULT_LR: common::DefaultLearningRates = common::DefaultLearningRate
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "table-to-text",
-    about = "DP fine-tuning of GPT-2 on E2E-style table-to-text with burn-dp"
+    about = "DP fine-tuning of GPT-2 or a tiny Llama on E2E-style table-to-text with burn-dp"
 )]
 pub struct Args {
     /// Privacy, clipping, freezing, backend and run-control flags shared by the examples.
