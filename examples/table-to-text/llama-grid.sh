@@ -4,8 +4,9 @@
 # target ε, automatic clipping, `--seed 1`, release build on the default backend (Flex). Every
 # configuration runs as its own process, so the peak resident memory in its metrics.json
 # (`peak_rss_mib`, VmHWM) is its own. A configuration whose metrics.json exists is skipped, so
-# an interrupted grid resumes. Then, one at a time, the step-time pair: 8 steps of non-private
-# LoRA and of DP-LoRA (rank 8, the same logical batch of 512). Writes OUT/results.md.
+# an interrupted grid resumes. Then, one at a time (so their times are comparable), the step
+# times: 8 steps of each method at ε = 3 (expected logical batch 512), non-private LoRA and
+# DP-LoRA at rank 8 among them. Writes OUT/results.md.
 #
 #   examples/table-to-text/llama-grid.sh [OUT]    (default target/examples/table-to-text/llama-grid)
 #
@@ -49,11 +50,16 @@ for eps in $EPSILONS; do
 done
 wait
 
-# The step-time pair, one process at a time whatever JOBS is.
+# The step times, one process at a time whatever JOBS is.
 JOBS=1
 running=0
 one timing-non-private-lora-r8 --non-private --freeze lora --lora-rank 8 --epochs 2 --max-eval 1
 one timing-dp-lora-r8 --freeze lora --lora-rank 8 --max-steps 8 --max-eval 1
+one timing-non-private-full --non-private --epochs 2 --max-eval 1
+one timing-dp-full --max-steps 8 --max-eval 1
+one timing-dp-bitfit --freeze bias --max-steps 8 --max-eval 1
+one timing-dp-lora-r4 --freeze lora --lora-rank 4 --max-steps 8 --max-eval 1
+one timing-dp-lora-r16 --freeze lora --lora-rank 16 --max-steps 8 --max-eval 1
 
 table() {
     echo "| method | lr | target ε | ε spent | BLEU | trainable | steps | s / epoch | s / step | peak RSS (MiB) |"
@@ -71,7 +77,8 @@ table() {
             + (if .private then "DP " + $what else "non-private " + $what end)
           + " | \(.lr) | \(if .private then (.target_epsilon | tostring) else "∞" end)"
           + " | \(if .private then (.epsilon | r(2) | tostring) else "∞" end)"
-          + " | \(.bleu | r(3)) | \(.trainable_parameters) | \(.steps)"
+          + " | \(if .held_out_mrs == 1 then "-" else (.bleu | r(3) | tostring) end)"
+          + " | \(.trainable_parameters) | \(.steps)"
           + " | \(.seconds_per_epoch | r(1)) | \(.seconds_per_step | r(2)) | \(.peak_rss_mib | r(0)) |"
           | "| " + .' "$f"
     done
