@@ -25,6 +25,9 @@ pub enum FreezeKind {
     Bias,
     /// Only the output head trains.
     Head,
+    /// DP-LoRA: only the LoRA adapters train (a model with LoRA support; the example adds the
+    /// adapters first: `burn_dp_models::adapters_policy`).
+    Lora,
 }
 
 /// `--backend`.
@@ -58,7 +61,7 @@ pub struct PrivateTrainingArgs {
     pub delta: f64,
     /// Learning rate (AdamW) of the fine-tuning; default: the example's best private setting for
     /// what trains (image-classification 2e-3, with `--freeze bias` 1e-2; table-to-text 5e-3,
-    /// with `--freeze bias` 1e-1).
+    /// with `--freeze bias` 1e-1, with `--freeze lora` its `DEFAULT_LR.lora`).
     #[arg(long)]
     pub lr: Option<f64>,
     /// Per-sample clipping.
@@ -67,8 +70,9 @@ pub struct PrivateTrainingArgs {
     /// Clipping threshold C of `--clipping abadi`.
     #[arg(long, default_value_t = 1.0)]
     pub max_norm: f64,
-    /// Which parameters train: all, biases only (DP-BiTFiT), or the last layers (the classifier
-    /// head; for GPT-2 the last block, the final LayerNorm and an untied head).
+    /// Which parameters train: all, biases only (DP-BiTFiT), the last layers (the classifier
+    /// head; for GPT-2 the last block, the final LayerNorm and an untied head), or LoRA adapters
+    /// (models with LoRA support: table-to-text's `--model llama-tiny`).
     #[arg(long, value_enum, default_value_t = FreezeKind::None)]
     pub freeze: FreezeKind,
     /// Backend: `flex` for a CPU, `cuda` for an NVIDIA GPU.
@@ -95,6 +99,9 @@ pub struct DefaultLearningRates {
     /// model less per unit of step (measured in each example's sweep; Bu et al. 2022 likewise
     /// raise the learning rate for DP-BiTFiT).
     pub bias_only: f64,
+    /// LoRA adapters only (`--freeze lora`), which start at zero (`B = 0`) and take larger steps
+    /// than full fine-tuning.
+    pub lora: f64,
 }
 
 impl PrivateTrainingArgs {
@@ -102,6 +109,7 @@ impl PrivateTrainingArgs {
     pub fn learning_rate(&self, defaults: DefaultLearningRates) -> f64 {
         self.lr.unwrap_or(match self.freeze {
             FreezeKind::Bias => defaults.bias_only,
+            FreezeKind::Lora => defaults.lora,
             FreezeKind::None | FreezeKind::Head => defaults.full,
         })
     }
@@ -136,12 +144,14 @@ pub fn clipping(kind: ClippingKind, max_norm: f64) -> PerSampleConfig {
 }
 // ANCHOR_END: clipping
 
-/// The freezing policy of `--freeze`, given the module path(s) of the model's head.
+/// The freezing policy of `--freeze`, given the module path(s) of the model's head (`--freeze
+/// lora` selects the LoRA adapters, which the model must have by then).
 pub fn freeze_policy(kind: FreezeKind, head: &[&str]) -> FreezePolicy {
     match kind {
         FreezeKind::None => FreezePolicy::None,
         FreezeKind::Bias => FreezePolicy::BiasOnly,
         FreezeKind::Head => FreezePolicy::Prefixes(head.iter().map(|s| s.to_string()).collect()),
+        FreezeKind::Lora => burn_dp_models::adapters_policy(false),
     }
 }
 

@@ -24,6 +24,7 @@ fn bias_only_fine_tuning_has_its_own_default_learning_rate() {
     let defaults = DefaultLearningRates {
         full: 5e-3,
         bias_only: 1e-1,
+        lora: 2e-2,
     };
     let lr = |args: &[&str]| {
         let cli =
@@ -34,6 +35,7 @@ fn bias_only_fine_tuning_has_its_own_default_learning_rate() {
     assert_eq!(lr(&["--freeze", "head"]), 5e-3);
     assert_eq!(lr(&["--freeze", "bias"]), 1e-1);
     assert_eq!(lr(&["--freeze", "bias", "--lr", "2e-2"]), 2e-2);
+    assert_eq!(lr(&["--freeze", "lora"]), 2e-2);
 }
 
 fn row(method: &str, clipping: &str, target: Option<f64>, metric: f64) -> SweepRow {

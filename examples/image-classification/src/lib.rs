@@ -26,6 +26,8 @@ use clap::{Parser, ValueEnum};
 pub const DEFAULT_LR: common::DefaultLearningRates = common::DefaultLearningRates {
     full: 2e-3,
     bias_only: 1e-2,
+    // Unused: no model of this example has LoRA adapters (`--freeze lora` is refused).
+    lora: 2e-3,
 };
 
 /// Command-line arguments.
@@ -557,6 +559,14 @@ where
 
 fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
     args.distributed.check(false, args.non_private)?;
+    if args.train.freeze == common::FreezeKind::Lora {
+        return Err(
+            "--freeze lora needs a model with LoRA adapters, and no model of \
+                    image-classification has them: use --freeze none, bias or head (LoRA: \
+                    table-to-text with --model llama-tiny)"
+                .into(),
+        );
+    }
     let start = Instant::now();
     let size = args.image_size.unwrap_or(match args.model {
         Arch::Cnn => 8,

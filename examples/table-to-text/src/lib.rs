@@ -1,35 +1,34 @@
-//! DP fine-tuning of GPT-2 on table-to-text generation (the E2E task: a meaning representation
-//! `name[The Eagle], eatType[coffee shop], ...` → a sentence), full or DP-BiTFiT, with greedy
-//! decoding and corpus BLEU-4 on a held-out split. `run` is the whole example.
+//! DP fine-tuning of GPT-2 or a tiny Llama-family decoder on table-to-text generation (the E2E
+//! task: a meaning representation `name[The Eagle], eatType[coffee shop], ...` → a sentence),
+//! full, DP-BiTFiT or DP-LoRA, with greedy decoding and corpus BLEU-4 on a held-out split. `run`
+//! is the whole example.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use burn::module::AutodiffModule;
-use burn::optim::AdamWConfig;
-use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use burn_dp::{batch, freeze, DpAutodiff, PerSample, PrivateSetup};
-use burn_dp_examples_common::{self as common, BackendKind, Curve, Error, PlainTraining};
-use burn_dp_models::{Gpt2, Gpt2Config, LoadOptions, PretrainedModel};
+use burn_dp_examples_common::{self as common, BackendKind, Error};
 use clap::{Parser, ValueEnum};
 
 pub mod bleu;
 pub mod corpus;
+pub mod model;
+mod run;
 
-/// The default learning rates (AdamW) of the fine-tuning, the best private settings of the sweep.
+pub use model::{CausalLm, ModelError};
+
+/// The default learning rates (AdamW) of the fine-tuning, the best private settings of the sweep
+/// (GPT-2) and of a check at ε = 3 (LoRA on the tiny Llama; see `results/results-llama.md`).
 pub const DEFAULT_LR: common::DefaultLearningRates = common::DefaultLearningRates {
     full: 5e-3,
     bias_only: 1e-1,
+    lora: 2e-2,
 };
 
 /// Command-line arguments.
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "table-to-text",
-    about = "DP fine-tuning of GPT-2 on E2E-style table-to-text with burn-dp"
+    about = "DP fine-tuning of GPT-2 or a tiny Llama on E2E-style table-to-text with burn-dp"
 )]
 pub struct Args {
     /// Privacy, clipping, freezing, backend and run-control flags shared by the examples.
@@ -40,10 +39,15 @@ pub struct Args {
     /// Default: the private part of the bundled generated corpus (`src/corpus.rs`).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Architecture (`tiny`: 2 layers, width 64, a vocabulary cut down to the tokens of the public
-    /// vocabulary text `data/public_vocabulary.txt` and of the public part of the corpus).
+    /// Architecture (`tiny`: GPT-2 with 2 layers, width 64; `llama-tiny`: a Llama-family decoder
+    /// of the same size; both with a vocabulary cut down to the tokens of the public vocabulary
+    /// text `data/public_vocabulary.txt` and of the public part of the corpus).
     #[arg(long, value_enum, default_value_t = Size::Tiny)]
     pub model: Size,
+    /// Rank R of the LoRA adapters of `--freeze lora` (α = 2R, on the q and v projections;
+    /// `--model llama-tiny`).
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
     /// Pretrained GPT-2 weights: `.onnx` (PyTorch export) or `.safetensors` (HF). Requires a
     /// standard `--model` (small, medium, large).
     #[arg(long)]
@@ -105,8 +109,13 @@ pub struct Args {
 /// `--model`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Size {
-    /// 2 layers, 4 heads, width 64, random initialisation, compact vocabulary (CPU).
+    /// GPT-2 with 2 layers, 4 heads, width 64, compact vocabulary, pre-trained on the public part
+    /// (CPU).
     Tiny,
+    /// A Llama-family decoder (RMSNorm, rotary positions, 4 query / 2 key-value heads, SwiGLU,
+    /// q/k/v biases, tied embeddings) with 2 layers, width 64, the same compact vocabulary and
+    /// public pre-training; the model of `--freeze lora`.
+    LlamaTiny,
     /// GPT-2 small (124M).
     Small,
     /// GPT-2 medium (355M).
@@ -389,98 +398,15 @@ pub fn sequences(rows: &[Row], tok: &Tokenizer, len: usize) -> Sequences {
     out
 }
 
-// ANCHOR: lm_loss
-/// Per-sample loss `[B]`: mean cross-entropy of the sentence tokens (the prompt and the padding
-/// are masked out). Only reductions along dimension 1: the batch stays dimension 0.
-pub fn sentence_loss<B: Backend>(
-    model: &Gpt2<B>,
-    ids: Tensor<B, 2, Int>,
-    mask: Tensor<B, 2>,
-) -> Tensor<B, 1> {
-    let [b, t] = ids.dims();
-    let logits = model.forward(ids.clone(), None);
-    let v = logits.dims()[2];
-    let logp = log_softmax(logits.slice([0..b, 0..t - 1, 0..v]), 2);
-    let next = ids.slice([0..b, 1..t]).reshape([b, t - 1, 1]);
-    let nll = logp.gather(2, next).reshape([b, t - 1]).neg() * mask.clone();
-    let count = mask.sum_dim(1).clamp_min(1.0).reshape([b]);
-    nll.sum_dim(1).reshape([b]) / count
-}
-// ANCHOR_END: lm_loss
-
-/// Mean per-sequence loss of `seqs` (held-out rows: public evaluation data), in chunks.
-pub fn held_out_loss<B: Backend>(
-    model: &Gpt2<B>,
-    seqs: &Sequences,
-    chunk: usize,
-    dev: &B::Device,
-) -> f64 {
-    let t = seqs.len;
-    let n = seqs.ids.len() / t;
-    if n == 0 {
-        return f64::NAN;
-    }
-    let mut total = 0.0;
-    for start in (0..n).step_by(chunk.max(1)) {
-        let b = chunk.max(1).min(n - start);
-        let ids = seqs.ids[start * t..(start + b) * t].to_vec();
-        let mask = seqs.mask[start * (t - 1)..(start + b) * (t - 1)].to_vec();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, t]), dev);
-        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, t - 1]), dev);
-        total += sentence_loss(model, ids, mask)
-            .sum()
-            .into_scalar()
-            .elem::<f64>();
-    }
-    total / n as f64
-}
-
-// ANCHOR: greedy
-/// Greedy decoding of one prompt until end-of-text, `max_new` tokens or the context length.
-pub fn generate<B: Backend>(
-    model: &Gpt2<B>,
-    tok: &Tokenizer,
-    prompt: &str,
-    max_new: usize,
-    n_positions: usize,
-    dev: &B::Device,
-) -> String {
-    let mut ids: Vec<i64> = tok.encode(prompt).into_iter().map(i64::from).collect();
-    let start = ids.len();
-    while ids.len() < start + max_new && ids.len() < n_positions {
-        let t = ids.len();
-        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), dev);
-        let logits = model.forward(input, None);
-        let v = logits.dims()[2];
-        let next = logits
-            .slice([0..1, t - 1..t, 0..v])
-            .reshape([1, v])
-            .argmax(1)
-            .into_scalar()
-            .elem::<i64>();
-        if next == tok.eos() as i64 {
-            break;
-        }
-        ids.push(next);
-    }
-    let out: Vec<u32> = ids[start..].iter().map(|&i| i as u32).collect();
-    tok.decode(&out).trim().to_string()
-}
-// ANCHOR_END: greedy
-
-fn is_onnx(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
-}
-
 /// Run the example.
 pub fn run(args: Args) -> Result<Summary, Error> {
     match args.train.backend {
-        BackendKind::Flex => run_on::<burn_dp::Flex>(&args, Default::default()),
-        BackendKind::Ndarray => run_on::<burn::backend::NdArray<f32>>(&args, Default::default()),
+        BackendKind::Flex => run::run_on::<burn_dp::Flex>(&args, Default::default()),
+        BackendKind::Ndarray => {
+            run::run_on::<burn::backend::NdArray<f32>>(&args, Default::default())
+        }
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => run_on::<burn_dp::Cuda>(&args, Default::default()),
+        BackendKind::Cuda => run::run_on::<burn_dp::Cuda>(&args, Default::default()),
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => Err(common::cuda_missing("burn-dp-table-to-text")),
     }
@@ -492,8 +418,9 @@ pub const PRETRAIN_SEED: u64 = 20_240_602;
 /// What the pre-trained weights depend on: the architecture, the pre-training settings and an
 /// FNV-1a hash of the public text (the public rows and [`PUBLIC_VOCABULARY`]). It names the
 /// cached file and is written next to it (`<file>.settings`), so weights pre-trained on another
-/// corpus or with other settings are never reused.
-pub fn pretraining_key(args: &Args, config: &Gpt2Config, public: &[Row]) -> String {
+/// corpus, with other settings or for another architecture are never reused. `arch` describes
+/// the architecture ([`model::gpt2_key`], [`model::llama_key`]).
+pub fn pretraining_key(args: &Args, arch: &str, public: &[Row]) -> String {
     // FNV-1a, 64 bits: a fingerprint of public text (not a security measure).
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |text: &str| {
@@ -508,12 +435,7 @@ pub fn pretraining_key(args: &Args, config: &Gpt2Config, public: &[Row]) -> Stri
         feed(&r.reference);
     }
     format!(
-        "tiny-v{}-ctx{}-d{}-l{}-h{}-public{}-len{}-e{}-lr{}-seed{}-text{hash:016x}",
-        config.vocab_size,
-        config.n_positions,
-        config.n_embd,
-        config.n_layer,
-        config.n_head,
+        "{arch}-public{}-len{}-e{}-lr{}-seed{}-text{hash:016x}",
         public.len(),
         args.max_len,
         args.pretrain_epochs,
@@ -540,7 +462,7 @@ pub fn settings_path(weights: &Path) -> PathBuf {
 /// Checks that cached weights at `path` were pre-trained with `key`: a recorded other key is an
 /// error (another corpus or other settings); weights without a record (not written by this
 /// example) are used with a warning.
-fn check_pretraining_key(path: &Path, key: &str) -> Result<(), Error> {
+pub(crate) fn check_pretraining_key(path: &Path, key: &str) -> Result<(), Error> {
     match std::fs::read_to_string(settings_path(path)) {
         Ok(recorded) if recorded.trim() == key => Ok(()),
         Ok(recorded) => Err(format!(
@@ -559,289 +481,6 @@ fn check_pretraining_key(path: &Path, key: &str) -> Result<(), Error> {
             Ok(())
         }
     }
-}
-
-/// `[ids, mask]` tensors of rows `idx` of `seqs`.
-fn batch_tensors<B: Backend>(
-    seqs: &Sequences,
-    idx: &[usize],
-    dev: &B::Device,
-) -> (Tensor<B, 2, Int>, Tensor<B, 2>) {
-    let (b, t) = (idx.len(), seqs.len);
-    let ids: Vec<i64> = idx
-        .iter()
-        .flat_map(|&i| seqs.ids[i * t..(i + 1) * t].iter().copied())
-        .collect();
-    let mask: Vec<f32> = idx
-        .iter()
-        .flat_map(|&i| seqs.mask[i * (t - 1)..(i + 1) * (t - 1)].iter().copied())
-        .collect();
-    (
-        Tensor::from_data(TensorData::new(ids, [b, t]), dev),
-        Tensor::from_data(TensorData::new(mask, [b, t - 1]), dev),
-    )
-}
-
-/// Greedy generations for `test` and their corpus BLEU.
-fn evaluate<B: Backend>(
-    model: &Gpt2<B>,
-    tok: &Tokenizer,
-    test: &[HeldOut],
-    args: &Args,
-    n_positions: usize,
-    dev: &B::Device,
-) -> (Vec<String>, f64) {
-    let bar = common::progress(test.len() as u64, "generating", args.train.quiet);
-    let mut hypotheses = Vec::new();
-    for (mr, _) in test {
-        hypotheses.push(generate(
-            model,
-            tok,
-            &prompt(mr),
-            args.max_new_tokens,
-            n_positions,
-            dev,
-        ));
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let references: Vec<Vec<String>> = test.iter().map(|(_, r)| r.clone()).collect();
-    let bleu = bleu::corpus_bleu(&hypotheses, &references);
-    (hypotheses, bleu)
-}
-
-fn run_on<I: burn_dp::NoiseBackend>(args: &Args, dev: I::Device) -> Result<Summary, Error> {
-    args.distributed.check(false, args.non_private)?;
-    type B<I> = DpAutodiff<I>;
-    let start = Instant::now();
-    // The public part: generated, never read from `--data`.
-    let public = corpus::generate(args.public_rows, 0, 0).public;
-    let (train, mut test) = load(args.data.as_deref(), args.private_rows, args.test_mrs)?;
-    if let Some(m) = args.max_eval {
-        test.truncate(m);
-    }
-    // The vocabulary comes from public text (tiny model) or is GPT-2's own: never from the
-    // private data.
-    let tok = match args.model {
-        Size::Tiny => Tokenizer::public_compact(&public)?,
-        _ => Tokenizer::gpt2()?,
-    };
-    let config = match args.model {
-        Size::Tiny => Gpt2Config::custom(tok.vocab_size(), 128, 64, 2, 4),
-        Size::Small => Gpt2Config::small(),
-        Size::Medium => Gpt2Config::medium(),
-        Size::Large => Gpt2Config::large(),
-    };
-    let max_len = args.max_len.min(config.n_positions);
-    // ANCHOR: import_gpt2
-    let model: Gpt2<B<I>> = match &args.init {
-        None => config.init(&dev),
-        Some(_) if args.model == Size::Tiny => {
-            return Err("--init needs a standard --model (small, medium, large)".into())
-        }
-        Some(path) if is_onnx(path) => {
-            Gpt2::from_onnx(&config, path, &dev, LoadOptions::with_progress())?
-        }
-        Some(path) => Gpt2::from_safetensors(&config, path, &dev, LoadOptions::with_progress())?,
-    };
-    // ANCHOR_END: import_gpt2
-    // Public pre-training of the tiny model (without privacy, on the public part only), cached.
-    let pretrained = if args.init.is_none()
-        && args.model == Size::Tiny
-        && args.pretrain_epochs > 0
-        && !public.is_empty()
-    {
-        let key = pretraining_key(args, &config, &public);
-        let path = pretrained_path(args, &key);
-        if !path.exists() {
-            <B<I> as Backend>::seed(&dev, PRETRAIN_SEED);
-            let fresh: Gpt2<B<I>> = config.init(&dev);
-            let public_seqs = sequences(&public, &tok, max_len);
-            let model = common::train_non_private(
-                fresh,
-                public.len(),
-                PlainTraining {
-                    epochs: args.pretrain_epochs,
-                    batch_size: 32,
-                    lr: args.pretrain_lr,
-                    seed: PRETRAIN_SEED,
-                },
-                "public pre-training",
-                args.train.quiet,
-                |model: &Gpt2<B<I>>, idx| {
-                    let (ids, mask) = batch_tensors::<B<I>>(&public_seqs, idx, &dev);
-                    sentence_loss(model, ids, mask)
-                },
-            );
-            common::save_safetensors::<B<I>, _>(&model, &path)?;
-            std::fs::write(settings_path(&path), format!("{key}\n"))?;
-            eprintln!("pre-trained weights written: {}", path.display());
-        } else {
-            check_pretraining_key(&path, &key)?;
-            eprintln!("pre-trained weights read: {}", path.display());
-        }
-        Some(path)
-    } else {
-        None
-    };
-    let model = match &pretrained {
-        Some(path) => common::load_safetensors::<B<I>, _>(model, path, &dev)?,
-        None => model,
-    };
-    let pretrained_bleu = pretrained.as_ref().map(|_| {
-        let (_, b) = evaluate(&model.valid(), &tok, &test, args, config.n_positions, &dev);
-        eprintln!("BLEU of the public pre-trained model: {b:.2}");
-        b
-    });
-    let seqs = sequences(&train, &tok, max_len);
-    // The published loss curve is measured on held-out rows (one reference each), not on the
-    // private batches: a batch's exact loss is one person's loss when the batch holds one example.
-    let curve_rows: Vec<Row> = test
-        .iter()
-        .take(CURVE_HELD_OUT)
-        .map(|(mr, refs)| Row {
-            mr: mr.clone(),
-            reference: refs[0].clone(),
-        })
-        .collect();
-    let curve_seqs = sequences(&curve_rows, &tok, seqs.len);
-    let n = train.len();
-    eprintln!(
-        "data: {} public rows (pre-training), {} private train rows, {} held-out meaning representations; sequences cut or padded to {} tokens (--max-len); vocabulary {} (fixed before training)",
-        public.len(),
-        n,
-        test.len(),
-        seqs.len,
-        tok.vocab_size()
-    );
-    let last = format!("transformer.h.{}", config.n_layer - 1);
-    let head = [last.as_str(), "transformer.ln_f", "lm_head"];
-    let (model, report) = freeze(model, &common::freeze_policy(args.train.freeze, &head))?;
-    let (mut loss_curve, mut eps_curve) = (Curve::default(), Curve::default());
-    let (eval, steps, planned, q, sigma, epsilon) = if args.non_private {
-        let batch = (args.batch_size as usize).max(1);
-        let model = common::train_non_private(
-            model,
-            n,
-            PlainTraining {
-                epochs: args.epochs,
-                batch_size: batch,
-                lr: args.train.learning_rate(DEFAULT_LR),
-                seed: args.train.seed.unwrap_or(0),
-            },
-            "NON-PRIVATE fine-tuning",
-            args.train.quiet,
-            |model: &Gpt2<B<I>>, idx| {
-                let (ids, mask) = batch_tensors::<B<I>>(&seqs, idx, &dev);
-                sentence_loss(model, ids, mask)
-            },
-        );
-        let steps = args.epochs * n.div_ceil(batch) as u64;
-        let eval: Gpt2<PerSample<I>> = model.valid();
-        (eval, steps, steps, 0.0, 0.0, f64::INFINITY)
-    } else {
-        let noise = common::noise_source(args.train.seed);
-        let (schedule, privacy) = args.train.privacy(n, args.batch_size, args.epochs)?;
-        let sigma = privacy.noise_multiplier;
-        let mut trainer = common::PrivateRun::new(
-            &args.distributed,
-            model,
-            AdamWConfig::new().init::<B<I>, Gpt2<B<I>>>(),
-            PrivateSetup {
-                per_sample: common::clipping(args.train.clipping, args.train.max_norm),
-                privacy,
-                dataset_size: n,
-                physical_batch_size: args.physical_batch_size,
-                noise,
-            },
-        )?;
-        eprintln!(
-            "training {} of {} parameters ({} tensors); σ = {sigma:.4} for ε = {} at δ = {} over {} steps (q = {:.4})",
-            report.trainable, report.total, report.trainable_tensors, args.train.target_epsilon, args.train.delta, schedule.steps, schedule.sample_rate
-        );
-        common::announce_first_step(args.train.backend, args.train.quiet);
-        let steps = args
-            .train
-            .max_steps
-            .map_or(schedule.steps, |m| m.min(schedule.steps));
-        let bar = common::progress(steps, "DP fine-tuning", args.train.quiet);
-        let every = (steps / 50).max(1);
-        for step in 1..=steps {
-            // Token ids need no `batch` mark: the embedding lookup marks its output.
-            trainer.step(args.train.learning_rate(DEFAULT_LR), |model, indices| {
-                let (ids, mask) = batch_tensors::<B<I>>(&seqs, indices, &dev);
-                // The token mask is per-sample data: marked as the batch like the inputs.
-                sentence_loss(model, ids, batch(mask))
-            })?;
-            if step % every == 0 || step == steps {
-                eps_curve.push(step, trainer.epsilon()?.epsilon);
-                let eval: Gpt2<PerSample<I>> = trainer.model().valid();
-                loss_curve.push(
-                    step,
-                    held_out_loss(&eval, &curve_seqs, args.physical_batch_size, &dev),
-                );
-            }
-            bar.set_message(format!(
-                "held-out loss {:.3}",
-                loss_curve.points.last().map_or(f64::NAN, |p| p.1)
-            ));
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let epsilon = trainer.epsilon()?.epsilon;
-        let eval: Gpt2<PerSample<I>> = trainer.into_model()?.valid();
-        (
-            eval,
-            steps,
-            schedule.steps,
-            schedule.sample_rate,
-            sigma,
-            epsilon,
-        )
-    };
-
-    // Greedy generation on the held-out meaning representations, scored with corpus BLEU-4.
-    let (hypotheses, bleu) = evaluate(&eval, &tok, &test, args, config.n_positions, &dev);
-    let generations = args.out.join("generations.tsv");
-    let mut tsv = String::from("mr\tgenerated\treference\n");
-    for ((mr, refs), h) in test.iter().zip(&hypotheses) {
-        tsv.push_str(&format!("{mr}\t{h}\t{}\n", refs[0]));
-    }
-    // Rank 0 of a data-parallel run writes the results (the replicas are identical).
-    if args.distributed.is_leader() {
-        std::fs::create_dir_all(&args.out)?;
-        std::fs::write(&generations, tsv)?;
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    let metrics = serde_json::json!({
-        "example": "table-to-text", "model": format!("{:?}", args.model),
-        "freeze": format!("{:?}", args.train.freeze), "clipping": format!("{:?}", args.train.clipping),
-        "max_norm": (args.train.clipping == common::ClippingKind::Abadi).then_some(args.train.max_norm),
-        "lr": args.train.learning_rate(DEFAULT_LR), "private": !args.non_private,
-        "trainable_parameters": report.trainable, "total_parameters": report.total,
-        "public_rows": public.len(), "pretrained": pretrained.as_ref().map(|p| p.display().to_string()),
-        "pretrained_bleu": pretrained_bleu,
-        "train_rows": n, "held_out_mrs": test.len(), "vocabulary": tok.vocab_size(), "max_len": max_len,
-        "steps": steps, "planned_steps": planned, "sample_rate": q,
-        "noise_multiplier": sigma, "epsilon": epsilon, "delta": args.train.delta, "target_epsilon": args.train.target_epsilon,
-        "fixed_seed": args.train.seed, "bleu": bleu, "seconds": seconds,
-        "examples": test.iter().zip(&hypotheses).take(3).map(|((mr, r), h)| serde_json::json!({"mr": mr, "generated": h, "reference": r[0]})).collect::<Vec<_>>(),
-    });
-    let outputs = if args.distributed.is_leader() {
-        common::write_outputs(&args.out, metrics.clone(), &loss_curve, &eps_curve)?
-    } else {
-        common::Outputs::at(&args.out)
-    };
-    eprintln!("generations:  {}", generations.display());
-    Ok(Summary {
-        epsilon,
-        bleu,
-        steps,
-        seconds,
-        outputs,
-        metrics,
-        pretrained_bleu,
-    })
 }
 
 impl common::Example for Args {
@@ -878,18 +517,27 @@ impl common::Example for Args {
 mod tests {
     use super::*;
 
-    /// Cached pre-trained weights are keyed by the public corpus and the settings: another corpus
-    /// gives another file name, and a file recorded with another key is refused, not reused.
+    /// Cached pre-trained weights are keyed by the public corpus, the settings and the
+    /// architecture: another corpus or GPT-2 against Llama gives another file name, and a file
+    /// recorded with another key is refused, not reused.
     #[test]
     fn pretrained_cache_is_keyed_by_the_public_corpus() {
         let args = Args::parse_from(["table-to-text"]);
-        let config = Gpt2Config::custom(180, 128, 64, 2, 4);
+        let config = model::gpt2_key(&model::gpt2_tiny(180));
+        // The GPT-2 key is the one the example has always used: cached weights stay valid.
+        assert_eq!(config, "tiny-v180-ctx128-d64-l2-h4");
         let public = corpus::generate(20, 0, 0).public;
         let key = pretraining_key(&args, &config, &public);
         let mut changed = public.clone();
         changed[3].reference.push('!');
         let other = pretraining_key(&args, &config, &changed);
         assert_ne!(key, other);
+        let llama = pretraining_key(&args, &model::llama_key(&model::llama_tiny(180)), &public);
+        assert!(
+            llama.starts_with("llama-tiny-v180-ctx128-d64-i172-l2-h4-kv2"),
+            "{llama}"
+        );
+        assert_ne!(pretrained_path(&args, &key), pretrained_path(&args, &llama));
         assert_ne!(pretrained_path(&args, &key), pretrained_path(&args, &other));
         let dir = std::env::temp_dir().join(format!("burn-dp-t2t-key-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
