@@ -1,5 +1,7 @@
 //! Non-private training: public pre-training, and the non-private baseline of a sweep.
 
+use std::path::Path;
+
 use crate::*;
 
 /// Settings of [`train_non_private`].
@@ -58,4 +60,66 @@ where
     }
     bar.finish_and_clear();
     model
+}
+
+/// Settings of [`pretrain_public`].
+#[derive(Debug, Clone, Copy)]
+pub struct PublicPretraining {
+    /// Passes over the public data.
+    pub epochs: u64,
+    /// Learning rate (AdamW, batches of 32).
+    pub lr: f64,
+    /// Seed of the initialisation and of the shuffling order (public).
+    pub seed: u64,
+}
+
+/// Public pre-training, cached in `path`. When `path` does not exist: seeds the backend with
+/// `settings.seed`, builds the model, trains it without privacy on the `n` public examples
+/// ([`train_non_private`], batches of 32) and saves it as safetensors. Then, always, loads
+/// `path` into a freshly built model, so a cached and a fresh run fine-tune the same weights.
+/// Returns the model and whether it was pre-trained now (`false`: read from the cache).
+///
+/// `losses` must read the public part only: nothing here is private.
+///
+/// # Shapes
+/// `losses` returns `[P]`, one loss per index.
+pub fn pretrain_public<B, M, F>(
+    path: &Path,
+    settings: PublicPretraining,
+    n: usize,
+    quiet: bool,
+    build: impl Fn() -> Result<M, Error>,
+    device: &B::Device,
+    losses: F,
+) -> Result<(M, bool), Error>
+where
+    B: burn::tensor::backend::AutodiffBackend,
+    M: burn::module::AutodiffModule<B>,
+    F: Fn(&M, &[usize]) -> burn::tensor::Tensor<B, 1>,
+{
+    let trained_now = !path.exists();
+    if trained_now {
+        B::seed(device, settings.seed);
+        let model = train_non_private(
+            build()?,
+            n,
+            PlainTraining {
+                epochs: settings.epochs,
+                batch_size: 32,
+                lr: settings.lr,
+                seed: settings.seed,
+            },
+            "public pre-training",
+            quiet,
+            losses,
+        );
+        save_safetensors::<B, M>(&model, path)?;
+        eprintln!("pre-trained weights written: {}", path.display());
+    } else {
+        eprintln!("pre-trained weights read: {}", path.display());
+    }
+    Ok((
+        load_safetensors::<B, M>(build()?, path, device)?,
+        trained_now,
+    ))
 }

@@ -15,7 +15,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_dp::{batch, freeze, DpAutodiff, PerSample};
 use burn_dp_example_data::Digits;
-use burn_dp_examples_common::{self as common, BackendKind, Error, PlainTraining};
+use burn_dp_examples_common::{self as common, BackendKind, Error};
 use burn_dp_models::{
     cross_entropy_per_sample, BlockKind, LoadOptions, Norm, PretrainedModel, ResNet, ResNetConfig,
     ViTConfig, ViTForImageClassification,
@@ -518,36 +518,26 @@ where
         return Ok((build()?, none));
     }
     let path = pretrained_path(args, size);
-    let trained_now = !path.exists();
-    if trained_now {
-        // ANCHOR: pretrain
-        // Non-private pre-training on the public part only (a plain burn loop, shared by both
-        // examples); the weights are saved as safetensors and reused by later runs.
-        <DpAutodiff<I> as Backend>::seed(dev, PRETRAIN_SEED);
-        let model = common::train_non_private(
-            build()?,
-            public.len(),
-            PlainTraining {
-                epochs: args.pretrain_epochs,
-                batch_size: 32,
-                lr: args.pretrain_lr,
-                seed: PRETRAIN_SEED,
-            },
-            "public pre-training",
-            args.train.quiet,
-            |model: &M, idx| {
-                let (x, y) = public.tensors::<DpAutodiff<I>>(idx, dev);
-                cross_entropy_per_sample(model.logits(x), y)
-            },
-        );
-        common::save_safetensors::<DpAutodiff<I>, M>(&model, &path)?;
-        // ANCHOR_END: pretrain
-        eprintln!("pre-trained weights written: {}", path.display());
-    } else {
-        eprintln!("pre-trained weights read: {}", path.display());
-    }
-    // Always start from the file, so a cached and a fresh run fine-tune the same weights.
-    let model = common::load_safetensors::<DpAutodiff<I>, M>(build()?, &path, dev)?;
+    // ANCHOR: pretrain
+    // Non-private pre-training on the public part only (a plain burn loop, shared by both
+    // examples); the weights are saved as safetensors and reused by later runs.
+    let (model, trained_now) = common::pretrain_public(
+        &path,
+        common::PublicPretraining {
+            epochs: args.pretrain_epochs,
+            lr: args.pretrain_lr,
+            seed: PRETRAIN_SEED,
+        },
+        public.len(),
+        args.train.quiet,
+        build,
+        dev,
+        |model: &M, idx| {
+            let (x, y) = public.tensors::<DpAutodiff<I>>(idx, dev);
+            cross_entropy_per_sample(model.logits(x), y)
+        },
+    )?;
+    // ANCHOR_END: pretrain
     Ok((
         model,
         Pretraining {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use burn_dp::{batch, freeze, DpAutodiff, NoiseBackend, PerSample};
-use burn_dp_examples_common::{self as common, Error, FreezeKind, PlainTraining};
+use burn_dp_examples_common::{self as common, Error, FreezeKind};
 use burn_dp_models::{adapters, Gpt2, Llama, LoadOptions, PretrainedModel};
 
 use crate::model::{
@@ -135,43 +135,36 @@ where
     } = data;
     let max_len = args.max_len.min(arch.n_positions);
     // Public pre-training of a tiny model (without privacy, on the public part only), cached.
-    let pretrained = match &arch.key {
+    let (model, pretrained) = match &arch.key {
         Some(arch_key) if args.pretrain_epochs > 0 && !public.is_empty() => {
             let key = pretraining_key(args, arch_key, &public);
             let path = pretrained_path(args, &key);
-            if !path.exists() {
-                <Ad<I> as Backend>::seed(&dev, PRETRAIN_SEED);
-                let public_seqs = sequences(&public, &tok, max_len);
-                let model = common::train_non_private(
-                    fresh(&dev),
-                    public.len(),
-                    PlainTraining {
-                        epochs: args.pretrain_epochs,
-                        batch_size: 32,
-                        lr: args.pretrain_lr,
-                        seed: PRETRAIN_SEED,
-                    },
-                    "public pre-training",
-                    args.train.quiet,
-                    |model: &M, idx| {
-                        let (ids, mask) = batch_tensors::<Ad<I>>(&public_seqs, idx, &dev);
-                        sentence_loss(model, ids, mask)
-                    },
-                );
-                common::save_safetensors::<Ad<I>, _>(&model, &path)?;
-                std::fs::write(settings_path(&path), format!("{key}\n"))?;
-                eprintln!("pre-trained weights written: {}", path.display());
-            } else {
+            if path.exists() {
                 check_pretraining_key(&path, &key)?;
-                eprintln!("pre-trained weights read: {}", path.display());
             }
-            Some(path)
+            let public_seqs = sequences(&public, &tok, max_len);
+            let (model, trained_now) = common::pretrain_public(
+                &path,
+                common::PublicPretraining {
+                    epochs: args.pretrain_epochs,
+                    lr: args.pretrain_lr,
+                    seed: PRETRAIN_SEED,
+                },
+                public.len(),
+                args.train.quiet,
+                || Ok(fresh(&dev)),
+                &dev,
+                |model: &M, idx| {
+                    let (ids, mask) = batch_tensors::<Ad<I>>(&public_seqs, idx, &dev);
+                    sentence_loss(model, ids, mask)
+                },
+            )?;
+            if trained_now {
+                std::fs::write(settings_path(&path), format!("{key}\n"))?;
+            }
+            (model, Some(path))
         }
-        _ => None,
-    };
-    let model = match &pretrained {
-        Some(path) => common::load_safetensors::<Ad<I>, _>(model, path, &dev)?,
-        None => model,
+        _ => (model, None),
     };
     let quiet = args.train.quiet;
     let pretrained_bleu = pretrained.as_ref().map(|_| {
