@@ -67,8 +67,15 @@ table() {
     local first
     first=$(ls "$OUT"/runs/*/metrics.json | head -1)
     jq -r '"| public pre-training only | - | ∞ | 0.00 | \(.pretrained_bleu * 1000 | round / 1000) | 0 | 0 | - | - | - |"' "$first"
-    for f in "$OUT"/runs/non-private-*/metrics.json "$OUT"/runs/dp-*/metrics.json \
-        "$OUT"/runs/timing-*/metrics.json; do
+    # Grouped by target ε, in the grid's order, then the step-time rows.
+    local runs=(non-private-full non-private-lora-r8)
+    for eps in $EPSILONS; do
+        runs+=("dp-full-eps$eps" "dp-bitfit-eps$eps" "dp-lora-r4-eps$eps" "dp-lora-r16-eps$eps")
+    done
+    runs+=(timing-non-private-full timing-non-private-lora-r8 timing-dp-full timing-dp-bitfit
+        timing-dp-lora-r4 timing-dp-lora-r8 timing-dp-lora-r16)
+    for run in "${runs[@]}"; do
+        f="$OUT/runs/$run/metrics.json"
         [ -f "$f" ] || continue
         jq -r '
           def r(n): (. * pow(10; n) | round) / pow(10; n);
