@@ -90,7 +90,6 @@ where
     if settings.non_private {
         let batch = (settings.batch_size as usize).max(1);
         let start = Instant::now();
-        let losses = std::cell::RefCell::new(losses);
         let model = train_non_private(
             model,
             n,
@@ -102,7 +101,7 @@ where
             },
             "NON-PRIVATE fine-tuning",
             train.quiet,
-            |model: &M, idx: &[usize]| (losses.borrow_mut())(model, idx),
+            losses,
         );
         let steps = settings.epochs * n.div_ceil(batch) as u64;
         return Ok(FineTuned {

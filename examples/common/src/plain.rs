@@ -28,12 +28,12 @@ pub fn train_non_private<B, M, F>(
     settings: PlainTraining,
     label: &str,
     quiet: bool,
-    losses: F,
+    mut losses: F,
 ) -> M
 where
     B: burn::tensor::backend::AutodiffBackend,
     M: burn::module::AutodiffModule<B>,
-    F: Fn(&M, &[usize]) -> burn::tensor::Tensor<B, 1>,
+    F: FnMut(&M, &[usize]) -> burn::tensor::Tensor<B, 1>,
 {
     use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
     let batch = settings.batch_size.max(1);

@@ -167,16 +167,20 @@ where
         _ => (model, None),
     };
     let quiet = args.train.quiet;
-    let pretrained_bleu = pretrained.as_ref().map(|_| {
-        let (_, b) = evaluate(
-            &model.valid(),
+    // Greedy generation on the held-out meaning representations, scored with corpus BLEU-4.
+    let generate_and_score = |model: &M::InnerModule| {
+        evaluate(
+            model,
             &tok,
             &test,
             args.max_new_tokens,
             arch.n_positions,
             quiet,
             &dev,
-        );
+        )
+    };
+    let pretrained_bleu = pretrained.as_ref().map(|_| {
+        let (_, b) = generate_and_score(&model.valid());
         eprintln!("BLEU of the public pre-trained model: {b:.2}");
         b
     });
@@ -274,16 +278,7 @@ where
         (adapted, None)
     };
 
-    // Greedy generation on the held-out meaning representations, scored with corpus BLEU-4.
-    let (hypotheses, bleu) = evaluate(
-        &eval,
-        &tok,
-        &test,
-        args.max_new_tokens,
-        arch.n_positions,
-        quiet,
-        &dev,
-    );
+    let (hypotheses, bleu) = generate_and_score(&eval);
     let generations = args.out.join("generations.tsv");
     let mut tsv = String::from("mr\tgenerated\treference\n");
     for ((mr, refs), h) in test.iter().zip(&hypotheses) {

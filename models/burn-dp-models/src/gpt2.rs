@@ -440,12 +440,7 @@ pub fn onnx_weights(config: &Gpt2Config, file: OnnxFile) -> Result<OnnxWeights, 
     config.validate()?;
     let s = Slots::of(&file)?;
     let l = config.n_layer;
-    let expected = crate::load::param_names::<burn::backend::NdArray, _>(
-        &config.init::<burn::backend::NdArray>(&Default::default()),
-    )
-    .into_iter()
-    .map(|(_, n)| n);
-    let mut a = Assign::new(expected);
+    let mut a = Assign::of_model(&config.init::<burn::backend::NdArray>(&Default::default()));
     if s.emb.len() != 2 {
         return Err(count_err(
             &file,

@@ -30,20 +30,23 @@ impl std::fmt::Debug for SafetensorsFile {
     }
 }
 
+/// Memory-maps `path` read-only (a typed `ImportError::Io` naming the file on failure).
+pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap, ImportError> {
+    let io = |source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    // SAFETY: the map is read-only; the file must not be truncated by another process while we
+    // read it (the usual caveat of memory-mapped model files).
+    unsafe { memmap2::Mmap::map(&file) }.map_err(io)
+}
+
 impl SafetensorsFile {
     /// Open and memory-map `path`, validating its header.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ImportError> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| ImportError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        // SAFETY: the map is read-only; the file must not be truncated by another process while
-        // we read it (the usual caveat of memory-mapped model files).
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ImportError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let mmap = map_file(&path)?;
         let st = SafeTensors::deserialize(&mmap).map_err(|e| ImportError::Safetensors {
             path: path.clone(),
             message: e.to_string(),

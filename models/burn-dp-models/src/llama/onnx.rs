@@ -35,12 +35,7 @@ pub(crate) fn onnx_weights(
     config.validate()?;
     let s = Slots::of(&file)?;
     let l = config.num_hidden_layers;
-    let expected = crate::load::param_names::<burn::backend::NdArray, _>(
-        &config.init::<burn::backend::NdArray>(&Default::default()),
-    )
-    .into_iter()
-    .map(|(_, n)| n);
-    let mut a = Assign::new(expected);
+    let mut a = Assign::of_model(&config.init::<burn::backend::NdArray>(&Default::default()));
     if s.emb.len() != 1 {
         return Err(count_err(
             &file,

@@ -89,15 +89,7 @@ impl OnnxFile {
     /// Memory-map and decode `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ImportError> {
         let path = path.as_ref().to_path_buf();
-        let file = std::fs::File::open(&path).map_err(|source| ImportError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        // SAFETY: read-only map; the file must not be truncated while in use.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ImportError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let mmap = crate::st::map_file(&path)?;
         let bytes = bytes::Bytes::from_owner(mmap);
         let model = onnx_ir::ModelProto::parse_from_tokio_bytes(&bytes).map_err(|e| {
             ImportError::OnnxDecode {
@@ -351,6 +343,16 @@ impl Assign {
             expected: expected.into_iter().collect(),
             map: HashMap::new(),
         }
+    }
+
+    /// Expecting the torch names of every parameter of `model` (built with lazily initialised
+    /// parameters: nothing is allocated).
+    pub(crate) fn of_model<M: burn::module::Module<burn::backend::NdArray>>(model: &M) -> Self {
+        Self::new(
+            crate::load::param_names::<burn::backend::NdArray, _>(model)
+                .into_iter()
+                .map(|(_, n)| n),
+        )
     }
 
     /// Assign constant `c` (seen by the graph as is; `transpose` if torch stores its transpose)
